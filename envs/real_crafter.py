@@ -1,0 +1,68 @@
+"""The real Crafter game (danijar/crafter) as a Gymnasium environment: the source of training data and the
+ground truth that `worldsim play --compare` and `worldsim eval` hold the model against.
+"""
+from __future__ import annotations
+
+import crafter
+import gymnasium as gym
+import numpy as np
+
+ACTION_MEANINGS = tuple(crafter.constants.actions)  # 17 actions, index = action id
+
+
+class RealCrafterEnv(gym.Env):
+    """Real Crafter, Gymnasium API.
+
+    Observation: ``Box(0, 255, (size, size, 3), uint8)``, the top-down local view plus inventory.
+    Action: ``Discrete(17)``:
+
+    ====  ===================  ====  ====================
+    id    meaning              id    meaning
+    ====  ===================  ====  ====================
+    0     noop                 9     place_furnace
+    1     move_left            10    place_plant
+    2     move_right           11    make_wood_pickaxe
+    3     move_up              12    make_stone_pickaxe
+    4     move_down            13    make_iron_pickaxe
+    5     do                   14    make_wood_sword
+    6     sleep                15    make_stone_sword
+    7     place_stone          16    make_iron_sword
+    8     place_table
+    ====  ===================  ====  ====================
+
+    ``terminated`` is True when the player dies, ``truncated`` when ``length`` steps have passed.
+    ``reset(seed=s)`` generates the world from seed ``s`` (world generation takes about a second).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode: str | None = None, size: int = 64, length: int = 10000):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode, self.size, self.length = render_mode, size, length
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+        self.action_space = gym.spaces.Discrete(len(ACTION_MEANINGS))
+        self.game: crafter.Env | None = None
+        self._obs = None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        world_seed = int(self.np_random.integers(2**31 - 1))
+        self.game = crafter.Env(area=(64, 64), size=(self.size, self.size), length=self.length, seed=world_seed)
+        self._obs = self.game.reset()
+        return self._obs, {"world_seed": world_seed}
+
+    def step(self, action):
+        if self.game is None:
+            raise RuntimeError("call reset() before step()")
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in {self.action_space}")
+        obs, reward, done, info = self.game.step(int(action))
+        self._obs = obs
+        terminated = bool(info["discount"] == 0)
+        truncated = bool(done and not terminated)
+        return obs, float(reward), terminated, truncated, {"achievements": info["achievements"],
+                                                           "inventory": info["inventory"]}
+
+    def render(self):
+        return None if self._obs is None else self._obs.copy()

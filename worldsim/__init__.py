@@ -1,0 +1,26 @@
+"""worldsim: a learned, interactive world simulator (action-conditioned causal latent diffusion transformer).
+
+Importing worldsim registers the Gymnasium environments:
+
+- ``worldsim/Crafter-v0``: the learned Crafter world (the model shipped in the package by default).
+- ``worldsim/RealCrafter-v0``: the real Crafter game, same spaces, for data and comparison.
+"""
+from pathlib import Path
+
+import gymnasium as gym
+
+__version__ = "0.1.0"
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_CRAFTER_BUNDLE = ASSETS / "crafter"
+
+
+def _register():
+    if "worldsim/Crafter-v0" in gym.registry:
+        return
+    gym.register(id="worldsim/Crafter-v0", entry_point="worldsim.envs.world_env:WorldEnv",
+                 vector_entry_point="worldsim.envs.world_env:WorldVectorEnv", max_episode_steps=None,
+                 disable_env_checker=False)
+    gym.register(id="worldsim/RealCrafter-v0", entry_point="worldsim.envs.real_crafter:RealCrafterEnv")
+
+
+_register()

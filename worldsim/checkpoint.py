@@ -1,0 +1,147 @@
+"""Checkpoints and model bundles: safetensors only (no pickle), written atomically.
+
+A checkpoint is a directory of files. It is written as `NAME.tmp/`, then swapped in by renames, so a job
+killed at any moment leaves either the previous complete checkpoint or the new one, never a mix.
+
+A *bundle* is what the env loads: `bundle.json` (configs, latent statistics, env facts),
+`autoencoder.safetensors`, `world_model.safetensors` and `start_states.safetensors` (uint8 start contexts).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import load_file, save
+
+from worldsim.autoencoder import LatentCodec, make_autoencoder
+from worldsim.diffusion import EDM, EDMConfig
+from worldsim.model import WorldDiT
+
+BUNDLE_FORMAT = "worldsim-bundle/1"
+
+
+def tensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> bytes:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return save(tensors, metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+
+
+def write_dir_atomic(path: Path, files: dict[str, bytes]) -> None:
+    """Write `files` as the directory `path`, replacing any previous one atomically (by renames)."""
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, data in files.items():
+        with open(tmp / name, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_dir(path: Path) -> Path | None:
+    """The complete checkpoint at `path`, or the previous one if a kill struck between the two renames."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    old = path.with_name(path.name + ".old")
+    return old if old.is_dir() else None
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors = {f"{pid}.{k}": v if torch.is_tensor(v) else torch.tensor(v)
+               for pid, st in sd["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, data: bytes) -> None:
+    tensors = st_load(data)
+    meta = _metadata(data)
+    state: dict = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _metadata(data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    return {k: json.loads(v) for k, v in header.get("__metadata__", {}).items()}
+
+
+def read_metadata(path: Path) -> dict:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return {k: json.loads(v) for k, v in header.get("__metadata__", {}).items()}
+
+
+# ---- bundles --------------------------------------------------------------------------------------
+
+
+def bundle_files(ae, dit, edm_cfg: EDMConfig, latent_stats: tuple[float, float], env_info: dict,
+                 start_frames: torch.Tensor, start_actions: torch.Tensor, extra: dict | None = None) -> dict:
+    meta = {"format": BUNDLE_FORMAT, "autoencoder": dict(ae.config), "world_model": dict(dit.config),
+            "diffusion": asdict(edm_cfg), "latent_mean": latent_stats[0], "latent_std": latent_stats[1],
+            "env": env_info, **(extra or {})}
+    return {
+        "bundle.json": json.dumps(_jsonable(meta), indent=1).encode(),
+        "autoencoder.safetensors": tensors_bytes(ae.state_dict()),
+        "world_model.safetensors": tensors_bytes(dit.state_dict()),
+        "start_states.safetensors": tensors_bytes({"frames": start_frames.to(torch.uint8),
+                                                   "actions": start_actions.to(torch.int64)}),
+    }
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items() if not k.startswith("_")}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+class Bundle:
+    """A trained world: autoencoder + world model + diffusion settings + start states, ready for inference."""
+
+    def __init__(self, path: Path, device: str | torch.device = "cpu"):
+        path = Path(path)
+        if not (path / "bundle.json").exists():
+            raise FileNotFoundError(f"{path} is not a worldsim bundle (no bundle.json)")
+        self.path = path
+        self.meta = json.loads((path / "bundle.json").read_text())
+        if self.meta.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"{path}: unknown bundle format {self.meta.get('format')!r}")
+        self.ae = _load_autoencoder(self.meta["autoencoder"], path / "autoencoder.safetensors", device)
+        wm = {k: v for k, v in self.meta["world_model"].items() if not k.startswith("_")}
+        self.dit = WorldDiT(**wm)
+        self.dit.load_state_dict(load_file(path / "world_model.safetensors"))
+        self.dit.to(device).eval()
+        self.edm = EDM(EDMConfig(**self.meta["diffusion"]))
+        self.codec = LatentCodec(self.ae, self.meta["latent_mean"], self.meta["latent_std"])
+        start = load_file(path / "start_states.safetensors")
+        self.start_frames, self.start_actions = start["frames"], start["actions"]
+        self.env = self.meta["env"]
+
+
+def _load_autoencoder(cfg: dict, weights: Path, device):
+    from diffusers import AutoencoderKL
+
+    ae = AutoencoderKL.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+    ae.load_state_dict(load_file(weights))
+    return ae.to(device).eval()
+
+
+__all__ = ["Bundle", "bundle_files", "load_optimizer", "make_autoencoder", "optimizer_tensors", "read_metadata",
+           "resolve_dir", "tensors_bytes", "write_dir_atomic"]

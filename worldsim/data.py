@@ -1,0 +1,155 @@
+"""Episodes on disk.
+
+Format (one directory per dataset):
+
+    DATA/
+      manifest.json            {"format": "worldsim-episodes/1", "env": {...}, "episodes": [{...}, ...]}
+      episodes/ep_000123.npz   one compressed NumPy archive per episode (no pickled objects)
+
+Each episode file holds, for an episode of T steps:
+
+    frames      uint8   (T+1, H, W, 3)  observation before each step, and the last one
+    actions     int64   (T,) for Discrete envs (or (T, ...) for other action spaces)
+                        actions[i] is taken between frames[i] and frames[i+1]
+    rewards     float32 (T,)            reward of step i
+    terminated  bool    (T,)            True only on the step that ended the episode (death)
+    seed        int64   ()              the world seed
+
+An episode that reached its length limit is simply not terminated (truncated). Files are written to a
+temporary name and renamed, so a killed job never leaves a half-written episode under its final name;
+a corrupt or truncated file found anyway is skipped with a warning.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "worldsim-episodes/1"
+KEYS = ("frames", "actions", "rewards", "terminated")
+
+
+def episode_path(root: Path, index: int) -> Path:
+    return Path(root) / "episodes" / f"ep_{index:06d}.npz"
+
+
+def atomic_write_bytes(path: Path, write_fn) -> None:
+    """Call write_fn(file) on a temp file in the target's directory, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_episode(path: Path, frames, actions, rewards, terminated, seed: int = -1) -> None:
+    frames = np.asarray(frames, dtype=np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T+1, H, W, 3) uint8, got {frames.shape}")
+    T = len(frames) - 1
+    arrays = dict(frames=frames, actions=np.asarray(actions), rewards=np.asarray(rewards, dtype=np.float32),
+                  terminated=np.asarray(terminated, dtype=bool), seed=np.int64(seed))
+    for k in ("actions", "rewards", "terminated"):
+        if len(arrays[k]) != T:
+            raise ValueError(f"{k} has length {len(arrays[k])}, expected {T} (one per step)")
+    atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def read_episode(path: Path) -> dict:
+    """Load one episode; raises ValueError naming the file if it is corrupt or inconsistent."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ep = {k: z[k] for k in KEYS}
+            ep["seed"] = int(z["seed"]) if "seed" in z.files else -1
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"corrupt episode file {path}: {e}") from e
+    T = len(ep["actions"])
+    if ep["frames"].ndim != 4 or len(ep["frames"]) != T + 1 or len(ep["rewards"]) != T or len(ep["terminated"]) != T:
+        raise ValueError(f"inconsistent episode file {path}: frames {ep['frames'].shape}, actions {ep['actions'].shape}")
+    return ep
+
+
+def load_manifest(root: Path) -> dict:
+    p = Path(root) / "manifest.json"
+    if not p.exists():
+        return {"format": FORMAT, "env": {}, "episodes": []}
+    m = json.loads(p.read_text())
+    if m.get("format") != FORMAT:
+        raise ValueError(f"{p}: unknown format {m.get('format')!r}, expected {FORMAT!r}")
+    return m
+
+
+def save_manifest(root: Path, manifest: dict) -> None:
+    data = json.dumps(manifest, indent=1).encode()
+    atomic_write_bytes(Path(root) / "manifest.json", lambda f: f.write(data))
+
+
+def load_episodes(root: Path, split: str | None = None, min_steps: int = 1) -> list[dict]:
+    """All readable episodes of a dataset (optionally one split), skipping corrupt files with a warning."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    entries = manifest["episodes"] or [{"file": str(p.relative_to(root))}
+                                       for p in sorted((root / "episodes").glob("ep_*.npz"))]
+    out = []
+    for e in entries:
+        if split is not None and e.get("split", "train") != split:
+            continue
+        try:
+            ep = read_episode(root / e["file"])
+        except (ValueError, FileNotFoundError) as err:
+            warnings.warn(f"skipping episode: {err}", stacklevel=2)
+            continue
+        if len(ep["actions"]) >= min_steps:
+            out.append(ep)
+    return out
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Fixed-length windows of `length` frames cut from episodes, with the action that led to each frame.
+
+    has_action[i] is False only for the first frame of an episode (nothing led to it); has_transition marks
+    frames whose reward/termination targets are real.
+    """
+
+    def __init__(self, episodes: list[dict], length: int, latents: list[torch.Tensor] | None = None):
+        self.episodes, self.length, self.latents = episodes, length, latents
+        self.index = [(e, s) for e, ep in enumerate(episodes) for s in range(len(ep["frames"]) - length + 1)]
+        if not self.index:
+            raise ValueError(f"no episode has {length} frames; collect longer episodes or shorten the window")
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        e, s = self.index[i]
+        ep, L = self.episodes[e], self.length
+        prev = np.arange(s - 1, s + L - 1)  # step index that led to each frame
+        valid = prev >= 0
+        p = np.clip(prev, 0, None)
+        item = {
+            "actions": torch.as_tensor(np.where(valid.reshape(-1, *[1] * (ep["actions"].ndim - 1)),
+                                                ep["actions"][p], 0)),
+            "has_action": torch.as_tensor(valid),
+            "reward": torch.as_tensor(np.where(valid, ep["rewards"][p], 0), dtype=torch.float32),
+            "terminated": torch.as_tensor(np.where(valid, ep["terminated"][p], False)),
+            "has_transition": torch.as_tensor(valid),
+        }
+        if self.latents is not None:
+            item["latents"] = self.latents[e][s:s + L]
+        else:
+            item["frames"] = torch.as_tensor(ep["frames"][s:s + L])
+        return item

@@ -1,0 +1,110 @@
+"""EDM diffusion (Karras et al. 2022) around the world model: preconditioning, diffusion-forcing loss, sampler.
+
+Latents are normalised to unit variance, so sigma_data = 1. Each frame of a training sequence gets its own
+noise level (diffusion forcing); half the sequences instead keep every frame but the last near-clean, with
+a small random "context noise" level the model is told about, which is exactly the inference-time
+situation and what makes the model robust to its own slightly-off past frames (anti-drift).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import EDMEulerScheduler
+
+
+@dataclass
+class EDMConfig:
+    sigma_data: float = 1.0
+    p_mean: float = -0.4  # log-normal training noise levels
+    p_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 20.0
+    rho: float = 7.0
+    sampling_steps: int = 3  # few-step Euler sampler
+    teacher_forcing_prob: float = 0.5  # share of sequences with near-clean context and one noisy last frame
+    context_noise_max: float = 0.3  # training: context noise level ~ U(0, max)
+    context_noise: float = 0.05  # inference: noise level added to each generated frame before it becomes context
+
+
+class EDM:
+    def __init__(self, cfg: EDMConfig):
+        self.cfg = cfg
+
+    # ---- preconditioning -----------------------------------------------------------------------
+    def c_noise(self, sigma):
+        """Noise level -> scalar in [0, 1000] for the sinusoidal embedding (diffusers' Timesteps expects that range)."""
+        c = self.cfg
+        s = sigma.clamp(c.sigma_min, c.sigma_max)
+        return 1000 * (s.log() - math.log(c.sigma_min)) / (math.log(c.sigma_max) - math.log(c.sigma_min))
+
+    def scalings(self, sigma):
+        sd = self.cfg.sigma_data
+        var = sigma**2 + sd**2
+        return sd**2 / var, sigma * sd / var.sqrt(), 1 / var.sqrt()  # c_skip, c_out, c_in
+
+    @staticmethod
+    def _bc(s, x):  # broadcast per-frame sigma over (C, h, w)
+        return s.reshape(*s.shape, *([1] * (x.dim() - s.dim())))
+
+    def model_input(self, x, sigma):
+        _, _, c_in = self.scalings(sigma)
+        return x * self._bc(c_in, x), self.c_noise(sigma)
+
+    def denoised(self, x, sigma, raw):
+        c_skip, c_out, _ = self.scalings(sigma)
+        return self._bc(c_skip, x) * x + self._bc(c_out, x) * raw
+
+    # ---- training --------------------------------------------------------------------------------
+    def sample_sigmas(self, B, T, device, generator=None):
+        """Per-frame noise levels and which frames are denoising targets (the rest are context)."""
+        c = self.cfg
+        sig = (torch.randn(B, T, device=device, generator=generator) * c.p_std + c.p_mean).exp()
+        is_target = torch.ones(B, T, dtype=torch.bool, device=device)
+        tf = torch.rand(B, device=device, generator=generator) < c.teacher_forcing_prob
+        ctx = torch.rand(B, T, device=device, generator=generator) * c.context_noise_max
+        ctx_frames = tf[:, None] & (torch.arange(T, device=device) < T - 1)[None]
+        sig = torch.where(ctx_frames, ctx, sig)
+        is_target &= ~ctx_frames
+        return sig, is_target
+
+    def loss(self, model, z, actions, has_action, reward, terminated, has_transition, generator=None):
+        """z: (B, T, C, h, w) clean normalised latents. Returns total loss and its parts."""
+        B, T = z.shape[:2]
+        sigma, is_target = self.sample_sigmas(B, T, z.device, generator)
+        noise = torch.randn(z.shape, device=z.device, generator=generator)
+        x = z + self._bc(sigma, z) * noise
+        inp, c_noise = self.model_input(x, sigma)
+        out = model(inp, c_noise, actions, has_action)
+        c_skip, c_out, _ = self.scalings(sigma)
+        target = (z - self._bc(c_skip, z) * x) / self._bc(c_out, z)
+        per_frame = F.mse_loss(out.out.float(), target, reduction="none").mean(dim=(2, 3, 4))
+        diff = (per_frame * is_target).sum() / is_target.sum().clamp(min=1)
+        # Heads learn from near-clean frames: at inference they read the committed (context-noised) frame.
+        head_mask = has_transition & (sigma <= self.cfg.context_noise_max)
+        n = head_mask.sum().clamp(min=1)
+        rew = (F.mse_loss(out.reward.float(), reward, reduction="none") * head_mask).sum() / n
+        term = (F.binary_cross_entropy_with_logits(out.term_logit.float(), terminated.float(), reduction="none",
+                                                   pos_weight=torch.tensor(10.0, device=z.device)) * head_mask).sum() / n
+        return diff + rew + 0.1 * term, {"diffusion": diff.item(), "reward": rew.item(), "termination": term.item()}
+
+    # ---- sampling ------------------------------------------------------------------------------
+    def sampling_sigmas(self, steps: int | None = None) -> list[float]:
+        """Karras schedule, taken from diffusers' EDM scheduler table; ends with 0."""
+        c = self.cfg
+        sched = EDMEulerScheduler(sigma_min=c.sigma_min, sigma_max=c.sigma_max, sigma_data=c.sigma_data, rho=c.rho)
+        sched.set_timesteps(steps or c.sampling_steps)
+        return [float(s) for s in sched.sigmas]
+
+    @torch.no_grad()
+    def sample(self, denoise_fn, noise, steps: int | None = None):
+        """Deterministic Euler sampler. denoise_fn(x, sigma_tensor) -> denoised x. noise: unit Gaussian."""
+        sigmas = self.sampling_sigmas(steps)
+        x = noise * sigmas[0]
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            sig = torch.full(x.shape[:1], s, device=x.device, dtype=x.dtype)
+            d = denoise_fn(x, sig)
+            x = d if s_next == 0 else x + (s_next - s) * (x - d) / s
+        return x

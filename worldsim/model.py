@@ -1,0 +1,413 @@
+"""The world model: an action-conditioned, frame-causal latent diffusion transformer (DiT).
+
+Read top to bottom: action encoder -> noise-level embedder -> 3D rotary positions -> transformer block
+(adaLN-Zero, one modulation per frame) -> final layer -> the model (sequence forward for training and
+prefill, cached single-frame forward for inference) -> KV cache -> named size presets.
+
+Tokens are spacetime patches of the autoencoder's latent grid. A token attends to every token of its own
+frame and of the previous `context_frames` frames, never to a later frame (frame-causal, sliding window).
+Each frame carries its own noise level and its own action (the action that led to it), both injected
+through adaLN, so one sequence can mix clean context and noisy targets (diffusion forcing).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from einops import rearrange
+
+from worldsim.kernels import apply_rope, attention, modulate
+
+# --------------------------------------------------------------------------------------------------
+# Actions: a JSON-able spec of a Gymnasium space, so the model knows nothing about any one game.
+# --------------------------------------------------------------------------------------------------
+
+
+def space_to_spec(space: gym.Space) -> dict:
+    """Describe an action space as a JSON-able dict (stored in the model config)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "discrete", "n": int(space.n)}
+    if isinstance(space, gym.spaces.MultiBinary):
+        return {"type": "multi_binary", "n": int(np.prod(space.n))}
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return {"type": "multi_discrete", "nvec": [int(n) for n in np.ravel(space.nvec)]}
+    if isinstance(space, gym.spaces.Box):
+        return {"type": "box", "dim": int(np.prod(space.shape)),
+                "scale": float(np.max(np.abs(np.concatenate([space.low.ravel(), space.high.ravel()]))))}
+    if isinstance(space, gym.spaces.Dict):
+        return {"type": "dict", "keys": {k: space_to_spec(s) for k, s in space.spaces.items()}}
+    raise TypeError(f"unsupported action space {space!r}: use Discrete, MultiBinary, MultiDiscrete, Box or Dict")
+
+
+def actions_to_tensor(spec: dict, actions, device=None):
+    """Batch of actions (array-like, leading dims (B,) or (B, T)) -> tensor(s) the encoder takes."""
+    kind = spec["type"]
+    if kind == "dict":
+        return {k: actions_to_tensor(s, actions[k], device) for k, s in spec["keys"].items()}
+    if kind in ("discrete", "multi_discrete"):
+        return torch.as_tensor(np.asarray(actions), dtype=torch.long, device=device)
+    return torch.as_tensor(np.asarray(actions, dtype=np.float32), device=device)
+
+
+class FourierFeatures(nn.Module):
+    """Continuous scalars -> sin/cos features at fixed log-spaced frequencies (a 2 and a 20 degree turn differ)."""
+
+    def __init__(self, in_dim: int, num_freqs: int = 8):
+        super().__init__()
+        self.register_buffer("freqs", (2.0 ** torch.arange(num_freqs)) * math.pi, persistent=False)
+        self.out_dim = in_dim * (2 * num_freqs + 1)
+
+    def forward(self, x):  # (..., in_dim) scaled to about [-1, 1]
+        ang = x[..., None] * self.freqs
+        return torch.cat([x, ang.sin().flatten(-2), ang.cos().flatten(-2)], dim=-1)
+
+
+class ActionEncoder(nn.Module):
+    """One embedding per frame from any supported action space; frames with no action get a learned null."""
+
+    def __init__(self, spec: dict, dim: int, _root: bool = True):
+        super().__init__()
+        self.spec, kind = spec, spec["type"]
+        if kind == "discrete":
+            self.embed = nn.Embedding(spec["n"], dim)
+        elif kind == "multi_binary":  # sum of the embeddings of the pressed keys
+            self.embed = nn.Linear(spec["n"], dim, bias=False)
+        elif kind == "multi_discrete":
+            self.embed = nn.ModuleList(nn.Embedding(n, dim) for n in spec["nvec"])
+        elif kind == "box":
+            self.fourier = FourierFeatures(spec["dim"])
+            self.embed = nn.Sequential(nn.Linear(self.fourier.out_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        elif kind == "dict":
+            self.embed = nn.ModuleDict({k: ActionEncoder(s, dim, _root=False) for k, s in spec["keys"].items()})
+        else:
+            raise ValueError(f"unknown action spec type {kind!r}")
+        self.null = nn.Parameter(torch.zeros(dim)) if _root else None
+
+    def _embed(self, a):
+        kind = self.spec["type"]
+        if kind == "discrete":
+            return self.embed(a)
+        if kind == "multi_binary":
+            return self.embed(a.float())
+        if kind == "multi_discrete":
+            return sum(e(a[..., i]) for i, e in enumerate(self.embed))
+        if kind == "box":
+            return self.embed(self.fourier(a.float() / self.spec["scale"]))
+        return sum(enc._embed(a[k]) for k, enc in self.embed.items())
+
+    def forward(self, actions, has_action: torch.Tensor) -> torch.Tensor:
+        """actions: leading dims (B, T) [+ per-space dims]; has_action: bool (B, T). -> (B, T, dim)."""
+        return torch.where(has_action[..., None], self._embed(actions), self.null)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3D rotary positions (time, row, column): no learned position table, so frame size is not baked in.
+# --------------------------------------------------------------------------------------------------
+
+
+class Rotary3D(nn.Module):
+    """Splits the head dim into (time, row, column) parts and rotates each by its own position.
+
+    Time uses integer frequencies m_i / period, and angles are computed as 2*pi*((m_i * t) mod period) /
+    period in integer arithmetic: keys cached at absolute time t stay exact however long a rollout runs
+    (only time differences below the period matter, and the window is far shorter).
+    """
+
+    def __init__(self, head_dim: int, time_period: int = 4096, theta: float = 10000.0):
+        super().__init__()
+        self.d_time = 2 * (head_dim // 8)
+        self.d_space = 2 * ((head_dim - self.d_time) // 4)
+        self.time_period = time_period
+        n_t = self.d_time // 2
+        ideal = theta ** (-torch.arange(n_t, dtype=torch.float64) * 2 / self.d_time)  # rad per frame
+        m = torch.clamp(torch.round(ideal * time_period / (2 * math.pi)), min=1).long()
+        self.register_buffer("time_mult", m, persistent=False)
+        n_s = self.d_space // 2
+        self.register_buffer("space_freq", (theta ** (-torch.arange(n_s, dtype=torch.float64) * 2 / self.d_space)).float(),
+                             persistent=False)
+        self.n_pass = head_dim // 2 - n_t - 2 * n_s  # pairs left unrotated
+
+    def forward(self, times: torch.Tensor, h: int, w: int):
+        """times: int64 (T,) absolute frame indices -> cos, sin of shape (T*h*w, head_dim/2)."""
+        dev = self.time_mult.device
+        times = times.to(dev).long()
+        phase = (times[:, None] * self.time_mult[None, :]) % self.time_period  # exact integers
+        a_t = phase.double() * (2 * math.pi / self.time_period)
+        rows = torch.arange(h, device=dev, dtype=torch.float32)[:, None] * self.space_freq
+        cols = torch.arange(w, device=dev, dtype=torch.float32)[:, None] * self.space_freq
+        T = times.shape[0]
+        ang = torch.cat([
+            a_t.float()[:, None, None, :].expand(T, h, w, -1),
+            rows[None, :, None, :].expand(T, h, w, -1),
+            cols[None, None, :, :].expand(T, h, w, -1),
+            torch.zeros(T, h, w, self.n_pass, device=dev),
+        ], dim=-1).reshape(T * h * w, -1)
+        return ang.cos(), ang.sin()
+
+
+def frame_causal_mask(T: int, N: int, window: int, device=None) -> torch.Tensor:
+    """Boolean (T*N, T*N): a token of frame i may attend to frames i-window .. i (all their tokens)."""
+    f = torch.arange(T, device=device)
+    allowed = (f[:, None] >= f[None, :]) & (f[:, None] - f[None, :] <= window)
+    return allowed.repeat_interleave(N, 0).repeat_interleave(N, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformer block with adaLN-Zero, one modulation vector per frame.
+# --------------------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        # QK-norm keeps attention logits bounded when training with high learning rates (as in SD3 / ViT-22B).
+        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, cos, sin, mask=None, cache: "KVCache | None" = None, layer: int = 0, commit_slot=None,
+                return_kv: bool = False):
+        B, T, N, D = x.shape
+        q, k, v = rearrange(self.qkv(x), "b t n (three h d) -> three b h (t n) d", three=3, h=self.heads)
+        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        kv = (k, v) if return_kv else None
+        if cache is None:
+            out = attention(q, k, v, mask)
+        else:  # one new frame: write its keys/values into the scratch slot, attend over window + itself
+            out = attention(q, *cache.write_scratch(layer, k, v), cache.attn_mask())
+            if commit_slot is not None:
+                cache.commit(layer, commit_slot)
+        return self.proj(rearrange(out, "b h (t n) d -> b t n (h d)", t=T)), kv
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x, c, cos, sin, **attn_kw):
+        """x: (B, T, N, D) tokens; c: (B, T, D) per-frame conditioning."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)
+        a, kv = self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, **attn_kw)
+        x = x + gate1 * a
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x, kv
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, out_dim)
+
+    def forward(self, x, c):
+        shift, scale = self.ada(c)[:, :, None].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+# --------------------------------------------------------------------------------------------------
+# The model.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelOutput:
+    out: torch.Tensor  # (B, T, C, h, w) raw network output F (the EDM wrapper turns it into a denoised latent)
+    reward: torch.Tensor  # (B, T) predicted reward of the transition into each frame
+    term_logit: torch.Tensor  # (B, T) logit that the episode terminated on entering each frame
+    kv: list | None = None  # per layer (k, v) of shape (B, H, T*N, d), when asked for (cache prefill)
+
+
+class WorldDiT(ModelMixin, ConfigMixin):
+    """Frame-causal latent DiT with per-frame noise level and action (adaLN-Zero), reward and termination heads."""
+
+    @register_to_config
+    def __init__(self, action_spec: dict, latent_channels: int = 4, patch_size: int = 2, dim: int = 256,
+                 depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, context_frames: int = 4,
+                 time_period: int = 4096):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        p, C = patch_size, latent_channels
+        self.patch_in = nn.Linear(C * p * p, dim)
+        self.sigma_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.sigma_embed = TimestepEmbedding(256, dim)
+        self.action_embed = ActionEncoder(action_spec, dim)
+        self.rope = Rotary3D(dim // heads, time_period)
+        self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
+        self.final = FinalLayer(dim, C * p * p)
+        self.head_norm = nn.LayerNorm(dim)
+        self.heads_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 2))  # reward, termination
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for blk in self.blocks:  # adaLN-Zero: every block starts as the identity
+            nn.init.zeros_(blk.ada[-1].weight)
+            nn.init.zeros_(blk.ada[-1].bias)
+        nn.init.zeros_(self.final.ada[-1].weight)
+        nn.init.zeros_(self.final.ada[-1].bias)
+        nn.init.zeros_(self.final.linear.weight)
+        nn.init.zeros_(self.final.linear.bias)
+        nn.init.normal_(self.sigma_embed.linear_1.weight, std=0.02)
+        nn.init.normal_(self.sigma_embed.linear_2.weight, std=0.02)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _cond(self, c_noise, actions, has_action):
+        B, T = has_action.shape
+        s = self.sigma_embed(self.sigma_proj(c_noise.reshape(-1).float()).to(self.patch_in.weight.dtype))
+        return s.reshape(B, T, -1) + self.action_embed(actions, has_action)
+
+    def _tokens(self, x):
+        p = self.config.patch_size
+        return rearrange(x, "b t c (h p1) (w p2) -> b t (h w) (c p1 p2)", p1=p, p2=p)
+
+    def _untokens(self, y, h, w):
+        p = self.config.patch_size
+        return rearrange(y, "b t (h w) (c p1 p2) -> b t c (h p1) (w p2)", h=h // p, w=w // p, p1=p, p2=p)
+
+    def _heads(self, x):
+        r = self.heads_mlp(self.head_norm(x.mean(dim=2)))
+        return r[..., 0], r[..., 1]
+
+    def _check_size(self, h, w):
+        p = self.config.patch_size
+        if h % p or w % p:
+            raise ValueError(f"latent grid {h}x{w} is not divisible by patch_size={p}")
+
+    # ---- sequence forward: training, full recompute, cache prefill --------------------------------
+    def forward(self, x, c_noise, actions, has_action, times=None, return_kv: bool = False) -> ModelOutput:
+        """x: (B, T, C, h, w) scaled noisy latents; c_noise: (B, T); actions: (B, T, ...); has_action: (B, T).
+
+        times: int64 (T,) absolute frame indices (default 0..T-1); the attention window is `context_frames`.
+        """
+        B, T, C, h, w = x.shape
+        self._check_size(h, w)
+        p = self.config.patch_size
+        if times is None:
+            times = torch.arange(T)
+        tok = self.patch_in(self._tokens(x))
+        c = self._cond(c_noise, actions, has_action)
+        cos, sin = self.rope(times, h // p, w // p)
+        mask = frame_causal_mask(T, tok.shape[2], self.config.context_frames, device=x.device)
+        kvs = []
+        for blk in self.blocks:
+            tok, kv = blk(tok, c, cos, sin, mask=mask, return_kv=return_kv)
+            kvs.append(kv)
+        reward, term = self._heads(tok)
+        out = self._untokens(self.final(tok, c), h, w)
+        return ModelOutput(out, reward, term, kvs if return_kv else None)
+
+    # ---- cached forward: one new frame per call -------------------------------------------------------
+    def forward_cached(self, x, c_noise, actions, has_action, cache: "KVCache", time: int,
+                       commit: bool = False) -> ModelOutput:
+        """x: (B, C, h, w) one frame per batch element, attending to the cache's window and to itself.
+
+        commit=True writes this frame's keys/values into the cache at `time` (after each layer has used
+        the window it needs), so the next frame sees it as context.
+        """
+        B, C, h, w = x.shape
+        p = self.config.patch_size
+        tok = self.patch_in(self._tokens(x[:, None]))
+        c = self._cond(c_noise[:, None], actions[:, None] if not isinstance(actions, dict)
+                       else {k: v[:, None] for k, v in actions.items()}, has_action[:, None])
+        cos, sin = self.rope(torch.tensor([time]), h // p, w // p)
+        slot = cache.slot(time) if commit else None
+        for i, blk in enumerate(self.blocks):
+            tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot)
+        if commit:
+            cache.mark(time)
+        reward, term = self._heads(tok)
+        out = self._untokens(self.final(tok, c), h, w)[:, 0]
+        return ModelOutput(out, reward[:, 0], term[:, 0])
+
+    def new_cache(self, batch_size: int, tokens_per_frame: int, device=None, dtype=None) -> "KVCache":
+        cfg = self.config
+        return KVCache(cfg.depth, batch_size, cfg.heads, cfg.dim // cfg.heads, cfg.context_frames, tokens_per_frame,
+                       device=device or self.device, dtype=dtype or self.dtype)
+
+
+class KVCache:
+    """Preallocated keys/values of the last `window` frames, per layer, as a ring buffer plus one scratch slot.
+
+    Memory is fixed at construction, so a rollout of any length uses constant memory and time per step.
+    Slot `window` is the scratch slot where the frame being generated writes its keys/values; `commit`
+    copies them into the ring slot of their time. Time is one clock shared by the batch; each batch
+    element has its own record of which ring slots hold valid frames (an env reset clears its own).
+    """
+
+    def __init__(self, depth, batch, heads, head_dim, window, tokens_per_frame, device=None, dtype=torch.float32):
+        self.window, self.N = window, tokens_per_frame
+        shape = (depth, batch, heads, (window + 1) * tokens_per_frame, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.slot_time = torch.full((batch, window), -1, dtype=torch.long)  # absolute time held per ring slot
+        self.valid = torch.zeros(batch, window + 1, dtype=torch.bool, device=device)
+        self.valid[:, window] = True  # the scratch slot (the frame itself) is always visible
+        self._mask = None
+
+    def slot(self, time: int) -> int:
+        return time % self.window
+
+    def _span(self, slot):
+        return slice(slot * self.N, (slot + 1) * self.N)
+
+    def write_scratch(self, layer, k, v):
+        s = self._span(self.window)
+        self.k[layer, :, :, s] = k
+        self.v[layer, :, :, s] = v
+        return self.k[layer], self.v[layer]
+
+    def commit(self, layer, slot):
+        s, d = self._span(self.window), self._span(slot)
+        self.k[layer, :, :, d] = self.k[layer, :, :, s]
+        self.v[layer, :, :, d] = self.v[layer, :, :, s]
+
+    def mark(self, time: int, rows=None):
+        rows = slice(None) if rows is None else rows
+        self.slot_time[rows, self.slot(time)] = time
+        self.valid[rows, self.slot(time)] = True
+        self._mask = None
+
+    def attn_mask(self):
+        if self._mask is None:  # (B, 1, 1, (window+1)*N), rebuilt only when validity changes
+            self._mask = self.valid.repeat_interleave(self.N, dim=1)[:, None, None, :]
+        return self._mask
+
+    def clear(self, rows):
+        """Forget every cached frame of the given batch rows (an env reset)."""
+        self.valid[rows, : self.window] = False
+        self.slot_time[rows] = -1
+        self._mask = None
+
+    def write_frames(self, rows, kvs, times):
+        """Prefill: write per-layer (k, v) of shape (b, H, T*N, d) for frames at `times` into batch `rows`."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        for t_idx, t in enumerate(times):
+            d, s = self._span(self.slot(int(t))), self._span(t_idx)
+            for layer, (k, v) in enumerate(kvs):
+                self.k[layer, rows, :, d] = k[:, :, s].to(self.k.dtype)
+                self.v[layer, rows, :, d] = v[:, :, s].to(self.v.dtype)
+            self.mark(int(t), rows)
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2

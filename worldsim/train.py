@@ -1,0 +1,251 @@
+"""`worldsim train`: autoencoder, then world model with its reward/termination heads, then a bundle.
+
+Stages run in order and each is resumable: the run directory holds one checkpoint (`RUN/ckpt/`, swapped
+in atomically) with weights, optimizer states and `state.json` (stage, step, loss history). Kill the job
+at any point and run the same command again to continue. `ae.minutes` / `dit.minutes` cap a stage's
+wall-clock time per invocation (handy on CPU): the stage continues where it stopped next time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from tqdm import tqdm
+
+from worldsim.autoencoder import LatentCodec, make_autoencoder, to_pixels
+from worldsim.checkpoint import bundle_files, load_optimizer, optimizer_tensors, resolve_dir, tensors_bytes, write_dir_atomic
+from worldsim.data import WindowDataset, load_episodes, load_manifest
+from worldsim.diffusion import EDM, EDMConfig
+from worldsim.model import WorldDiT
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def psnr(a_u8: torch.Tensor, b_u8: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB between uint8 images (..., H, W, 3)."""
+    mse = ((a_u8.float() - b_u8.float()) ** 2).mean(dim=(-3, -2, -1))
+    return 10 * torch.log10(255.0**2 / mse.clamp(min=1e-10))
+
+
+class Trainer:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        torch.manual_seed(cfg.seed)
+        self.run = Path(cfg.run)
+        self.run.mkdir(parents=True, exist_ok=True)
+        manifest = load_manifest(Path(cfg.data))
+        self.env_info = manifest["env"]
+        self.train_eps = load_episodes(Path(cfg.data), split="train", min_steps=1)
+        self.test_eps = load_episodes(Path(cfg.data), split="test", min_steps=1)
+        if not self.train_eps:
+            raise ValueError(f"no training episodes in {cfg.data}: run `worldsim collect out={cfg.data}` first")
+        self.amp = self.device.type == "cuda"  # bf16 autocast on GPU; fp32 is faster on CPU
+        self.ae = make_autoencoder(cfg.autoencoder.preset).to(self.device)
+        self.edm_cfg = EDMConfig(**{f.name: cfg.diffusion[f.name] for f in fields(EDMConfig) if f.name in cfg.diffusion})
+        self.edm = EDM(self.edm_cfg)
+        model_kw = {k: v for k, v in cfg.model.items()}
+        self.dit = WorldDiT(action_spec=self.env_info["action_space"], latent_channels=self.ae.config.latent_channels,
+                            **model_kw).to(self.device)
+        self.opt_ae = torch.optim.AdamW(self.ae.parameters(), lr=cfg.ae.lr, weight_decay=0.0)
+        self.opt_dit = torch.optim.AdamW(self.dit.parameters(), lr=cfg.dit.lr, weight_decay=cfg.dit.weight_decay,
+                                         betas=(0.9, 0.99))
+        self.state = {"stage": "ae", "ae_step": 0, "dit_step": 0, "history": {"ae": [], "dit": []},
+                      "latent_mean": 0.0, "latent_std": 1.0, "metrics": {}}
+        self.rng = np.random.default_rng(cfg.seed)
+        self._resume()
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def _resume(self):
+        ck = resolve_dir(self.run / "ckpt")
+        if ck is None:
+            return
+        self.state = json.loads((ck / "state.json").read_text())
+        self.ae.load_state_dict(st_load((ck / "autoencoder.safetensors").read_bytes()))
+        self.dit.load_state_dict(st_load((ck / "world_model.safetensors").read_bytes()))
+        load_optimizer(self.opt_ae, (ck / "opt_ae.safetensors").read_bytes())
+        load_optimizer(self.opt_dit, (ck / "opt_dit.safetensors").read_bytes())
+        self.rng = np.random.default_rng([self.cfg.seed, self.state["ae_step"], self.state["dit_step"]])
+        torch.manual_seed(self.cfg.seed + self.state["ae_step"] * 7919 + self.state["dit_step"])
+        print(f"resumed from {ck}: stage={self.state['stage']} ae_step={self.state['ae_step']} "
+              f"dit_step={self.state['dit_step']}")
+
+    def save(self):
+        ta, ma = optimizer_tensors(self.opt_ae)
+        td, md = optimizer_tensors(self.opt_dit)
+        write_dir_atomic(self.run / "ckpt", {
+            "autoencoder.safetensors": tensors_bytes(self.ae.state_dict()),
+            "world_model.safetensors": tensors_bytes(self.dit.state_dict()),
+            "opt_ae.safetensors": tensors_bytes(ta, ma),
+            "opt_dit.safetensors": tensors_bytes(td, md),
+            "state.json": json.dumps(self.state).encode(),
+        })
+        self.plot()
+
+    def plot(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        for ax, key, title in zip(axes, ("ae", "dit"), ("autoencoder loss", "world model loss")):
+            h = self.state["history"][key]
+            if h:
+                steps, vals = zip(*[(r["step"], r["loss"]) for r in h])
+                ax.plot(steps, vals)
+                ax.set_yscale("log")
+            ax.set_title(title)
+            ax.set_xlabel("step")
+        fig.tight_layout()
+        fig.savefig(self.run / "loss.png", dpi=80)
+        plt.close(fig)
+
+    # ---- autoencoder --------------------------------------------------------------------------------
+    def _frames(self, eps, n):
+        e = self.rng.integers(len(eps), size=n)
+        return torch.stack([torch.as_tensor(eps[i]["frames"][self.rng.integers(len(eps[i]["frames"]))]) for i in e])
+
+    def train_ae(self):
+        c, st = self.cfg.ae, self.state
+        t0 = time.time()
+        bar = tqdm(total=c.steps, initial=st["ae_step"], desc="autoencoder", unit="step")
+        while st["ae_step"] < c.steps:
+            x = to_pixels(self._frames(self.train_eps, c.batch_size).to(self.device))
+            for g in self.opt_ae.param_groups:
+                g["lr"] = c.lr * min(1.0, (st["ae_step"] + 1) / 100) * 0.5 * (1 + math.cos(math.pi * st["ae_step"] / c.steps))
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
+                post = self.ae.encode(x).latent_dist
+                y = self.ae.decode(post.sample()).sample
+            rec = (y.float() - x).abs().mean() + ((y.float() - x) ** 2).mean()
+            loss = rec + c.kl_weight * post.kl().mean()
+            self.opt_ae.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.ae.parameters(), 1.0)
+            self.opt_ae.step()
+            st["ae_step"] += 1
+            bar.update(1)
+            if st["ae_step"] % self.cfg.log_every == 0:
+                st["history"]["ae"].append({"step": st["ae_step"], "loss": rec.item()})
+                bar.set_postfix(loss=f"{rec.item():.4f}")
+            if st["ae_step"] % self.cfg.checkpoint_every == 0:
+                self.save()
+            if c.minutes and time.time() - t0 > 60 * c.minutes:
+                break
+        bar.close()
+        done = st["ae_step"] >= c.steps
+        if done:
+            st["metrics"]["ae_psnr_test"] = self.ae_psnr()
+            print(f"autoencoder reconstruction PSNR on held-out frames: {st['metrics']['ae_psnr_test']:.2f} dB")
+            st["stage"] = "dit"
+        self.save()
+        return done
+
+    @torch.no_grad()
+    def ae_psnr(self, n: int = 256) -> float:
+        self.ae.eval()
+        eps = self.test_eps or self.train_eps
+        frames = self._frames(eps, n).to(self.device)
+        codec = LatentCodec(self.ae)
+        rec = torch.cat([codec.decode(codec.encode(frames[i:i + 64])) for i in range(0, n, 64)])
+        self.ae.train()
+        return float(psnr(rec, frames).mean())
+
+    # ---- world model -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_all(self, eps):
+        self.ae.eval()
+        codec = LatentCodec(self.ae)
+        out = []
+        for ep in tqdm(eps, desc="encode latents", unit="ep"):
+            f = torch.as_tensor(ep["frames"])
+            out.append(torch.cat([codec.encode(f[i:i + 256].to(self.device)).cpu() for i in range(0, len(f), 256)]))
+        return out
+
+    def train_dit(self):
+        c, st = self.cfg.dit, self.state
+        T = self.dit.config.context_frames + 1
+        lat = self.encode_all(self.train_eps)
+        if st["dit_step"] == 0:  # normalise latents to unit variance (EDM's sigma_data = 1)
+            allz = torch.cat([z.flatten() for z in lat])
+            st["latent_mean"], st["latent_std"] = float(allz.mean()), float(allz.std())
+        lat = [(z - st["latent_mean"]) / st["latent_std"] for z in lat]
+        ds = WindowDataset(self.train_eps, T, latents=lat)
+        loader = torch.utils.data.DataLoader(ds, batch_size=c.batch_size, shuffle=True, drop_last=True,
+                                             generator=torch.Generator().manual_seed(self.cfg.seed + st["dit_step"]))
+        model = self.dit
+        if self.cfg.compile and self.device.type == "cuda":
+            model = torch.compile(self.dit)
+        t0 = time.time()
+        bar = tqdm(total=c.steps, initial=st["dit_step"], desc="world model", unit="step")
+        while st["dit_step"] < c.steps:
+            for batch in loader:
+                b = {k: v.to(self.device) for k, v in batch.items()}
+                for g in self.opt_dit.param_groups:
+                    g["lr"] = c.lr * min(1.0, (st["dit_step"] + 1) / c.warmup)
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
+                    loss, parts = self.edm.loss(model, b["latents"], b["actions"], b["has_action"], b["reward"],
+                                                b["terminated"], b["has_transition"])
+                self.opt_dit.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.dit.parameters(), 1.0)
+                self.opt_dit.step()
+                st["dit_step"] += 1
+                bar.update(1)
+                if st["dit_step"] % self.cfg.log_every == 0:
+                    st["history"]["dit"].append({"step": st["dit_step"], "loss": loss.item(), **parts})
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
+                if st["dit_step"] % self.cfg.checkpoint_every == 0:
+                    self.save()
+                if st["dit_step"] >= c.steps or (c.minutes and time.time() - t0 > 60 * c.minutes):
+                    break
+            if c.minutes and time.time() - t0 > 60 * c.minutes:
+                break
+        bar.close()
+        done = st["dit_step"] >= c.steps
+        if done:
+            st["stage"] = "done"
+        self.save()
+        return done
+
+    # ---- export ---------------------------------------------------------------------------------------
+    def export(self, out: Path):
+        W = self.dit.config.context_frames
+        eps = self.test_eps or self.train_eps
+        frames, actions = [], []
+        for ep in eps[: self.cfg.start_states]:  # start contexts: the first W frames of held-out episodes
+            if len(ep["frames"]) >= W:
+                frames.append(torch.as_tensor(ep["frames"][:W]))
+                actions.append(torch.as_tensor(ep["actions"][: W - 1]))
+        if not frames:
+            raise ValueError(f"no episode has {W} frames to make a start state from")
+        files = bundle_files(self.ae, self.dit, self.edm_cfg, (self.state["latent_mean"], self.state["latent_std"]),
+                             self.env_info, torch.stack(frames), torch.stack(actions),
+                             extra={"metrics": self.state["metrics"], "trained": {"ae_steps": self.state["ae_step"],
+                                                                                   "dit_steps": self.state["dit_step"]}})
+        write_dir_atomic(out, files)
+        print(f"bundle written to {out} ({sum(len(v) for v in files.values()) / 2**20:.1f} MiB)")
+
+
+def train(cfg):
+    tr = Trainer(cfg)
+    if tr.state["stage"] == "ae" and not tr.train_ae():
+        print("autoencoder stage paused (time cap); run the same command again to continue")
+        return tr
+    if tr.state["stage"] == "dit" and not tr.train_dit():
+        print("world model stage paused (time cap); run the same command again to continue")
+        return tr
+    tr.export(Path(cfg.out) if cfg.out else tr.run / "bundle")
+    return tr

@@ -1,0 +1,266 @@
+"""The learned world as a Gymnasium environment (`worldsim/Crafter-v0`) and a native batched VectorEnv.
+
+Both talk to the model only through `WorldSimulator`; agents and the viewer talk only to these envs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+
+from worldsim.simulator import WorldSimulator, load_bundle
+
+OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index"}
+
+
+def _default_bundle() -> Path:
+    from worldsim import DEFAULT_CRAFTER_BUNDLE
+
+    return DEFAULT_CRAFTER_BUNDLE
+
+
+class WorldEnv(gym.Env):
+    """A world generated frame by frame by worldsim's diffusion world model.
+
+    With the default bundle this is Crafter:
+
+    - Observation: ``Box(0, 255, (64, 64, 3), uint8)``.
+    - Action: ``Discrete(17)`` with Crafter's meanings (``env.unwrapped.action_meanings``):
+      0 noop, 1 move_left, 2 move_right, 3 move_up, 4 move_down, 5 do, 6 sleep, 7 place_stone,
+      8 place_table, 9 place_furnace, 10 place_plant, 11 make_wood_pickaxe, 12 make_stone_pickaxe,
+      13 make_iron_pickaxe, 14 make_wood_sword, 15 make_stone_sword, 16 make_iron_sword.
+    - Reward and ``terminated`` come from the model's reward and termination heads; ``truncated`` after
+      ``horizon`` steps.
+
+    ``reset(seed=..., options=...)`` starts from one of the start states shipped with the model (picked
+    with ``np_random``, or ``options={"start_index": i}``), or from a context the caller gives:
+    ``{"context_frames": uint8 (T, H, W, 3), "context_actions": int (T-1,)}`` where
+    ``context_actions[i]`` was taken between frame i and i+1 (the next ``step(a)`` applies ``a`` to the
+    last frame; T <= the model's ``context_frames``), or ``{"image": uint8 (H, W, 3)}``.
+    All sampling noise comes from ``np_random``: the same seed, start and actions give the same frames.
+    """
+
+    metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
+
+    def __init__(self, bundle: str | Path | None = None, render_mode: str | None = None, horizon: int = 10000,
+                 sampling_steps: int | None = None, context_noise: float | None = None,
+                 termination_threshold: float = 0.5, device: str = "cpu"):
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), float(termination_threshold)
+        self.bundle = load_bundle(str(bundle or _default_bundle()), device)
+        self.sim = WorldSimulator(self.bundle, 1, sampling_steps, context_noise)
+        self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
+        self.action_space = _action_space(self.bundle.env["action_space"])
+        self.action_meanings = list(self.bundle.env.get("action_meanings", []))
+        self._obs, self._t, self._window = None, 0, None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        frames, actions, info = _start(self, options, self.np_random)
+        self.sim.reset([0], frames[None], actions[None],
+                       self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)))
+        self._obs, self._t = frames[-1].copy(), 0
+        if self.render_mode == "human":
+            self.render()
+        return self._obs.copy(), info
+
+    def step(self, action):
+        if self._obs is None:
+            raise RuntimeError("call reset() before step()")
+        _check_action(self.action_space, action)
+        shape = (1, *self.sim.latent_shape)
+        res = self.sim.step(np.asarray([action]), self.np_random.standard_normal(shape),
+                            self.np_random.standard_normal(shape))
+        self._obs, self._t = res.frames[0], self._t + 1
+        terminated = bool(res.terminated_prob[0] > self.threshold)
+        truncated = self._t >= self.horizon
+        if self.render_mode == "human":
+            self.render()
+        return self._obs.copy(), float(res.reward[0]), terminated, truncated, {"terminated_prob": float(res.terminated_prob[0])}
+
+    def render(self):
+        if self._obs is None:
+            return None
+        if self.render_mode == "human":
+            if self._window is None:
+                from worldsim.play import FrameWindow
+
+                self._window = FrameWindow(self.observation_space.shape[:2], scale=8, title="worldsim")
+            self._window.show(self._obs)
+            return None
+        return self._obs.copy()
+
+    def close(self):
+        if self._window is not None:
+            self._window.close()
+            self._window = None
+
+
+class WorldVectorEnv(gym.vector.VectorEnv):
+    """``num_envs`` learned worlds stepped by one batched forward pass per denoising step (not N copies).
+
+    Autoreset follows Gymnasium's default (NEXT_STEP): after a sub-env ends, the next ``step`` resets it
+    to a default start and returns its first observation with reward 0; its action is ignored.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP, "render_fps": 15}
+
+    def __init__(self, num_envs: int = 1, bundle: str | Path | None = None, render_mode: str | None = None,
+                 horizon: int = 10000, sampling_steps: int | None = None, context_noise: float | None = None,
+                 termination_threshold: float = 0.5, device: str = "cpu", **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected arguments for WorldVectorEnv: {sorted(kwargs)}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array' for the vector env, got {render_mode!r}")
+        self.num_envs, self.render_mode = int(num_envs), render_mode
+        self.horizon, self.threshold = int(horizon), float(termination_threshold)
+        self.bundle = load_bundle(str(bundle or _default_bundle()), device)
+        self.sim = WorldSimulator(self.bundle, self.num_envs, sampling_steps, context_noise)
+        self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
+        self.single_action_space = _action_space(self.bundle.env["action_space"])
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.action_meanings = list(self.bundle.env.get("action_meanings", []))
+        self.rngs = [np.random.default_rng() for _ in range(self.num_envs)]
+        self._obs = np.zeros((self.num_envs, *self.sim.frame_shape), np.uint8)
+        self._t = np.zeros(self.num_envs, np.int64)
+        self._autoreset = np.zeros(self.num_envs, bool)
+        self._started = False
+
+    def _reset_rows(self, rows, options=None):
+        frames, actions = [], []
+        for i in rows:
+            f, a, _ = _start(self, options, self.rngs[i])
+            frames.append(f), actions.append(a)
+        lengths = {len(f) for f in frames}
+        if len(lengths) != 1:  # default starts all have the same length; a given context is shared by all rows
+            raise ValueError("all reset contexts of one call must have the same length")
+        noise = np.stack([self.rngs[i].standard_normal((len(frames[0]), *self.sim.latent_shape)) for i in rows])
+        self.sim.reset(rows, np.stack(frames), np.stack(actions), noise)
+        for i, f in zip(rows, frames):
+            self._obs[i], self._t[i] = f[-1], 0
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        if seed is None:
+            seeds = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+        if seed is not None or not self._started:
+            self.rngs = [np.random.default_rng(s) for s in seeds]
+        self._reset_rows(list(range(self.num_envs)), options)
+        self._autoreset[:] = False
+        self._started = True
+        return self._obs.copy(), {}
+
+    def step(self, actions):
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        actions = np.asarray(actions)
+        if actions.shape[:1] != (self.num_envs,):
+            raise ValueError(f"expected {self.num_envs} actions (one per env), got array of shape {actions.shape}")
+        for a in actions:
+            _check_action(self.single_action_space, a)
+        shape = self.sim.latent_shape
+        noise = np.stack([r.standard_normal(shape) for r in self.rngs])
+        ctx = np.stack([r.standard_normal(shape) for r in self.rngs])
+        res = self.sim.step(actions, noise, ctx)
+        self._obs[:] = res.frames
+        self._t += 1
+        rewards = res.reward.astype(np.float64)
+        terminated = res.terminated_prob > self.threshold
+        truncated = self._t >= self.horizon
+        resetting = np.flatnonzero(self._autoreset)
+        if len(resetting):  # NEXT_STEP autoreset: these rows start over; their step result is discarded
+            self._reset_rows(resetting.tolist())
+            rewards[resetting], terminated[resetting], truncated[resetting] = 0.0, False, False
+        self._autoreset = terminated | truncated
+        return self._obs.copy(), rewards, terminated, truncated, {"terminated_prob": res.terminated_prob}
+
+    def render(self):
+        return self._obs.copy() if self.render_mode == "rgb_array" else None
+
+
+# ---- shared helpers ------------------------------------------------------------------------------------
+
+
+def _action_space(spec: dict) -> gym.Space:
+    kind = spec["type"]
+    if kind == "discrete":
+        return gym.spaces.Discrete(spec["n"])
+    if kind == "multi_binary":
+        return gym.spaces.MultiBinary(spec["n"])
+    if kind == "multi_discrete":
+        return gym.spaces.MultiDiscrete(spec["nvec"])
+    if kind == "box":
+        return gym.spaces.Box(-spec["scale"], spec["scale"], (spec["dim"],), np.float32)
+    return gym.spaces.Dict({k: _action_space(s) for k, s in spec["keys"].items()})
+
+
+def _check_action(space: gym.Space, action) -> None:
+    if isinstance(space, gym.spaces.Discrete):  # an integer scalar, not 1.5 or "3" or [3]
+        a = np.asarray(action) if not isinstance(action, str) else None
+        ok = a is not None and a.shape == () and np.issubdtype(a.dtype, np.integer) and space.contains(np.int64(a))
+    else:
+        try:
+            ok = space.contains(action)
+        except (TypeError, ValueError):
+            ok = False
+    if not ok:
+        raise ValueError(f"invalid action {action!r}: it must be an element of {space}")
+
+
+def _start(env, options, rng):
+    """Context frames (T, H, W, 3), actions (T-1,) and info for a reset, from options or a shipped start."""
+    options = dict(options or {})
+    unknown = set(options) - OPTION_KEYS
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: {sorted(OPTION_KEYS)}")
+    shape, W = env.sim.frame_shape, env.sim.window
+    if "image" in options:
+        if "context_frames" in options:
+            raise ValueError("give either options['image'] or options['context_frames'], not both")
+        frames = _check_frames(np.asarray(options["image"])[None], shape, "options['image']", single=True)
+        return frames, np.zeros((0,), np.int64), {"start": "image"}
+    if "context_frames" in options:
+        frames = _check_frames(np.asarray(options["context_frames"]), shape, "options['context_frames']")
+        if len(frames) > W:
+            raise ValueError(f"options['context_frames'] has {len(frames)} frames, more than the model's window of {W}")
+        acts = options.get("context_actions")
+        if acts is None:
+            if len(frames) > 1:
+                raise ValueError(f"options['context_actions'] is required with {len(frames)} context frames "
+                                 f"(one action between each pair: {len(frames) - 1})")
+            acts = np.zeros((0,), np.int64)
+        acts = np.asarray(acts)
+        if len(acts) != len(frames) - 1:
+            raise ValueError(f"options['context_actions'] has {len(acts)} actions; expected {len(frames) - 1} "
+                             f"(one between each pair of the {len(frames)} context frames)")
+        for a in acts:
+            _check_action(env.single_action_space if hasattr(env, "single_action_space") else env.action_space, a)
+        return frames, acts, {"start": "context"}
+    if "context_actions" in options:
+        raise ValueError("options['context_actions'] given without options['context_frames']")
+    n = len(env.bundle.start_frames)
+    idx = options.get("start_index")
+    idx = int(rng.integers(n)) if idx is None else int(idx)
+    if not 0 <= idx < n:
+        raise ValueError(f"options['start_index']={idx} is out of range: the model ships {n} start states")
+    return env.bundle.start_frames[idx].numpy(), env.bundle.start_actions[idx].numpy(), {"start": f"shipped:{idx}"}
+
+
+def _check_frames(frames: np.ndarray, shape, name, single=False) -> np.ndarray:
+    want = f"uint8 array of shape {shape}" if single else f"uint8 array of shape (T, {', '.join(map(str, shape))})"
+    if frames.dtype != np.uint8:
+        raise ValueError(f"{name} must be a {want}, got dtype {frames.dtype}")
+    if frames.ndim != 4 or tuple(frames.shape[1:]) != tuple(shape) or len(frames) == 0:
+        got = frames.shape[1:] if single else frames.shape
+        raise ValueError(f"{name} must be a {want}, got shape {got}")
+    return frames

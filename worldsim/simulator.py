@@ -1,0 +1,116 @@
+"""Batched inference: B worlds stepped together by one forward pass per denoising step.
+
+Each step: sample the next latent frame with a few Euler steps, every pass attending to the KV cache of
+the last `context_frames` frames; then one "commit" pass writes the new frame (with a little context
+noise, as in training) into the cache and reads the reward and termination heads; then decode.
+All randomness comes in as arrays from the caller (the env draws it from its own `np_random`), so a
+seeded env is reproducible and the tests can replay the exact same noise through a full recompute.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldsim.autoencoder import downsample_factor
+from worldsim.checkpoint import Bundle
+from worldsim.model import actions_to_tensor
+
+
+@functools.lru_cache(maxsize=4)
+def load_bundle(path: str, device: str = "cpu") -> Bundle:
+    """Bundles are read-only at inference, so every env in a process shares one copy."""
+    return Bundle(Path(path), device=device)
+
+
+@dataclass
+class StepResult:
+    frames: np.ndarray  # (B, H, W, 3) uint8
+    latents: torch.Tensor  # (B, C, h, w) sampled normalised latents
+    reward: np.ndarray  # (B,) float32
+    terminated_prob: np.ndarray  # (B,) float32
+
+
+class WorldSimulator:
+    def __init__(self, bundle: Bundle, batch_size: int, sampling_steps: int | None = None,
+                 context_noise: float | None = None):
+        self.bundle, self.B = bundle, batch_size
+        self.dit, self.edm, self.codec = bundle.dit, bundle.edm, bundle.codec
+        self.spec = self.dit.config.action_spec
+        self.window = self.dit.config.context_frames
+        self.steps = sampling_steps or self.edm.cfg.sampling_steps
+        self.context_noise = self.edm.cfg.context_noise if context_noise is None else float(context_noise)
+        H, W, _ = bundle.env["frame_shape"]
+        f = downsample_factor(bundle.ae)
+        self.frame_shape = (H, W, 3)
+        self.latent_shape = (bundle.ae.config.latent_channels, H // f, W // f)
+        p = self.dit.config.patch_size
+        self.tokens_per_frame = (H // f // p) * (W // f // p)
+        self.device = self.dit.device
+        self.cache = self.dit.new_cache(batch_size, self.tokens_per_frame)
+        self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
+        self.sigmas = self.edm.sampling_sigmas(self.steps)
+
+    def _t(self, a):
+        return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)
+
+    @torch.no_grad()
+    def reset(self, rows, frames: np.ndarray, actions, context_noise: np.ndarray) -> torch.Tensor:
+        """Start batch rows from context frames (b, T, H, W, 3) uint8 and the T-1 actions between them.
+
+        context_noise: (b, T, C, h, w) unit Gaussian. Returns the context's normalised latents (b, T, C, h, w).
+        """
+        rows = list(rows)
+        b, T = frames.shape[:2]
+        if sorted(rows) == list(range(self.B)):  # a full reset restarts the clock: same seed, same numbers
+            self.time = T - 1
+        z = self.codec.encode(torch.as_tensor(frames, device=self.device))
+        zc = z + self.context_noise * self._t(context_noise)
+        acts = _prepend_null(self.spec, actions, b)
+        has = torch.ones(b, T, dtype=torch.bool, device=self.device)
+        has[:, 0] = False  # nothing is known of what led to the first context frame
+        times = torch.arange(self.time - T + 1, self.time + 1)  # the context ends now
+        sig = torch.full((b, T), self.context_noise, device=self.device)
+        inp, c_noise = self.edm.model_input(zc, sig)
+        out = self.dit(inp, c_noise, actions_to_tensor(self.spec, acts, self.device), has, times=times, return_kv=True)
+        self.cache.clear(rows)
+        self.cache.write_frames(rows, out.kv, times.tolist())
+        return z
+
+    @torch.no_grad()
+    def step(self, actions, noise: np.ndarray, context_noise: np.ndarray, decode: bool = True) -> StepResult:
+        """Advance every row by one frame. noise, context_noise: (B, C, h, w) unit Gaussian."""
+        t = self.time + 1
+        a = actions_to_tensor(self.spec, actions, self.device)
+        has = torch.ones(self.B, dtype=torch.bool, device=self.device)
+
+        def denoise(x, sigma):
+            inp, c_noise = self.edm.model_input(x, sigma)
+            return self.edm.denoised(x, sigma, self.dit.forward_cached(inp, c_noise, a, has, self.cache, t).out)
+
+        z = self.edm.sample(denoise, self._t(noise), self.steps)
+        # commit: the new frame, lightly noised as context always is, goes into the cache at time t
+        sig = torch.full((self.B,), self.context_noise, device=self.device)
+        inp, c_noise = self.edm.model_input(z + self.context_noise * self._t(context_noise), sig)
+        out = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t, commit=True)
+        self.time = t
+        frames = self.codec.decode(z).cpu().numpy() if decode else None
+        return StepResult(frames, z, out.reward.float().cpu().numpy(), torch.sigmoid(out.term_logit).float().cpu().numpy())
+
+
+def action_shape(spec) -> tuple:
+    """Per-step shape of one action of a (non-dict) spec."""
+    return {"discrete": (), "multi_binary": (spec.get("n"),), "box": (spec.get("dim"),),
+            "multi_discrete": (len(spec.get("nvec", ())),)}[spec["type"]]
+
+
+def _prepend_null(spec, actions, b):
+    """Context actions (b, T-1, ...) -> (b, T, ...) with a placeholder for the first frame (masked out)."""
+    if spec["type"] == "dict":
+        return {k: _prepend_null(s, actions[k], b) for k, s in spec["keys"].items()}
+    rest = action_shape(spec)
+    a = np.asarray(actions).reshape(b, -1, *rest)
+    return np.concatenate([np.zeros((b, 1, *rest), dtype=a.dtype), a], axis=1)

@@ -85,7 +85,8 @@ class ActionEncoder(nn.Module):
             self.fourier = FourierFeatures(spec["dim"])
             self.embed = nn.Sequential(nn.Linear(self.fourier.out_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         elif kind == "dict":
-            self.embed = nn.ModuleDict({k: ActionEncoder(s, dim, _root=False) for k, s in spec["keys"].items()})
+            # a list, not a ModuleDict: MineRL's key names ("forward", "hotbar.1") are not valid module names
+            self.embed = nn.ModuleList(ActionEncoder(s, dim, _root=False) for s in spec["keys"].values())
         else:
             raise ValueError(f"unknown action spec type {kind!r}")
         self.null = nn.Parameter(torch.zeros(dim)) if _root else None
@@ -100,7 +101,7 @@ class ActionEncoder(nn.Module):
             return sum(e(a[..., i]) for i, e in enumerate(self.embed))
         if kind == "box":
             return self.embed(self.fourier(a.float() / self.spec["scale"]))
-        return sum(enc._embed(a[k]) for k, enc in self.embed.items())
+        return sum(enc._embed(a[k]) for k, enc in zip(self.spec["keys"], self.embed))
 
     def forward(self, actions, has_action: torch.Tensor) -> torch.Tensor:
         """actions: leading dims (B, T) [+ per-space dims]; has_action: bool (B, T). -> (B, T, dim)."""

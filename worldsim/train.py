@@ -31,6 +31,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cosine(step: int, total: int, floor: float = 0.1) -> float:
+    """Cosine learning-rate decay from 1 to `floor` over `total` steps."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
 def psnr(a_u8: torch.Tensor, b_u8: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB between uint8 images (..., H, W, 3)."""
     mse = ((a_u8.float() - b_u8.float()) ** 2).mean(dim=(-3, -2, -1))
@@ -125,7 +130,7 @@ class Trainer:
         while st["ae_step"] < c.steps:
             x = to_pixels(self._frames(self.train_eps, c.batch_size).to(self.device))
             for g in self.opt_ae.param_groups:
-                g["lr"] = c.lr * min(1.0, (st["ae_step"] + 1) / 100) * 0.5 * (1 + math.cos(math.pi * st["ae_step"] / c.steps))
+                g["lr"] = c.lr * min(1.0, (st["ae_step"] + 1) / 100) * cosine(st["ae_step"], c.steps)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
                 post = self.ae.encode(x).latent_dist
                 y = self.ae.decode(post.sample()).sample
@@ -194,7 +199,7 @@ class Trainer:
             for batch in loader:
                 b = {k: v.to(self.device) for k, v in batch.items()}
                 for g in self.opt_dit.param_groups:
-                    g["lr"] = c.lr * min(1.0, (st["dit_step"] + 1) / c.warmup)
+                    g["lr"] = c.lr * min(1.0, (st["dit_step"] + 1) / c.warmup) * cosine(st["dit_step"], c.steps)
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
                     loss, parts = self.edm.loss(model, b["latents"], b["actions"], b["has_action"], b["reward"],
                                                 b["terminated"], b["has_transition"])

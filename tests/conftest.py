@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny real-Crafter dataset and a tiny trained bundle, made once per test session
+through the same jobs the CLI runs."""
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+TINY_TRAIN = ["model=tiny", "autoencoder=tiny", "ae.steps=6", "ae.batch_size=4", "dit.steps=6",
+              "dit.batch_size=2", "dit.warmup=2", "log_every=2", "checkpoint_every=3", "start_states=2", "threads=2"]
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    from worldsim.cli import run_job
+
+    out = tmp_path_factory.mktemp("data") / "crafter"
+    run_job("collect", [f"out={out}", "episodes=4", "workers=2", "max_steps=40", "test_every=2"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle(dataset, tmp_path_factory):
+    from worldsim.cli import run_job
+
+    run = tmp_path_factory.mktemp("run")
+    run_job("train", [f"data={dataset}", f"run={run}", *TINY_TRAIN])
+    return run / "bundle"
+
+
+def randomize(module, std=0.2, seed=0):
+    """Give every parameter random values: adaLN-Zero starts each block as the identity, which would make
+    causality and cache tests pass vacuously."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return module

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pygame
 
-# key -> Crafter action id; the first held key in this order wins
+# key -> Crafter action id
 CRAFTER_KEYS = {
     pygame.K_a: 1, pygame.K_d: 2, pygame.K_w: 3, pygame.K_s: 4,  # move left/right/up/down
     pygame.K_SPACE: 5, pygame.K_TAB: 6,  # do, sleep
@@ -21,17 +21,20 @@ HELP = [
 
 
 class KeyboardAgent:
-    """Reads the held keys each tick; noop when none is held."""
+    """Acts on the keys held down (tracked from the viewer's key events); noop when none is held."""
 
     def __init__(self, keymap: dict | None = None):
         self.keymap = keymap or CRAFTER_KEYS
+        self.held: list[int] = []  # in press order: the most recent key wins
 
     def reset(self):
         pass
 
+    def handle(self, event) -> None:
+        if event.type == pygame.KEYDOWN and event.key in self.keymap and event.key not in self.held:
+            self.held.append(event.key)
+        elif event.type == pygame.KEYUP and event.key in self.held:
+            self.held.remove(event.key)
+
     def act(self, obs=None) -> int:
-        pressed = pygame.key.get_pressed()
-        for key, action in self.keymap.items():
-            if pressed[key]:
-                return action
-        return 0
+        return self.keymap[self.held[-1]] if self.held else 0

@@ -214,7 +214,8 @@ def _check_action(space: gym.Space, action) -> None:
         except (TypeError, ValueError):
             ok = False
     if not ok:
-        raise ValueError(f"invalid action {action!r}: it must be an element of {space}")
+        shown = action.tolist() if isinstance(action, (np.ndarray, np.generic)) else repr(action)
+        raise ValueError(f"invalid action {shown}: it must be an element of {space}")
 
 
 def _start(env, options, rng):

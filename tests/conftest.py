@@ -8,10 +8,10 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("WORLDSIM_TEST_THREADS", "2")))
 
 TINY_TRAIN = ["model=tiny", "autoencoder=tiny", "ae.steps=6", "ae.batch_size=4", "dit.steps=6",
-              "dit.batch_size=2", "dit.warmup=2", "log_every=2", "checkpoint_every=3", "start_states=2", "threads=2"]
+              "dit.batch_size=2", "dit.warmup=2", "log_every=2", "checkpoint_every=3", "start_states=2", f"threads={torch.get_num_threads()}"]
 
 
 @pytest.fixture(scope="session")

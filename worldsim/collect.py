@@ -51,6 +51,16 @@ def _rollout(job: dict) -> dict:
             "achievements": {k: int(v) for k, v in achievements.items() if v}}
 
 
+def _readable(path: Path) -> bool:
+    try:
+        read_episode(path)
+        return True
+    except (ValueError, FileNotFoundError) as e:
+        if path.exists():
+            print(f"warning: {e}; collecting it again")
+        return False
+
+
 def _entry_from_file(root: Path, index: int, seed: int, split: str) -> dict | None:
     path = episode_path(root, index)
     if not path.exists():
@@ -91,7 +101,7 @@ def collect(cfg) -> dict:
     manifest = load_manifest(root)
     manifest["env"] = {"name": cfg.env, "frame_shape": [cfg.size, cfg.size, 3], "action_space": {"type": "discrete", "n": 17},
                        "action_meanings": list(ACTION_MEANINGS)}
-    have = {e["index"]: e for e in manifest["episodes"] if episode_path(root, e["index"]).exists()}
+    have = {e["index"]: e for e in manifest["episodes"] if _readable(episode_path(root, e["index"]))}
     jobs = []
     for i in range(cfg.episodes):
         split = "test" if cfg.test_every and i % cfg.test_every == cfg.test_every - 1 else "train"

@@ -32,6 +32,7 @@ class EDMConfig:
 class EDM:
     def __init__(self, cfg: EDMConfig):
         self.cfg = cfg
+        self._sigmas: dict[int, list[float]] = {}
 
     # ---- preconditioning -----------------------------------------------------------------------
     def c_noise(self, sigma):
@@ -93,10 +94,14 @@ class EDM:
     # ---- sampling ------------------------------------------------------------------------------
     def sampling_sigmas(self, steps: int | None = None) -> list[float]:
         """Karras schedule, taken from diffusers' EDM scheduler table; ends with 0."""
+        n = steps or self.cfg.sampling_steps
+        if n in self._sigmas:  # computed once per step count: this runs in the per-frame hot path
+            return self._sigmas[n]
         c = self.cfg
         sched = EDMEulerScheduler(sigma_min=c.sigma_min, sigma_max=c.sigma_max, sigma_data=c.sigma_data, rho=c.rho)
-        sched.set_timesteps(steps or c.sampling_steps)
-        return [float(s) for s in sched.sigmas]
+        sched.set_timesteps(n)
+        self._sigmas[n] = [float(s) for s in sched.sigmas]
+        return self._sigmas[n]
 
     @torch.no_grad()
     def sample(self, denoise_fn, noise, steps: int | None = None):

@@ -1,6 +1,6 @@
 """`worldsim play`: the live viewer. A pygame window shows the learned world's frames scaled up; the keyboard
 (Crafter's own keys) or an agent from agents/ drives it; `compare=true` runs real Crafter beside it on the
-same actions; `record=FILE.mp4` records. With no display it says so and writes a video instead.
+same actions; `record=FILE.mp4` records; ENTER resets, '.' pauses, H toggles the key help, ESC quits. With no display it says so and writes a video instead.
 
 The viewer talks to the Gymnasium envs only, never to the model.
 """
@@ -76,106 +76,126 @@ class FrameWindow:
         self.pg.display.quit()
 
 
-def play(cfg):
-    import gymnasium as gym
-    import imageio.v2 as imageio
+class Viewer:
+    """The play loop, one `tick()` per step: events -> action -> env.step -> draw -> record."""
 
-    import worldsim  # noqa: F401  (registers the envs)
-    from worldsim.agents import make_agent
-    from worldsim.agents.keyboard import HELP, KeyboardAgent
+    def __init__(self, cfg):
+        import gymnasium as gym
+        import imageio.v2 as imageio
 
-    if cfg.env != "crafter":
-        raise ValueError(f"unknown env {cfg.env!r}; available: crafter")
-    headless = not has_display()
-    record = cfg.record
-    agent_name = cfg.agent
-    max_steps = int(cfg.steps)
-    if headless:
-        record = record or "worldsim_play.mp4"
-        agent_name = agent_name or "explorer"
-        max_steps = max_steps or int(cfg.headless_steps)
-        print(f"no display found (DISPLAY is not set): the {agent_name} agent plays {max_steps} steps "
-              f"and the video is written to {record}")
-        os.environ["SDL_VIDEODRIVER"] = "dummy"
+        import worldsim  # noqa: F401  (registers the envs)
+        from worldsim.agents import make_agent
+        from worldsim.agents.keyboard import KeyboardAgent
 
-    kw = {"sampling_steps": cfg.sampling_steps, "device": cfg.device}
-    if cfg.bundle:
-        kw["bundle"] = cfg.bundle
-    env = gym.make("worldsim/Crafter-v0", **kw)
-    real = gym.make("worldsim/RealCrafter-v0") if cfg.compare else None
-    meanings = env.unwrapped.action_meanings
-    win = FrameWindow(env.observation_space.shape[:2], cfg.scale, "worldsim play", panels=2 if real else 1, hud=True)
-    agent = make_agent(agent_name, env.action_space, seed=cfg.seed) if agent_name else KeyboardAgent()
-    writer = imageio.get_writer(record, fps=cfg.fps, codec="libx264", quality=7, macro_block_size=8) if record else None
+        if cfg.env != "crafter":
+            raise ValueError(f"unknown env {cfg.env!r}; available: crafter")
+        self.cfg, self.headless = cfg, not has_display()
+        self.record, self.agent_name, self.max_steps = cfg.record, cfg.agent, int(cfg.steps)
+        if self.headless:
+            self.record = self.record or "worldsim_play.mp4"
+            self.agent_name = self.agent_name or "explorer"
+            self.max_steps = self.max_steps or int(cfg.headless_steps)
+            print(f"no display found (DISPLAY is not set): the {self.agent_name} agent plays {self.max_steps} steps "
+                  f"and the video is written to {self.record}")
+            os.environ["SDL_VIDEODRIVER"] = "dummy"
+        kw = {"sampling_steps": cfg.sampling_steps, "device": cfg.device}
+        if cfg.bundle:
+            kw["bundle"] = cfg.bundle
+        self.env = gym.make("worldsim/Crafter-v0", **kw)
+        self.real = gym.make("worldsim/RealCrafter-v0") if cfg.compare else None
+        self.meanings = self.env.unwrapped.action_meanings
+        self.win = FrameWindow(self.env.observation_space.shape[:2], cfg.scale, "worldsim play",
+                               panels=2 if self.real else 1, hud=True)
+        self.agent = (make_agent(self.agent_name, self.env.action_space, seed=cfg.seed) if self.agent_name
+                      else KeyboardAgent())
+        self.writer = (imageio.get_writer(self.record, fps=cfg.fps, codec="libx264", quality=7, macro_block_size=8)
+                       if self.record else None)
+        self.seed = int(cfg.seed)
+        self.paused, self.show_help, self.running = False, self.agent_name is None, True
+        self.steps, self.sps, self.last_action = 0, 0.0, 0
+        self.reset()
 
-    def reset(seed):
-        if real is not None:  # the model starts from the real game's first frame
-            real_obs, _ = real.reset(seed=seed)
-            obs, _ = env.reset(seed=seed, options={"image": real_obs})
-            return obs, real_obs
-        obs, _ = env.reset(seed=seed)
-        return obs, None
+    def reset(self):
+        if self.real is not None:  # the model starts from the real game's first frame
+            self.real_obs, _ = self.real.reset(seed=self.seed)
+            self.obs, _ = self.env.reset(seed=self.seed, options={"image": self.real_obs})
+        else:
+            self.obs, _ = self.env.reset(seed=self.seed)
+            self.real_obs = None
+        self.agent.reset()
+        self.ret, self.ended = 0.0, ""
 
-    seed = int(cfg.seed)
-    obs, real_obs = reset(seed)
-    agent.reset()
-    pg = win.pg
-    clock = pg.time.Clock()
-    paused, show_help, running = False, agent_name is None, True
-    steps, ret, sps, last_action, ended = 0, 0.0, 0.0, 0, ""
-    while running:
-        for ev in pg.event.get():
-            if ev.type == pg.QUIT or (ev.type == pg.KEYDOWN and ev.key in (pg.K_ESCAPE, pg.K_q)):
-                running = False
-            elif ev.type == pg.KEYDOWN and ev.key == pg.K_RETURN:
-                seed += 1
-                obs, real_obs = reset(seed)
-                agent.reset()
-                ret, ended = 0.0, ""
-            elif ev.type == pg.KEYDOWN and ev.key == pg.K_PERIOD:
-                paused = not paused
-            elif ev.type == pg.KEYDOWN and ev.key in (pg.K_h, pg.K_F1):
-                show_help = not show_help
-        if not running:
-            break
-        if not paused and not ended:
-            action = agent.act(obs)
+    def handle(self, ev):
+        pg = self.win.pg
+        if ev.type == pg.QUIT or (ev.type == pg.KEYDOWN and ev.key == pg.K_ESCAPE):
+            self.running = False
+        elif ev.type == pg.KEYDOWN and ev.key == pg.K_RETURN:
+            self.seed += 1
+            self.reset()
+        elif ev.type == pg.KEYDOWN and ev.key == pg.K_PERIOD:
+            self.paused = not self.paused
+        elif ev.type == pg.KEYDOWN and ev.key == pg.K_h:
+            self.show_help = not self.show_help
+        elif hasattr(self.agent, "handle"):
+            self.agent.handle(ev)
+
+    def tick(self):
+        from worldsim.agents.keyboard import HELP
+
+        for ev in self.win.pg.event.get():
+            self.handle(ev)
+        if not self.running:
+            return
+        if not self.paused and not self.ended:
+            action = self.agent.act(self.obs)
             t0 = time.perf_counter()
-            obs, reward, terminated, truncated, _ = env.step(action)
+            self.obs, reward, terminated, truncated, _ = self.env.step(action)
             dt = time.perf_counter() - t0
-            sps = 1 / dt if sps == 0 else 0.9 * sps + 0.1 / dt
-            if real is not None:
-                real_obs, *_ = real.step(action)
-            ret += reward
-            steps += 1
-            last_action = int(action)
+            self.sps = 1 / dt if self.sps == 0 else 0.9 * self.sps + 0.1 / dt
+            if self.real is not None:
+                self.real_obs, *_ = self.real.step(action)
+            self.ret += reward
+            self.steps += 1
+            self.last_action = int(action)
             if terminated or truncated:
-                ended = "episode ended (terminated)" if terminated else "episode ended (horizon)"
-        win.draw_frame(obs, 0, "model" if real is not None else None)
-        if real is not None:
-            win.draw_frame(real_obs, 1, "real Crafter")
-        status = "PAUSED" if paused else (ended + " - ENTER to reset" if ended else "")
-        win.draw_hud([f"model {sps:5.1f} steps/s   step {steps}   return {ret:+.2f}   {status}",
-                      f"action: {meanings[last_action] if meanings else last_action}"
-                      f"   driver: {agent_name or 'keyboard'}" + ("   REC" if writer else ""),
+                self.ended = "episode ended (terminated)" if terminated else "episode ended (horizon)"
+        win = self.win
+        win.draw_frame(self.obs, 0, "model" if self.real is not None else None)
+        if self.real is not None:
+            win.draw_frame(self.real_obs, 1, "real Crafter")
+        status = "PAUSED" if self.paused else (self.ended + " - ENTER to reset" if self.ended else "")
+        name = self.meanings[self.last_action] if self.meanings else self.last_action
+        win.draw_hud([f"model {self.sps:5.1f} steps/s   step {self.steps}   return {self.ret:+.2f}   {status}",
+                      f"action: {name}   driver: {self.agent_name or 'keyboard'}" + ("   REC" if self.writer else ""),
                       "H help"])
-        if show_help:
+        if self.show_help:
             win.draw_help(HELP)
         win.flip()
-        if writer is not None and not paused:
-            writer.append_data(win.pixels())
-        if max_steps and steps >= max_steps:
-            break
-        if ended and agent_name:  # an agent starts the next episode by itself
-            seed += 1
-            obs, real_obs = reset(seed)
-            agent.reset()
-            ret, ended = 0.0, ""
-        if not headless:
-            clock.tick(cfg.fps)
-    if writer is not None:
-        writer.close()
-        print(f"video written to {Path(record).resolve()}")
-    win.close()
-    env.close()
-    return {"steps": steps, "return": ret, "video": record}
+        if self.writer is not None and not self.paused:
+            self.writer.append_data(win.pixels())
+        if self.max_steps and self.steps >= self.max_steps:
+            self.running = False
+        if self.ended and self.agent_name:  # an agent starts the next episode by itself
+            self.seed += 1
+            self.reset()
+
+    def run(self):
+        clock = self.win.pg.time.Clock()
+        while self.running:
+            self.tick()
+            if not self.headless:
+                clock.tick(self.cfg.fps)
+        return self.close()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            print(f"video written to {Path(self.record).resolve()}")
+        self.win.close()
+        self.env.close()
+        return {"steps": self.steps, "return": self.ret, "video": self.record}
+
+
+def play(cfg):
+    return Viewer(cfg).run()

@@ -52,7 +52,6 @@ class WorldSimulator:
         self.device = self.dit.device
         self.cache = self.dit.new_cache(batch_size, self.tokens_per_frame)
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
-        self.sigmas = self.edm.sampling_sigmas(self.steps)
 
     def _t(self, a):
         return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)

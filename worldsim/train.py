@@ -71,6 +71,7 @@ class Trainer:
                       "latent_mean": 0.0, "latent_std": 1.0, "metrics": {}}
         self.rng = np.random.default_rng(cfg.seed)
         self._resume()
+        self.started_at = {k: self.state[k] for k in ("stage", "ae_step", "dit_step")}
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def _resume(self):

@@ -1,0 +1,137 @@
+"""The learned world as a Gymnasium env: contract, seeding, reset options, bad input, native vector env."""
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import worldsim  # noqa: F401
+from worldsim.envs.world_env import WorldEnv, WorldVectorEnv
+
+
+@pytest.fixture()
+def env(bundle):
+    e = gym.make("worldsim/Crafter-v0", bundle=str(bundle))
+    yield e
+    e.close()
+
+
+def rollout(env, seed, actions, options=None):
+    obs, _ = env.reset(seed=seed, options=options)
+    frames = [obs]
+    for a in actions:
+        frames.append(env.step(a)[0])
+    return np.stack(frames)
+
+
+def test_check_env_and_spaces(env):
+    check_env(env.unwrapped)
+    assert env.observation_space == gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    assert env.action_space == gym.spaces.Discrete(17)
+    assert env.unwrapped.action_meanings[:6] == ["noop", "move_left", "move_right", "move_up", "move_down", "do"]
+    env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert obs.dtype == np.uint8 and obs.shape == (64, 64, 3)
+    assert isinstance(reward, float) and isinstance(terminated, bool) and isinstance(truncated, bool)
+
+
+def test_seeded_rollouts_repeat(env):
+    acts = [3, 3, 1, 5, 0, 2]
+    a = rollout(env, 7, acts)
+    b = rollout(env, 7, acts)
+    c = rollout(env, 8, acts, options={"start_index": 0})
+    d = rollout(env, 7, acts, options={"start_index": 0})
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(c[1:], d[1:])  # same start, different sampling noise
+
+
+def test_reset_from_context_and_image(env, dataset):
+    from worldsim.data import load_episodes
+
+    ep = load_episodes(dataset)[0]
+    W = env.unwrapped.sim.window
+    obs, info = env.reset(seed=0, options={"context_frames": ep["frames"][:W], "context_actions": ep["actions"][:W - 1]})
+    np.testing.assert_array_equal(obs, ep["frames"][W - 1])  # the next step continues from the last given frame
+    assert info["start"] == "context"
+    obs, info = env.reset(seed=0, options={"image": ep["frames"][5]})
+    np.testing.assert_array_equal(obs, ep["frames"][5])
+    assert env.step(4)[0].shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"context_frames": np.zeros((9, 64, 64, 3), np.uint8), "context_actions": np.zeros(8, int)}, "more than the model's window"),
+    ({"context_frames": np.zeros((2, 64, 64, 3), np.float32), "context_actions": [1]}, "dtype float32"),
+    ({"context_frames": np.zeros((2, 32, 32, 3), np.uint8), "context_actions": [1]}, r"shape \(T, 64, 64, 3\)"),
+    ({"context_frames": np.zeros((2, 64, 64, 3), np.uint8), "context_actions": [1, 2]}, "expected 1"),
+    ({"context_frames": np.zeros((2, 64, 64, 3), np.uint8)}, "context_actions'] is required"),
+    ({"context_frames": np.zeros((2, 64, 64, 3), np.uint8), "context_actions": [17]}, "invalid action 17"),
+    ({"image": np.zeros((64, 64), np.uint8)}, r"image'] must be a uint8 array of shape \(64, 64, 3\)"),
+    ({"start_index": 99}, "out of range"),
+    ({"contxt_frames": 1}, "unknown reset option"),
+])
+def test_bad_reset_options_get_clear_errors(env, options, match):
+    with pytest.raises(ValueError, match=match):
+        env.reset(options=options)
+
+
+@pytest.mark.parametrize("action", [17, -1, 1.5, "3", [1, 2], None])
+def test_bad_actions_get_clear_errors(env, action):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="invalid action"):
+        env.unwrapped.step(action)
+
+
+def test_step_before_reset_is_an_error(bundle):
+    with pytest.raises(RuntimeError, match="reset"):
+        WorldEnv(bundle=bundle).step(0)
+
+
+def test_render_modes(bundle):
+    e = WorldEnv(bundle=bundle, render_mode="rgb_array")
+    obs, _ = e.reset(seed=0)
+    np.testing.assert_array_equal(e.render(), obs)
+    h = WorldEnv(bundle=bundle, render_mode="human")  # a real pygame window (SDL dummy driver in tests)
+    h.reset(seed=0)
+    h.step(1)
+    assert h._window is not None
+    h.close()
+    with pytest.raises(ValueError, match="render_mode"):
+        WorldEnv(bundle=bundle, render_mode="ansi")
+
+
+def test_horizon_truncates(bundle):
+    e = WorldEnv(bundle=bundle, horizon=3, termination_threshold=1.0)
+    e.reset(seed=0)
+    assert [e.step(0)[3] for _ in range(3)] == [False, False, True]
+
+
+def test_make_vec_is_native_and_matches_single_envs(bundle):
+    N, acts = 3, [[1, 2, 3], [5, 0, 4], [3, 3, 3]]
+    venv = gym.make_vec("worldsim/Crafter-v0", num_envs=N, bundle=str(bundle), termination_threshold=1.0)
+    assert isinstance(venv, WorldVectorEnv)  # one batched model, not N copies
+    assert venv.observation_space.shape == (N, 64, 64, 3)
+    obs, _ = venv.reset(seed=10)
+    seq = [obs]
+    for a in acts:
+        seq.append(venv.step(np.array(a))[0])
+    seq = np.stack(seq, 1)
+    for i in range(N):  # sub-env i with seed 10+i equals a single env with that seed (same noise stream)
+        single = rollout(WorldEnv(bundle=bundle, termination_threshold=1.0), 10 + i, [a[i] for a in acts])
+        diff = np.abs(seq[i].astype(int) - single.astype(int))
+        assert diff.mean() < 0.5 and diff.max() <= 8, (i, diff.mean(), diff.max())
+    with pytest.raises(ValueError, match="expected 3 actions"):
+        venv.step(np.array([1, 2]))
+    with pytest.raises(ValueError, match="invalid action"):
+        venv.step(np.array([1, 2, 30]))
+
+
+def test_vector_autoreset_next_step(bundle):
+    # threshold -1: every step "terminates", so every other step is an autoreset step
+    venv = WorldVectorEnv(num_envs=2, bundle=bundle, termination_threshold=-1.0)
+    obs0, _ = venv.reset(seed=0, options={"start_index": 1})
+    _, r, term, trunc, _ = venv.step(np.array([1, 1]))
+    assert term.all()
+    obs, r, term, trunc, _ = venv.step(np.array([1, 1]))
+    assert not term.any() and not trunc.any() and (r == 0).all()
+    starts = venv.bundle.start_frames[:, -1].numpy()
+    for o in obs:  # the reset observation is one of the shipped start frames
+        assert any(np.array_equal(o, s) for s in starts)

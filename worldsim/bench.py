@@ -1,0 +1,86 @@
+"""`worldsim bench`: steps per second of the learned env through the Gymnasium API (sampling, cache commit
+and decode included), at batch 1 and batched, beside real Crafter measured in the same run."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def bench_real(steps: int) -> float:
+    from worldsim.envs.real_crafter import RealCrafterEnv
+
+    env = RealCrafterEnv()
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    t, n = 0.0, 0
+    while n < steps:
+        t0 = time.perf_counter()
+        _, _, term, trunc, _ = env.step(int(rng.integers(17)))
+        t += time.perf_counter() - t0
+        n += 1
+        if term or trunc:
+            env.reset()  # world generation is not counted: it is the same cost for both
+    return n / t
+
+
+def bench_model(bundle, device: str, batch: int, steps: int, warmup: int) -> dict:
+    import worldsim  # noqa: F401
+
+    kw = {"device": device, "termination_threshold": 2.0}  # never end episodes: measure steady stepping
+    if bundle:
+        kw["bundle"] = bundle
+    env = (gym.make("worldsim/Crafter-v0", **kw) if batch == 1
+           else gym.make_vec("worldsim/Crafter-v0", num_envs=batch, **kw))
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    for _ in range(warmup):
+        env.step(env.action_space.sample())
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    rss0 = _rss_mib()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        env.step(env.action_space.sample())
+    sync()
+    dt = time.perf_counter() - t0
+    env.close()
+    return {"batch": batch, "steps_per_s": steps / dt, "env_steps_per_s": batch * steps / dt,
+            "ms_per_step": 1000 * dt / steps, "rss_growth_mib": _rss_mib() - rss0}
+
+
+def bench(cfg):
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    hw = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
+          "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    print(f"hardware: {hw}")
+    real = bench_real(int(cfg.real_steps))
+    print(f"real Crafter (1 process): {real:8.1f} steps/s")
+    results = {"hardware": hw, "real_crafter_steps_per_s": real, "model": []}
+    for device in cfg.devices:
+        if device == "cuda" and not torch.cuda.is_available():
+            continue
+        for b in cfg.batch_sizes:
+            r = bench_model(cfg.bundle, device, int(b), int(cfg.steps), int(cfg.warmup))
+            r["device"] = device
+            r["vs_real"] = r["env_steps_per_s"] / real
+            results["model"].append(r)
+            print(f"model {device} batch {b:>4d}: {r['steps_per_s']:8.1f} steps/s = {r['env_steps_per_s']:9.1f} "
+                  f"env-steps/s ({r['vs_real']:.2f}x real Crafter), {r['ms_per_step']:.1f} ms/step, "
+                  f"RSS {r['rss_growth_mib']:+.1f} MiB over {cfg.steps} steps")
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps(results, indent=1))
+        print(f"written to {cfg.out}")
+    return results

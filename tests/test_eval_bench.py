@@ -21,7 +21,7 @@ def test_psnr():
 def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     out = tmp_path / "eval.json"
     res = run_job("eval", [f"bundle={bundle}", f"data={dataset}", "windows=4", "batch_size=2", "stride=4",
-                           "horizons=[1,2,4]", f"out={out}", f"plot={tmp_path / 'curve.png'}"])
+                           "horizons=[1,2,4]", f"out={out}", f"plot={tmp_path / 'curve.png'}", f"grid={tmp_path / 'grid.png'}", "grid_rows=2"])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(res))
     assert res["windows"] == 4 and sorted(res["rollout_curve"], key=int) == ["1", "2", "3", "4"]
@@ -29,6 +29,10 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     assert nf["model"] == res["rollout_psnr"]["1"]["model"] and abs(nf["gain_db"] - (nf["model"] - nf["copy_last"])) < 1e-9
     assert 5 < nf["copy_last"] < 100 and 0 < nf["model"] < 100
     assert (tmp_path / "curve.png").stat().st_size > 1000
+    import imageio.v2 as imageio
+
+    grid = imageio.imread(tmp_path / "grid.png")  # 2 windows x (real row, model row, gap), 2x upscaled
+    assert grid.shape == (2 * 2 * (64 + 64 + 4), 2 * 64 * 1, 3)
 
 
 def test_bench_reports_model_and_real_crafter(bundle, tmp_path):

@@ -74,6 +74,7 @@ def evaluate(cfg):
     shape = sim.latent_shape
     model_psnr, copy_psnr = np.zeros((len(starts), H)), np.zeros((len(starts), H))
     rew_pred, rew_true, term_pred, term_true = [], [], [], []
+    strip, strip_real = [], None
     for i in tqdm(range(0, len(starts) - B + 1, B), desc="eval rollouts", unit="batch"):
         chunk = starts[i:i + B]
         ctx = np.stack([eps[e]["frames"][s:s + W] for e, s in chunk])
@@ -83,9 +84,13 @@ def evaluate(cfg):
         fut_r = np.stack([eps[e]["rewards"][s + W - 1:s + W - 1 + H] for e, s in chunk])
         fut_t = np.stack([eps[e]["terminated"][s + W - 1:s + W - 1 + H] for e, s in chunk])
         sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)))
+        if i == 0:
+            strip_real = fut[: cfg.grid_rows]
         for h in range(H):
             res = sim.step(fut_a[:, h], rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)))
             model_psnr[i:i + B, h] = psnr_np(res.frames, fut[:, h])
+            if i == 0:
+                strip.append(res.frames[: cfg.grid_rows])
             copy_psnr[i:i + B, h] = psnr_np(ctx[:, -1], fut[:, h])
             if h == 0:  # heads on the first generated frame (real context up to it)
                 rew_pred += list(res.reward > 0.5)
@@ -120,7 +125,23 @@ def evaluate(cfg):
         print(f"written to {cfg.out}")
     if cfg.plot:
         _plot(curve, cfg.plot)
+    if cfg.grid:
+        _grid(strip_real, np.stack(strip, 1), cfg.grid)
     return result
+
+
+def _grid(real, model, path, every: int = 4):
+    """Rows: for each window, the real future frames above the model's open-loop frames (every `every` steps)."""
+    import imageio.v2 as imageio
+
+    idx = list(range(0, real.shape[1], every))
+    rows = []
+    for r, m in zip(real, model):
+        rows += [np.concatenate(list(r[idx]), 1), np.concatenate(list(m[idx]), 1), np.full((4, 64 * len(idx), 3), 255, np.uint8)]
+    img = np.concatenate(rows, 0)
+    img = img.repeat(2, 0).repeat(2, 1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    imageio.imwrite(path, img)
 
 
 def _plot(curve, path):

@@ -1,8 +1,8 @@
 """The world model: an action-conditioned, frame-causal latent diffusion transformer (DiT).
 
-Read top to bottom: action encoder -> noise-level embedder -> 3D rotary positions -> transformer block
-(adaLN-Zero, one modulation per frame) -> final layer -> the model (sequence forward for training and
-prefill, cached single-frame forward for inference) -> KV cache -> named size presets.
+Read top to bottom: action encoder -> 3D rotary positions -> transformer block (adaLN-Zero, one
+modulation per frame) -> final layer -> the model (sequence forward for training and prefill, cached
+single-frame forward for inference) -> KV cache. Sizes are named in configs/model/*.yaml.
 
 Tokens are spacetime patches of the autoencoder's latent grid. A token attends to every token of its own
 frame and of the previous `context_frames` frames, never to a later frame (frame-causal, sliding window).
@@ -361,7 +361,6 @@ class KVCache:
         shape = (depth, batch, heads, (window + 1) * tokens_per_frame, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.slot_time = torch.full((batch, window), -1, dtype=torch.long)  # absolute time held per ring slot
         self.valid = torch.zeros(batch, window + 1, dtype=torch.bool, device=device)
         self.valid[:, window] = True  # the scratch slot (the frame itself) is always visible
         self._mask = None
@@ -385,7 +384,6 @@ class KVCache:
 
     def mark(self, time: int, rows=None):
         rows = slice(None) if rows is None else rows
-        self.slot_time[rows, self.slot(time)] = time
         self.valid[rows, self.slot(time)] = True
         self._mask = None
 
@@ -397,7 +395,6 @@ class KVCache:
     def clear(self, rows):
         """Forget every cached frame of the given batch rows (an env reset)."""
         self.valid[rows, : self.window] = False
-        self.slot_time[rows] = -1
         self._mask = None
 
     def write_frames(self, rows, kvs, times):

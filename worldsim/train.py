@@ -247,6 +247,11 @@ class Trainer:
 
 def train(cfg):
     tr = Trainer(cfg)
+    if cfg.export_only:  # a bundle from the current checkpoint, e.g. to try a run while it trains
+        if tr.state["stage"] == "ae":
+            raise ValueError(f"{cfg.run} has no trained world model yet (stage 'ae'): nothing to export")
+        tr.export(Path(cfg.out) if cfg.out else tr.run / "bundle")
+        return tr
     if tr.state["stage"] == "ae" and not tr.train_ae():
         print("autoencoder stage paused (time cap); run the same command again to continue")
         return tr

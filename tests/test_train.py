@@ -76,3 +76,12 @@ def test_end_to_end_collect_train_play(bundle, tmp_path):
     frames = [f for f in imageio.get_reader(video)]
     assert len(frames) == 12 and frames[0].shape[0] >= 512
     assert np.std(frames[-1]) > 1  # a picture, not a blank window
+
+
+def test_bf16_autocast_training_path(dataset, tmp_path):
+    """The mixed-precision path used on GPUs, exercised on CPU (bf16 autocast works there too)."""
+    tr = run_job("train", [f"data={dataset}", f"run={tmp_path / 'r'}", *TINY_TRAIN, "precision=bf16",
+                           "ae.steps=2", "dit.steps=2"])
+    assert tr.amp and tr.state["stage"] == "done"
+    assert all(np.isfinite(r["loss"]) for r in tr.state["history"]["dit"])
+    assert tr.dit.patch_in.weight.dtype == torch.float32  # master weights stay fp32

@@ -57,7 +57,10 @@ class Trainer:
         self.test_eps = load_episodes(Path(cfg.data), split="test", min_steps=1)
         if not self.train_eps:
             raise ValueError(f"no training episodes in {cfg.data}: run `worldsim collect out={cfg.data}` first")
-        self.amp = self.device.type == "cuda"  # bf16 autocast on GPU; fp32 is faster on CPU
+        if cfg.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
+        # bf16 autocast on GPU by default; on CPU fp32 is faster
+        self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.ae = make_autoencoder(cfg.autoencoder.preset).to(self.device)
         self.edm_cfg = EDMConfig(**{f.name: cfg.diffusion[f.name] for f in fields(EDMConfig) if f.name in cfg.diffusion})
         self.edm = EDM(self.edm_cfg)

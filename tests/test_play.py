@@ -50,6 +50,7 @@ def test_keyboard_drives_the_model(bundle):
 
 def test_compare_runs_real_crafter_beside_the_model(bundle, tmp_path):
     v = viewer(bundle, "compare=true", "agent=explorer", "steps=5", f"record={tmp_path / 'c.mp4'}")
+    v.env.unwrapped.threshold = 1.0  # keep the tiny model's episode going for all 5 steps
     first_real = v.real_obs.copy()
     np.testing.assert_array_equal(v.obs, first_real)  # the model starts from the real game's frame
     res = v.run()

@@ -135,3 +135,16 @@ def test_vector_autoreset_next_step(bundle):
     starts = venv.bundle.start_frames[:, -1].numpy()
     for o in obs:  # the reset observation is one of the shipped start frames
         assert any(np.array_equal(o, s) for s in starts)
+
+
+def test_shipped_default_model_needs_no_arguments():
+    from worldsim import DEFAULT_CRAFTER_BUNDLE
+
+    for f in DEFAULT_CRAFTER_BUNDLE.iterdir():
+        assert f.stat().st_size <= 16 * 2**20, f
+    env = gym.make("worldsim/Crafter-v0")
+    check_env(env.unwrapped)
+    obs, _ = env.reset(seed=0)
+    obs2, *_ = env.step(2)
+    assert obs2.shape == (64, 64, 3) and obs2.std() > 5  # a picture of a world, not noise or a blank
+    env.close()

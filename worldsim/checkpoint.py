@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import load_file, save
 
-from worldsim.autoencoder import LatentCodec, make_autoencoder
+from worldsim.autoencoder import LatentCodec
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.model import WorldDiT
 
@@ -75,6 +75,7 @@ def load_optimizer(opt: torch.optim.Optimizer, data: bytes) -> None:
 
 
 def _metadata(data: bytes) -> dict:
+    """The JSON metadata of a safetensors file (its header: 8-byte length, then JSON), given its first bytes."""
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
     return {k: json.loads(v) for k, v in header.get("__metadata__", {}).items()}
@@ -82,9 +83,8 @@ def _metadata(data: bytes) -> dict:
 
 def read_metadata(path: Path) -> dict:
     with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    return {k: json.loads(v) for k, v in header.get("__metadata__", {}).items()}
+        head = f.read(8)
+        return _metadata(head + f.read(int.from_bytes(head, "little")))
 
 
 # ---- bundles --------------------------------------------------------------------------------------
@@ -143,5 +143,5 @@ def _load_autoencoder(cfg: dict, weights: Path, device):
     return ae.to(device).eval()
 
 
-__all__ = ["Bundle", "bundle_files", "load_optimizer", "make_autoencoder", "optimizer_tensors", "read_metadata",
+__all__ = ["Bundle", "bundle_files", "load_optimizer", "optimizer_tensors", "read_metadata",
            "resolve_dir", "tensors_bytes", "write_dir_atomic"]

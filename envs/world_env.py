@@ -16,10 +16,15 @@ from worldsim.simulator import WorldSimulator, load_bundle
 OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index"}
 
 
-def _default_bundle() -> Path:
+def _load(env, bundle, device, batch_size, sampling_steps, context_noise) -> gym.Space:
+    """Set up what both envs share (bundle, simulator, observation space, action meanings); returns the
+    action space of one world."""
     from worldsim import DEFAULT_CRAFTER_BUNDLE
 
-    return DEFAULT_CRAFTER_BUNDLE
+    env.bundle = load_bundle(str(bundle or DEFAULT_CRAFTER_BUNDLE), device)
+    env.sim = WorldSimulator(env.bundle, batch_size, sampling_steps, context_noise)
+    env.action_meanings = list(env.bundle.env.get("action_meanings", []))
+    return _action_space(env.bundle.env["action_space"])
 
 
 class WorldEnv(gym.Env):
@@ -51,16 +56,13 @@ class WorldEnv(gym.Env):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), float(termination_threshold)
-        self.bundle = load_bundle(str(bundle or _default_bundle()), device)
-        self.sim = WorldSimulator(self.bundle, 1, sampling_steps, context_noise)
+        self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
-        self.action_space = _action_space(self.bundle.env["action_space"])
-        self.action_meanings = list(self.bundle.env.get("action_meanings", []))
         self._obs, self._t, self._window = None, 0, None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        frames, actions, info = _start(self, options, self.np_random)
+        frames, actions, info = _start(self, self.action_space, options, self.np_random)
         self.sim.reset([0], frames[None], actions[None],
                        self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)))
         self._obs, self._t = frames[-1].copy(), 0
@@ -118,13 +120,10 @@ class WorldVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"render_mode must be None or 'rgb_array' for the vector env, got {render_mode!r}")
         self.num_envs, self.render_mode = int(num_envs), render_mode
         self.horizon, self.threshold = int(horizon), float(termination_threshold)
-        self.bundle = load_bundle(str(bundle or _default_bundle()), device)
-        self.sim = WorldSimulator(self.bundle, self.num_envs, sampling_steps, context_noise)
+        self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise)
         self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
-        self.single_action_space = _action_space(self.bundle.env["action_space"])
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.action_meanings = list(self.bundle.env.get("action_meanings", []))
         self.rngs = [np.random.default_rng() for _ in range(self.num_envs)]
         self._obs = np.zeros((self.num_envs, *self.sim.frame_shape), np.uint8)
         self._t = np.zeros(self.num_envs, np.int64)
@@ -134,7 +133,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
     def _reset_rows(self, rows, options=None):
         frames, actions = [], []
         for i in rows:
-            f, a, _ = _start(self, options, self.rngs[i])
+            f, a, _ = _start(self, self.single_action_space, options, self.rngs[i])
             frames.append(f), actions.append(a)
         lengths = {len(f) for f in frames}
         if len(lengths) != 1:  # default starts all have the same length; a given context is shared by all rows
@@ -218,7 +217,7 @@ def _check_action(space: gym.Space, action) -> None:
         raise ValueError(f"invalid action {shown}: it must be an element of {space}")
 
 
-def _start(env, options, rng):
+def _start(env, action_space, options, rng):
     """Context frames (T, H, W, 3), actions (T-1,) and info for a reset, from options or a shipped start."""
     options = dict(options or {})
     unknown = set(options) - OPTION_KEYS
@@ -245,7 +244,7 @@ def _start(env, options, rng):
             raise ValueError(f"options['context_actions'] has {len(acts)} actions; expected {len(frames) - 1} "
                              f"(one between each pair of the {len(frames)} context frames)")
         for a in acts:
-            _check_action(env.single_action_space if hasattr(env, "single_action_space") else env.action_space, a)
+            _check_action(action_space, a)
         return frames, acts, {"start": "context"}
     if "context_actions" in options:
         raise ValueError("options['context_actions'] given without options['context_frames']")

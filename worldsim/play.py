@@ -125,13 +125,16 @@ class Viewer:
         self.agent.reset()
         self.ret, self.ended = 0.0, ""
 
+    def next_episode(self):
+        self.seed += 1
+        self.reset()
+
     def handle(self, ev):
         pg = self.win.pg
         if ev.type == pg.QUIT or (ev.type == pg.KEYDOWN and ev.key == pg.K_ESCAPE):
             self.running = False
         elif ev.type == pg.KEYDOWN and ev.key == pg.K_RETURN:
-            self.seed += 1
-            self.reset()
+            self.next_episode()
         elif ev.type == pg.KEYDOWN and ev.key == pg.K_PERIOD:
             self.paused = not self.paused
         elif ev.type == pg.KEYDOWN and ev.key == pg.K_h:
@@ -176,8 +179,7 @@ class Viewer:
         if self.max_steps and self.steps >= self.max_steps:
             self.running = False
         if self.ended and self.agent_name:  # an agent starts the next episode by itself
-            self.seed += 1
-            self.reset()
+            self.next_episode()
 
     def run(self):
         clock = self.win.pg.time.Clock()

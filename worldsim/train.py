@@ -22,6 +22,7 @@ from worldsim.autoencoder import LatentCodec, make_autoencoder, to_pixels
 from worldsim.checkpoint import bundle_files, load_optimizer, optimizer_tensors, resolve_dir, tensors_bytes, write_dir_atomic
 from worldsim.data import WindowDataset, load_episodes, load_manifest
 from worldsim.diffusion import EDM, EDMConfig
+from worldsim.evaluate import psnr_np
 from worldsim.model import WorldDiT
 
 
@@ -34,12 +35,6 @@ def pick_device(name: str) -> torch.device:
 def cosine(step: int, total: int, floor: float = 0.1) -> float:
     """Cosine learning-rate decay from 1 to `floor` over `total` steps."""
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-
-
-def psnr(a_u8: torch.Tensor, b_u8: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB between uint8 images (..., H, W, 3)."""
-    mse = ((a_u8.float() - b_u8.float()) ** 2).mean(dim=(-3, -2, -1))
-    return 10 * torch.log10(255.0**2 / mse.clamp(min=1e-10))
 
 
 class Trainer:
@@ -170,7 +165,7 @@ class Trainer:
         codec = LatentCodec(self.ae)
         rec = torch.cat([codec.decode(codec.encode(frames[i:i + 64])) for i in range(0, n, 64)])
         self.ae.train()
-        return float(psnr(rec, frames).mean())
+        return float(psnr_np(rec.cpu().numpy(), frames.cpu().numpy()).mean())
 
     # ---- world model -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -4,6 +4,8 @@ Importing worldsim registers the Gymnasium environments:
 
 - ``worldsim/Crafter-v0``: the learned Crafter world (the model shipped in the package by default).
 - ``worldsim/RealCrafter-v0``: the real Crafter game, same spaces, for data and comparison.
+- ``worldsim/RealMinetest-v0``: the real Minetest game in first person with MineRL 1.0's keyboard + camera
+  actions (needs the Debian packages minetest, minetest-data and xvfb).
 """
 from pathlib import Path
 
@@ -21,6 +23,7 @@ def _register():
                  vector_entry_point="worldsim.envs.world_env:WorldVectorEnv", max_episode_steps=None,
                  disable_env_checker=False)
     gym.register(id="worldsim/RealCrafter-v0", entry_point="worldsim.envs.real_crafter:RealCrafterEnv")
+    gym.register(id="worldsim/RealMinetest-v0", entry_point="worldsim.envs.real_minetest:RealMinetestEnv")
 
 
 _register()

@@ -1,0 +1,165 @@
+"""The real Minetest adapter: a real game under Xvfb, driven through X input, for a few dozen steps."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from worldsim.envs import minerl_actions as M
+from worldsim.envs import real_minetest
+
+try:
+    real_minetest.find_binaries()
+except RuntimeError as e:
+    if os.environ.get("CI"):  # CI installs the packages itself: there a missing game is a failure
+        raise
+    pytest.skip(f"real Minetest not installed here: {e}", allow_module_level=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(dy, dx) such that b ~ a shifted by (dy, dx) pixels, by phase correlation of the grey images."""
+    ga, gb = (x.astype(np.float64).mean(-1) for x in (a, b))
+    win = np.outer(np.hanning(ga.shape[0]), np.hanning(ga.shape[1]))
+    fa, fb = np.fft.fft2((ga - ga.mean()) * win), np.fft.fft2((gb - gb.mean()) * win)
+    r = fb * np.conj(fa)
+    corr = np.fft.ifft2(r / (np.abs(r) + 1e-9)).real
+    dy, dx = np.unravel_index(np.argmax(corr), corr.shape)
+    h, w = corr.shape
+    return (dy - h if dy > h // 2 else dy), (dx - w if dx > w // 2 else dx)
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = real_minetest.RealMinetestEnv(length=40)
+    yield e
+    e.close()
+
+
+def act(**kw):
+    a = M.noop()
+    for k, v in kw.items():
+        a[k] = np.asarray(v, np.float32) if k == "camera" else v
+    return a
+
+
+def settle(env, n=4):
+    for _ in range(n):
+        obs, *_, info = env.step(act())
+    return obs, info
+
+
+def test_spaces_and_frames(env):
+    obs, info = env.reset(seed=11)
+    assert env.observation_space.contains(obs) and obs.shape == (96, 128, 3)
+    assert set(env.action_space.spaces) == set(M.KEYS) | {"camera"}
+    assert obs.std() > 5, "the first frame is blank"
+    assert {"world_seed", "pos", "yaw", "time_of_day"} <= set(info)
+
+
+def test_forward_moves_the_player_and_changes_the_frame(env):
+    env.reset(seed=12)
+    before, info0 = settle(env)
+    for _ in range(12):
+        obs, r, terminated, truncated, info = env.step(act(forward=1))
+    after, info1 = settle(env)
+    moved = np.hypot(info1["pos"][0] - info0["pos"][0], info1["pos"][2] - info0["pos"][2])
+    assert moved > 1.0, f"forward for 0.6 s moved the player only {moved:.2f} nodes"
+    assert np.abs(after.astype(int) - before).mean() > 2
+
+
+def test_yaw_right_shifts_the_view_left_and_pitch_turns_exactly(env):
+    env.reset(seed=13)
+    before, info0 = settle(env)
+    env.step(act(camera=[0.0, 6.0]))
+    after, info1 = settle(env)
+    dy, dx = _phase_shift(before, after)
+    # turning right moves the scene towards the left of the image
+    assert dx < -2 and abs(dy) <= 2, (dy, dx)
+    turned = -((info1["yaw"] - info0["yaw"] + 180) % 360 - 180)  # Minetest's yaw grows to the left
+    assert abs(turned - 6.0) < 0.5, turned
+    env.step(act(camera=[20.0, 0.0]))
+    _, info2 = settle(env)
+    assert abs((info2["pitch"] - info1["pitch"]) - 20.0) < 0.5
+
+
+def test_seeded_start(env):
+    _, a = env.reset(seed=21)
+    _, b = env.reset(seed=21)
+    _, c = env.reset(seed=22)
+    assert a["world_seed"] == b["world_seed"] != c["world_seed"]
+    assert np.allclose(a["pos"], b["pos"]) and abs(a["time_of_day"] - b["time_of_day"]) < 0.01
+
+
+def test_twenty_hertz_and_truncation(env):
+    env.reset(seed=14)
+    t0 = time.perf_counter()
+    for i in range(40):
+        obs, r, terminated, truncated, info = env.step(act(forward=i % 2))
+    dt = time.perf_counter() - t0
+    assert truncated and not terminated and r == 0.0
+    assert 40 * 0.05 * 0.95 < dt < 40 * 0.05 * 1.3, f"40 ticks took {dt:.2f} s"
+
+
+def test_bad_actions_get_clear_errors(env):
+    env.reset(seed=15)
+    with pytest.raises(ValueError, match="unknown action key"):
+        env.step({"jumpp": 1})
+    with pytest.raises(ValueError, match="shape"):
+        env.step(act(camera=[1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="finite"):
+        env.step(act(camera=[np.nan, 0.0]))
+    with pytest.raises(ValueError, match="0 or 1"):
+        env.step({"forward": 2})
+
+
+def test_close_leaves_no_process_and_two_envs_run_side_by_side():
+    a, b = real_minetest.RealMinetestEnv(), real_minetest.RealMinetestEnv()
+    a.reset(seed=1), b.reset(seed=2)
+    pids = [p.pid for g in (a.game, b.game) for p in g.procs]
+    tmps = [a.game.tmp, b.game.tmp]
+    assert a.game.display_name != b.game.display_name and a.game.port != b.game.port
+    assert all(_alive(p) for p in pids)
+    a.close(), b.close()
+    assert not any(_alive(p) for p in pids), "Xvfb or minetest left behind after close()"
+    assert not any(os.path.exists(t) for t in tmps)
+
+
+def test_no_process_left_when_python_is_killed(tmp_path):
+    # A Python process that holds a running game is SIGKILLed (no atexit, no close): the kernel's
+    # parent-death signal must still take Xvfb and minetest down.
+    script = textwrap.dedent("""
+        import sys
+        from worldsim.envs.real_minetest import RealMinetestEnv
+        env = RealMinetestEnv(); env.reset(seed=3)
+        print(" ".join(str(p.pid) for p in env.game.procs), flush=True)
+        sys.stdin.read()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_missing_packages_named(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(real_minetest.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(real_minetest, "GAME_DIRS", ("/nonexistent/minetest_game",))
+    with pytest.raises(RuntimeError, match="minetest, minetest-data, xvfb.*apt-get install -y minetest minetest-data xvfb"):
+        real_minetest.find_binaries()

@@ -90,3 +90,23 @@ def test_window_dataset_marks_episode_starts(dataset):
     assert item["actions"][1:].tolist() == eps[0]["actions"][:3].tolist()
     with pytest.raises(ValueError, match="no episode has"):
         WindowDataset(eps, 10_000)
+
+
+def test_dict_action_episode_roundtrip_and_windows(tmp_path):
+    # MineRL-style Dict actions are stored one array per key (action$KEY) and come back as a dict
+    T, rng = 6, np.random.default_rng(0)
+    frames = rng.integers(0, 255, (T + 1, 12, 16, 3), dtype=np.uint8)
+    actions = {"forward": np.array([1, 1, 0, 0, 1, 0]), "camera": rng.normal(size=(T, 2)).astype(np.float32)}
+    path = episode_path(tmp_path, 0)
+    write_episode(path, frames, actions, np.zeros(T), np.zeros(T, bool), seed=3, gui_open=np.zeros(T + 1, bool))
+    ep = read_episode(path)
+    assert set(ep["actions"]) == {"forward", "camera"} and ep["actions"]["camera"].dtype == np.float32
+    np.testing.assert_array_equal(ep["actions"]["camera"], actions["camera"])
+    assert ep["gui_open"].shape == (T + 1,)
+    item = WindowDataset([ep], length=3)[2]  # frames 2..4, led to by actions 1..3
+    np.testing.assert_array_equal(item["actions"]["forward"].numpy(), actions["forward"][1:4])
+    np.testing.assert_array_equal(item["actions"]["camera"].numpy(), actions["camera"][1:4])
+    first = WindowDataset([ep], length=3)[0]
+    assert not first["has_action"][0] and first["actions"]["camera"][0].abs().sum() == 0
+    with pytest.raises(ValueError, match="action\\$forward has length"):
+        write_episode(path, frames, {"forward": np.zeros(T - 1)}, np.zeros(T), np.zeros(T, bool))

@@ -11,9 +11,13 @@ Each episode file holds, for an episode of T steps:
     frames      uint8   (T+1, H, W, 3)  observation before each step, and the last one
     actions     int64   (T,) for Discrete envs (or (T, ...) for other action spaces)
                         actions[i] is taken between frames[i] and frames[i+1]
+    action$KEY  for Dict action spaces (MineRL's keyboard + camera), one array per key instead of
+                `actions`, named as in MineRL's own rendered.npz: action$forward int64 (T,),
+                action$camera float32 (T, 2) [pitch, yaw] degrees, ...; read back as a dict
     rewards     float32 (T,)            reward of step i
     terminated  bool    (T,)            True only on the step that ended the episode (death)
     seed        int64   ()              the world seed
+    gui_open    bool    (T+1,)          optional (imported data): frames showing an inventory/menu screen
 
 An episode that reached its length limit is simply not terminated (truncated). Files are written to a
 temporary name and renamed, so a killed job never leaves a half-written episode under its final name;
@@ -33,6 +37,24 @@ import torch
 
 FORMAT = "worldsim-episodes/1"
 KEYS = ("frames", "actions", "rewards", "terminated")
+DICT_PREFIX = "action$"
+
+
+def num_steps(actions) -> int:
+    """Number of steps in an action array, or in a dict of per-key arrays (Dict action spaces)."""
+    if isinstance(actions, dict):
+        lengths = {len(v) for v in actions.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"action arrays have different lengths: { {k: len(v) for k, v in actions.items()} }")
+        return lengths.pop()
+    return len(actions)
+
+
+def index_actions(actions, idx):
+    """actions[idx] for an array or a dict of per-key arrays."""
+    if isinstance(actions, dict):
+        return {k: v[idx] for k, v in actions.items()}
+    return actions[idx]
 
 
 def episode_path(root: Path, index: int) -> Path:
@@ -56,16 +78,23 @@ def atomic_write_bytes(path: Path, write_fn) -> None:
         raise
 
 
-def write_episode(path: Path, frames, actions, rewards, terminated, seed: int = -1) -> None:
+def write_episode(path: Path, frames, actions, rewards, terminated, seed: int = -1, **extra) -> None:
+    """Write one episode atomically. `actions` is an array, or a dict of per-key arrays (Dict spaces);
+    `extra` arrays (e.g. gui_open) are stored alongside."""
     frames = np.asarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be (T+1, H, W, 3) uint8, got {frames.shape}")
     T = len(frames) - 1
-    arrays = dict(frames=frames, actions=np.asarray(actions), rewards=np.asarray(rewards, dtype=np.float32),
+    arrays = dict(frames=frames, rewards=np.asarray(rewards, dtype=np.float32),
                   terminated=np.asarray(terminated, dtype=bool), seed=np.int64(seed))
-    for k in ("actions", "rewards", "terminated"):
-        if len(arrays[k]) != T:
-            raise ValueError(f"{k} has length {len(arrays[k])}, expected {T} (one per step)")
+    if isinstance(actions, dict):
+        arrays.update({DICT_PREFIX + k: np.asarray(v) for k, v in actions.items()})
+    else:
+        arrays["actions"] = np.asarray(actions)
+    for k, v in arrays.items():
+        if (k.startswith(DICT_PREFIX) or k in ("actions", "rewards", "terminated")) and len(v) != T:
+            raise ValueError(f"{k} has length {len(v)}, expected {T} (one per step)")
+    arrays.update({k: np.asarray(v) for k, v in extra.items()})
     atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
 
 
@@ -73,13 +102,18 @@ def read_episode(path: Path) -> dict:
     """Load one episode; raises ValueError naming the file if it is corrupt or inconsistent."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            ep = {k: z[k] for k in KEYS}
-            ep["seed"] = int(z["seed"]) if "seed" in z.files else -1
+            ep = {k: z[k] for k in z.files if not k.startswith(DICT_PREFIX) and k != "actions"}
+            keyed = {k[len(DICT_PREFIX):]: z[k] for k in z.files if k.startswith(DICT_PREFIX)}
+            ep["actions"] = keyed if keyed else z["actions"]
+            missing = [k for k in KEYS if k not in ep]
+            if missing:
+                raise KeyError(f"missing {missing}")
+            ep["seed"] = int(ep["seed"]) if "seed" in ep else -1
+        T = num_steps(ep["actions"])
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
         raise ValueError(f"corrupt episode file {path}: {e}") from e
-    T = len(ep["actions"])
     if ep["frames"].ndim != 4 or len(ep["frames"]) != T + 1 or len(ep["rewards"]) != T or len(ep["terminated"]) != T:
-        raise ValueError(f"inconsistent episode file {path}: frames {ep['frames'].shape}, actions {ep['actions'].shape}")
+        raise ValueError(f"inconsistent episode file {path}: frames {ep['frames'].shape}, {T} actions")
     return ep
 
 
@@ -113,7 +147,7 @@ def load_episodes(root: Path, split: str | None = None, min_steps: int = 1) -> l
         except (ValueError, FileNotFoundError) as err:
             warnings.warn(f"skipping episode: {err}", stacklevel=2)
             continue
-        if len(ep["actions"]) >= min_steps:
+        if num_steps(ep["actions"]) >= min_steps:
             out.append(ep)
     return out
 
@@ -140,9 +174,12 @@ class WindowDataset(torch.utils.data.Dataset):
         prev = np.arange(s - 1, s + L - 1)  # step index that led to each frame
         valid = prev >= 0
         p = np.clip(prev, 0, None)
+        def pick(a):  # the action that led to each frame; zeros where none did
+            return torch.as_tensor(np.where(valid.reshape(-1, *[1] * (a.ndim - 1)), a[p], 0))
+
+        acts = ep["actions"]
         item = {
-            "actions": torch.as_tensor(np.where(valid.reshape(-1, *[1] * (ep["actions"].ndim - 1)),
-                                                ep["actions"][p], 0)),
+            "actions": {k: pick(v) for k, v in acts.items()} if isinstance(acts, dict) else pick(acts),
             "has_action": torch.as_tensor(valid),
             "reward": torch.as_tensor(np.where(valid, ep["rewards"][p], 0), dtype=torch.float32),
             "terminated": torch.as_tensor(np.where(valid, ep["terminated"][p], False)),

@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pygame
-import pytest
 
 from worldsim.cli import load_config
 from worldsim.play import Viewer

@@ -7,7 +7,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 import torch
 from conftest import TINY_TRAIN
 from safetensors.torch import load_file

@@ -1,7 +1,8 @@
 """`worldsim <job> [key=value ...]`: every job is a Hydra config in worldsim/configs (configs/ in the repo).
 
-Jobs: collect, train, play, eval, bench. `worldsim <job> --cfg` prints the composed config.
+Jobs: collect, train, play, eval, bench, import. `worldsim <job> --cfg` prints the composed config.
 Flags of the form `--name` are shorthand for `name=true` (e.g. `worldsim play --compare`).
+`worldsim import vpt|minerl DIR` is shorthand for `worldsim import source=vpt|minerl src=DIR`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ JOBS = {
     "play": "worldsim.play:play",
     "eval": "worldsim.evaluate:evaluate",
     "bench": "worldsim.bench:bench",
+    "import": "worldsim.importers:import_data",
 }
 
 
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None):
     if "--cfg" in rest:
         print(OmegaConf.to_yaml(load_config(job, [a for a in rest if a != "--cfg"])))
         return 0
+    if job == "import":  # positional form: worldsim import SOURCE DIR
+        positional = [a for a in rest if "=" not in a and not a.startswith("-")]
+        rest = [a for a in rest if a not in positional] + [f"{k}={v}" for k, v in zip(("source", "src"), positional)]
     overrides = [f"{a[2:]}=true" if a.startswith("--") and "=" not in a else a.lstrip("-") for a in rest]
     try:
         run_job(job, overrides)

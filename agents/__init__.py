@@ -1,14 +1,20 @@
 """Policies that drive an env through its Gymnasium interface: ``act(obs) -> action``, ``reset()``."""
+import gymnasium as gym
+
 from .explorer import CrafterExplorer
+from .minetest_explorer import MinetestExplorer
 from .random_agent import RandomAgent
 
-AGENTS = {"random": RandomAgent, "explorer": CrafterExplorer}
+AGENTS = {"random": RandomAgent, "explorer": CrafterExplorer, "minetest_explorer": MinetestExplorer}
 
 
 def make_agent(name: str, action_space, seed: int | None = None):
+    """`explorer` picks the scripted explorer that fits the action space (Crafter's or the MineRL Dict)."""
+    if name == "explorer" and isinstance(action_space, gym.spaces.Dict):
+        name = "minetest_explorer"
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}; choose one of {sorted(AGENTS)}")
     return AGENTS[name](action_space, seed=seed)
 
 
-__all__ = ["AGENTS", "CrafterExplorer", "RandomAgent", "make_agent"]
+__all__ = ["AGENTS", "CrafterExplorer", "MinetestExplorer", "RandomAgent", "make_agent"]

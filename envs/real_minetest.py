@@ -180,6 +180,7 @@ class _Game:
         xtest.fake_input(self.d, X.KeyPress, f2)
         xtest.fake_input(self.d, X.KeyRelease, f2)
         self.d.sync()
+        time.sleep(0.15)  # a few rendered frames, so the first observation already shows neither
         self.held: set[str] = set()
         self.inventory_open = False
         self._subpixel = np.zeros(2)
@@ -378,3 +379,34 @@ class RealMinetestEnv(gym.Env):
         if self.game is not None:
             self.game.stop()
             self.game = None
+
+
+def measure_latency(env: RealMinetestEnv, trials: int = 30, degrees: float = 8.0) -> dict:
+    """Action-to-frame latency: seconds from sending a camera turn to the first grabbed frame that shows it.
+
+    Between trials the env idles a few ticks so the view is still; a frame "shows" the turn when its mean
+    absolute difference from the still frame exceeds a threshold well above the idle flicker (measured).
+    """
+    if env.game is None:
+        env.reset()
+    g, lat = env.game, []
+    noop = minerl_actions.noop()
+    for i in range(trials):
+        for _ in range(4):
+            env.step(noop)
+        still = g.grab().astype(np.int16)
+        time.sleep(0.03)
+        flicker = np.abs(g.grab().astype(np.int16) - still).mean()
+        g.turn(np.array([0.0, degrees if i % 2 == 0 else -degrees]))
+        g.flush()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            if np.abs(g.grab().astype(np.int16) - still).mean() > max(3.0, 4 * flicker):
+                lat.append(time.perf_counter() - t0)
+                break
+            time.sleep(0.001)
+    env._next_tick = time.perf_counter()
+    lat = np.array(lat)
+    return {"trials": trials, "seen": int(len(lat)), "mean_ms": float(lat.mean() * 1e3),
+            "p50_ms": float(np.median(lat) * 1e3), "p95_ms": float(np.percentile(lat, 95) * 1e3),
+            "std_ms": float(lat.std() * 1e3), "max_ms": float(lat.max() * 1e3)}

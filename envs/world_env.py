@@ -16,13 +16,14 @@ from worldsim.simulator import WorldSimulator, load_bundle
 OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index"}
 
 
-def _load(env, bundle, device, batch_size, sampling_steps, context_noise) -> gym.Space:
+def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_size=None, default=None) -> gym.Space:
     """Set up what both envs share (bundle, simulator, observation space, action meanings); returns the
     action space of one world."""
     from worldsim import DEFAULT_CRAFTER_BUNDLE
 
-    env.bundle = load_bundle(str(bundle or DEFAULT_CRAFTER_BUNDLE), device)
-    env.sim = WorldSimulator(env.bundle, batch_size, sampling_steps, context_noise)
+    env.bundle = load_bundle(str(bundle or default or DEFAULT_CRAFTER_BUNDLE), device)
+    env.sim = WorldSimulator(env.bundle, batch_size, sampling_steps, context_noise,
+                             tuple(frame_size) if frame_size is not None else None)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
     return _action_space(env.bundle.env["action_space"])
 
@@ -40,6 +41,10 @@ class WorldEnv(gym.Env):
     - Reward and ``terminated`` come from the model's reward and termination heads; ``truncated`` after
       ``horizon`` steps.
 
+    With the Minetest bundle (``worldsim/Minetest-v0``) the spaces are those of ``worldsim/RealMinetest-v0``:
+    MineRL 1.0's ``Dict`` of keys + ``camera`` and ``Box(0, 255, (96, 128, 3), uint8)``; keys left out of
+    an action dict count as not pressed. ``frame_size=(H, W)`` runs the same weights at another size.
+
     ``reset(seed=..., options=...)`` starts from one of the start states shipped with the model (picked
     with ``np_random``, or ``options={"start_index": i}``), or from a context the caller gives:
     ``{"context_frames": uint8 (T, H, W, 3), "context_actions": int (T-1,)}`` where
@@ -52,18 +57,19 @@ class WorldEnv(gym.Env):
 
     def __init__(self, bundle: str | Path | None = None, render_mode: str | None = None, horizon: int = 10000,
                  sampling_steps: int | None = None, context_noise: float | None = None,
-                 termination_threshold: float = 0.5, device: str = "cpu"):
+                 termination_threshold: float = 0.5, device: str = "cpu", frame_size: tuple[int, int] | None = None,
+                 default_bundle: str | Path | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), float(termination_threshold)
-        self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise)
+        self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise, frame_size, default_bundle)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window = None, 0, None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         frames, actions, info = _start(self, self.action_space, options, self.np_random)
-        self.sim.reset([0], frames[None], actions[None],
+        self.sim.reset([0], frames[None], _stack([actions]),
                        self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)))
         self._obs, self._t = frames[-1].copy(), 0
         if self.render_mode == "human":
@@ -73,9 +79,9 @@ class WorldEnv(gym.Env):
     def step(self, action):
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
-        _check_action(self.action_space, action)
+        action = _check_action(self.action_space, action)
         shape = (1, *self.sim.latent_shape)
-        res = self.sim.step(np.asarray([action]), self.np_random.standard_normal(shape),
+        res = self.sim.step(_stack([action]), self.np_random.standard_normal(shape),
                             self.np_random.standard_normal(shape))
         self._obs, self._t = res.frames[0], self._t + 1
         terminated = bool(res.terminated_prob[0] > self.threshold)
@@ -113,14 +119,16 @@ class WorldVectorEnv(gym.vector.VectorEnv):
 
     def __init__(self, num_envs: int = 1, bundle: str | Path | None = None, render_mode: str | None = None,
                  horizon: int = 10000, sampling_steps: int | None = None, context_noise: float | None = None,
-                 termination_threshold: float = 0.5, device: str = "cpu", **kwargs):
+                 termination_threshold: float = 0.5, device: str = "cpu", frame_size: tuple[int, int] | None = None,
+                 default_bundle: str | Path | None = None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments for WorldVectorEnv: {sorted(kwargs)}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array' for the vector env, got {render_mode!r}")
         self.num_envs, self.render_mode = int(num_envs), render_mode
         self.horizon, self.threshold = int(horizon), float(termination_threshold)
-        self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise)
+        self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise,
+                                         frame_size, default_bundle)
         self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -139,7 +147,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         if len(lengths) != 1:  # default starts all have the same length; a given context is shared by all rows
             raise ValueError("all reset contexts of one call must have the same length")
         noise = np.stack([self.rngs[i].standard_normal((len(frames[0]), *self.sim.latent_shape)) for i in rows])
-        self.sim.reset(rows, np.stack(frames), np.stack(actions), noise)
+        self.sim.reset(rows, np.stack(frames), _stack(actions), noise)
         for i, f in zip(rows, frames):
             self._obs[i], self._t[i] = f[-1], 0
 
@@ -162,11 +170,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
     def step(self, actions):
         if not self._started:
             raise RuntimeError("call reset() before step()")
-        actions = np.asarray(actions)
-        if actions.shape[:1] != (self.num_envs,):
-            raise ValueError(f"expected {self.num_envs} actions (one per env), got array of shape {actions.shape}")
-        for a in actions:
-            _check_action(self.single_action_space, a)
+        actions = _stack([_check_action(self.single_action_space, a) for a in _unstack(actions, self.num_envs)])
         shape = self.sim.latent_shape
         noise = np.stack([r.standard_normal(shape) for r in self.rngs])
         ctx = np.stack([r.standard_normal(shape) for r in self.rngs])
@@ -203,7 +207,32 @@ def _action_space(spec: dict) -> gym.Space:
     return gym.spaces.Dict({k: _action_space(s) for k, s in spec["keys"].items()})
 
 
-def _check_action(space: gym.Space, action) -> None:
+def _check_action(space: gym.Space, action, name: str = "action"):
+    """Validate one action and return it as the model takes it; a ValueError names what is wrong.
+
+    Dict actions: unknown keys are errors, missing keys count as not pressed / zero (as in the real
+    Minetest adapter), so `{"forward": 1}` is a valid MineRL action.
+    """
+    if isinstance(space, gym.spaces.Dict):
+        if not isinstance(action, dict):
+            raise ValueError(f"invalid {name} {action!r}: it must be a dict with keys from {list(space.spaces)}")
+        unknown = sorted(set(action) - set(space.spaces))
+        if unknown:
+            raise ValueError(f"unknown {name} key(s) {unknown}; valid keys: {', '.join(space.spaces)}")
+        return {k: _check_action(sub, action[k], f"{name}[{k!r}]") if k in action else _zero(sub)
+                for k, sub in space.spaces.items()}
+    if isinstance(space, gym.spaces.Box):
+        try:
+            a = np.asarray(action, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a float array of shape {space.shape}, got {action!r}") from None
+        if a.shape != space.shape:
+            raise ValueError(f"{name} must have shape {space.shape}, got shape {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} must be finite, got {a.tolist()}")
+        if np.any(a < space.low) or np.any(a > space.high):
+            raise ValueError(f"{name} = {a.tolist()} is outside [{space.low.min():g}, {space.high.max():g}]")
+        return a
     if isinstance(space, gym.spaces.Discrete):  # an integer scalar, not 1.5 or "3" or [3]
         a = np.asarray(action) if not isinstance(action, str) else None
         ok = a is not None and a.shape == () and np.issubdtype(a.dtype, np.integer) and space.contains(np.int64(a))
@@ -214,7 +243,32 @@ def _check_action(space: gym.Space, action) -> None:
             ok = False
     if not ok:
         shown = action.tolist() if isinstance(action, (np.ndarray, np.generic)) else repr(action)
-        raise ValueError(f"invalid action {shown}: it must be an element of {space}")
+        raise ValueError(f"invalid {name} {shown}: it must be an element of {space}")
+    return np.asarray(action)
+
+
+def _zero(space: gym.Space):
+    return np.zeros(space.shape, space.dtype) if isinstance(space, gym.spaces.Box) else np.int64(0)
+
+
+def _stack(actions: list):
+    """Checked single actions -> one batch (an array, or a dict of arrays for Dict spaces)."""
+    if actions and isinstance(actions[0], dict):
+        return {k: np.stack([a[k] for a in actions]) for k in actions[0]}
+    return np.stack([np.asarray(a) for a in actions]) if actions else np.zeros((0,), np.int64)
+
+
+def _unstack(actions, n: int) -> list:
+    """A batch of n actions (array, or Gymnasium's dict of batched arrays) -> n single actions."""
+    if isinstance(actions, dict):
+        bad = {k: np.shape(v) for k, v in actions.items() if np.shape(v)[:1] != (n,)}
+        if bad:
+            raise ValueError(f"expected {n} actions (one per env) under each key, got shapes {bad}")
+        return [{k: np.asarray(v)[i] for k, v in actions.items()} for i in range(n)]
+    arr = np.asarray(actions)
+    if arr.shape[:1] != (n,):
+        raise ValueError(f"expected {n} actions (one per env), got array of shape {arr.shape}")
+    return list(arr)
 
 
 def _start(env, action_space, options, rng):
@@ -228,7 +282,7 @@ def _start(env, action_space, options, rng):
         if "context_frames" in options:
             raise ValueError("give either options['image'] or options['context_frames'], not both")
         frames = _check_frames(np.asarray(options["image"])[None], shape, "options['image']", single=True)
-        return frames, np.zeros((0,), np.int64), {"start": "image"}
+        return frames, _no_actions(action_space), {"start": "image"}
     if "context_frames" in options:
         frames = _check_frames(np.asarray(options["context_frames"]), shape, "options['context_frames']")
         if len(frames) > W:
@@ -238,14 +292,24 @@ def _start(env, action_space, options, rng):
             if len(frames) > 1:
                 raise ValueError(f"options['context_actions'] is required with {len(frames)} context frames "
                                  f"(one action between each pair: {len(frames) - 1})")
-            acts = np.zeros((0,), np.int64)
-        acts = np.asarray(acts)
+            acts = []
+        elif isinstance(acts, dict):  # a dict of per-key arrays, as stored in episodes
+            n = {len(v) for v in acts.values()}
+            acts = [{k: np.asarray(v)[i] for k, v in acts.items()} for i in range(n.pop())] if len(n) == 1 else None
+            if acts is None:
+                raise ValueError("options['context_actions'] arrays have different lengths")
+        acts = list(acts) if not isinstance(acts, np.ndarray) or acts.ndim else [acts]
         if len(acts) != len(frames) - 1:
             raise ValueError(f"options['context_actions'] has {len(acts)} actions; expected {len(frames) - 1} "
                              f"(one between each pair of the {len(frames)} context frames)")
-        for a in acts:
-            _check_action(action_space, a)
-        return frames, acts, {"start": "context"}
+        checked = []
+        for i, a in enumerate(acts):
+            try:
+                checked.append(_check_action(action_space, a))
+            except ValueError as e:
+                raise ValueError(f"options['context_actions'][{i}]: {e}") from None
+        acts = checked
+        return frames, (_stack(acts) if acts else _no_actions(action_space)), {"start": "context"}
     if "context_actions" in options:
         raise ValueError("options['context_actions'] given without options['context_frames']")
     n = len(env.bundle.start_frames)
@@ -253,7 +317,27 @@ def _start(env, action_space, options, rng):
     idx = int(rng.integers(n)) if idx is None else int(idx)
     if not 0 <= idx < n:
         raise ValueError(f"options['start_index']={idx} is out of range: the model ships {n} start states")
-    return env.bundle.start_frames[idx].numpy(), env.bundle.start_actions[idx].numpy(), {"start": f"shipped:{idx}"}
+    frames, acts = env.bundle.start_frames[idx].numpy(), env.bundle.start_actions
+    acts = {k: v[idx].numpy() for k, v in acts.items()} if isinstance(acts, dict) else acts[idx].numpy()
+    if frames.shape[1:] != tuple(shape):  # running at another frame size than the model trained at
+        frames = _resize(frames, shape[:2])
+    return frames, acts, {"start": f"shipped:{idx}"}
+
+
+def _no_actions(space: gym.Space):
+    if isinstance(space, gym.spaces.Dict):
+        return {k: np.zeros((0, *sub.shape), sub.dtype if isinstance(sub, gym.spaces.Box) else np.int64)
+                for k, sub in space.spaces.items()}
+    return np.zeros((0, *space.shape), np.int64)
+
+
+def _resize(frames: np.ndarray, size) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(frames).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _check_frames(frames: np.ndarray, shape, name, single=False) -> np.ndarray:

@@ -91,7 +91,12 @@ def read_metadata(path: Path) -> dict:
 
 
 def bundle_files(ae, dit, edm_cfg: EDMConfig, latent_stats: tuple[float, float], env_info: dict,
-                 start_frames: torch.Tensor, start_actions: torch.Tensor, extra: dict | None = None) -> dict:
+                 start_frames: torch.Tensor, start_actions, extra: dict | None = None) -> dict:
+    """start_actions: (S, W-1, ...) tensor, or a dict of them for Dict action spaces (stored as action$KEY)."""
+    if isinstance(start_actions, dict):
+        acts = {f"action${k}": v.contiguous() for k, v in start_actions.items()}
+    else:
+        acts = {"actions": start_actions.to(torch.int64)}
     meta = {"format": BUNDLE_FORMAT, "autoencoder": dict(ae.config), "world_model": dict(dit.config),
             "diffusion": asdict(edm_cfg), "latent_mean": latent_stats[0], "latent_std": latent_stats[1],
             "env": env_info, **(extra or {})}
@@ -99,8 +104,7 @@ def bundle_files(ae, dit, edm_cfg: EDMConfig, latent_stats: tuple[float, float],
         "bundle.json": json.dumps(_jsonable(meta), indent=1).encode(),
         "autoencoder.safetensors": tensors_bytes(ae.state_dict()),
         "world_model.safetensors": tensors_bytes(dit.state_dict()),
-        "start_states.safetensors": tensors_bytes({"frames": start_frames.to(torch.uint8),
-                                                   "actions": start_actions.to(torch.int64)}),
+        "start_states.safetensors": tensors_bytes({"frames": start_frames.to(torch.uint8), **acts}),
     }
 
 
@@ -131,7 +135,9 @@ class Bundle:
         self.edm = EDM(EDMConfig(**self.meta["diffusion"]))
         self.codec = LatentCodec(self.ae, self.meta["latent_mean"], self.meta["latent_std"])
         start = load_file(path / "start_states.safetensors")
-        self.start_frames, self.start_actions = start["frames"], start["actions"]
+        keyed = {k[len("action$"):]: v for k, v in start.items() if k.startswith("action$")}
+        self.start_frames = start["frames"]
+        self.start_actions = keyed if keyed else start["actions"]  # (S, W-1, ...), or a dict of them
         self.env = self.meta["env"]
 
 

@@ -11,12 +11,17 @@ import os
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from worldsim.data import episode_path, load_manifest, read_episode, save_manifest, write_episode
+from worldsim.data import episode_path, load_manifest, num_steps, read_episode, save_manifest, write_episode
 
-ENVS = {"crafter": "worldsim.envs.real_crafter:RealCrafterEnv"}
+ENVS = {"crafter": "worldsim.envs.real_crafter:RealCrafterEnv",
+        "minetest": "worldsim.envs.real_minetest:RealMinetestEnv"}
+DEFAULT_SIZE = {"crafter": 64, "minetest": [96, 128]}
+# camera histogram bins (degrees per tick), for Dict (MineRL) actions
+CAMERA_BINS = np.array([-180, -20, -10, -5, -2, -0.5, 0.5, 2, 5, 10, 20, 180])
 
 
 def _make_real_env(name: str, **kw):
@@ -31,23 +36,35 @@ def _rollout(job: dict) -> dict:
     from worldsim.agents import make_agent
 
     env = _make_real_env(job["env"], size=job["size"], length=job["max_steps"])
-    agent = make_agent(job["agent"], env.action_space, seed=job["world_seed"])
-    obs, info = env.reset(seed=job["world_seed"])
-    agent.reset()
-    frames, actions, rewards, terms = [obs], [], [], []
-    achievements = {}
-    while True:
-        a = agent.act(obs)
-        obs, r, terminated, truncated, info = env.step(a)
-        frames.append(obs), actions.append(int(a)), rewards.append(r), terms.append(terminated)
-        achievements = info.get("achievements", achievements)
-        if terminated or truncated:
-            break
+    try:
+        agent = make_agent(job["agent"], env.action_space, seed=job["world_seed"])
+        obs, info = env.reset(seed=job["world_seed"])
+        agent.reset()
+        frames, actions, rewards, terms = [obs], [], [], []
+        achievements = {}
+        while True:
+            a = agent.act(obs)
+            obs, r, terminated, truncated, info = env.step(a)
+            frames.append(obs), actions.append(a), rewards.append(r), terms.append(terminated)
+            achievements = info.get("achievements", achievements)
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    if isinstance(env.action_space, gym.spaces.Dict):
+        acts = {k: np.stack([np.asarray(a[k]) for a in actions]).astype(np.float32 if k == "camera" else np.int64)
+                for k in env.action_space.spaces}
+        counts = {k: int(v.sum()) for k, v in acts.items() if k != "camera"}
+        counts.update({f"camera.{axis}": np.histogram(acts["camera"][:, i], CAMERA_BINS)[0].tolist()
+                       for i, axis in enumerate(("pitch", "yaw"))})
+    else:
+        acts = np.array([int(a) for a in actions], np.int64)
+        counts = np.bincount(acts, minlength=env.action_space.n).tolist()
     path = Path(job["out"]) / job["file"]
-    write_episode(path, np.stack(frames), np.array(actions, np.int64), rewards, terms, seed=job["world_seed"])
+    write_episode(path, np.stack(frames), acts, rewards, terms, seed=job["world_seed"])
     return {"file": job["file"], "index": job["index"], "split": job["split"], "seed": job["world_seed"],
             "agent": job["agent"], "steps": len(actions), "terminated": bool(terms[-1]),
-            "return": float(np.sum(rewards)), "action_counts": np.bincount(actions, minlength=env.action_space.n).tolist(),
+            "return": float(np.sum(rewards)), "action_counts": counts,
             "achievements": {k: int(v) for k, v in achievements.items() if v}}
 
 
@@ -71,20 +88,40 @@ def _entry_from_file(root: Path, index: int, seed: int, split: str) -> dict | No
         print(f"warning: {e}; collecting it again")
         return None
     acts = ep["actions"]
+    if isinstance(acts, dict):
+        counts = {k: int(v.sum()) for k, v in acts.items() if k != "camera"}
+        counts.update({f"camera.{axis}": np.histogram(acts["camera"][:, i], CAMERA_BINS)[0].tolist()
+                       for i, axis in enumerate(("pitch", "yaw"))})
+    else:
+        counts = np.bincount(acts.ravel(), minlength=17).tolist()
+    steps = num_steps(acts)
     return {"file": str(path.relative_to(root)), "index": index, "split": split, "seed": ep["seed"], "agent": "?",
-            "steps": len(acts), "terminated": bool(ep["terminated"][-1]) if len(acts) else False,
-            "return": float(ep["rewards"].sum()), "action_counts": np.bincount(acts.ravel(), minlength=17).tolist(),
-            "achievements": {}}
+            "steps": steps, "terminated": bool(ep["terminated"][-1]) if steps else False,
+            "return": float(ep["rewards"].sum()), "action_counts": counts, "achievements": {}}
 
 
-def print_histograms(manifest: dict, action_names) -> None:
+def print_histograms(manifest: dict, action_names=None) -> None:
+    """Action histogram (per action, or per key and camera bin for Dict actions) and achievements."""
     eps = manifest["episodes"]
-    counts = np.sum([e["action_counts"] for e in eps], axis=0) if eps else np.zeros(len(action_names))
-    total = max(int(counts.sum()), 1)
+    total = max(sum(e["steps"] for e in eps), 1)
     print(f"\n{len(eps)} episodes, {total} steps, {sum(e['terminated'] for e in eps)} deaths")
-    print("actions:")
-    for name, c in zip(action_names, counts):
-        print(f"  {name:<20s} {int(c):>8d} {100 * c / total:5.1f}% {'#' * int(60 * c / total)}")
+    if eps and isinstance(eps[0]["action_counts"], dict):
+        keys = [k for k in eps[0]["action_counts"] if not k.startswith("camera.")]
+        print("keys (share of steps held):")
+        for k in keys:
+            c = sum(e["action_counts"].get(k, 0) for e in eps)
+            print(f"  {k:<20s} {c:>8d} {100 * c / total:5.1f}% {'#' * int(60 * c / total)}")
+        edges = [f"{a:g}..{b:g}" for a, b in zip(CAMERA_BINS[:-1], CAMERA_BINS[1:])]
+        for axis in ("pitch", "yaw"):
+            hist = np.sum([e["action_counts"][f"camera.{axis}"] for e in eps], axis=0)
+            print(f"camera {axis} per tick (degrees):")
+            for edge, c in zip(edges, hist):
+                print(f"  {edge:<20s} {int(c):>8d} {100 * c / total:5.1f}% {'#' * int(60 * c / total)}")
+    else:
+        counts = np.sum([e["action_counts"] for e in eps], axis=0) if eps else np.zeros(len(action_names))
+        print("actions:")
+        for name, c in zip(action_names, counts):
+            print(f"  {name:<20s} {int(c):>8d} {100 * c / total:5.1f}% {'#' * int(60 * c / total)}")
     ach = collections.Counter()
     for e in eps:
         ach.update(e.get("achievements", {}).keys())
@@ -93,14 +130,30 @@ def print_histograms(manifest: dict, action_names) -> None:
         print(f"  {name:<20s} {c:>6d} {'#' * int(40 * c / max(len(eps), 1))}")
 
 
-def collect(cfg) -> dict:
-    from worldsim.envs.real_crafter import ACTION_MEANINGS
+def env_info(name: str, size) -> dict:
+    """The manifest's description of a source game: frame shape and action space spec (what train reads)."""
+    from worldsim.model import space_to_spec
 
-    root = Path(cfg.out)
+    if name == "crafter":
+        from worldsim.envs.real_crafter import ACTION_MEANINGS
+        return {"name": name, "frame_shape": [size, size, 3], "action_space": {"type": "discrete", "n": 17},
+                "action_meanings": list(ACTION_MEANINGS)}
+    if name == "minetest":
+        from worldsim.envs import minerl_actions
+        return {"name": name, "frame_shape": [*size, 3], "action_space": space_to_spec(minerl_actions.action_space())}
+    raise ValueError(f"unknown env {name!r} for collect; choose one of {sorted(ENVS)}")
+
+
+def collect(cfg) -> dict:
+    size = cfg.size if cfg.size is not None else DEFAULT_SIZE.get(cfg.env)
+    size = list(size) if not isinstance(size, int) else size
+    info = env_info(cfg.env, size)
+    root = Path(cfg.out if cfg.out is not None else f"data/{cfg.env}")
     root.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(root)
-    manifest["env"] = {"name": cfg.env, "frame_shape": [cfg.size, cfg.size, 3], "action_space": {"type": "discrete", "n": 17},
-                       "action_meanings": list(ACTION_MEANINGS)}
+    if manifest["env"] and manifest["env"].get("name") != cfg.env:
+        raise ValueError(f"{root} holds {manifest['env'].get('name')!r} episodes, not {cfg.env!r}: choose another out=")
+    manifest["env"] = info
     have = {e["index"]: e for e in manifest["episodes"] if _readable(episode_path(root, e["index"]))}
     jobs = []
     for i in range(cfg.episodes):
@@ -111,7 +164,7 @@ def collect(cfg) -> dict:
             if entry is not None:
                 have[i] = entry
                 continue
-            jobs.append({"env": cfg.env, "size": cfg.size, "max_steps": cfg.max_steps, "agent": cfg.agent,
+            jobs.append({"env": cfg.env, "size": size, "max_steps": cfg.max_steps, "agent": cfg.agent,
                          "world_seed": seed, "index": i, "split": split, "out": str(root),
                          "file": str(episode_path(root, i).relative_to(root))})
     if have:
@@ -134,5 +187,11 @@ def collect(cfg) -> dict:
                 steps += entry["steps"]
                 bar.update(1)
                 bar.set_postfix(steps=steps, steps_per_s=f"{steps / (time.time() - t0):.0f}")
-    print_histograms(manifest, ACTION_MEANINGS)
+    print_histograms(manifest, info.get("action_meanings"))
+    files = [root / e["file"] for e in manifest["episodes"]]
+    frames = sum(e["steps"] + 1 for e in manifest["episodes"])
+    if frames:
+        per = sum(f.stat().st_size for f in files if f.exists()) / frames
+        raw = int(np.prod(info["frame_shape"]))
+        print(f"on disk: {per / 1024:.1f} KiB per frame (raw {raw / 1024:.1f} KiB, {raw / per:.1f}x smaller)")
     return manifest

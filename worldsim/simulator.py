@@ -36,14 +36,19 @@ class StepResult:
 
 class WorldSimulator:
     def __init__(self, bundle: Bundle, batch_size: int, sampling_steps: int | None = None,
-                 context_noise: float | None = None):
+                 context_noise: float | None = None, frame_size: tuple[int, int] | None = None):
         self.bundle, self.B = bundle, batch_size
         self.dit, self.edm, self.codec = bundle.dit, bundle.edm, bundle.codec
         self.spec = self.dit.config.action_spec
         self.window = self.dit.config.context_frames
         self.steps = sampling_steps or self.edm.cfg.sampling_steps
         self.context_noise = self.edm.cfg.context_noise if context_noise is None else float(context_noise)
-        H, W, _ = bundle.env["frame_shape"]
+        # frame_size: run at another size than the model trained at (convolutional autoencoder, rotary
+        # positions: nothing in the weights fixes the frame size)
+        H, W = frame_size if frame_size is not None else bundle.env["frame_shape"][:2]
+        f = downsample_factor(bundle.ae) * self.dit.config.patch_size
+        if H % f or W % f or H <= 0 or W <= 0:
+            raise ValueError(f"frame size {H}x{W} must be positive multiples of {f} (autoencoder downsampling x patch)")
         f = downsample_factor(bundle.ae)
         self.frame_shape = (H, W, 3)
         self.latent_shape = (bundle.ae.config.latent_channels, H // f, W // f)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from worldsim.autoencoder import LatentCodec, make_autoencoder, to_pixels
 from worldsim.checkpoint import bundle_files, load_optimizer, optimizer_tensors, resolve_dir, tensors_bytes, write_dir_atomic
-from worldsim.data import WindowDataset, load_episodes, load_manifest
+from worldsim.data import WindowDataset, index_actions, load_episodes, load_manifest
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.evaluate import psnr_np
 from worldsim.model import WorldDiT
@@ -196,7 +196,8 @@ class Trainer:
         bar = tqdm(total=c.steps, initial=st["dit_step"], desc="world model", unit="step")
         while st["dit_step"] < c.steps:
             for batch in loader:
-                b = {k: v.to(self.device) for k, v in batch.items()}
+                b = {k: ({n: a.to(self.device) for n, a in v.items()} if isinstance(v, dict) else v.to(self.device))
+                     for k, v in batch.items()}
                 for g in self.opt_dit.param_groups:
                     g["lr"] = c.lr * min(1.0, (st["dit_step"] + 1) / c.warmup) * cosine(st["dit_step"], c.steps)
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
@@ -232,11 +233,15 @@ class Trainer:
         for ep in eps[: self.cfg.start_states]:  # start contexts: the first W frames of held-out episodes
             if len(ep["frames"]) >= W:
                 frames.append(torch.as_tensor(ep["frames"][:W]))
-                actions.append(torch.as_tensor(ep["actions"][: W - 1]))
+                actions.append(index_actions(ep["actions"], slice(0, W - 1)))
         if not frames:
             raise ValueError(f"no episode has {W} frames to make a start state from")
+        if isinstance(actions[0], dict):
+            actions = {k: torch.as_tensor(np.stack([a[k] for a in actions])) for k in actions[0]}
+        else:
+            actions = torch.as_tensor(np.stack(actions))
         files = bundle_files(self.ae, self.dit, self.edm_cfg, (self.state["latent_mean"], self.state["latent_std"]),
-                             self.env_info, torch.stack(frames), torch.stack(actions),
+                             self.env_info, torch.stack(frames), actions,
                              extra={"metrics": self.state["metrics"], "trained": {"ae_steps": self.state["ae_step"],
                                                                                    "dit_steps": self.state["dit_step"]}})
         write_dir_atomic(out, files)

@@ -40,3 +40,29 @@ def randomize(module, std=0.2, seed=0):
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
     return module
+
+
+@pytest.fixture(scope="session")
+def minetest_dataset(tmp_path_factory):
+    """A few dozen steps of real Minetest under Xvfb (skipped where the game is not installed, except in CI)."""
+    from worldsim.cli import run_job
+    from worldsim.envs import real_minetest
+
+    try:
+        real_minetest.find_binaries()
+    except RuntimeError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"real Minetest not installed here: {e}")
+    out = tmp_path_factory.mktemp("data") / "minetest"
+    run_job("collect", ["env=minetest", f"out={out}", "episodes=2", "workers=2", "max_steps=24", "test_every=2"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def minetest_bundle(minetest_dataset, tmp_path_factory):
+    from worldsim.cli import run_job
+
+    run = tmp_path_factory.mktemp("run")
+    run_job("train", [f"data={minetest_dataset}", f"run={run}", *TINY_TRAIN])
+    return run / "bundle"

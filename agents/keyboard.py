@@ -1,6 +1,7 @@
-"""A human at the keyboard, with Crafter's own key bindings (as in crafter's run_gui)."""
+"""Humans at the keyboard: Crafter's own key bindings (as in crafter's run_gui), and mouse + keyboard for MineRL actions."""
 from __future__ import annotations
 
+import numpy as np
 import pygame
 
 # key -> Crafter action id
@@ -38,3 +39,58 @@ class KeyboardAgent:
 
     def act(self, obs=None) -> int:
         return self.keymap[self.held[-1]] if self.held else 0
+
+
+# MineRL key -> pygame key, for the first-person world (Minecraft's default bindings)
+MINETEST_KEYS = {
+    pygame.K_w: "forward", pygame.K_s: "back", pygame.K_a: "left", pygame.K_d: "right",
+    pygame.K_SPACE: "jump", pygame.K_LSHIFT: "sneak", pygame.K_LCTRL: "sprint", pygame.K_q: "drop",
+    pygame.K_e: "inventory", **{getattr(pygame, f"K_{i}"): f"hotbar.{i}" for i in range(1, 10)},
+}
+MINETEST_BUTTONS = {1: "attack", 3: "use", 2: "pickItem"}  # left, right, middle click
+MINETEST_HELP = [
+    "mouse look (click the window to grab the mouse)",
+    "WASD move  SPACE jump  SHIFT sneak  CTRL sprint",
+    "left click attack/dig   right click use/place",
+    "1-9 hotbar   Q drop   E inventory",
+    "ESC release mouse (again: quit)  ENTER reset  . pause  H help",
+]
+
+
+class MouseKeyboardAgent:
+    """A human with mouse and keyboard, acting in MineRL's Dict action space.
+
+    Keys and buttons count as pressed while held; mouse motion since the last step becomes the camera
+    delta (``degrees_per_pixel``; screen y down = pitch down, as in MineRL and VPT).
+    """
+
+    def __init__(self, degrees_per_pixel: float = 0.15):
+        from worldsim.envs.minerl_actions import noop
+
+        self._noop, self.dpp = noop, degrees_per_pixel
+        self.held: set[str] = set()
+        self.motion = [0.0, 0.0]
+
+    def reset(self):
+        self.motion = [0.0, 0.0]
+
+    def handle(self, event) -> None:
+        if event.type == pygame.KEYDOWN and event.key in MINETEST_KEYS:
+            self.held.add(MINETEST_KEYS[event.key])
+        elif event.type == pygame.KEYUP and event.key in MINETEST_KEYS:
+            self.held.discard(MINETEST_KEYS[event.key])
+        elif event.type == pygame.MOUSEBUTTONDOWN and event.button in MINETEST_BUTTONS:
+            self.held.add(MINETEST_BUTTONS[event.button])
+        elif event.type == pygame.MOUSEBUTTONUP and event.button in MINETEST_BUTTONS:
+            self.held.discard(MINETEST_BUTTONS[event.button])
+        elif event.type == pygame.MOUSEMOTION:  # the viewer passes motion on only while the mouse is grabbed
+            self.motion[0] += event.rel[1]
+            self.motion[1] += event.rel[0]
+
+    def act(self, obs=None) -> dict:
+        a = self._noop()
+        for k in self.held:
+            a[k] = 1
+        a["camera"] = np.clip(np.array(self.motion, np.float32) * self.dpp, -180, 180).astype(np.float32)
+        self.motion = [0.0, 0.0]
+        return a

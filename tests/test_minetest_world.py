@@ -101,3 +101,54 @@ def test_vector_env_is_batched_and_matches_single_envs(minetest_bundle):
         venv.step({k: v[:2] for k, v in batched.items()})
     venv.close()
 
+
+
+def test_play_minetest_mouse_look_keys_and_grab(minetest_bundle):
+    import pygame
+
+    from worldsim.cli import load_config
+    from worldsim.play import Viewer
+
+    v = Viewer(load_config("play", ["env=minetest", f"bundle={minetest_bundle}"]))
+    v.env.unwrapped.threshold = 1.0  # the tiny untrained model's termination head must not end the episode
+    assert v.mouse and v.grabbed and v.show_help
+    post = pygame.event.post
+    post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_w, mod=0, unicode="w"))
+    post(pygame.event.Event(pygame.MOUSEBUTTONDOWN, button=1, pos=(10, 10)))
+    post(pygame.event.Event(pygame.MOUSEMOTION, rel=(40, -10), pos=(10, 10), buttons=(0, 0, 0)))
+    v.tick()
+    a = v.last_action
+    assert a["forward"] == 1 and a["attack"] == 1 and a["jump"] == 0
+    assert a["camera"][1] > 0 and a["camera"][0] < 0  # mouse right = yaw right, mouse up = pitch up
+    np.testing.assert_allclose(a["camera"], [-10 * 0.15, 40 * 0.15], rtol=1e-6)
+    post(pygame.event.Event(pygame.KEYUP, key=pygame.K_w, mod=0, unicode="w"))
+    post(pygame.event.Event(pygame.MOUSEBUTTONUP, button=1, pos=(10, 10)))
+    post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_3, mod=0, unicode="3"))
+    v.tick()
+    assert v.last_action["forward"] == 0 and v.last_action["hotbar.3"] == 1 and not v.last_action["camera"].any()
+    post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE, mod=0, unicode=""))
+    v.tick()
+    assert v.running and not v.grabbed  # the first ESC only releases the mouse
+    post(pygame.event.Event(pygame.MOUSEMOTION, rel=(40, 0), pos=(10, 10), buttons=(0, 0, 0)))
+    v.tick()
+    assert not v.last_action["camera"].any()  # a released mouse does not turn the camera
+    pixels = v.win.pixels()
+    assert pixels.shape == (96 * 5 + 64, 128 * 5, 3)
+    post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE, mod=0, unicode=""))
+    v.tick()
+    assert not v.running
+    v.close()
+
+
+def test_play_minetest_compare_drives_the_real_game(minetest_bundle, tmp_path):
+    from worldsim.cli import load_config
+    from worldsim.play import Viewer
+
+    v = Viewer(load_config("play", ["env=minetest", f"bundle={minetest_bundle}", "compare=true", "agent=explorer",
+                                    "steps=6", f"record={tmp_path / 'm.mp4'}"]))
+    v.env.unwrapped.threshold = 1.0
+    np.testing.assert_array_equal(v.obs, v.real_obs)  # the model starts from the real game's frame
+    game = v.real.unwrapped.game
+    res = v.run()
+    assert res["steps"] == 6 and v.real.unwrapped._t == 6 and (tmp_path / "m.mp4").stat().st_size > 0
+    assert all(p.poll() is not None for p in game.procs), "closing the viewer must stop the real game"

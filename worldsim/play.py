@@ -1,6 +1,11 @@
 """`worldsim play`: the live viewer. A pygame window shows the learned world's frames scaled up; the keyboard
-(Crafter's own keys) or an agent from agents/ drives it; `compare=true` runs real Crafter beside it on the
-same actions; `record=FILE.mp4` records; ENTER resets, '.' pauses, H toggles the key help, ESC quits. With no display it says so and writes a video instead.
+or an agent from agents/ drives it; `compare=true` runs the real game beside it on the same actions;
+`record=FILE.mp4` records; ENTER resets, '.' pauses, H toggles the key help, ESC quits. With no display it
+says so and writes a video instead.
+
+`env=crafter`: Crafter's own keys. `env=minetest`: first person with MineRL actions: mouse look (the window
+grabs the mouse in relative mode; ESC releases it, a click grabs it again), WASD, space jump, shift sneak,
+ctrl sprint, left/right click attack/use, 1-9 hotbar.
 
 The viewer talks to the Gymnasium envs only, never to the model.
 """
@@ -76,6 +81,20 @@ class FrameWindow:
         self.pg.display.quit()
 
 
+# env name -> (learned env id, real env id, default scale)
+ENVS = {"crafter": ("worldsim/Crafter-v0", "worldsim/RealCrafter-v0", 8),
+        "minetest": ("worldsim/Minetest-v0", "worldsim/RealMinetest-v0", 5)}
+
+
+def describe(action, meanings) -> str:
+    """One line naming an action: Crafter's action name, or the held keys and camera of a MineRL action."""
+    if isinstance(action, dict):
+        keys = [k for k, v in action.items() if k != "camera" and v]
+        cam = np.asarray(action.get("camera", (0, 0)), float)
+        return (" ".join(keys) or "-") + (f"  camera pitch {cam[0]:+.1f} yaw {cam[1]:+.1f}" if np.any(cam) else "")
+    return str(meanings[int(action)]) if meanings else str(action)
+
+
 class Viewer:
     """The play loop, one `tick()` per step: events -> action -> env.step -> draw -> record."""
 
@@ -85,10 +104,11 @@ class Viewer:
 
         import worldsim  # noqa: F401  (registers the envs)
         from worldsim.agents import make_agent
-        from worldsim.agents.keyboard import KeyboardAgent
+        from worldsim.agents.keyboard import HELP, MINETEST_HELP, KeyboardAgent, MouseKeyboardAgent
 
-        if cfg.env != "crafter":
-            raise ValueError(f"unknown env {cfg.env!r}; available: crafter")
+        if cfg.env not in ENVS:
+            raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENVS)}")
+        env_id, real_id, default_scale = ENVS[cfg.env]
         self.cfg, self.headless = cfg, not has_display()
         self.record, self.agent_name, self.max_steps = cfg.record, cfg.agent, int(cfg.steps)
         if self.headless:
@@ -101,19 +121,32 @@ class Viewer:
         kw = {"sampling_steps": cfg.sampling_steps, "device": cfg.device}
         if cfg.bundle:
             kw["bundle"] = cfg.bundle
-        self.env = gym.make("worldsim/Crafter-v0", **kw)
-        self.real = gym.make("worldsim/RealCrafter-v0") if cfg.compare else None
+        self.env = gym.make(env_id, **kw)
+        self.real = gym.make(real_id) if cfg.compare else None
+        self.real_name = "real " + real_id.split("/Real")[1].split("-")[0]
         self.meanings = self.env.unwrapped.action_meanings
-        self.win = FrameWindow(self.env.observation_space.shape[:2], cfg.scale, "worldsim play",
+        self.mouse = isinstance(self.env.action_space, gym.spaces.Dict)  # first person: mouse look
+        self.win = FrameWindow(self.env.observation_space.shape[:2], cfg.scale or default_scale, "worldsim play",
                                panels=2 if self.real else 1, hud=True)
-        self.agent = (make_agent(self.agent_name, self.env.action_space, seed=cfg.seed) if self.agent_name
-                      else KeyboardAgent())
+        if self.agent_name:
+            self.agent = make_agent(self.agent_name, self.env.action_space, seed=cfg.seed)
+        else:
+            self.agent = MouseKeyboardAgent() if self.mouse else KeyboardAgent()
+        self.help = MINETEST_HELP if self.mouse else HELP
+        self.grab(self.mouse and not self.agent_name)
         self.writer = (imageio.get_writer(self.record, fps=cfg.fps, codec="libx264", quality=7, macro_block_size=8)
                        if self.record else None)
         self.seed = int(cfg.seed)
         self.paused, self.show_help, self.running = False, self.agent_name is None, True
-        self.steps, self.sps, self.last_action = 0, 0.0, 0
+        self.steps, self.sps, self.last_action = 0, 0.0, None
         self.reset()
+
+    def grab(self, on: bool):
+        """Relative mouse mode: the cursor is hidden and confined, and motion arrives as relative deltas."""
+        pg = self.win.pg
+        pg.event.set_grab(on)
+        pg.mouse.set_visible(not on)
+        self.grabbed = on  # our own record: SDL's dummy (headless) driver cannot grab
 
     def reset(self):
         if self.real is not None:  # the model starts from the real game's first frame
@@ -131,8 +164,14 @@ class Viewer:
 
     def handle(self, ev):
         pg = self.win.pg
-        if ev.type == pg.QUIT or (ev.type == pg.KEYDOWN and ev.key == pg.K_ESCAPE):
+        if ev.type == pg.KEYDOWN and ev.key == pg.K_ESCAPE and self.mouse and self.grabbed:
+            self.grab(False)  # first ESC releases the mouse; the next one quits
+        elif ev.type == pg.QUIT or (ev.type == pg.KEYDOWN and ev.key == pg.K_ESCAPE):
             self.running = False
+        elif ev.type == pg.MOUSEBUTTONDOWN and self.mouse and not self.agent_name and not self.grabbed:
+            self.grab(True)  # a click into the window grabs the mouse again (and is not an action)
+        elif ev.type == pg.MOUSEMOTION and not self.grabbed:
+            pass  # a free cursor is not looking around
         elif ev.type == pg.KEYDOWN and ev.key == pg.K_RETURN:
             self.next_episode()
         elif ev.type == pg.KEYDOWN and ev.key == pg.K_PERIOD:
@@ -143,8 +182,6 @@ class Viewer:
             self.agent.handle(ev)
 
     def tick(self):
-        from worldsim.agents.keyboard import HELP
-
         for ev in self.win.pg.event.get():
             self.handle(ev)
         if not self.running:
@@ -159,20 +196,20 @@ class Viewer:
                 self.real_obs, *_ = self.real.step(action)
             self.ret += reward
             self.steps += 1
-            self.last_action = int(action)
+            self.last_action = action
             if terminated or truncated:
                 self.ended = "episode ended (terminated)" if terminated else "episode ended (horizon)"
         win = self.win
         win.draw_frame(self.obs, 0, "model" if self.real is not None else None)
         if self.real is not None:
-            win.draw_frame(self.real_obs, 1, "real Crafter")
+            win.draw_frame(self.real_obs, 1, self.real_name)
         status = "PAUSED" if self.paused else (self.ended + " - ENTER to reset" if self.ended else "")
-        name = self.meanings[self.last_action] if self.meanings else self.last_action
+        name = describe(self.last_action, self.meanings) if self.last_action is not None else "-"
         win.draw_hud([f"model {self.sps:5.1f} steps/s   step {self.steps}   return {self.ret:+.2f}   {status}",
                       f"action: {name}   driver: {self.agent_name or 'keyboard'}" + ("   REC" if self.writer else ""),
                       "H help"])
         if self.show_help:
-            win.draw_help(HELP)
+            win.draw_help(self.help)
         win.flip()
         if self.writer is not None and not self.paused:
             self.writer.append_data(win.pixels())
@@ -196,6 +233,8 @@ class Viewer:
             print(f"video written to {Path(self.record).resolve()}")
         self.win.close()
         self.env.close()
+        if self.real is not None:
+            self.real.close()
         return {"steps": self.steps, "return": self.ret, "video": self.record}
 
 

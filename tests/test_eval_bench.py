@@ -21,7 +21,10 @@ def test_psnr():
 def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     out = tmp_path / "eval.json"
     res = run_job("eval", [f"bundle={bundle}", f"data={dataset}", "windows=4", "batch_size=2", "stride=4",
-                           "horizons=[1,2,4]", f"out={out}", f"plot={tmp_path / 'curve.png'}", f"grid={tmp_path / 'grid.png'}", "grid_rows=2"])
+                           "horizons=[1,2,4]", f"out={out}", f"plot={tmp_path / 'curve.png'}", f"grid={tmp_path / 'grid.png'}", "grid_rows=2",
+                           "probes=4", "probe_every=5", "max_steps=60", "stability_steps=30", "stability_block=10",
+                           "bank_frames=64", f"stability_strip={tmp_path / 'strip.png'}",
+                           f"stability_plot={tmp_path / 'stab.png'}"])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(res))
     assert res["windows"] == 4 and sorted(res["rollout_curve"], key=int) == ["1", "2", "3", "4"]
@@ -33,6 +36,27 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
 
     grid = imageio.imread(tmp_path / "grid.png")  # 2 windows x (real row, model row, gap), 2x upscaled
     assert grid.shape == (2 * 2 * (64 + 64 + 4), 2 * 64 * 1, 3)
+    f = res["following"]  # noop + 4 moves from the same real context, real outcomes from deepcopies
+    assert f["probes"] == 4 and set(f["per_action"]) == {"noop", "move_left", "move_right", "move_up", "move_down"}
+    assert 0 < f["counted"] <= 20 and 0 <= f["accuracy"] <= 1
+    st = res["stability"]
+    assert st["steps"] == 30 and len(st["blocks"]) == 3 and st["blocks"][2]["steps"] == [21, 30]
+    assert 5 < st["real_reference"]["nn_psnr"] < 100 and all(0 < b["nn_psnr"] < 100 for b in st["blocks"])
+    assert imageio.imread(tmp_path / "strip.png").shape == (2 * 64, 2 * 3 * 66, 3)
+    assert (tmp_path / "stab.png").stat().st_size > 1000
+
+
+def test_nearest_psnr_finds_the_matching_real_frame():
+    from worldsim.evaluate import nearest_psnr
+
+    rng = np.random.default_rng(0)
+    bank = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    q = bank[[7, 30]].copy()
+    q[1, 0, 0, 0] ^= 1  # one pixel off by one grey level
+    got = nearest_psnr(q, bank, chunk=16)
+    assert got[0] > 60 and abs(got[1] - psnr_np(q[1], bank[30])) < 1e-3
+    flat = np.full((1, 8, 8, 3), 128, np.uint8)  # a collapsed, flat frame is far from every real one
+    assert nearest_psnr(flat, bank)[0] < 15
 
 
 def test_bench_reports_model_and_real_crafter(bundle, tmp_path):

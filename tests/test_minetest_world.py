@@ -152,3 +152,20 @@ def test_play_minetest_compare_drives_the_real_game(minetest_bundle, tmp_path):
     res = v.run()
     assert res["steps"] == 6 and v.real.unwrapped._t == 6 and (tmp_path / "m.mp4").stat().st_size > 0
     assert all(p.poll() is not None for p in game.procs), "closing the viewer must stop the real game"
+
+
+def test_eval_minetest_camera_following_revisit_and_stability(minetest_bundle, minetest_dataset, tmp_path):
+    from worldsim.cli import run_job
+
+    res = run_job("eval", ["env=minetest", f"bundle={minetest_bundle}", f"data={minetest_dataset}", "windows=2",
+                           "batch_size=2", "stride=4", "horizons=[1,2]", "probes=2", "probe_every=4", "max_steps=40",
+                           "revisit_turns=8", "revisit_trials=1", "stability_steps=12", "stability_block=6",
+                           "bank_frames=32", f"out={tmp_path / 'e.json'}"])
+    assert res["env"] == "minetest" and res["windows"] == 2
+    f = res["following"]
+    assert set(f["per_action"]) == {"yaw_left", "yaw_right", "pitch_up", "pitch_down"} and f["probes"] == 2
+    assert f["counted"] >= 6, "real turns of 15 degrees must give clearly different frames"
+    r = res["revisit"]
+    # the real game comes back to its first view after a full turn; a half turn shows another view
+    assert r["real_return_psnr"] > r["real_half_turn_psnr"] + 3, r
+    assert len(res["stability"]["blocks"]) == 2

@@ -1,17 +1,30 @@
-"""`worldsim eval`: the model against real Crafter on held-out worlds, each figure beside its baseline.
+"""`worldsim eval`: the model against the real game on held-out worlds, each figure beside its baseline.
 
 - Next frame with real context: PSNR of the generated frame vs the real next frame, beside copy-the-last-frame.
 - Open-loop rollout from real context driven by the real actions: PSNR at each horizon, beside
   copy-the-last-context-frame.
 - Reward / termination heads: precision and recall over the held-out transitions (heads read the model's
   own next frame, as in the env).
+- Action following (`following`): from a real context, the model takes each of a set of actions; the
+  generated frame must be closest to the real outcome of the action taken (real outcomes: a
+  `copy.deepcopy` of the running Crafter game, or in Minetest a turn followed by the turn back). Counted
+  only where the real outcomes differ. Crafter: noop and the four moves; Minetest: yaw left/right and
+  pitch up/down.
+- Revisit consistency (Minetest, `revisit`): a full 360 degree turn in steps; the real game comes back to
+  its first view, and the model's last frame is compared with its first, beside the view half-way round.
+- Stability (`stability_steps`): a long rollout of the learned env driven by the scripted explorer. Each
+  frame's nearest-neighbour PSNR against a bank of real frames (does it still look like the game?), its
+  change from the previous frame (frozen?) and its pixel spread (collapsed to a flat colour?), per block of
+  steps, beside the same measures on real held-out frames; a strip of frames at regular steps.
 
 Held-out episodes come from `data` (its "test" split), or are collected fresh from world seeds far from any
-used in training (`seed`), with the movement-heavy scripted explorer.
+used in training (`seed`), with the scripted explorer.
 """
 from __future__ import annotations
 
+import copy
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +32,34 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from worldsim.data import load_episodes
+from worldsim.data import index_actions, load_episodes
 from worldsim.simulator import WorldSimulator, load_bundle
+
+# per game: default horizons, held-out cache, stability rollout length and block, following probe actions
+ENVS = {
+    "crafter": {"horizons": [1, 2, 4, 8, 16, 32, 64], "cache_dir": "data/crafter-heldout", "stability_steps": 10000,
+                "stability_block": 1000, "episodes": 16, "max_steps": 400, "differ": 0.0},
+    "minetest": {"horizons": [1, 2, 4, 8, 16, 32], "cache_dir": "data/minetest-heldout", "stability_steps": 2000,
+                 "stability_block": 200, "episodes": 4, "max_steps": 400, "differ": 1.0},
+}
+
+
+def _opt(cfg, key):
+    """A config value, or the game's default when it is null."""
+    v = cfg.get(key)
+    return ENVS[cfg.env][key] if v is None else v
+
+
+def _stack(rows):
+    """A list of per-window action arrays (or dicts of them) -> one batch."""
+    if isinstance(rows[0], dict):
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return np.stack(rows)
+
+
+def _step_of(actions, h):
+    """Column h of a batch of action sequences (an array, or a dict of them)."""
+    return {k: v[:, h] for k, v in actions.items()} if isinstance(actions, dict) else actions[:, h]
 
 
 def psnr_np(a, b):
@@ -36,10 +75,10 @@ def heldout_episodes(cfg):
         return eps
     from worldsim.collect import collect
 
-    out = Path(cfg.cache_dir)
-    collect(OmegaConf.create({"env": "crafter", "out": str(out), "episodes": cfg.episodes, "workers": cfg.workers,
-                              "max_steps": cfg.max_steps, "agent": "explorer", "seed": cfg.seed, "test_every": 1,
-                              "size": 64}))
+    out = Path(_opt(cfg, "cache_dir"))
+    collect(OmegaConf.create({"env": cfg.env, "out": str(out), "episodes": _opt(cfg, "episodes"),
+                              "workers": cfg.workers, "max_steps": _opt(cfg, "max_steps"), "agent": "explorer",
+                              "seed": cfg.seed, "test_every": 1, "size": None}))
     return load_episodes(out, split="test")
 
 
@@ -53,15 +92,19 @@ def _precision_recall(pred, true):
 
 @torch.no_grad()
 def evaluate(cfg):
+    if cfg.env not in ENVS:
+        raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENVS)}")
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    from worldsim import DEFAULT_CRAFTER_BUNDLE
+    from worldsim import DEFAULT_CRAFTER_BUNDLE, DEFAULT_MINETEST_BUNDLE
 
-    bundle = load_bundle(str(cfg.bundle or DEFAULT_CRAFTER_BUNDLE), cfg.device)
+    default = {"crafter": DEFAULT_CRAFTER_BUNDLE, "minetest": DEFAULT_MINETEST_BUNDLE}[cfg.env]
+    bundle = load_bundle(str(cfg.bundle or default), cfg.device)
     eps = heldout_episodes(cfg)
     W = bundle.dit.config.context_frames
-    H = max(cfg.horizons)
+    horizons = list(_opt(cfg, "horizons"))
+    H = max(horizons)
     rng = np.random.default_rng(cfg.seed)
     # windows: W real context frames, then H real future frames and the actions between
     starts = [(e, s) for e, ep in enumerate(eps) for s in range(0, len(ep["frames"]) - W - H, cfg.stride)]
@@ -78,16 +121,16 @@ def evaluate(cfg):
     for i in tqdm(range(0, len(starts) - B + 1, B), desc="eval rollouts", unit="batch"):
         chunk = starts[i:i + B]
         ctx = np.stack([eps[e]["frames"][s:s + W] for e, s in chunk])
-        ctx_a = np.stack([eps[e]["actions"][s:s + W - 1] for e, s in chunk])
+        ctx_a = _stack([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
         fut = np.stack([eps[e]["frames"][s + W:s + W + H] for e, s in chunk])
-        fut_a = np.stack([eps[e]["actions"][s + W - 1:s + W - 1 + H] for e, s in chunk])
+        fut_a = _stack([index_actions(eps[e]["actions"], slice(s + W - 1, s + W - 1 + H)) for e, s in chunk])
         fut_r = np.stack([eps[e]["rewards"][s + W - 1:s + W - 1 + H] for e, s in chunk])
         fut_t = np.stack([eps[e]["terminated"][s + W - 1:s + W - 1 + H] for e, s in chunk])
         sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)))
         if i == 0:
             strip_real = fut[: cfg.grid_rows]
         for h in range(H):
-            res = sim.step(fut_a[:, h], rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)))
+            res = sim.step(_step_of(fut_a, h), rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)))
             model_psnr[i:i + B, h] = psnr_np(res.frames, fut[:, h])
             if i == 0:
                 strip.append(res.frames[: cfg.grid_rows])
@@ -102,11 +145,11 @@ def evaluate(cfg):
     curve = {h: {"model": float(model_psnr[:, h - 1].mean()), "copy_context": float(copy_psnr[:, h - 1].mean())}
              for h in range(1, H + 1)}
     result = {
-        "bundle": str(bundle.path), "windows": n, "episodes": len(eps), "context_frames": W,
+        "env": cfg.env, "bundle": str(bundle.path), "windows": n, "episodes": len(eps), "context_frames": W,
         "sampling_steps": sim.steps,
         "next_frame_psnr": {"model": curve[1]["model"], "copy_last": curve[1]["copy_context"],
                             "gain_db": curve[1]["model"] - curve[1]["copy_context"]},
-        "rollout_psnr": {str(h): curve[h] for h in cfg.horizons},
+        "rollout_psnr": {str(h): curve[h] for h in horizons},
         "rollout_curve": {str(h): v for h, v in curve.items()},
         "reward_head": _precision_recall(rew_pred, rew_true),
         "termination_head": _precision_recall(term_pred, term_true),
@@ -115,10 +158,17 @@ def evaluate(cfg):
     print(f"next frame PSNR: model {curve[1]['model']:.2f} dB | copy-last {curve[1]['copy_context']:.2f} dB "
           f"| gain {result['next_frame_psnr']['gain_db']:+.2f} dB")
     print("rollout PSNR by horizon (model | copy-context):")
-    for h in cfg.horizons:
+    for h in horizons:
         print(f"  {h:>3d}: {curve[h]['model']:6.2f} | {curve[h]['copy_context']:6.2f}")
     for k in ("reward_head", "termination_head"):
         print(f"{k}: {result[k]}")
+    if cfg.following:
+        result["following"] = following_eval(cfg, bundle, rng)
+    if cfg.revisit and cfg.env == "minetest":
+        result["revisit"] = revisit_eval(cfg, bundle, rng)
+    steps = int(_opt(cfg, "stability_steps")) if cfg.stability else 0
+    if steps:
+        result["stability"] = stability_eval(cfg, bundle, eps, steps, int(_opt(cfg, "stability_block")))
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(result, indent=1))
@@ -137,7 +187,8 @@ def _grid(real, model, path, every: int = 4):
     idx = list(range(0, real.shape[1], every))
     rows = []
     for r, m in zip(real, model):
-        rows += [np.concatenate(list(r[idx]), 1), np.concatenate(list(m[idx]), 1), np.full((4, 64 * len(idx), 3), 255, np.uint8)]
+        rows += [np.concatenate(list(r[idx]), 1), np.concatenate(list(m[idx]), 1),
+                 np.full((4, r.shape[2] * len(idx), 3), 255, np.uint8)]
     img = np.concatenate(rows, 0)
     img = img.repeat(2, 0).repeat(2, 1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +210,258 @@ def _plot(curve, path):
     ax.set_xscale("log", base=2)
     ax.legend()
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---- action following ---------------------------------------------------------------------------------
+
+CRAFTER_PROBE = {"noop": 0, "move_left": 1, "move_right": 2, "move_up": 3, "move_down": 4}
+
+
+def _minetest_probe(deg: float) -> dict:
+    from worldsim.envs import minerl_actions
+
+    out = {}
+    for name, cam in (("yaw_left", (0, -deg)), ("yaw_right", (0, deg)), ("pitch_up", (-deg, 0)),
+                      ("pitch_down", (deg, 0))):
+        a = minerl_actions.noop()
+        a["camera"] = np.array(cam, np.float32)
+        out[name] = a
+    return out
+
+
+def _real_probes(cfg, W: int):
+    """Yield (context frames (W,H,W,3), context actions, {name: action}, {name: real outcome frame}) from
+    held-out real games driven by the explorer, one probe every `probe_every` steps."""
+    from worldsim.agents import make_agent
+
+    if cfg.env == "crafter":
+        from worldsim.envs.real_crafter import RealCrafterEnv
+        env, probe = RealCrafterEnv(), CRAFTER_PROBE
+    else:
+        from worldsim.envs.real_minetest import RealMinetestEnv
+        env, probe = RealMinetestEnv(), _minetest_probe(float(cfg.turn_degrees))
+    try:
+        made, ep = 0, 0
+        while True:
+            agent = make_agent("explorer", env.action_space, seed=cfg.seed + ep)
+            obs, _ = env.reset(seed=int(cfg.seed) + 7919 * ep)
+            agent.reset()
+            frames, acts = [obs], []
+            for t in range(int(_opt(cfg, "max_steps"))):
+                a = agent.act(obs)
+                obs, _, term, trunc, _ = env.step(a)
+                frames.append(obs), acts.append(a)
+                if term or trunc:
+                    break
+                if len(frames) >= W and t % int(cfg.probe_every) == int(cfg.probe_every) - 1:
+                    ctx, ctx_a = np.stack(frames[-W:]), acts[len(acts) - (W - 1):]
+                    outcomes = {}
+                    for name, pa in probe.items():
+                        if cfg.env == "crafter":  # a clone of the running game takes the action
+                            outcomes[name] = copy.deepcopy(env.game).step(pa)[0]
+                        else:  # turn, grab, turn back (the game runs on in real time meanwhile)
+                            outcomes[name] = env.step(pa)[0]
+                            back = dict(pa, camera=-pa["camera"])
+                            obs = env.step(back)[0]
+                            frames += [outcomes[name], obs]  # the context of later probes stays true
+                            acts += [pa, back]
+                    yield ctx, ctx_a, probe, outcomes
+                    made += 1
+                    if made >= int(cfg.probes):
+                        return
+            ep += 1
+    finally:
+        env.close()
+
+
+def following_eval(cfg, bundle, rng) -> dict:
+    """Share of probe actions whose generated frame is closest (PSNR) to that action's real outcome."""
+    W = bundle.dit.config.context_frames
+    differ = float(_opt(cfg, "differ"))
+    names = list(CRAFTER_PROBE if cfg.env == "crafter" else _minetest_probe(1.0))
+    sim = WorldSimulator(bundle, len(names), cfg.sampling_steps)
+    shape = sim.latent_shape
+    hits = {n: 0 for n in names}
+    counted = {n: 0 for n in names}
+    probes = 0
+    for ctx, ctx_a, probe, outcomes in tqdm(_real_probes(cfg, W), total=int(cfg.probes), desc="action following"):
+        B = len(names)
+        rows_a = [_stack_single(ctx_a)] * B
+        noise = rng.standard_normal((1, W, *shape)).repeat(B, 0)  # same noise for every row: only the action differs
+        sim.reset(range(B), np.repeat(ctx[None], B, 0), _stack(rows_a), noise)
+        step_noise = rng.standard_normal((1, *shape)).repeat(B, 0)
+        gen = sim.step(_stack_single([probe[n] for n in names]), step_noise, np.zeros((B, *shape))).frames
+        real = np.stack([outcomes[n] for n in names])
+        probes += 1
+        for i, n in enumerate(names):
+            others = [j for j in range(B) if j != i]
+            if min(np.abs(real[i].astype(float) - real[j]).mean() for j in others) <= differ:
+                continue  # this action's real outcome is not distinguishable from another's: not counted
+            counted[n] += 1
+            hits[n] += int(np.argmax(psnr_np(gen[i][None], real)) == i)
+    total = sum(counted.values())
+    res = {"accuracy": sum(hits.values()) / total if total else None, "counted": total, "probes": probes,
+           "per_action": {n: {"accuracy": hits[n] / counted[n] if counted[n] else None, "counted": counted[n]}
+                          for n in names}, "chance": 1 / len(names)}
+    print(f"action following: {res['accuracy'] if total else float('nan'):.3f} over {total} counted "
+          f"(chance {res['chance']:.2f}): " + ", ".join(f"{n} {v['accuracy'] if v['accuracy'] is not None else float('nan'):.2f}"
+                                                       for n, v in res["per_action"].items()))
+    return res
+
+
+def _stack_single(actions):
+    """A sequence of single actions (ints, or MineRL dicts) -> an array or a dict of arrays."""
+    if actions and isinstance(actions[0], dict):
+        return {k: np.stack([np.asarray(a[k]) for a in actions]) for k in actions[0]}
+    return np.asarray(actions, np.int64)
+
+
+# ---- revisit consistency (Minetest) -------------------------------------------------------------------
+
+
+def revisit_eval(cfg, bundle, rng) -> dict:
+    """Turn a full circle in `revisit_turns` equal yaw steps from a real context, real game and model alike."""
+    from worldsim.agents import make_agent
+    from worldsim.envs import minerl_actions
+    from worldsim.envs.real_minetest import RealMinetestEnv
+
+    W, n = bundle.dit.config.context_frames, int(cfg.revisit_turns)
+    turn = minerl_actions.noop()
+    turn["camera"] = np.array([0.0, 360.0 / n], np.float32)
+    sim = WorldSimulator(bundle, 1, cfg.sampling_steps)
+    shape = sim.latent_shape
+    rows = []
+    env = RealMinetestEnv()
+    try:
+        for k in range(int(cfg.revisit_trials)):
+            agent = make_agent("explorer", env.action_space, seed=cfg.seed + k)
+            obs, _ = env.reset(seed=int(cfg.seed) + 104729 * (k + 1))
+            frames, acts = [obs], []
+            for _ in range(W - 1):  # a short real context, then stand still and turn
+                a = agent.act(obs)
+                obs = env.step(a)[0]
+                frames.append(obs), acts.append(a)
+            real = [env.step(turn)[0] for _ in range(n)]
+            sim.reset([0], np.stack(frames)[None], _stack([_stack_single(acts)]), rng.standard_normal((1, W, *shape)))
+            model = [sim.step(_stack_single([turn]), rng.standard_normal((1, *shape)),
+                              rng.standard_normal((1, *shape))).frames[0] for _ in range(n)]
+            first = frames[-1]
+            rows.append({"real_return_psnr": float(psnr_np(real[-1], first)),
+                         "model_return_psnr": float(psnr_np(model[-1], first)),
+                         "model_half_turn_psnr": float(psnr_np(model[n // 2 - 1], first)),
+                         "real_half_turn_psnr": float(psnr_np(real[n // 2 - 1], first))})
+    finally:
+        env.close()
+    res = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    res.update({"trials": len(rows), "turns": n})
+    print(f"revisit after a 360 degree turn ({n} steps): model last vs first {res['model_return_psnr']:.2f} dB, "
+          f"real {res['real_return_psnr']:.2f} dB; half-way views: model {res['model_half_turn_psnr']:.2f}, "
+          f"real {res['real_half_turn_psnr']:.2f} dB")
+    return res
+
+
+# ---- stability over a long rollout --------------------------------------------------------------------
+
+
+def _frame_bank(eps, n: int, rng) -> np.ndarray:
+    allf = [(e, t) for e, ep in enumerate(eps) for t in range(len(ep["frames"]))]
+    pick = rng.choice(len(allf), size=min(n, len(allf)), replace=False)
+    return np.stack([eps[allf[i][0]]["frames"][allf[i][1]] for i in pick])
+
+
+def nearest_psnr(frames: np.ndarray, bank: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Per frame, the PSNR to its nearest neighbour (smallest MSE) in a bank of real frames."""
+    b = torch.as_tensor(bank.reshape(len(bank), -1), dtype=torch.float32)
+    bn = (b * b).sum(1)
+    out = []
+    for i in range(0, len(frames), chunk):
+        f = torch.as_tensor(frames[i:i + chunk].reshape(len(frames[i:i + chunk]), -1), dtype=torch.float32)
+        d = (f * f).sum(1)[:, None] + bn[None] - 2 * f @ b.T  # squared distances, all pairs
+        mse = d.min(1).values.clamp_min(1e-6) / b.shape[1]
+        out.append(10 * torch.log10(255.0**2 / mse))
+    return torch.cat(out).numpy()
+
+
+def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
+    import gymnasium as gym
+
+    import worldsim  # noqa: F401  (registers the envs)
+    from worldsim.agents import make_agent
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    half = len(eps) // 2 or 1
+    bank = _frame_bank(eps[:half], int(cfg.bank_frames), rng)  # real frames the measure compares against
+    real_ref = _frame_bank(eps[half:] or eps, int(cfg.bank_frames) // 4, rng)
+    env_id = {"crafter": "worldsim/Crafter-v0", "minetest": "worldsim/Minetest-v0"}[cfg.env]
+    env = gym.make(env_id, bundle=str(bundle.path), device=cfg.device, sampling_steps=cfg.sampling_steps,
+                   termination_threshold=2.0, horizon=steps + 1)  # one unbroken rollout
+    agent = make_agent("explorer", env.action_space, seed=cfg.seed)
+    obs, _ = env.reset(seed=int(cfg.seed))
+    agent.reset()
+    frames = np.zeros((steps, *obs.shape), np.uint8)
+    t0 = time.perf_counter()
+    for t in tqdm(range(steps), desc="stability rollout", unit="step"):
+        obs = env.step(agent.act(obs))[0]
+        frames[t] = obs
+    sps = steps / (time.perf_counter() - t0)
+    env.close()
+    nn = nearest_psnr(frames, bank)
+    change = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+    change = np.concatenate([[change[0] if len(change) else 0.0], change])
+    spread = frames.reshape(steps, -1, 3).std(axis=1).mean(axis=1)
+    ref_nn = nearest_psnr(real_ref, bank)
+    ref_change = np.mean([np.abs(np.diff(ep["frames"].astype(np.int16), axis=0)).mean() for ep in eps])
+    ref_spread = float(real_ref.reshape(len(real_ref), -1, 3).std(axis=1).mean())
+    blocks = []
+    for s in range(0, steps, block):
+        sl = slice(s, min(s + block, steps))
+        blocks.append({"steps": [s + 1, sl.stop], "nn_psnr": float(nn[sl].mean()), "change": float(change[sl].mean()),
+                       "spread": float(spread[sl].mean()), "frozen_share": float((change[sl] < 0.05).mean())})
+    res = {"steps": steps, "block": block, "steps_per_s": sps, "blocks": blocks,
+           "real_reference": {"nn_psnr": float(ref_nn.mean()), "change": float(ref_change), "spread": ref_spread},
+           "bank_frames": len(bank)}
+    print(f"stability over {steps} steps (per {block}; real held-out frames: nn-PSNR {ref_nn.mean():.2f} dB, "
+          f"change {ref_change:.2f}, spread {ref_spread:.1f}):")
+    for b in blocks:
+        print(f"  steps {b['steps'][0]:>6d}-{b['steps'][1]:<6d} nn-PSNR {b['nn_psnr']:6.2f} dB  change {b['change']:5.2f}  "
+              f"spread {b['spread']:5.1f}  frozen {100 * b['frozen_share']:4.1f}%")
+    if cfg.stability_strip:
+        _strip(frames, block, cfg.stability_strip)
+        res["strip"] = str(cfg.stability_strip)
+    if cfg.stability_plot:
+        _stability_plot(nn, change, block, res["real_reference"], cfg.stability_plot)
+    return res
+
+
+def _strip(frames, every, path):
+    import imageio.v2 as imageio
+
+    idx = list(range(every - 1, len(frames), every))
+    img = np.concatenate([np.pad(frames[i], ((0, 0), (0, 2), (0, 0)), constant_values=255) for i in idx], 1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    imageio.imwrite(path, img.repeat(2, 0).repeat(2, 1))
+
+
+def _stability_plot(nn, change, block, ref, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = max(1, block // 10)
+    smooth = np.convolve(nn, np.ones(k) / k, mode="valid")
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
+    ax[0].plot(np.arange(len(smooth)) + k, smooth, label="model rollout")
+    ax[0].axhline(ref["nn_psnr"], ls="--", c="k", label="real held-out frames")
+    ax[0].set_xlabel("step"), ax[0].set_ylabel("nearest-real-frame PSNR (dB)"), ax[0].legend()
+    sc = np.convolve(change, np.ones(k) / k, mode="valid")
+    ax[1].plot(np.arange(len(sc)) + k, sc, label="model rollout")
+    ax[1].axhline(ref["change"], ls="--", c="k", label="real")
+    ax[1].set_xlabel("step"), ax[1].set_ylabel("mean |frame - previous|"), ax[1].legend()
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -169,3 +169,12 @@ def test_eval_minetest_camera_following_revisit_and_stability(minetest_bundle, m
     # the real game comes back to its first view after a full turn; a half turn shows another view
     assert r["real_return_psnr"] > r["real_half_turn_psnr"] + 3, r
     assert len(res["stability"]["blocks"]) == 2
+
+
+def test_bench_minetest_beside_the_real_game_clock(minetest_bundle):
+    from worldsim.cli import run_job
+
+    res = run_job("bench", ["env=minetest", f"bundle={minetest_bundle}", "steps=4", "warmup=1", "batch_sizes=[1,2]",
+                            "real_steps=20"])
+    assert res["env"] == "minetest" and 15 < res["real_minetest_steps_per_s"] < 25  # the real game's 20 Hz clock
+    assert {r["batch"] for r in res["model"]} == {1, 2} and all(r["steps_per_s"] > 0 for r in res["model"])

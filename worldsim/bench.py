@@ -1,5 +1,6 @@
 """`worldsim bench`: steps per second of the learned env through the Gymnasium API (sampling, cache commit
-and decode included), at batch 1 and batched, beside real Crafter measured in the same run."""
+and decode included), at batch 1 and batched, beside the real game measured in the same run (Crafter as
+fast as it goes; Minetest on its fixed 20 Hz clock, so that figure says whether the model keeps up)."""
 from __future__ import annotations
 
 import json
@@ -17,31 +18,39 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
-def bench_real(steps: int) -> float:
-    from worldsim.envs.real_crafter import RealCrafterEnv
+ENV_IDS = {"crafter": ("worldsim/Crafter-v0", "worldsim/RealCrafter-v0"),
+           "minetest": ("worldsim/Minetest-v0", "worldsim/RealMinetest-v0")}
 
-    env = RealCrafterEnv()
+
+def bench_real(env_name: str, steps: int) -> float:
+    import worldsim  # noqa: F401
+
+    env = gym.make(ENV_IDS[env_name][1], disable_env_checker=True)
     env.reset(seed=0)
-    rng = np.random.default_rng(0)
+    env.action_space.seed(0)
     t, n = 0.0, 0
-    while n < steps:
-        t0 = time.perf_counter()
-        _, _, term, trunc, _ = env.step(int(rng.integers(17)))
-        t += time.perf_counter() - t0
-        n += 1
-        if term or trunc:
-            env.reset()  # world generation is not counted: it is the same cost for both
+    try:
+        while n < steps:
+            a = env.action_space.sample()
+            t0 = time.perf_counter()
+            _, _, term, trunc, _ = env.step(a)
+            t += time.perf_counter() - t0
+            n += 1
+            if term or trunc:
+                env.reset()  # world generation is not counted: it is the same cost for both
+    finally:
+        env.close()
     return n / t
 
 
-def bench_model(bundle, device: str, batch: int, steps: int, warmup: int) -> dict:
+def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_name: str = "crafter") -> dict:
     import worldsim  # noqa: F401
 
     kw = {"device": device, "termination_threshold": 2.0}  # never end episodes: measure steady stepping
     if bundle:
         kw["bundle"] = bundle
-    env = (gym.make("worldsim/Crafter-v0", **kw) if batch == 1
-           else gym.make_vec("worldsim/Crafter-v0", num_envs=batch, **kw))
+    env_id = ENV_IDS[env_name][0]
+    env = (gym.make(env_id, **kw) if batch == 1 else gym.make_vec(env_id, num_envs=batch, **kw))
     env.reset(seed=0)
     env.action_space.seed(0)
     for _ in range(warmup):
@@ -65,19 +74,23 @@ def bench(cfg):
     hw = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
           "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     print(f"hardware: {hw}")
-    real = bench_real(int(cfg.real_steps))
-    print(f"real Crafter (1 process): {real:8.1f} steps/s")
-    results = {"hardware": hw, "real_crafter_steps_per_s": real, "model": []}
+    if cfg.env not in ENV_IDS:
+        raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENV_IDS)}")
+    game = cfg.env.capitalize()
+    steps_real = int(cfg.real_steps) if cfg.env == "crafter" else min(int(cfg.real_steps), 200)  # real time
+    real = bench_real(cfg.env, steps_real)
+    print(f"real {game} (1 process): {real:8.1f} steps/s")
+    results = {"env": cfg.env, "hardware": hw, f"real_{cfg.env}_steps_per_s": real, "model": []}
     for device in cfg.devices:
         if device == "cuda" and not torch.cuda.is_available():
             continue
         for b in cfg.batch_sizes:
-            r = bench_model(cfg.bundle, device, int(b), int(cfg.steps), int(cfg.warmup))
+            r = bench_model(cfg.bundle, device, int(b), int(cfg.steps), int(cfg.warmup), cfg.env)
             r["device"] = device
             r["vs_real"] = r["env_steps_per_s"] / real
             results["model"].append(r)
             print(f"model {device} batch {b:>4d}: {r['steps_per_s']:8.1f} steps/s = {r['env_steps_per_s']:9.1f} "
-                  f"env-steps/s ({r['vs_real']:.2f}x real Crafter), {r['ms_per_step']:.1f} ms/step, "
+                  f"env-steps/s ({r['vs_real']:.2f}x real {game}), {r['ms_per_step']:.1f} ms/step, "
                   f"RSS {r['rss_growth_mib']:+.1f} MiB over {cfg.steps} steps")
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)

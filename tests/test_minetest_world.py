@@ -37,19 +37,19 @@ def test_spaces_match_the_real_game_and_check_env(minetest_bundle):
 
 
 def test_second_frame_size_without_retraining(minetest_bundle):
-    # the same weights at 72x96 (rotary positions, convolutional autoencoder): frames of that size, and the
+    # the same weights at 64x96 (rotary positions, convolutional autoencoder): frames of that size, and the
     # shipped start states resized to it
-    env = WorldEnv(bundle=minetest_bundle, frame_size=(72, 96))
-    assert env.observation_space.shape == (72, 96, 3)
+    env = WorldEnv(bundle=minetest_bundle, frame_size=(64, 96))
+    assert env.observation_space.shape == (64, 96, 3)
     check_env(env, skip_render_check=True)
     obs, _ = env.reset(seed=1)
-    assert obs.shape == (72, 96, 3)
+    assert obs.shape == (64, 96, 3)
     frames = [env.step(act(forward=1))[0] for _ in range(4)]
-    assert all(f.shape == (72, 96, 3) for f in frames)
+    assert all(f.shape == (64, 96, 3) for f in frames)
     # seeded: the same seed and actions give the same frames at this size too
     env.reset(seed=1)
     assert all(np.array_equal(env.step(act(forward=1))[0], f) for f in frames)
-    with pytest.raises(ValueError, match="multiples of 8"):
+    with pytest.raises(ValueError, match="multiples of 16"):
         WorldEnv(bundle=minetest_bundle, frame_size=(70, 96))
 
 

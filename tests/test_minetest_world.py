@@ -175,6 +175,8 @@ def test_bench_minetest_beside_the_real_game_clock(minetest_bundle):
     from worldsim.cli import run_job
 
     res = run_job("bench", ["env=minetest", f"bundle={minetest_bundle}", "steps=4", "warmup=1", "batch_sizes=[1,2]",
-                            "real_steps=20"])
+                            "real_steps=20", "latency_trials=4"])
     assert res["env"] == "minetest" and 15 < res["real_minetest_steps_per_s"] < 25  # the real game's 20 Hz clock
+    lat = res["real_minetest_latency"]
+    assert lat["seen"] == 4 and 0 < lat["mean_ms"] < 200
     assert {r["batch"] for r in res["model"]} == {1, 2} and all(r["steps_per_s"] > 0 for r in res["model"])

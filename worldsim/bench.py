@@ -22,14 +22,18 @@ ENV_IDS = {"crafter": ("worldsim/Crafter-v0", "worldsim/RealCrafter-v0"),
            "minetest": ("worldsim/Minetest-v0", "worldsim/RealMinetest-v0")}
 
 
-def bench_real(env_name: str, steps: int) -> float:
+def bench_real(env_name: str, steps: int, latency_trials: int = 0) -> tuple[float, dict | None]:
+    """Steps/s of the real game; for Minetest also its action-to-frame latency (see measure_latency)."""
     import worldsim  # noqa: F401
 
     env = gym.make(ENV_IDS[env_name][1], disable_env_checker=True)
     env.reset(seed=0)
     env.action_space.seed(0)
-    t, n = 0.0, 0
+    t, n, latency = 0.0, 0, None
     try:
+        if env_name == "minetest" and latency_trials:
+            from worldsim.envs.real_minetest import measure_latency
+            latency = measure_latency(env.unwrapped, trials=latency_trials)
         while n < steps:
             a = env.action_space.sample()
             t0 = time.perf_counter()
@@ -40,7 +44,7 @@ def bench_real(env_name: str, steps: int) -> float:
                 env.reset()  # world generation is not counted: it is the same cost for both
     finally:
         env.close()
-    return n / t
+    return n / t, latency
 
 
 def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_name: str = "crafter") -> dict:
@@ -78,9 +82,14 @@ def bench(cfg):
         raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENV_IDS)}")
     game = cfg.env.capitalize()
     steps_real = int(cfg.real_steps) if cfg.env == "crafter" else min(int(cfg.real_steps), 200)  # real time
-    real = bench_real(cfg.env, steps_real)
+    real, latency = bench_real(cfg.env, steps_real, int(cfg.latency_trials))
     print(f"real {game} (1 process): {real:8.1f} steps/s")
     results = {"env": cfg.env, "hardware": hw, f"real_{cfg.env}_steps_per_s": real, "model": []}
+    if latency:
+        results["real_minetest_latency"] = latency
+        print(f"real Minetest action-to-frame latency over {latency['trials']} turns: mean {latency['mean_ms']:.1f} ms, "
+              f"p50 {latency['p50_ms']:.1f}, p95 {latency['p95_ms']:.1f}, max {latency['max_ms']:.1f}, "
+              f"std {latency['std_ms']:.1f} ms")
     for device in cfg.devices:
         if device == "cuda" and not torch.cuda.is_available():
             continue

@@ -130,6 +130,11 @@ def test_close_leaves_no_process_and_two_envs_run_side_by_side():
     pids = [p.pid for g in (a.game, b.game) for p in g.procs]
     tmps = [a.game.tmp, b.game.tmp]
     assert a.game.display_name != b.game.display_name and a.game.port != b.game.port
+    # each server listens on its own port on the loopback address only
+    with open("/proc/net/udp") as f:
+        bound = [line.split()[1] for line in f.readlines()[1:]]
+    for g in (a.game, b.game):
+        assert f"0100007F:{g.port:04X}" in bound and f"00000000:{g.port:04X}" not in bound, (g.port, bound)
     assert all(_alive(p) for p in pids)
     a.close(), b.close()
     assert not any(_alive(p) for p in pids), "Xvfb or minetest left behind after close()"

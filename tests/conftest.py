@@ -64,6 +64,6 @@ def minetest_bundle(minetest_dataset, tmp_path_factory):
     from worldsim.cli import run_job
 
     run = tmp_path_factory.mktemp("run")
-    # the 3D world's own autoencoder preset (8x down), trained on random crops as for the shipped model
-    run_job("train", [f"data={minetest_dataset}", f"run={run}", *TINY_TRAIN, "autoencoder=small_f8", "ae.crop=[48,64]"])
+    # patch 4 as in the shipped 3D model's config
+    run_job("train", [f"data={minetest_dataset}", f"run={run}", *TINY_TRAIN, "model.patch_size=4"])
     return run / "bundle"

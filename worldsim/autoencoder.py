@@ -13,9 +13,6 @@ PRESETS = {
     "tiny": dict(block_out_channels=(16, 16, 32), layers_per_block=1, norm_num_groups=8, latent_channels=4),
     "small": dict(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=32, latent_channels=4),
     "base": dict(block_out_channels=(64, 128, 128), layers_per_block=2, norm_num_groups=32, latent_channels=4),
-    # downsampling factor 8 (four blocks), 8 latent channels: 96x128 first-person frames -> 12x16 grids, so
-    # the world model sees 48 tokens per frame (patch 2) and keeps real time on a CPU
-    "small_f8": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=32, latent_channels=8),
 }
 
 

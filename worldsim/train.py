@@ -126,13 +126,8 @@ class Trainer:
         c, st = self.cfg.ae, self.state
         t0 = time.time()
         bar = tqdm(total=c.steps, initial=st["ae_step"], desc="autoencoder", unit="step")
-        crop = c.get("crop")
         while st["ae_step"] < c.steps:
             x = to_pixels(self._frames(self.train_eps, c.batch_size).to(self.device))
-            if crop:  # random crops: the autoencoder is fully convolutional, so crops train the same weights
-                ch, cw = int(crop[0]), int(crop[1])
-                i, j = self.rng.integers(x.shape[-2] - ch + 1), self.rng.integers(x.shape[-1] - cw + 1)
-                x = x[..., i:i + ch, j:j + cw]
             for g in self.opt_ae.param_groups:
                 g["lr"] = c.lr * min(1.0, (st["ae_step"] + 1) / 100) * cosine(st["ae_step"], c.steps)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):

@@ -180,3 +180,14 @@ def test_bench_minetest_beside_the_real_game_clock(minetest_bundle):
     lat = res["real_minetest_latency"]
     assert lat["seen"] == 4 and 0 < lat["mean_ms"] < 200
     assert {r["batch"] for r in res["model"]} == {1, 2} and all(r["steps_per_s"] > 0 for r in res["model"])
+
+
+def test_minetest_v0_uses_the_shipped_minetest_model():
+    from worldsim import DEFAULT_MINETEST_BUNDLE
+
+    if not (DEFAULT_MINETEST_BUNDLE / "bundle.json").exists():
+        pytest.fail("no shipped Minetest model in worldsim/assets/minetest")
+    env = gym.make("worldsim/Minetest-v0")
+    obs, _ = env.reset(seed=0)
+    assert env.action_space == M.action_space() and obs.shape == env.observation_space.shape
+    env.close()

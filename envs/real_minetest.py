@@ -304,10 +304,12 @@ class RealMinetestEnv(gym.Env):
     camera [pitch, yaw]     relative mouse motion              degrees; +pitch looks down, +yaw right
     ======================  =================================  ======================================
 
-    Latency (``measure_latency``): a camera turn sent at a tick's start first shows in a grabbed frame
-    after 21 ms on average (median 21, p95 27, max 37 ms over 40 turns, ``fps_max=60``, 2-core Xeon, Mesa
-    llvmpipe), so the frame grabbed at the tick's end (50 ms) shows the tick's action. At ``fps_max=40``
-    the mean is 24 ms but the worst case (52 ms) can miss the tick.
+    Latency (``measure_latency``, printed by ``worldsim bench env=minetest``): a camera turn sent at a
+    tick's start first shows in a grabbed frame after 11.9 ms on average (median 12.1, p95 14.9, max 18.7,
+    std 2.3 ms over 40 turns; ``fps_max=60``, otherwise idle 2-core Xeon, Mesa llvmpipe). With two data
+    collectors running beside it: mean 21, p95 27, max 37 ms. Either way the frame grabbed at the tick's
+    end (50 ms) shows the tick's action; at ``fps_max=40`` under the same load the worst case (52 ms)
+    could miss it.
 
     ``reset(seed=s)`` starts a new world: terrain seed, start position (dry land), facing and time of day
     all come from ``s`` (a reset restarts the game: a few seconds). Damage is off, so episodes end by

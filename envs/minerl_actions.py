@@ -24,27 +24,3 @@ def noop() -> dict:
     a = {k: 0 for k in KEYS}
     a["camera"] = np.zeros(2, np.float32)
     return a
-
-
-def check_action(action, space: gym.spaces.Dict | None = None) -> dict:
-    """Validate one MineRL action; raise ValueError naming what is wrong (unknown key, bad camera)."""
-    if not isinstance(action, dict):
-        raise ValueError(f"a MineRL action is a dict of {len(KEYS)} keys + 'camera', got {type(action).__name__}")
-    unknown = sorted(set(action) - set(KEYS) - {"camera"})
-    if unknown:
-        raise ValueError(f"unknown action key(s) {unknown}; valid keys: {', '.join(KEYS)}, camera")
-    out = noop()
-    for k in KEYS:
-        if k in action:
-            v = np.asarray(action[k])
-            if v.shape != () or v not in (0, 1):
-                raise ValueError(f"action[{k!r}] must be 0 or 1, got {action[k]!r}")
-            out[k] = int(v)
-    if "camera" in action:
-        cam = np.asarray(action["camera"], dtype=np.float32)
-        if cam.shape != (2,):
-            raise ValueError(f"action['camera'] must have shape (2,) = [pitch, yaw] degrees, got shape {cam.shape}")
-        if not np.all(np.isfinite(cam)) or np.any(np.abs(cam) > 180):
-            raise ValueError(f"action['camera'] must be finite degrees in [-180, 180], got {cam.tolist()}")
-        out["camera"] = cam
-    return out

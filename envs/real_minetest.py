@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 
 from worldsim.envs import minerl_actions
+from worldsim.envs.spaces import check_action
 
 DEBIAN_PACKAGES = ("minetest", "minetest-data", "xvfb")
 INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y " + " ".join(DEBIAN_PACKAGES)
@@ -362,7 +363,7 @@ class RealMinetestEnv(gym.Env):
     def step(self, action):
         if self.game is None:
             raise RuntimeError("call reset() before step()")
-        action = minerl_actions.check_action(action)
+        action = check_action(self.action_space, action)
         self.game._alive()
         now = time.perf_counter()
         late = max(0.0, now - self._next_tick)

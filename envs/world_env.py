@@ -11,6 +11,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
+from worldsim.data import stack_actions
+from worldsim.envs.spaces import check_action as _check_action
 from worldsim.simulator import WorldSimulator, load_bundle
 
 OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index"}
@@ -69,7 +71,7 @@ class WorldEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         frames, actions, info = _start(self, self.action_space, options, self.np_random)
-        self.sim.reset([0], frames[None], _stack([actions]),
+        self.sim.reset([0], frames[None], stack_actions([actions]),
                        self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)))
         self._obs, self._t = frames[-1].copy(), 0
         if self.render_mode == "human":
@@ -81,7 +83,7 @@ class WorldEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         action = _check_action(self.action_space, action)
         shape = (1, *self.sim.latent_shape)
-        res = self.sim.step(_stack([action]), self.np_random.standard_normal(shape),
+        res = self.sim.step(stack_actions([action]), self.np_random.standard_normal(shape),
                             self.np_random.standard_normal(shape))
         self._obs, self._t = res.frames[0], self._t + 1
         terminated = bool(res.terminated_prob[0] > self.threshold)
@@ -147,7 +149,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         if len(lengths) != 1:  # default starts all have the same length; a given context is shared by all rows
             raise ValueError("all reset contexts of one call must have the same length")
         noise = np.stack([self.rngs[i].standard_normal((len(frames[0]), *self.sim.latent_shape)) for i in rows])
-        self.sim.reset(rows, np.stack(frames), _stack(actions), noise)
+        self.sim.reset(rows, np.stack(frames), stack_actions(actions), noise)
         for i, f in zip(rows, frames):
             self._obs[i], self._t[i] = f[-1], 0
 
@@ -170,7 +172,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
     def step(self, actions):
         if not self._started:
             raise RuntimeError("call reset() before step()")
-        actions = _stack([_check_action(self.single_action_space, a) for a in _unstack(actions, self.num_envs)])
+        actions = stack_actions([_check_action(self.single_action_space, a) for a in _unstack(actions, self.num_envs)])
         shape = self.sim.latent_shape
         noise = np.stack([r.standard_normal(shape) for r in self.rngs])
         ctx = np.stack([r.standard_normal(shape) for r in self.rngs])
@@ -205,57 +207,6 @@ def _action_space(spec: dict) -> gym.Space:
     if kind == "box":
         return gym.spaces.Box(-spec["scale"], spec["scale"], (spec["dim"],), np.float32)
     return gym.spaces.Dict({k: _action_space(s) for k, s in spec["keys"].items()})
-
-
-def _check_action(space: gym.Space, action, name: str = "action"):
-    """Validate one action and return it as the model takes it; a ValueError names what is wrong.
-
-    Dict actions: unknown keys are errors, missing keys count as not pressed / zero (as in the real
-    Minetest adapter), so `{"forward": 1}` is a valid MineRL action.
-    """
-    if isinstance(space, gym.spaces.Dict):
-        if not isinstance(action, dict):
-            raise ValueError(f"invalid {name} {action!r}: it must be a dict with keys from {list(space.spaces)}")
-        unknown = sorted(set(action) - set(space.spaces))
-        if unknown:
-            raise ValueError(f"unknown {name} key(s) {unknown}; valid keys: {', '.join(space.spaces)}")
-        return {k: _check_action(sub, action[k], f"{name}[{k!r}]") if k in action else _zero(sub)
-                for k, sub in space.spaces.items()}
-    if isinstance(space, gym.spaces.Box):
-        try:
-            a = np.asarray(action, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a float array of shape {space.shape}, got {action!r}") from None
-        if a.shape != space.shape:
-            raise ValueError(f"{name} must have shape {space.shape}, got shape {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name} must be finite, got {a.tolist()}")
-        if np.any(a < space.low) or np.any(a > space.high):
-            raise ValueError(f"{name} = {a.tolist()} is outside [{space.low.min():g}, {space.high.max():g}]")
-        return a
-    if isinstance(space, gym.spaces.Discrete):  # an integer scalar, not 1.5 or "3" or [3]
-        a = np.asarray(action) if not isinstance(action, str) else None
-        ok = a is not None and a.shape == () and np.issubdtype(a.dtype, np.integer) and space.contains(np.int64(a))
-    else:
-        try:
-            ok = space.contains(action)
-        except (TypeError, ValueError):
-            ok = False
-    if not ok:
-        shown = action.tolist() if isinstance(action, (np.ndarray, np.generic)) else repr(action)
-        raise ValueError(f"invalid {name} {shown}: it must be an element of {space}")
-    return np.asarray(action)
-
-
-def _zero(space: gym.Space):
-    return np.zeros(space.shape, space.dtype) if isinstance(space, gym.spaces.Box) else np.int64(0)
-
-
-def _stack(actions: list):
-    """Checked single actions -> one batch (an array, or a dict of arrays for Dict spaces)."""
-    if actions and isinstance(actions[0], dict):
-        return {k: np.stack([a[k] for a in actions]) for k in actions[0]}
-    return np.stack([np.asarray(a) for a in actions]) if actions else np.zeros((0,), np.int64)
 
 
 def _unstack(actions, n: int) -> list:
@@ -309,7 +260,7 @@ def _start(env, action_space, options, rng):
             except ValueError as e:
                 raise ValueError(f"options['context_actions'][{i}]: {e}") from None
         acts = checked
-        return frames, (_stack(acts) if acts else _no_actions(action_space)), {"start": "context"}
+        return frames, (stack_actions(acts) if acts else _no_actions(action_space)), {"start": "context"}
     if "context_actions" in options:
         raise ValueError("options['context_actions'] given without options['context_frames']")
     n = len(env.bundle.start_frames)

@@ -54,18 +54,25 @@ def _rollout(job: dict) -> dict:
     if isinstance(env.action_space, gym.spaces.Dict):
         acts = {k: np.stack([np.asarray(a[k]) for a in actions]).astype(np.float32 if k == "camera" else np.int64)
                 for k in env.action_space.spaces}
-        counts = {k: int(v.sum()) for k, v in acts.items() if k != "camera"}
-        counts.update({f"camera.{axis}": np.histogram(acts["camera"][:, i], CAMERA_BINS)[0].tolist()
-                       for i, axis in enumerate(("pitch", "yaw"))})
     else:
         acts = np.array([int(a) for a in actions], np.int64)
-        counts = np.bincount(acts, minlength=env.action_space.n).tolist()
+    counts = _action_counts(acts)
     path = Path(job["out"]) / job["file"]
     write_episode(path, np.stack(frames), acts, rewards, terms, seed=job["world_seed"])
     return {"file": job["file"], "index": job["index"], "split": job["split"], "seed": job["world_seed"],
             "agent": job["agent"], "steps": len(actions), "terminated": bool(terms[-1]),
             "return": float(np.sum(rewards)), "action_counts": counts,
             "achievements": {k: int(v) for k, v in achievements.items() if v}}
+
+
+def _action_counts(acts):
+    """Per-action counts (Discrete), or per-key presses and binned camera deltas (Dict) of one episode."""
+    if isinstance(acts, dict):
+        counts = {k: int(v.sum()) for k, v in acts.items() if k != "camera"}
+        counts.update({f"camera.{axis}": np.histogram(acts["camera"][:, i], CAMERA_BINS)[0].tolist()
+                       for i, axis in enumerate(("pitch", "yaw"))})
+        return counts
+    return np.bincount(acts.ravel(), minlength=17).tolist()
 
 
 def _readable(path: Path) -> bool:
@@ -88,12 +95,7 @@ def _entry_from_file(root: Path, index: int, seed: int, split: str) -> dict | No
         print(f"warning: {e}; collecting it again")
         return None
     acts = ep["actions"]
-    if isinstance(acts, dict):
-        counts = {k: int(v.sum()) for k, v in acts.items() if k != "camera"}
-        counts.update({f"camera.{axis}": np.histogram(acts["camera"][:, i], CAMERA_BINS)[0].tolist()
-                       for i, axis in enumerate(("pitch", "yaw"))})
-    else:
-        counts = np.bincount(acts.ravel(), minlength=17).tolist()
+    counts = _action_counts(acts)
     steps = num_steps(acts)
     return {"file": str(path.relative_to(root)), "index": index, "split": split, "seed": ep["seed"], "agent": "?",
             "steps": steps, "terminated": bool(ep["terminated"][-1]) if steps else False,

@@ -50,6 +50,15 @@ def num_steps(actions) -> int:
     return len(actions)
 
 
+def stack_actions(rows: list):
+    """A list of actions (or action sequences), each an array/scalar or a dict of them -> one batch."""
+    if not rows:
+        return np.zeros((0,), np.int64)
+    if isinstance(rows[0], dict):
+        return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+    return np.stack([np.asarray(r) for r in rows])
+
+
 def index_actions(actions, idx):
     """actions[idx] for an array or a dict of per-key arrays."""
     if isinstance(actions, dict):

@@ -32,7 +32,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from worldsim.data import index_actions, load_episodes
+from worldsim.data import index_actions, load_episodes, stack_actions
 from worldsim.simulator import WorldSimulator, load_bundle
 
 # per game: default horizons, held-out cache, stability rollout length and block, following probe actions
@@ -48,13 +48,6 @@ def _opt(cfg, key):
     """A config value, or the game's default when it is null."""
     v = cfg.get(key)
     return ENVS[cfg.env][key] if v is None else v
-
-
-def _stack(rows):
-    """A list of per-window action arrays (or dicts of them) -> one batch."""
-    if isinstance(rows[0], dict):
-        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    return np.stack(rows)
 
 
 def _step_of(actions, h):
@@ -121,9 +114,9 @@ def evaluate(cfg):
     for i in tqdm(range(0, len(starts) - B + 1, B), desc="eval rollouts", unit="batch"):
         chunk = starts[i:i + B]
         ctx = np.stack([eps[e]["frames"][s:s + W] for e, s in chunk])
-        ctx_a = _stack([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
+        ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
         fut = np.stack([eps[e]["frames"][s + W:s + W + H] for e, s in chunk])
-        fut_a = _stack([index_actions(eps[e]["actions"], slice(s + W - 1, s + W - 1 + H)) for e, s in chunk])
+        fut_a = stack_actions([index_actions(eps[e]["actions"], slice(s + W - 1, s + W - 1 + H)) for e, s in chunk])
         fut_r = np.stack([eps[e]["rewards"][s + W - 1:s + W - 1 + H] for e, s in chunk])
         fut_t = np.stack([eps[e]["terminated"][s + W - 1:s + W - 1 + H] for e, s in chunk])
         sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)))
@@ -290,11 +283,11 @@ def following_eval(cfg, bundle, rng) -> dict:
     probes = 0
     for ctx, ctx_a, probe, outcomes in tqdm(_real_probes(cfg, W), total=int(cfg.probes), desc="action following"):
         B = len(names)
-        rows_a = [_stack_single(ctx_a)] * B
+        rows_a = [stack_actions(ctx_a)] * B
         noise = rng.standard_normal((1, W, *shape)).repeat(B, 0)  # same noise for every row: only the action differs
-        sim.reset(range(B), np.repeat(ctx[None], B, 0), _stack(rows_a), noise)
+        sim.reset(range(B), np.repeat(ctx[None], B, 0), stack_actions(rows_a), noise)
         step_noise = rng.standard_normal((1, *shape)).repeat(B, 0)
-        gen = sim.step(_stack_single([probe[n] for n in names]), step_noise, np.zeros((B, *shape))).frames
+        gen = sim.step(stack_actions([probe[n] for n in names]), step_noise, np.zeros((B, *shape))).frames
         real = np.stack([outcomes[n] for n in names])
         probes += 1
         for i, n in enumerate(names):
@@ -311,13 +304,6 @@ def following_eval(cfg, bundle, rng) -> dict:
           f"(chance {res['chance']:.2f}): " + ", ".join(f"{n} {v['accuracy'] if v['accuracy'] is not None else float('nan'):.2f}"
                                                        for n, v in res["per_action"].items()))
     return res
-
-
-def _stack_single(actions):
-    """A sequence of single actions (ints, or MineRL dicts) -> an array or a dict of arrays."""
-    if actions and isinstance(actions[0], dict):
-        return {k: np.stack([np.asarray(a[k]) for a in actions]) for k in actions[0]}
-    return np.asarray(actions, np.int64)
 
 
 # ---- revisit consistency (Minetest) -------------------------------------------------------------------
@@ -346,8 +332,8 @@ def revisit_eval(cfg, bundle, rng) -> dict:
                 obs = env.step(a)[0]
                 frames.append(obs), acts.append(a)
             real = [env.step(turn)[0] for _ in range(n)]
-            sim.reset([0], np.stack(frames)[None], _stack([_stack_single(acts)]), rng.standard_normal((1, W, *shape)))
-            model = [sim.step(_stack_single([turn]), rng.standard_normal((1, *shape)),
+            sim.reset([0], np.stack(frames)[None], stack_actions([stack_actions(acts)]), rng.standard_normal((1, W, *shape)))
+            model = [sim.step(stack_actions([turn]), rng.standard_normal((1, *shape)),
                               rng.standard_normal((1, *shape))).frames[0] for _ in range(n)]
             first = frames[-1]
             rows.append({"real_return_psnr": float(psnr_np(real[-1], first)),

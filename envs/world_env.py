@@ -11,7 +11,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from worldsim.data import stack_actions
+from worldsim.data import fit_frames, stack_actions
 from worldsim.envs.spaces import check_action as _check_action
 from worldsim.simulator import WorldSimulator, load_bundle
 
@@ -271,7 +271,7 @@ def _start(env, action_space, options, rng):
     frames, acts = env.bundle.start_frames[idx].numpy(), env.bundle.start_actions
     acts = {k: v[idx].numpy() for k, v in acts.items()} if isinstance(acts, dict) else acts[idx].numpy()
     if frames.shape[1:] != tuple(shape):  # running at another frame size than the model trained at
-        frames = _resize(frames, shape[:2])
+        frames = fit_frames(frames, shape[:2])
     return frames, acts, {"start": f"shipped:{idx}"}
 
 
@@ -280,15 +280,6 @@ def _no_actions(space: gym.Space):
         return {k: np.zeros((0, *sub.shape), sub.dtype if isinstance(sub, gym.spaces.Box) else np.int64)
                 for k, sub in space.spaces.items()}
     return np.zeros((0, *space.shape), np.int64)
-
-
-def _resize(frames: np.ndarray, size) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.as_tensor(frames).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _check_frames(frames: np.ndarray, shape, name, single=False) -> np.ndarray:

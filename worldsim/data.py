@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 FORMAT = "worldsim-episodes/1"
 KEYS = ("frames", "actions", "rewards", "terminated")
@@ -159,6 +160,25 @@ def load_episodes(root: Path, split: str | None = None, min_steps: int = 1) -> l
         if num_steps(ep["actions"]) >= min_steps:
             out.append(ep)
     return out
+
+
+def fit_frames(frames: np.ndarray, size) -> np.ndarray:
+    """(n, h, w, 3) uint8 -> (n, H, W, 3): center-crop the longer side to H:W, then antialiased resize."""
+    H, W = size
+    n, h, w, _ = frames.shape
+    if w * H > h * W:  # too wide (16:9 source, 4:3 target): trim left and right
+        cw = max(1, round(h * W / H))
+        frames = frames[:, :, (w - cw) // 2:(w - cw) // 2 + cw]
+    elif w * H < h * W:  # too tall: trim top and bottom
+        ch = max(1, round(w * H / W))
+        frames = frames[:, (h - ch) // 2:(h - ch) // 2 + ch]
+    if frames.shape[1:3] == (H, W):
+        return np.ascontiguousarray(frames)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    # antialias=True low-passes when shrinking (plain bilinear would alias 5x downscales) and is plain
+    # bilinear when enlarging (MineRL's 64x64).
+    y = F.interpolate(x, size=(H, W), mode="bilinear", antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 class WindowDataset(torch.utils.data.Dataset):

@@ -45,12 +45,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from worldsim.model import space_to_spec
-from worldsim.data import episode_path, load_manifest, read_episode, save_manifest, write_episode
+from worldsim.data import episode_path, fit_frames, load_manifest, read_episode, save_manifest, write_episode
 
 from worldsim.envs import minerl_actions as _minerl
 from worldsim.envs.minerl_actions import action_space as minerl_action_space  # noqa: F401  (re-exported)
@@ -80,25 +78,6 @@ CAMERA_LABELS = ("< -20", "-20..-5", "-5..-1", "-1..0", "0", "0..1", "1..5", "5.
 
 
 # ---------------------------------------------------------------------------------------------- frames
-
-def fit_frames(frames: np.ndarray, size) -> np.ndarray:
-    """(n, h, w, 3) uint8 -> (n, H, W, 3): center-crop the longer side to H:W, then antialiased resize."""
-    H, W = size
-    n, h, w, _ = frames.shape
-    if w * H > h * W:  # too wide (16:9 source, 4:3 target): trim left and right
-        cw = max(1, round(h * W / H))
-        frames = frames[:, :, (w - cw) // 2:(w - cw) // 2 + cw]
-    elif w * H < h * W:  # too tall: trim top and bottom
-        ch = max(1, round(w * H / W))
-        frames = frames[:, (h - ch) // 2:(h - ch) // 2 + ch]
-    if frames.shape[1:3] == (H, W):
-        return np.ascontiguousarray(frames)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    # antialias=True low-passes when shrinking (plain bilinear would alias 5x downscales) and is plain
-    # bilinear when enlarging (MineRL's 64x64).
-    y = F.interpolate(x, size=(H, W), mode="bilinear", antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
 
 def _fit_all(raw_frames, size, chunk: int = 64) -> np.ndarray:
     """Resize an iterable of raw frames in chunks, so a long 640x360 video never sits in memory whole."""

@@ -28,7 +28,8 @@ def bundle(dataset, tmp_path_factory):
     from worldsim.cli import run_job
 
     run = tmp_path_factory.mktemp("run")
-    run_job("train", [f"data={dataset}", f"run={run}", *TINY_TRAIN])
+    # tile autoencoder (one latent per 7x7 Crafter tile) and one token per latent cell, as the shipped model
+    run_job("train", [f"data={dataset}", f"run={run}", *TINY_TRAIN, "autoencoder=tile7_tiny", "model.patch_size=1"])
     return run / "bundle"
 
 

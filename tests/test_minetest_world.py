@@ -49,8 +49,10 @@ def test_second_frame_size_without_retraining(minetest_bundle):
     # seeded: the same seed and actions give the same frames at this size too
     env.reset(seed=1)
     assert all(np.array_equal(env.step(act(forward=1))[0], f) for f in frames)
-    with pytest.raises(ValueError, match="multiples of 16"):
+    with pytest.raises(ValueError, match="multiples of 4"):
         WorldEnv(bundle=minetest_bundle, frame_size=(70, 96))
+    with pytest.raises(ValueError, match="18x24 latent grid, not divisible by the world model's patch size 4"):
+        WorldEnv(bundle=minetest_bundle, frame_size=(72, 96))
 
 
 def test_bad_dict_actions_get_clear_errors(minetest_bundle):

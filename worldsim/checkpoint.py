@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import load_file, save
 
-from worldsim.autoencoder import LatentCodec
+from worldsim.autoencoder import LatentCodec, ae_config, build_autoencoder
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.model import WorldDiT
 
@@ -97,7 +97,7 @@ def bundle_files(ae, dit, edm_cfg: EDMConfig, latent_stats: tuple[float, float],
         acts = {f"action${k}": v.contiguous() for k, v in start_actions.items()}
     else:
         acts = {"actions": start_actions.to(torch.int64)}
-    meta = {"format": BUNDLE_FORMAT, "autoencoder": dict(ae.config), "world_model": dict(dit.config),
+    meta = {"format": BUNDLE_FORMAT, "autoencoder": ae_config(ae), "world_model": dict(dit.config),
             "diffusion": asdict(edm_cfg), "latent_mean": latent_stats[0], "latent_std": latent_stats[1],
             "env": env_info, **(extra or {})}
     return {
@@ -142,9 +142,7 @@ class Bundle:
 
 
 def _load_autoencoder(cfg: dict, weights: Path, device):
-    from diffusers import AutoencoderKL
-
-    ae = AutoencoderKL.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+    ae = build_autoencoder(cfg)
     ae.load_state_dict(load_file(weights))
     return ae.to(device).eval()
 

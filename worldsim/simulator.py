@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldsim.autoencoder import downsample_factor
+from worldsim.autoencoder import latent_shape
 from worldsim.checkpoint import Bundle
 from worldsim.model import actions_to_tensor
 
@@ -46,14 +46,14 @@ class WorldSimulator:
         # frame_size: run at another size than the model trained at (convolutional autoencoder, rotary
         # positions: nothing in the weights fixes the frame size)
         H, W = frame_size if frame_size is not None else bundle.env["frame_shape"][:2]
-        f = downsample_factor(bundle.ae) * self.dit.config.patch_size
-        if H % f or W % f or H <= 0 or W <= 0:
-            raise ValueError(f"frame size {H}x{W} must be positive multiples of {f} (autoencoder downsampling x patch)")
-        f = downsample_factor(bundle.ae)
-        self.frame_shape = (H, W, 3)
-        self.latent_shape = (bundle.ae.config.latent_channels, H // f, W // f)
+        C, h, w = latent_shape(bundle.ae, H, W)
         p = self.dit.config.patch_size
-        self.tokens_per_frame = (H // f // p) * (W // f // p)
+        if h % p or w % p:
+            raise ValueError(f"frame size {H}x{W} gives a {h}x{w} latent grid, not divisible by the world "
+                             f"model's patch size {p}")
+        self.frame_shape = (H, W, 3)
+        self.latent_shape = (C, h, w)
+        self.tokens_per_frame = (h // p) * (w // p)
         self.device = self.dit.device
         self.cache = self.dit.new_cache(batch_size, self.tokens_per_frame)
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load as st_load
 from tqdm import tqdm
 
-from worldsim.autoencoder import LatentCodec, make_autoencoder, to_pixels
+from worldsim.autoencoder import LatentCodec, make_autoencoder, to_pixels, training_loss
 from worldsim.checkpoint import bundle_files, load_optimizer, optimizer_tensors, resolve_dir, tensors_bytes, write_dir_atomic
 from worldsim.data import WindowDataset, index_actions, load_episodes, load_manifest
 from worldsim.diffusion import EDM, EDMConfig
@@ -56,7 +56,8 @@ class Trainer:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
         # bf16 autocast on GPU by default; on CPU fp32 is faster
         self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-        self.ae = make_autoencoder(cfg.autoencoder.preset).to(self.device)
+        ae_kw = {k: v for k, v in cfg.autoencoder.items() if k != "preset"}  # preset fields overridden
+        self.ae = make_autoencoder(cfg.autoencoder.preset, frame_shape=self.env_info["frame_shape"], **ae_kw).to(self.device)
         self.edm_cfg = EDMConfig(**{f.name: cfg.diffusion[f.name] for f in fields(EDMConfig) if f.name in cfg.diffusion})
         self.edm = EDM(self.edm_cfg)
         model_kw = {k: v for k, v in cfg.model.items()}
@@ -131,10 +132,7 @@ class Trainer:
             for g in self.opt_ae.param_groups:
                 g["lr"] = c.lr * min(1.0, (st["ae_step"] + 1) / 100) * cosine(st["ae_step"], c.steps)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
-                post = self.ae.encode(x).latent_dist
-                y = self.ae.decode(post.sample()).sample
-            rec = (y.float() - x).abs().mean() + ((y.float() - x) ** 2).mean()
-            loss = rec + c.kl_weight * post.kl().mean()
+                rec, loss = training_loss(self.ae, x, c.kl_weight)
             self.opt_ae.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.ae.parameters(), 1.0)

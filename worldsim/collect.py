@@ -20,8 +20,8 @@ from worldsim.data import episode_path, load_manifest, num_steps, read_episode, 
 ENVS = {"crafter": "worldsim.envs.real_crafter:RealCrafterEnv",
         "minetest": "worldsim.envs.real_minetest:RealMinetestEnv"}
 DEFAULT_SIZE = {"crafter": 64, "minetest": [96, 128]}
-# camera histogram bins (degrees per tick), for Dict (MineRL) actions
-CAMERA_BINS = np.array([-180, -20, -10, -5, -2, -0.5, 0.5, 2, 5, 10, 20, 180])
+# camera histogram bins (degrees per step), for Dict (MineRL) actions; collect and import share them
+CAMERA_BINS = np.array([-np.inf, -20, -10, -5, -2, -0.5, 0.5, 2, 5, 10, 20, np.inf])
 
 
 def _make_real_env(name: str, **kw):
@@ -56,7 +56,7 @@ def _rollout(job: dict) -> dict:
                 for k in env.action_space.spaces}
     else:
         acts = np.array([int(a) for a in actions], np.int64)
-    counts = _action_counts(acts)
+    counts = action_counts(acts)
     path = Path(job["out"]) / job["file"]
     write_episode(path, np.stack(frames), acts, rewards, terms, seed=job["world_seed"])
     return {"file": job["file"], "index": job["index"], "split": job["split"], "seed": job["world_seed"],
@@ -65,7 +65,7 @@ def _rollout(job: dict) -> dict:
             "achievements": {k: int(v) for k, v in achievements.items() if v}}
 
 
-def _action_counts(acts):
+def action_counts(acts):
     """Per-action counts (Discrete), or per-key presses and binned camera deltas (Dict) of one episode."""
     if isinstance(acts, dict):
         counts = {k: int(v.sum()) for k, v in acts.items() if k != "camera"}
@@ -95,7 +95,7 @@ def _entry_from_file(root: Path, index: int, seed: int, split: str) -> dict | No
         print(f"warning: {e}; collecting it again")
         return None
     acts = ep["actions"]
-    counts = _action_counts(acts)
+    counts = action_counts(acts)
     steps = num_steps(acts)
     return {"file": str(path.relative_to(root)), "index": index, "split": split, "seed": ep["seed"], "agent": "?",
             "steps": steps, "terminated": bool(ep["terminated"][-1]) if steps else False,
@@ -113,7 +113,8 @@ def print_histograms(manifest: dict, action_names=None) -> None:
         for k in keys:
             c = sum(e["action_counts"].get(k, 0) for e in eps)
             print(f"  {k:<20s} {c:>8d} {100 * c / total:5.1f}% {'#' * int(60 * c / total)}")
-        edges = [f"{a:g}..{b:g}" for a, b in zip(CAMERA_BINS[:-1], CAMERA_BINS[1:])]
+        edges = [f"< {b:g}" if a == -np.inf else f"> {a:g}" if b == np.inf else f"{a:g}..{b:g}"
+                 for a, b in zip(CAMERA_BINS[:-1], CAMERA_BINS[1:])]
         for axis in ("pitch", "yaw"):
             hist = np.sum([e["action_counts"][f"camera.{axis}"] for e in eps], axis=0)
             print(f"camera {axis} per tick (degrees):")

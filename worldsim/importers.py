@@ -48,6 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from worldsim.model import space_to_spec
+from worldsim.collect import action_counts, print_histograms
 from worldsim.data import episode_path, fit_frames, load_manifest, read_episode, save_manifest, write_episode
 
 from worldsim.envs import minerl_actions as _minerl
@@ -71,10 +72,6 @@ CAMERA_SCALE = 360.0 / 2400.0  # degrees per mouse count: the recorder's sensiti
 
 # MineRL v0.4 enum actions without a 1.0 key (place is handled separately: it becomes `use`).
 MINERL_V04_ENUMS = ("craft", "equip", "nearbyCraft", "nearbySmelt")
-
-# Camera histogram bins (degrees per step), symmetric around an exact-zero bin.
-CAMERA_MAGNITUDES = np.array([0.0, 1.0, 5.0, 20.0])
-CAMERA_LABELS = ("< -20", "-20..-5", "-5..-1", "-1..0", "0", "0..1", "1..5", "5..20", "> 20")
 
 
 # ---------------------------------------------------------------------------------------------- frames
@@ -317,16 +314,6 @@ def _minerl_inputs(src: Path) -> list[tuple[str, Path]]:
 
 # ---------------------------------------------------------------------------------------------- import job
 
-def camera_histogram(camera: np.ndarray) -> dict:
-    """Counts of per-step pitch and yaw deltas in the CAMERA_LABELS bins."""
-    def bins(v):
-        mag = np.searchsorted(CAMERA_MAGNITUDES, np.abs(v), side="left")  # 0 exactly, (0,1], (1,5], (5,20], >20
-        return np.bincount(4 + np.sign(v).astype(np.int64) * mag, minlength=len(CAMERA_LABELS)).tolist()
-
-    camera = np.asarray(camera).reshape(-1, 2)
-    return {"pitch": bins(camera[:, 0]), "yaw": bins(camera[:, 1])}
-
-
 def _entry(root: Path, index: int, split: str, name: str, ep: dict) -> dict:
     acts = ep["actions"]
     path = episode_path(root, index)
@@ -334,8 +321,7 @@ def _entry(root: Path, index: int, split: str, name: str, ep: dict) -> dict:
     return {"file": path.relative_to(root).as_posix(), "index": index, "split": split, "seed": -1, "source": name,
             "steps": len(ep["rewards"]), "frames": len(ep["frames"]), "terminated": False,
             "return": float(np.sum(ep["rewards"])), "bytes": path.stat().st_size,
-            "key_counts": {k: int(acts[k].sum()) for k in MINERL_BUTTONS},
-            "camera_hist": camera_histogram(acts["camera"]),
+            "action_counts": action_counts(acts),
             "gui_frames": int(np.sum(gui)) if gui is not None else 0}
 
 
@@ -376,20 +362,12 @@ def _episodes_on_disk(root: Path, manifest: dict, split_of) -> dict:
 
 def _summary(manifest: dict, imported: int) -> None:
     eps = manifest["episodes"]
-    frames, steps = sum(e["frames"] for e in eps), max(sum(e["steps"] for e in eps), 1)
+    frames = sum(e["frames"] for e in eps)
     H, W, _ = manifest["env"]["frame_shape"]
     on_disk = sum(e["bytes"] for e in eps) / max(frames, 1)
     print(f"\n{len(eps)} episodes ({imported} imported now), {frames} frames, {on_disk:.0f} bytes per frame on disk "
           f"({H * W * 3} raw), {sum(e['gui_frames'] for e in eps) / max(frames, 1):.1%} of frames with a GUI open")
-    print("key presses (share of steps):")
-    for k in MINERL_BUTTONS:
-        c = sum(e["key_counts"][k] for e in eps)
-        print(f"  {k:<10s} {c:>9d} {100 * c / steps:5.1f}% {'#' * int(60 * c / steps)}")
-    print("camera deltas per step (degrees):")
-    print(f"  {'':>8s} {'pitch':>14s} {'yaw':>14s}")
-    for i, label in enumerate(CAMERA_LABELS):
-        p, y = (sum(e["camera_hist"][a][i] for e in eps) for a in ("pitch", "yaw"))
-        print(f"  {label:>8s} {p:>8d} {100 * p / steps:4.1f}% {y:>8d} {100 * y / steps:4.1f}%")
+    print_histograms(manifest)  # the same key and camera-bin histograms as `worldsim collect`
 
 
 def _required(cfg, key: str):

@@ -12,7 +12,7 @@ import gymnasium as gym
 import torch
 
 
-def _rss_mib() -> float:
+def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
 
@@ -60,7 +60,7 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
         env.step(env.action_space.sample())
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
-    rss0 = _rss_mib()
+    rss0 = rss_mib()
     t0 = time.perf_counter()
     for _ in range(steps):
         env.step(env.action_space.sample())
@@ -68,7 +68,7 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
     dt = time.perf_counter() - t0
     env.close()
     return {"batch": batch, "steps_per_s": steps / dt, "env_steps_per_s": batch * steps / dt,
-            "ms_per_step": 1000 * dt / steps, "rss_growth_mib": _rss_mib() - rss0}
+            "ms_per_step": 1000 * dt / steps, "rss_growth_mib": rss_mib() - rss0}
 
 
 def bench(cfg):

@@ -377,6 +377,7 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
 
     import worldsim  # noqa: F401  (registers the envs)
     from worldsim.agents import make_agent
+    from worldsim.bench import rss_mib
 
     rng = np.random.default_rng(cfg.seed + 1)
     half = len(eps) // 2 or 1
@@ -388,11 +389,14 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     agent = make_agent("explorer", env.action_space, seed=cfg.seed)
     obs, _ = env.reset(seed=int(cfg.seed))
     agent.reset()
-    frames = np.zeros((steps, *obs.shape), np.uint8)
+    frames = np.full((steps, *obs.shape), 0, np.uint8)  # written now, so filling it does not grow the RSS
+    rss = []  # resident memory at the end of each block: the env's memory must stay flat
     t0 = time.perf_counter()
     for t in tqdm(range(steps), desc="stability rollout", unit="step"):
         obs = env.step(agent.act(obs))[0]
         frames[t] = obs
+        if (t + 1) % block == 0 or t + 1 == steps:
+            rss.append(rss_mib())
     sps = steps / (time.perf_counter() - t0)
     env.close()
     nn = nearest_psnr(frames, bank)
@@ -406,7 +410,8 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     for s in range(0, steps, block):
         sl = slice(s, min(s + block, steps))
         blocks.append({"steps": [s + 1, sl.stop], "nn_psnr": float(nn[sl].mean()), "change": float(change[sl].mean()),
-                       "spread": float(spread[sl].mean()), "frozen_share": float((change[sl] < 0.05).mean())})
+                       "spread": float(spread[sl].mean()), "frozen_share": float((change[sl] < 0.05).mean()),
+                       "rss_mib": rss[len(blocks)]})
     res = {"steps": steps, "block": block, "steps_per_s": sps, "blocks": blocks,
            "real_reference": {"nn_psnr": float(ref_nn.mean()), "change": float(ref_change), "spread": ref_spread},
            "bank_frames": len(bank)}
@@ -414,7 +419,7 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
           f"change {ref_change:.2f}, spread {ref_spread:.1f}):")
     for b in blocks:
         print(f"  steps {b['steps'][0]:>6d}-{b['steps'][1]:<6d} nn-PSNR {b['nn_psnr']:6.2f} dB  change {b['change']:5.2f}  "
-              f"spread {b['spread']:5.1f}  frozen {100 * b['frozen_share']:4.1f}%")
+              f"spread {b['spread']:5.1f}  frozen {100 * b['frozen_share']:4.1f}%  RSS {b['rss_mib']:.1f} MiB")
     if cfg.stability_strip:
         _strip(frames, block, cfg.stability_strip)
         res["strip"] = str(cfg.stability_strip)

@@ -45,7 +45,8 @@ class WorldEnv(gym.Env):
 
     With the Minetest bundle (``worldsim/Minetest-v0``) the spaces are those of ``worldsim/RealMinetest-v0``:
     MineRL 1.0's ``Dict`` of keys + ``camera`` and ``Box(0, 255, (96, 128, 3), uint8)``; keys left out of
-    an action dict count as not pressed. ``frame_size=(H, W)`` runs the same weights at another size.
+    an action dict count as not pressed. ``frame_size=(H, W)`` runs the same weights at another size
+    (VAE bundles; a tile autoencoder is tied to its frame size and says so).
 
     ``reset(seed=..., options=...)`` starts from one of the start states shipped with the model (picked
     with ``np_random``, or ``options={"start_index": i}``), or from a context the caller gives:

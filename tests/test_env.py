@@ -148,3 +148,6 @@ def test_shipped_default_model_needs_no_arguments():
     obs2, *_ = env.step(2)
     assert obs2.shape == (64, 64, 3) and obs2.std() > 5  # a picture of a world, not noise or a blank
     env.close()
+    # its tile autoencoder is tied to Crafter's 9x9 grid of 7-pixel tiles: another size is refused by name
+    with pytest.raises(ValueError, match=r"tied to \(64, 64\) frames \(its tile grid\), got 96x96"):
+        gym.make("worldsim/Crafter-v0", frame_size=(96, 96))

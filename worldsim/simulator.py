@@ -43,8 +43,8 @@ class WorldSimulator:
         self.window = self.dit.config.context_frames
         self.steps = sampling_steps or self.edm.cfg.sampling_steps
         self.context_noise = self.edm.cfg.context_noise if context_noise is None else float(context_noise)
-        # frame_size: run at another size than the model trained at (convolutional autoencoder, rotary
-        # positions: nothing in the weights fixes the frame size)
+        # frame_size: run at another size than the model trained at (the VAE is convolutional and positions
+        # are rotary, so nothing in those weights fixes the size; a tile autoencoder is tied to its grid)
         H, W = frame_size if frame_size is not None else bundle.env["frame_shape"][:2]
         C, h, w = latent_shape(bundle.ae, H, W)
         p = self.dit.config.patch_size

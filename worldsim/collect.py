@@ -54,9 +54,10 @@ def _rollout(job: dict) -> dict:
     if isinstance(env.action_space, gym.spaces.Dict):
         acts = {k: np.stack([np.asarray(a[k]) for a in actions]).astype(np.float32 if k == "camera" else np.int64)
                 for k in env.action_space.spaces}
+        counts = action_counts(acts)
     else:
         acts = np.array([int(a) for a in actions], np.int64)
-    counts = action_counts(acts)
+        counts = action_counts(acts, env.action_space.n)
     path = Path(job["out"]) / job["file"]
     write_episode(path, np.stack(frames), acts, rewards, terms, seed=job["world_seed"])
     return {"file": job["file"], "index": job["index"], "split": job["split"], "seed": job["world_seed"],
@@ -65,14 +66,15 @@ def _rollout(job: dict) -> dict:
             "achievements": {k: int(v) for k, v in achievements.items() if v}}
 
 
-def action_counts(acts):
-    """Per-action counts (Discrete), or per-key presses and binned camera deltas (Dict) of one episode."""
+def action_counts(acts, n: int = 0):
+    """Per-action counts (Discrete, n actions), or per-key presses and binned camera deltas (Dict) of one
+    episode."""
     if isinstance(acts, dict):
         counts = {k: int(v.sum()) for k, v in acts.items() if k != "camera"}
         counts.update({f"camera.{axis}": np.histogram(acts["camera"][:, i], CAMERA_BINS)[0].tolist()
                        for i, axis in enumerate(("pitch", "yaw"))})
         return counts
-    return np.bincount(acts.ravel(), minlength=17).tolist()
+    return np.bincount(acts.ravel(), minlength=n).tolist()
 
 
 def _readable(path: Path) -> bool:
@@ -85,7 +87,7 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _entry_from_file(root: Path, index: int, seed: int, split: str) -> dict | None:
+def _entry_from_file(root: Path, index: int, seed: int, split: str, n_actions: int) -> dict | None:
     path = episode_path(root, index)
     if not path.exists():
         return None
@@ -95,7 +97,7 @@ def _entry_from_file(root: Path, index: int, seed: int, split: str) -> dict | No
         print(f"warning: {e}; collecting it again")
         return None
     acts = ep["actions"]
-    counts = action_counts(acts)
+    counts = action_counts(acts, n_actions)
     steps = num_steps(acts)
     return {"file": str(path.relative_to(root)), "index": index, "split": split, "seed": ep["seed"], "agent": "?",
             "steps": steps, "terminated": bool(ep["terminated"][-1]) if steps else False,
@@ -163,7 +165,8 @@ def collect(cfg) -> dict:
         split = "test" if cfg.test_every and i % cfg.test_every == cfg.test_every - 1 else "train"
         seed = int(cfg.seed) + i
         if i not in have:
-            entry = _entry_from_file(root, i, seed, split)  # on disk but not in the manifest (killed job)
+            # on disk but not in the manifest (killed job)
+            entry = _entry_from_file(root, i, seed, split, info["action_space"].get("n", 0))
             if entry is not None:
                 have[i] = entry
                 continue

@@ -63,3 +63,21 @@ def test_tile_autoencoder_names_a_wrong_frame_size():
     assert latent_shape(make_autoencoder("tiny"), 64, 96) == (4, 16, 24)
     with pytest.raises(ValueError, match="multiples of 4"):
         latent_shape(make_autoencoder("tiny"), 62, 64)
+
+
+def test_patch_autoencoder_without_a_tied_size_takes_any_multiple_of_its_patch():
+    torch.manual_seed(0)
+    ae = make_autoencoder("patch8_tiny").eval()  # no frame shape needed: not tied to one
+    assert latent_shape(ae, 96, 128) == (4, 12, 16) and latent_shape(ae, 64, 96) == (4, 8, 12)
+    with pytest.raises(ValueError, match="positive multiples of 8"):
+        latent_shape(ae, 100, 128)
+    again = build_autoencoder(ae_config(ae))  # frame_size None survives the bundle's JSON config
+    assert again.config.frame_size is None
+    codec = LatentCodec(ae)
+    for H, W in ((96, 128), (64, 96)):
+        frames = torch.randint(0, 256, (2, H, W, 3), dtype=torch.uint8)
+        z = codec.encode(frames)
+        assert z.shape == (2, 4, H // 8, W // 8) and codec.decode(z).shape == (2, H, W, 3)
+    # convolutional: the same 8x8-aligned content gives the same latents at either size (away from edges)
+    big = torch.randint(0, 256, (1, 96, 128, 3), dtype=torch.uint8)
+    torch.testing.assert_close(codec.encode(big[:, :64, :96])[..., 2:6, 2:10], codec.encode(big)[..., 2:6, 2:10])

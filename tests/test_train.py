@@ -84,3 +84,19 @@ def test_bf16_autocast_training_path(dataset, tmp_path):
     assert tr.amp and tr.state["stage"] == "done"
     assert all(np.isfinite(r["loss"]) for r in tr.state["history"]["dit"])
     assert tr.dit.patch_in.weight.dtype == torch.float32  # master weights stay fp32
+
+
+def test_a_non_finite_loss_skips_the_step_and_keeps_the_weights():
+    from worldsim.train import guarded_step
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(net.parameters(), 1e-2)
+    x = torch.randn(8, 4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert not guarded_step(opt, net, (net(x) * float("nan")).mean())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and not opt.state
+    assert not guarded_step(opt, net, net(x).mean() * float("inf"))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert guarded_step(opt, net, net(x).pow(2).mean())  # a finite loss still trains
+    assert not torch.equal(before["weight"], net.weight)

@@ -31,12 +31,17 @@ PRESETS = {
     # 33.3 dB held-out, 4 blocks instead of 2: 29.0 dB); this preset reaches 48.0 dB after 4,000 steps
     "tile7": dict(type="patch", patch=7, latent_channels=16, width=256, blocks=2, latent_noise=0.05),
     "tile7_tiny": dict(type="patch", patch=7, latent_channels=4, width=16, blocks=1),
+    # any game: one 32-channel latent per 8x8 patch, any frame size divisible by 8 (96x128 -> 32x12x16)
+    "patch8": dict(type="patch", patch=8, latent_channels=32, width=256, blocks=2, latent_noise=0.05,
+                   frame_size=None),
+    "patch8_tiny": dict(type="patch", patch=8, latent_channels=4, width=16, blocks=1, frame_size=None),
 }
 
 
 @dataclass
 class PatchAEConfig:
-    frame_size: tuple  # (H, W) the frames it encodes; the tile grid is (H // patch, W // patch), centred
+    frame_size: tuple | None  # (H, W): tied to that size, the tile grid (H // patch, W // patch) centred in
+    # it and the rest one learned colour (Crafter: 64 = 9 * 7 + 1); None: any size divisible by the patch
     patch: int = 7
     latent_channels: int = 16
     width: int = 256
@@ -92,6 +97,10 @@ class PatchAutoencoder(nn.Module):
 
     def _grid(self, H: int, W: int):
         p = self.config.patch
+        if self.config.frame_size is None:
+            if H % p or W % p or H <= 0 or W <= 0:
+                raise ValueError(f"frame size {H}x{W} must be positive multiples of {p} (the autoencoder's patch)")
+            return H // p, W // p, 0, 0
         if (H, W) != tuple(self.config.frame_size):
             raise ValueError(f"this patch autoencoder is tied to {tuple(self.config.frame_size)} frames "
                              f"(its tile grid), got {H}x{W}")
@@ -106,9 +115,12 @@ class PatchAutoencoder(nn.Module):
         return torch.tanh(self.enc_out(self.enc(self.enc_in(x))))
 
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        H, W = self.config.frame_size
+        p = self.config.patch
+        H, W = self.config.frame_size or (z.shape[-2] * p, z.shape[-1] * p)
         gh, gw, oy, ox = self._grid(H, W)
-        tiles = F.pixel_shuffle(self.dec_out(self.dec(self.dec_in(z))), self.config.patch)
+        tiles = F.pixel_shuffle(self.dec_out(self.dec(self.dec_in(z))), p)
+        if self.config.frame_size is None:
+            return tiles
         out = self.border.view(1, 3, 1, 1).expand(z.shape[0], 3, H, W).clone()
         out[..., oy: oy + tiles.shape[-2], ox: ox + tiles.shape[-1]] = tiles
         return out
@@ -120,9 +132,11 @@ def make_autoencoder(preset: str = "small", frame_shape=None, **overrides) -> nn
         raise ValueError(f"unknown autoencoder preset {preset!r}; choose one of {sorted(PRESETS)}")
     cfg = {**PRESETS[preset], **overrides}
     if cfg.get("type") == "patch":
-        if frame_shape is None:
-            raise ValueError(f"autoencoder preset {preset!r} needs the frame shape")
-        return build_autoencoder({**cfg, "frame_size": list(frame_shape[:2])})
+        if "frame_size" not in cfg:  # tied to the game's frame size (tile presets)
+            if frame_shape is None:
+                raise ValueError(f"autoencoder preset {preset!r} needs the frame shape")
+            cfg["frame_size"] = list(frame_shape[:2])
+        return build_autoencoder(cfg)
     n = len(cfg["block_out_channels"])
     return AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                          mid_block_add_attention=False, **cfg)
@@ -132,7 +146,7 @@ def build_autoencoder(cfg: dict) -> nn.Module:
     """An untrained autoencoder from the config a bundle stores (see `ae_config`)."""
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     if cfg.get("type") == "patch":
-        cfg["frame_size"] = tuple(cfg["frame_size"])
+        cfg["frame_size"] = tuple(cfg["frame_size"]) if cfg.get("frame_size") else None
         return PatchAutoencoder(PatchAEConfig(**cfg))
     return AutoencoderKL.from_config(cfg)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -118,6 +119,14 @@ class Trainer:
         fig.savefig(self.run / "loss.png", dpi=80)
         plt.close(fig)
 
+    def _update(self, opt, module, loss) -> bool:
+        if guarded_step(opt, module, loss):
+            return True
+        self.state["skipped_steps"] = self.state.get("skipped_steps", 0) + 1
+        warnings.warn(f"non-finite loss or gradient (loss {loss.item()}): step skipped "
+                      f"({self.state['skipped_steps']} so far in this run)")
+        return False
+
     # ---- autoencoder --------------------------------------------------------------------------------
     def _frames(self, eps, n):
         e = self.rng.integers(len(eps), size=n)
@@ -133,10 +142,7 @@ class Trainer:
                 g["lr"] = c.lr * min(1.0, (st["ae_step"] + 1) / 100) * cosine(st["ae_step"], c.steps)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
                 rec, loss = training_loss(self.ae, x, c.kl_weight)
-            self.opt_ae.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.ae.parameters(), 1.0)
-            self.opt_ae.step()
+            self._update(self.opt_ae, self.ae, loss)
             st["ae_step"] += 1
             bar.update(1)
             if st["ae_step"] % self.cfg.log_every == 0:
@@ -201,10 +207,7 @@ class Trainer:
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
                     loss, parts = self.edm.loss(model, b["latents"], b["actions"], b["has_action"], b["reward"],
                                                 b["terminated"], b["has_transition"])
-                self.opt_dit.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.dit.parameters(), 1.0)
-                self.opt_dit.step()
+                self._update(self.opt_dit, self.dit, loss)
                 st["dit_step"] += 1
                 bar.update(1)
                 if st["dit_step"] % self.cfg.log_every == 0:
@@ -244,6 +247,20 @@ class Trainer:
                                                                                    "dit_steps": self.state["dit_step"]}})
         write_dir_atomic(out, files)
         print(f"bundle written to {out} ({sum(len(v) for v in files.values()) / 2**20:.1f} MiB)")
+
+
+def guarded_step(opt, module, loss, max_norm: float = 1.0) -> bool:
+    """Backward, clip gradients, step; but a non-finite loss or gradient norm skips the step and leaves the
+    weights and optimizer state untouched (a resumed CPU run once turned to NaN at step 12,325, and its
+    next checkpoint would have saved the NaN weights). Returns whether the step was taken."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    if not (torch.isfinite(loss) and torch.isfinite(norm)):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
 
 
 def train(cfg):

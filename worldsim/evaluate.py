@@ -349,11 +349,15 @@ def revisit_eval(cfg, bundle, rng) -> dict:
         for k in range(int(cfg.revisit_trials)):
             agent = make_agent("explorer", env.action_space, seed=cfg.seed + k)
             obs, _ = env.reset(seed=int(cfg.seed) + 104729 * (k + 1))
+            for _ in range(8):  # walk somewhere
+                obs = env.step(agent.act(obs))[0]
+            # Then stand still long enough to stop: Minetest keeps momentum (sprint, a jump's fall), and a
+            # player still drifting would not return to the first view even in the real game.
             frames, acts = [obs], []
-            for _ in range(W - 1):  # a short real context, then stand still and turn
-                a = agent.act(obs)
-                obs = env.step(a)[0]
-                frames.append(obs), acts.append(a)
+            for i in range(int(cfg.revisit_settle) + W - 1):
+                obs = env.step(minerl_actions.noop())[0]
+                frames.append(obs), acts.append(minerl_actions.noop())
+            frames, acts = frames[-W:], acts[-(W - 1):]
             real = [env.step(turn)[0] for _ in range(n)]
             sim.reset([0], np.stack(frames)[None], stack_actions([stack_actions(acts)]), rng.standard_normal((1, W, *shape)))
             model = [sim.step(stack_actions([turn]), rng.standard_normal((1, *shape)),

@@ -353,11 +353,10 @@ def revisit_eval(cfg, bundle, rng) -> dict:
                 obs = env.step(agent.act(obs))[0]
             # Then stand still long enough to stop: Minetest keeps momentum (sprint, a jump's fall), and a
             # player still drifting would not return to the first view even in the real game.
-            frames, acts = [obs], []
-            for i in range(int(cfg.revisit_settle) + W - 1):
-                obs = env.step(minerl_actions.noop())[0]
-                frames.append(obs), acts.append(minerl_actions.noop())
-            frames, acts = frames[-W:], acts[-(W - 1):]
+            frames = [obs]
+            for _ in range(int(cfg.revisit_settle) + W - 1):
+                frames.append(env.step(minerl_actions.noop())[0])
+            frames, acts = frames[-W:], [minerl_actions.noop() for _ in range(W - 1)]
             real = [env.step(turn)[0] for _ in range(n)]
             sim.reset([0], np.stack(frames)[None], stack_actions([stack_actions(acts)]), rng.standard_normal((1, W, *shape)))
             model = [sim.step(stack_actions([turn]), rng.standard_normal((1, *shape)),

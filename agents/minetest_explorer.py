@@ -6,6 +6,12 @@ walking and sprinting with a smoothly drifting heading and gaze, jumping when th
 blocks from the hotbar, switching hotbar slots, strafing and backing up. Water needs nothing special:
 holding jump while walking swims up and out. Camera moves are eased (velocity changes gradually), so turns
 are smooth rather than jittery, and the pitch is kept within [-60, 75] degrees by tracking its own sum.
+
+Smooth turns alone teach a world model to ignore the camera action: this tick's delta is almost the last
+one, which the context frames already show, so extrapolating the motion predicts as well as reading the
+action. A share of ticks (`flick`, 20 % by default) therefore take an independent random camera delta (up to
+12 degrees of yaw, 8 of pitch) that the eased motion does not carry on, so the action is the only way to
+know where the view goes next.
 """
 from __future__ import annotations
 
@@ -15,9 +21,13 @@ from worldsim.envs import minerl_actions
 
 
 class MinetestExplorer:
-    def __init__(self, action_space=None, seed: int | None = None, blocked_threshold: float = 1.0):
+    def __init__(self, action_space=None, seed: int | None = None, blocked_threshold: float = 1.0,
+                 flick: float = 0.2):
         self.rng = np.random.default_rng(seed)
         self.blocked_threshold = blocked_threshold
+        if not 0.0 <= flick <= 1.0:
+            raise ValueError(f"flick is a probability per tick, got {flick}")
+        self.flick = flick
         self.reset()
 
     def reset(self):
@@ -90,7 +100,10 @@ class MinetestExplorer:
             self.target_yaw_vel = float(r.normal(0, 3.0))
         self.yaw_vel += 0.25 * (self.target_yaw_vel - self.yaw_vel)
         self.pitch_vel += 0.3 * (np.clip(0.15 * (self.target_pitch - self.pitch), -4, 4) - self.pitch_vel)
-        dp = float(np.clip(self.pitch + self.pitch_vel, -60, 75) - self.pitch)
+        dp, dy = self.pitch_vel, self.yaw_vel
+        if r.random() < self.flick:  # independent of the eased motion (see the module docstring)
+            dp, dy = float(r.uniform(-8, 8)), float(r.uniform(-12, 12))
+        dp = float(np.clip(self.pitch + dp, -60, 75) - self.pitch)
         self.pitch += dp
-        a["camera"] = np.array([dp, self.yaw_vel], np.float32)
+        a["camera"] = np.array([dp, dy], np.float32)
         return a

@@ -100,3 +100,30 @@ def test_a_non_finite_loss_skips_the_step_and_keeps_the_weights():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert guarded_step(opt, net, net(x).pow(2).mean())  # a finite loss still trains
     assert not torch.equal(before["weight"], net.weight)
+
+
+def test_fine_tune_from_a_bundle(bundle, dataset, minetest_bundle, tmp_path):
+    """init=BUNDLE: the autoencoder and latent normalisation are the bundle's, untouched; the world model
+    starts from its weights (not from a fresh init) and trains on; another game's bundle is refused."""
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+
+    src = Bundle(bundle)
+    # the command line's model/autoencoder presets are ignored: the bundle defines the architecture
+    tr = run_job("train", [f"data={dataset}", f"run={tmp_path / 'ft'}", *TINY_TRAIN, f"init={bundle}",
+                           "model=small", "dit.steps=3"])
+    assert tr.started_at["stage"] == "dit" and tr.state["stage"] == "done" and tr.state["dit_step"] == 3
+    out = Bundle(tmp_path / "ft" / "bundle")
+    for k, v in src.ae.state_dict().items():
+        assert torch.equal(v, out.ae.state_dict()[k]), k  # frozen
+    assert (out.meta["latent_mean"], out.meta["latent_std"]) == (src.meta["latent_mean"], src.meta["latent_std"])
+    assert out.meta["world_model"] == src.meta["world_model"]
+    a, b = src.dit.state_dict(), out.dit.state_dict()
+    changed = [k for k in a if not torch.equal(a[k], b[k])]
+    assert changed  # it trained
+    # 3 small steps from the bundle's weights stay near them; a fresh init would be far away
+    rel = max((a[k] - b[k]).norm() / (a[k].norm() + 1e-8) for k in changed if a[k].norm() > 1)
+    assert rel < 0.2, rel
+    with pytest.raises(ValueError, match="action_space|frame_shape"):
+        run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={minetest_bundle}"])

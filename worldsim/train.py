@@ -4,6 +4,10 @@ Stages run in order and each is resumable: the run directory holds one checkpoin
 in atomically) with weights, optimizer states and `state.json` (stage, step, loss history). Kill the job
 at any point and run the same command again to continue. `ae.minutes` / `dit.minutes` cap a stage's
 wall-clock time per invocation (handy on CPU): the stage continues where it stopped next time.
+
+`init=BUNDLE` fine-tunes a trained bundle (e.g. the shipped model, `init=crafter` / `init=minetest`) on new
+data: its autoencoder is kept frozen (the stage is skipped, so latents keep their meaning) and the world
+model and heads continue from its weights, architecture and latent normalisation included.
 """
 from __future__ import annotations
 
@@ -70,8 +74,30 @@ class Trainer:
         self.state = {"stage": "ae", "ae_step": 0, "dit_step": 0, "history": {"ae": [], "dit": []},
                       "latent_mean": 0.0, "latent_std": 1.0, "metrics": {}}
         self.rng = np.random.default_rng(cfg.seed)
+        if cfg.get("init"):
+            self._init_from_bundle(cfg.init)
         self._resume()
         self.started_at = {k: self.state[k] for k in ("stage", "ae_step", "dit_step")}
+
+    def _init_from_bundle(self, init: str):
+        """Start from a bundle's autoencoder and world model (replacing the configured ones)."""
+        from worldsim import ASSETS
+        from worldsim.checkpoint import Bundle
+
+        path = ASSETS / init if (ASSETS / str(init) / "bundle.json").exists() else Path(init)
+        b = Bundle(path, self.device)
+        for key in ("frame_shape", "action_space"):
+            if b.env[key] != self.env_info[key]:
+                raise ValueError(f"init={init}: the bundle's {key} {b.env[key]} differs from the data's "
+                                 f"{self.env_info[key]} ({self.cfg.data}); fine-tune on data of the same game")
+        self.ae, self.dit = b.ae.train(), b.dit.train()
+        self.opt_ae = torch.optim.AdamW(self.ae.parameters(), lr=self.cfg.ae.lr, weight_decay=0.0)
+        self.opt_dit = torch.optim.AdamW(self.dit.parameters(), lr=self.cfg.dit.lr,
+                                         weight_decay=self.cfg.dit.weight_decay, betas=(0.9, 0.99))
+        self.state.update(stage="dit", ae_step=self.cfg.ae.steps, latent_mean=b.meta["latent_mean"],
+                          latent_std=b.meta["latent_std"], latent_stats_fixed=True, init=str(path))
+        self.state["metrics"].update({k: v for k, v in b.meta.get("metrics", {}).items() if k.startswith("ae_")})
+        print(f"starting from bundle {path}: autoencoder frozen, world model fine-tuned")
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def _resume(self):
@@ -186,7 +212,7 @@ class Trainer:
         c, st = self.cfg.dit, self.state
         T = self.dit.config.context_frames + 1
         lat = self.encode_all(self.train_eps)
-        if st["dit_step"] == 0:  # normalise latents to unit variance (EDM's sigma_data = 1)
+        if st["dit_step"] == 0 and not st.get("latent_stats_fixed"):  # normalise latents to unit variance (EDM's sigma_data = 1)
             allz = torch.cat([z.flatten() for z in lat])
             st["latent_mean"], st["latent_std"] = float(allz.mean()), float(allz.std())
         lat = [(z - st["latent_mean"]) / st["latent_std"] for z in lat]

@@ -127,3 +127,20 @@ def test_fine_tune_from_a_bundle(bundle, dataset, minetest_bundle, tmp_path):
     assert rel < 0.2, rel
     with pytest.raises(ValueError, match="action_space|frame_shape"):
         run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={minetest_bundle}"])
+
+
+def test_latent_cache_is_reused_and_invalidated(bundle, dataset, tmp_path):
+    """The world-model stage's latents are cached in the run directory for resumed jobs, keyed by the
+    autoencoder's weights: the same autoencoder reads the cache, a changed one encodes again."""
+    tr = run_job("train", [f"data={dataset}", f"run={tmp_path / 'r'}", *TINY_TRAIN, f"init={bundle}", "dit.steps=1"])
+    assert (tmp_path / "r" / "latents.safetensors").exists()
+    fresh = tr.encode_all(tr.train_eps)
+    calls = []
+    encode = tr.encode_all
+    tr.encode_all = lambda eps: calls.append(1) or encode(eps)
+    cached = tr.cached_latents(tr.train_eps)
+    assert not calls and all(torch.equal(a, b) for a, b in zip(cached, fresh))
+    with torch.no_grad():
+        next(tr.ae.parameters()).add_(0.1)
+    tr.cached_latents(tr.train_eps)
+    assert calls == [1]

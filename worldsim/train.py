@@ -11,6 +11,7 @@ model and heads continue from its weights, architecture and latent normalisation
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -21,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load as st_load
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from worldsim.autoencoder import LatentCodec, make_autoencoder, to_pixels, training_loss
-from worldsim.checkpoint import bundle_files, load_optimizer, optimizer_tensors, resolve_dir, tensors_bytes, write_dir_atomic
-from worldsim.data import WindowDataset, index_actions, load_episodes, load_manifest
+from worldsim.checkpoint import (bundle_files, load_optimizer, optimizer_tensors, read_metadata, resolve_dir,
+                                 tensors_bytes, write_dir_atomic)
+from worldsim.data import WindowDataset, atomic_write_bytes, index_actions, load_episodes, load_manifest
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.evaluate import psnr_np
 from worldsim.model import WorldDiT
@@ -61,26 +64,27 @@ class Trainer:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
         # bf16 autocast on GPU by default; on CPU fp32 is faster
         self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-        ae_kw = {k: v for k, v in cfg.autoencoder.items() if k != "preset"}  # preset fields overridden
-        self.ae = make_autoencoder(cfg.autoencoder.preset, frame_shape=self.env_info["frame_shape"], **ae_kw).to(self.device)
         self.edm_cfg = EDMConfig(**{f.name: cfg.diffusion[f.name] for f in fields(EDMConfig) if f.name in cfg.diffusion})
         self.edm = EDM(self.edm_cfg)
-        model_kw = {k: v for k, v in cfg.model.items()}
-        self.dit = WorldDiT(action_spec=self.env_info["action_space"], latent_channels=self.ae.config.latent_channels,
-                            **model_kw).to(self.device)
+        self.state = {"stage": "ae", "ae_step": 0, "dit_step": 0, "history": {"ae": [], "dit": []},
+                      "latent_mean": 0.0, "latent_std": 1.0, "metrics": {}}
+        if cfg.get("init"):  # the bundle fixes the architecture: model/autoencoder presets are not used
+            self._init_from_bundle(cfg.init)
+        else:
+            ae_kw = {k: v for k, v in cfg.autoencoder.items() if k != "preset"}  # preset fields overridden
+            self.ae = make_autoencoder(cfg.autoencoder.preset, frame_shape=self.env_info["frame_shape"],
+                                       **ae_kw).to(self.device)
+            self.dit = WorldDiT(action_spec=self.env_info["action_space"],
+                                latent_channels=self.ae.config.latent_channels, **dict(cfg.model)).to(self.device)
         self.opt_ae = torch.optim.AdamW(self.ae.parameters(), lr=cfg.ae.lr, weight_decay=0.0)
         self.opt_dit = torch.optim.AdamW(self.dit.parameters(), lr=cfg.dit.lr, weight_decay=cfg.dit.weight_decay,
                                          betas=(0.9, 0.99))
-        self.state = {"stage": "ae", "ae_step": 0, "dit_step": 0, "history": {"ae": [], "dit": []},
-                      "latent_mean": 0.0, "latent_std": 1.0, "metrics": {}}
         self.rng = np.random.default_rng(cfg.seed)
-        if cfg.get("init"):
-            self._init_from_bundle(cfg.init)
         self._resume()
         self.started_at = {k: self.state[k] for k in ("stage", "ae_step", "dit_step")}
 
     def _init_from_bundle(self, init: str):
-        """Start from a bundle's autoencoder and world model (replacing the configured ones)."""
+        """Take the autoencoder, world model and latent normalisation from a bundle."""
         from worldsim import ASSETS
         from worldsim.checkpoint import Bundle
 
@@ -91,9 +95,6 @@ class Trainer:
                 raise ValueError(f"init={init}: the bundle's {key} {b.env[key]} differs from the data's "
                                  f"{self.env_info[key]} ({self.cfg.data}); fine-tune on data of the same game")
         self.ae, self.dit = b.ae.train(), b.dit.train()
-        self.opt_ae = torch.optim.AdamW(self.ae.parameters(), lr=self.cfg.ae.lr, weight_decay=0.0)
-        self.opt_dit = torch.optim.AdamW(self.dit.parameters(), lr=self.cfg.dit.lr,
-                                         weight_decay=self.cfg.dit.weight_decay, betas=(0.9, 0.99))
         self.state.update(stage="dit", ae_step=self.cfg.ae.steps, latent_mean=b.meta["latent_mean"],
                           latent_std=b.meta["latent_std"], latent_stats_fixed=True, init=str(path))
         self.state["metrics"].update({k: v for k, v in b.meta.get("metrics", {}).items() if k.startswith("ae_")})
@@ -208,10 +209,31 @@ class Trainer:
             out.append(torch.cat([codec.encode(f[i:i + 256].to(self.device)).cpu() for i in range(0, len(f), 256)]))
         return out
 
+    def cached_latents(self, eps):
+        """encode_all, cached in RUN/latents.safetensors: encoding 42k Minetest frames takes about 20 minutes
+        on a 2-core CPU, which a resumed job should not pay again. The cache is keyed by the autoencoder's
+        weights and the episodes (seed, length, first and last frame); any mismatch encodes afresh."""
+        h = hashlib.sha256(tensors_bytes(self.ae.state_dict()))
+        for ep in eps:
+            h.update(f"{ep['seed']}:{len(ep['frames'])}".encode())
+            h.update(ep["frames"][0].tobytes() + ep["frames"][-1].tobytes())
+        key, path = h.hexdigest(), self.run / "latents.safetensors"
+        if path.exists():
+            try:
+                if read_metadata(path).get("key") == key:
+                    z = load_file(path)
+                    return [z[f"ep{i}"] for i in range(len(eps))]
+            except Exception as e:  # a damaged cache costs time, never the run
+                warnings.warn(f"latent cache {path} unreadable ({e}); encoding again")
+        lat = self.encode_all(eps)
+        data = tensors_bytes({f"ep{i}": z for i, z in enumerate(lat)}, {"key": key})
+        atomic_write_bytes(path, lambda f: f.write(data))
+        return lat
+
     def train_dit(self):
         c, st = self.cfg.dit, self.state
         T = self.dit.config.context_frames + 1
-        lat = self.encode_all(self.train_eps)
+        lat = self.cached_latents(self.train_eps)
         if st["dit_step"] == 0 and not st.get("latent_stats_fixed"):  # normalise latents to unit variance (EDM's sigma_data = 1)
             allz = torch.cat([z.flatten() for z in lat])
             st["latent_mean"], st["latent_std"] = float(allz.mean()), float(allz.std())

@@ -5,10 +5,6 @@ A uniformly random policy jitters in place and rarely sees much. This one holds 
 hits what is in front ("do": trees, stone, water, cows, zombies) before turning away; it places stone,
 tables, furnaces and saplings, tries every craft, and sleeps for long stretches now and then (night,
 waking up). Deaths come from zombies, skeletons, lava, starvation and thirst along the way.
-
-Held moves alone let a world model predict the next scroll from the context's motion without reading the
-action. So a share of the steps of a held move (`jitter`, 15 % by default) takes another move or a noop
-instead, once, and the held move then goes on.
 """
 from __future__ import annotations
 
@@ -21,12 +17,9 @@ CRAFT = tuple(range(11, 17))
 
 
 class CrafterExplorer:
-    def __init__(self, action_space, seed: int | None = None, blocked_threshold: float = 1.5, jitter: float = 0.15):
+    def __init__(self, action_space, seed: int | None = None, blocked_threshold: float = 1.5):
         self.rng = np.random.default_rng(seed)
         self.blocked_threshold = blocked_threshold
-        if not 0.0 <= jitter <= 1.0:
-            raise ValueError(f"jitter is a probability per step, got {jitter}")
-        self.jitter = jitter
         self.reset()
 
     def reset(self):
@@ -62,7 +55,4 @@ class CrafterExplorer:
             self.plan = self._new_plan()
         self.prev_obs = obs
         self.last = self.plan.pop(0)
-        if self.last in MOVES and self.plan and self.rng.random() < self.jitter:
-            self.plan.insert(0, self.last)  # held move resumes after this one-step detour
-            self.last = int(self.rng.choice([m for m in (NOOP, *MOVES) if m != self.last]))
         return self.last

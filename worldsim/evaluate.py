@@ -274,6 +274,14 @@ def _real_probes(cfg, W: int):
                 if term or trunc:
                     break
                 if len(frames) >= W and t % int(cfg.probe_every) == int(cfg.probe_every) - 1:
+                    if cfg.env != "crafter":
+                        # Minetest runs on in real time and keeps momentum: the probes are taken one after
+                        # another, so a moving player would make each later outcome differ by its drift, not
+                        # only by its turn (outcomes then looked more and more unlike any prediction, in
+                        # probe order). Stand still first, as the revisit probe does.
+                        from worldsim.envs import minerl_actions
+                        for _ in range(int(cfg.settle)):
+                            frames.append(env.step(minerl_actions.noop())[0]), acts.append(minerl_actions.noop())
                     ctx, ctx_a = np.stack(frames[-W:]), acts[len(acts) - (W - 1):]
                     outcomes = {}
                     for name, pa in probe.items():
@@ -354,7 +362,7 @@ def revisit_eval(cfg, bundle, rng) -> dict:
             # Then stand still long enough to stop: Minetest keeps momentum (sprint, a jump's fall), and a
             # player still drifting would not return to the first view even in the real game.
             frames = [obs]
-            for _ in range(int(cfg.revisit_settle) + W - 1):
+            for _ in range(int(cfg.settle) + W - 1):
                 frames.append(env.step(minerl_actions.noop())[0])
             frames, acts = frames[-W:], [minerl_actions.noop() for _ in range(W - 1)]
             real = [env.step(turn)[0] for _ in range(n)]

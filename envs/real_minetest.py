@@ -39,6 +39,8 @@ DEG_PER_PIXEL = 0.2264
 # The window sits in the middle of a larger X screen so that one tick's turn (up to 180 degrees, ~795 px)
 # never runs the pointer into the screen's edge, where X would clamp the motion.
 MARGIN = 800
+# Frames the game must have drawn since a tick's input before that tick's frame is grabbed (see `step`).
+MIN_FRAMES = 2
 
 # MineRL key -> X keysym (or mouse button number) in the client; keys the game cannot express are no-ops:
 # pickItem and swapHands (Minetest 5.6 has neither), ESC (it would open the pause menu and pause the
@@ -102,9 +104,9 @@ class _Game:
                  time_speed: float, startup_timeout: float):
         import mss
         from Xlib import X, display
-        from Xlib.ext import xtest
+        from Xlib.ext import damage, xtest
 
-        self._X, self._xtest = X, xtest
+        self._X, self._xtest, self._dmg = X, xtest, damage
         self.tmp = tempfile.mkdtemp(prefix="worldsim-minetest-")
         self.procs: list[subprocess.Popen] = []
         self._finalizer = weakref.finalize(self, _stop, self.procs, self.tmp)
@@ -185,6 +187,14 @@ class _Game:
         self.held: set[str] = set()
         self.inventory_open = False
         self._subpixel = np.zeros(2)
+        # Every frame the game renders damages its whole window once: the DAMAGE extension reports each
+        # (measured: one 128x96 rectangle per frame, 60 a second), so `step` can count the frames drawn
+        # since its input went in.
+        self.d.damage_query_version()  # the extension refuses other requests before this one
+        self.damage = self.window.damage_create(damage.DamageReportRawRectangles)
+        self._damage_event = self.d.query_extension(damage.extname).first_event + damage.DamageNotifyCode
+        self.d.sync()
+        self.rendered = 0
 
     @staticmethod
     def _keysym(name):
@@ -249,7 +259,17 @@ class _Game:
             self._xtest.fake_input(self.d, self._X.MotionNotify, detail=True, x=dx, y=dy)
 
     def flush(self):
+        """Send the queued input and wait until the X server has taken it; then start counting frames."""
         self.d.sync()
+        self.count_frames()
+        self.rendered = 0
+
+    def count_frames(self) -> int:
+        """Frames the game has rendered since the last `flush` (drains the damage events)."""
+        while self.d.pending_events():
+            if self.d.next_event().type == self._damage_event:
+                self.rendered += 1
+        return self.rendered
 
     def grab(self) -> np.ndarray:
         img = np.asarray(self.mss.grab(self.region))  # BGRA
@@ -315,15 +335,18 @@ class RealMinetestEnv(gym.Env):
     ``reset(seed=s)`` starts a new world: terrain seed, start position (dry land), facing and time of day
     all come from ``s`` (a reset restarts the game: a few seconds). Damage is off, so episodes end by
     truncation after ``length`` steps; the reward is always 0. ``info`` carries the player's position,
-    yaw/pitch, time of day and hotbar slot from the game, and ``late`` (seconds the tick started late
-    because the agent took longer than 50 ms between steps: the game does not wait for it).
+    yaw/pitch, time of day and hotbar slot from the game, ``late`` (seconds the tick started late
+    because the agent took longer than 50 ms between steps: the game does not wait for it), ``frames``
+    (frames the game drew during the tick, counted with the X DAMAGE extension) and ``waited`` (seconds
+    the tick ran past 50 ms because fewer than two frames had been drawn since its input: a stalled
+    game; the grabbed frame would not yet have shown the action).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, render_mode: str | None = None, size: tuple[int, int] = (96, 128), length: int = 1000,
                  time_speed: float = 72.0, fps_max: int = 60, view_range: int = 60, hud: bool = False,
-                 startup_timeout: float = 60.0, settle: float = 1.5):
+                 startup_timeout: float = 60.0, settle: float = 1.5, max_wait: float = 0.5):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         h, w = (int(size), int(size) * 4 // 3) if np.isscalar(size) else map(int, size)
@@ -332,7 +355,7 @@ class RealMinetestEnv(gym.Env):
         self.bins = find_binaries()
         self.render_mode, self.size, self.length = render_mode, (h, w), length
         self.time_speed, self.fps_max, self.view_range, self.hud = time_speed, fps_max, view_range, hud
-        self.startup_timeout, self.settle = startup_timeout, settle
+        self.startup_timeout, self.settle, self.max_wait = startup_timeout, settle, max_wait
         self.observation_space = gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
         self.action_space = minerl_actions.action_space()
         self.game: _Game | None = None
@@ -375,10 +398,23 @@ class RealMinetestEnv(gym.Env):
         self.game.flush()
         self._next_tick = tick_start + TICK
         time.sleep(max(0.0, self._next_tick - time.perf_counter()))
+        # The frame must show this tick's input. The game reads input at the start of a frame, so the second
+        # frame drawn after the input went in is the first sure to show it. At 60 fps three are drawn per
+        # tick, but now and then the game stalls (2 of 64 turn ticks after a still spell showed an unchanged
+        # view, each with one frame drawn): then wait for that frame, up to `max_wait`.
+        waited = 0.0
+        if self.game.count_frames() < MIN_FRAMES:
+            t0 = time.perf_counter()
+            while self.game.count_frames() < MIN_FRAMES and time.perf_counter() - t0 < self.max_wait:
+                time.sleep(0.001)
+            waited = time.perf_counter() - t0
+            self._next_tick = max(self._next_tick, time.perf_counter())  # the clock starts again from here
+        frames = self.game.rendered
         self._obs = self.game.grab()
         self._t += 1
         truncated = self._t >= self.length
-        return self._obs, 0.0, False, truncated, {"late": late, **(self.game.state() or {})}
+        return self._obs, 0.0, False, truncated, {"late": late, "frames": frames, "waited": waited,
+                                                  **(self.game.state() or {})}
 
     def render(self):
         return None if self._obs is None else self._obs.copy()

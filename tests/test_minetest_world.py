@@ -166,9 +166,9 @@ def test_eval_minetest_camera_following_revisit_and_stability(minetest_bundle, m
     assert res["env"] == "minetest" and res["windows"] == 2
     f = res["following"]
     assert set(f["per_action"]) == {"yaw_left", "yaw_right", "pitch_up", "pitch_down"} and f["probes"] == 3
-    # the player stands still before each probe; right after a still spell the real game sometimes shows a
-    # turn only a tick late (outcome = the context frame), and such probes are not counted
-    assert f["counted"] >= 2, "real turns of 15 degrees must give clearly different frames"
+    # the player stands still before each probe, and each real turn shows in its own tick (the env waits
+    # for a stalled game), so the four real outcomes of 15-degree turns are clearly different frames
+    assert f["counted"] >= 10, f"only {f['counted']} of 12 probe turns gave distinct real outcomes"
     r = res["revisit"]
     # the real game comes back to its first view after a full turn; a half turn shows another view
     assert r["real_return_psnr"] > r["real_half_turn_psnr"] + 3, r

@@ -104,12 +104,27 @@ def test_seeded_start(env):
 
 def test_twenty_hertz_and_truncation(env):
     env.reset(seed=14)
-    t0 = time.perf_counter()
+    t0, waited = time.perf_counter(), 0.0
     for i in range(40):
         obs, r, terminated, truncated, info = env.step(act(forward=i % 2))
-    dt = time.perf_counter() - t0
+        waited += info["waited"]  # a stalled game holds the tick until it has drawn the action
+    dt = time.perf_counter() - t0 - waited
     assert truncated and not terminated and r == 0.0
-    assert 40 * 0.05 * 0.95 < dt < 40 * 0.05 * 1.3, f"40 ticks took {dt:.2f} s"
+    assert 40 * 0.05 * 0.95 < dt < 40 * 0.05 * 1.3, f"40 ticks took {dt:.2f} s besides {waited:.2f} s of waits"
+
+
+def test_every_turn_shows_in_its_own_tick(env):
+    # after a still spell the game now and then stalled and a turn showed a tick late (the frame equal to
+    # the last one); the env waits until the game has drawn two frames since the tick's input
+    env.reset(seed=15)
+    for i in range(16):
+        if i % 8 == 0:
+            obs, _ = settle(env, 8)
+        cam = [[0.0, 6.0], [0.0, -6.0], [-6.0, 0.0], [6.0, 0.0]][i % 4]
+        new, *_, info = env.step(act(camera=cam))
+        assert info["frames"] >= 2 and info["waited"] < env.max_wait, info
+        assert np.abs(new.astype(int) - obs).mean() > 1.0, f"turn {i} ({cam}) did not show in its tick"
+        obs = new
 
 
 def test_bad_actions_get_clear_errors(env):

@@ -366,8 +366,8 @@ def revisit_eval(cfg, bundle, rng) -> dict:
                 frames.append(env.step(minerl_actions.noop())[0])
             frames, acts = frames[-W:], [minerl_actions.noop() for _ in range(W - 1)]
             real = [env.step(turn)[0] for _ in range(n)]
-            # after a still spell the real game sometimes shows a turn a tick late: one more still tick lets
-            # the last turn land before the return is judged
+            # one still tick more before the return is judged (added when a stalled game could show a turn a
+            # tick late; the env now waits for the game to draw each tick's input, so this is only a margin)
             real[-1] = env.step(minerl_actions.noop())[0]
             sim.reset([0], np.stack(frames)[None], stack_actions([stack_actions(acts)]), rng.standard_normal((1, W, *shape)))
             model = [sim.step(stack_actions([turn]), rng.standard_normal((1, *shape)),

@@ -311,6 +311,8 @@ def following_eval(cfg, bundle, rng) -> dict:
     shape = sim.latent_shape
     hits = {n: 0 for n in names}
     counted = {n: 0 for n in names}
+    # confusion[taken][closest]: whose real outcome the frame generated for `taken` was closest to
+    confusion = {n: {m: 0 for m in names} for n in names}
     probes = 0
     for ctx, ctx_a, probe, outcomes in tqdm(_real_probes(cfg, W), total=int(cfg.probes), desc="action following"):
         B = len(names)
@@ -326,14 +328,18 @@ def following_eval(cfg, bundle, rng) -> dict:
             if min(np.abs(real[i].astype(float) - real[j]).mean() for j in others) <= differ:
                 continue  # this action's real outcome is not distinguishable from another's: not counted
             counted[n] += 1
-            hits[n] += int(np.argmax(psnr_np(gen[i][None], real)) == i)
+            closest = int(np.argmax(psnr_np(gen[i][None], real)))
+            hits[n] += int(closest == i)
+            confusion[n][names[closest]] += 1
     total = sum(counted.values())
     res = {"accuracy": sum(hits.values()) / total if total else None, "counted": total, "probes": probes,
            "per_action": {n: {"accuracy": hits[n] / counted[n] if counted[n] else None, "counted": counted[n]}
-                          for n in names}, "chance": 1 / len(names)}
+                          for n in names}, "chance": 1 / len(names), "confusion": confusion}
     print(f"action following: {res['accuracy'] if total else float('nan'):.3f} over {total} counted "
           f"(chance {res['chance']:.2f}): " + ", ".join(f"{n} {v['accuracy'] if v['accuracy'] is not None else float('nan'):.2f}"
                                                        for n, v in res["per_action"].items()))
+    print("  closest real outcome, by action taken: " + "; ".join(
+        f"{n} -> " + " ".join(f"{m}:{c}" for m, c in row.items() if c) for n, row in confusion.items()))
     return res
 
 

@@ -98,3 +98,47 @@ def test_memory_is_constant_over_a_long_rollout(random_bundle):
     grown = _rss_mb() - before
     assert sim.cache.k.data_ptr() == k_ptr and sim.cache.nbytes() == k_bytes  # same preallocated buffer
     assert grown < 8, f"resident memory grew by {grown:.1f} MiB over 600 steps"
+
+
+def test_guidance_extrapolates_along_the_action(random_bundle):
+    b = random_bundle
+    rng = np.random.default_rng(1)
+    sims = {1.0: WorldSimulator(b, 2, sampling_steps=1)}
+    for g in (0.0, 2.0):
+        with pytest.warns(UserWarning, match="action_dropout"):  # this random model never learned it
+            sims[g] = WorldSimulator(b, 2, sampling_steps=1, guidance=g)
+    shape = sims[1.0].latent_shape
+    ctx = np.repeat(b.start_frames[:1].numpy(), 2, 0)
+    ctx_a = np.repeat(b.start_actions[:1].numpy(), 2, 0)
+    cn = rng.standard_normal((1, W, *shape)).repeat(2, 0)
+    noise = rng.standard_normal((1, *shape)).repeat(2, 0)
+    out = {}
+    for g, sim in sims.items():  # both rows share context and noise; only the action differs
+        sim.reset([0, 1], ctx, ctx_a, cn)
+        out[g] = sim.step(np.array([1, 4]), noise, np.zeros((2, *shape)), decode=False).latents
+    # guidance 0 is the action-free prediction: two actions give the same frame; guidance 1 does not
+    torch.testing.assert_close(out[0.0][0], out[0.0][1])
+    assert (out[1.0][0] - out[1.0][1]).abs().max() > 1e-3
+    # one Euler step is affine in the network output: guidance 2 lies as far past 1 as 1 lies past 0
+    torch.testing.assert_close(out[2.0], 2 * out[1.0] - out[0.0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="guidance"):
+        WorldSimulator(b, 1, guidance=float("nan"))
+
+
+def test_action_dropout_hides_actions_from_the_loss():
+    torch.manual_seed(0)
+    dit = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=2, heads=2,
+                             context_frames=W), std=0.15)
+    B, T = 2, W + 1
+    z = torch.randn(B, T, 4, 8, 8)
+    has = torch.ones(B, T, dtype=torch.bool)
+    zeros = torch.zeros(B, T)
+    losses = {}
+    for p in (0.0, 1.0):
+        edm = EDM(EDMConfig(action_dropout=p))
+        for k in (1, 4):
+            acts = torch.full((B, T), k, dtype=torch.long)
+            losses[p, k] = edm.loss(dit, z, acts, has, zeros, zeros.bool(), has,
+                                    generator=torch.Generator().manual_seed(3))[0].item()
+    assert losses[0.0, 1] != losses[0.0, 4]  # the action matters ...
+    assert losses[1.0, 1] == losses[1.0, 4]  # ... unless every frame's action is dropped

@@ -29,6 +29,10 @@ class EDMConfig:
     context_noise: float = 0.05  # inference: noise level added to each generated frame before it becomes context
     reward_pos_weight: float = 10.0  # training: weight of transitions with |reward| > 0.5 in the reward loss
     # (achievements are rare, about 1 step in 100 in Crafter: unweighted, the head learns to predict ~0)
+    action_dropout: float = 0.0  # training: share of frames whose action is hidden (the null embedding),
+    # so the model also learns the action-free prediction that classifier-free guidance extrapolates from
+    guidance: float = 1.0  # inference: classifier-free guidance on the action (1 = off; > 1 needs a model
+    # trained with action_dropout > 0, and costs a second network pass per sampling step)
 
 
 class EDM:
@@ -77,6 +81,9 @@ class EDM:
         """z: (B, T, C, h, w) clean normalised latents. Returns total loss and its parts."""
         B, T = z.shape[:2]
         sigma, is_target = self.sample_sigmas(B, T, z.device, generator)
+        if self.cfg.action_dropout > 0:
+            keep = torch.rand(B, T, device=z.device, generator=generator) >= self.cfg.action_dropout
+            has_action = has_action & keep
         noise = torch.randn(z.shape, device=z.device, generator=generator)
         x = z + self._bc(sigma, z) * noise
         inp, c_noise = self.model_input(x, sigma)

@@ -54,6 +54,18 @@ def _opt(cfg, key):
     return ENVS[cfg.env][key] if v is None else v
 
 
+def _opt_cn(cfg):
+    """Inference context-noise level: the config's, else the bundle's (None)."""
+    v = cfg.get("context_noise")
+    return None if v is None else float(v)
+
+
+def _opt_g(cfg):
+    """Classifier-free guidance on the action: the config's, else the bundle's (None)."""
+    v = cfg.get("guidance")
+    return None if v is None else float(v)
+
+
 def _step_of(actions, h):
     """Column h of a batch of action sequences (an array, or a dict of them)."""
     return {k: v[:, h] for k, v in actions.items()} if isinstance(actions, dict) else actions[:, h]
@@ -118,7 +130,7 @@ def evaluate(cfg):
     rng.shuffle(starts)
     starts = starts[: cfg.windows]
     B = min(cfg.batch_size, len(starts))
-    sim = WorldSimulator(bundle, B, cfg.sampling_steps)
+    sim = WorldSimulator(bundle, B, cfg.sampling_steps, _opt_cn(cfg), guidance=_opt_g(cfg))
     shape = sim.latent_shape
     model_mse, copy_mse = np.zeros((len(starts), H)), np.zeros((len(starts), H))
     rew_pred, rew_true, term_pred, term_true = [], [], [], []
@@ -307,7 +319,7 @@ def following_eval(cfg, bundle, rng) -> dict:
     W = bundle.dit.config.context_frames
     differ = float(_opt(cfg, "differ"))
     names = list(CRAFTER_PROBE if cfg.env == "crafter" else _minetest_probe(1.0))
-    sim = WorldSimulator(bundle, len(names), cfg.sampling_steps)
+    sim = WorldSimulator(bundle, len(names), cfg.sampling_steps, _opt_cn(cfg), guidance=_opt_g(cfg))
     shape = sim.latent_shape
     hits = {n: 0 for n in names}
     counted = {n: 0 for n in names}
@@ -355,7 +367,7 @@ def revisit_eval(cfg, bundle, rng) -> dict:
     W, n = bundle.dit.config.context_frames, int(cfg.revisit_turns)
     turn = minerl_actions.noop()
     turn["camera"] = np.array([0.0, 360.0 / n], np.float32)
-    sim = WorldSimulator(bundle, 1, cfg.sampling_steps)
+    sim = WorldSimulator(bundle, 1, cfg.sampling_steps, _opt_cn(cfg), guidance=_opt_g(cfg))
     shape = sim.latent_shape
     rows = []
     env = RealMinetestEnv()
@@ -428,6 +440,7 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     real_ref = _frame_bank(eps[half:] or eps, int(cfg.bank_frames) // 4, rng)
     env_id = {"crafter": "worldsim/Crafter-v0", "minetest": "worldsim/Minetest-v0"}[cfg.env]
     env = gym.make(env_id, bundle=str(bundle.path), device=cfg.device, sampling_steps=cfg.sampling_steps,
+                   context_noise=_opt_cn(cfg), guidance=_opt_g(cfg),
                    termination_threshold=2.0, horizon=steps + 1)  # one unbroken rollout
     agent = make_agent("explorer", env.action_space, seed=cfg.seed)
     obs, _ = env.reset(seed=int(cfg.seed))

@@ -9,6 +9,7 @@ seeded env is reproducible and the tests can replay the exact same noise through
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +37,20 @@ class StepResult:
 
 class WorldSimulator:
     def __init__(self, bundle: Bundle, batch_size: int, sampling_steps: int | None = None,
-                 context_noise: float | None = None, frame_size: tuple[int, int] | None = None):
+                 context_noise: float | None = None, frame_size: tuple[int, int] | None = None,
+                 guidance: float | None = None):
         self.bundle, self.B = bundle, batch_size
         self.dit, self.edm, self.codec = bundle.dit, bundle.edm, bundle.codec
         self.spec = self.dit.config.action_spec
         self.window = self.dit.config.context_frames
         self.steps = sampling_steps or self.edm.cfg.sampling_steps
         self.context_noise = self.edm.cfg.context_noise if context_noise is None else float(context_noise)
+        self.guidance = float(self.edm.cfg.guidance if guidance is None else guidance)
+        if not np.isfinite(self.guidance) or self.guidance < 0:
+            raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+        if self.guidance != 1.0 and self.edm.cfg.action_dropout <= 0:
+            warnings.warn(f"guidance={self.guidance} on a model trained without action_dropout: its action-free "
+                          "prediction was never trained, so guidance extrapolates from noise")
         # frame_size: run at another size than the model trained at (the VAE is convolutional and positions
         # are rotary, so nothing in those weights fixes the size; a tile autoencoder is tied to its grid)
         H, W = frame_size if frame_size is not None else bundle.env["frame_shape"][:2]
@@ -93,7 +101,11 @@ class WorldSimulator:
 
         def denoise(x, sigma):
             inp, c_noise = self.edm.model_input(x, sigma)
-            return self.edm.denoised(x, sigma, self.dit.forward_cached(inp, c_noise, a, has, self.cache, t).out)
+            raw = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t).out
+            if self.guidance != 1.0:  # classifier-free guidance: push past the action-free prediction
+                free = self.dit.forward_cached(inp, c_noise, a, ~has, self.cache, t).out
+                raw = free + self.guidance * (raw - free)
+            return self.edm.denoised(x, sigma, raw)
 
         z = self.edm.sample(denoise, self._t(noise), self.steps)
         # commit: the new frame, lightly noised as context always is, goes into the cache at time t

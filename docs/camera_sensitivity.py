@@ -1,6 +1,6 @@
 """How much does a Minetest model's next frame depend on the camera action?
 
-    python docs/camera_sensitivity.py [BUNDLE]     (default: the shipped model)
+    python docs/camera_sensitivity.py [BUNDLE [GUIDANCE]]     (default: the shipped model, its guidance)
 
 From each of the bundle's start states, with the same noise, it generates the next frame for the four
 probe turns of `worldsim eval` (yaw and pitch +-6 degrees) and prints their mean absolute difference beside
@@ -21,7 +21,7 @@ b = load_bundle(sys.argv[1] if len(sys.argv) > 1 else "worldsim/assets/minetest"
 W = b.dit.config.context_frames
 turns = stack_actions(list(_minetest_probe(6.0).values()))
 B = len(turns["camera"])
-sim = WorldSimulator(b, B, None)
+sim = WorldSimulator(b, B, None, guidance=float(sys.argv[2]) if len(sys.argv) > 2 else None)
 shape = sim.latent_shape
 rng = np.random.default_rng(0)
 act_d, noise_d = [], []

@@ -46,10 +46,11 @@ def bench_real(env_name: str, steps: int, latency_trials: int = 0) -> tuple[floa
     return n / t, latency
 
 
-def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_name: str = "crafter") -> dict:
+def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_name: str = "crafter",
+                guidance: float | None = None) -> dict:
     import worldsim  # noqa: F401
 
-    kw = {"device": device, "termination_threshold": 2.0}  # never end episodes: measure steady stepping
+    kw = {"device": device, "termination_threshold": 2.0, "guidance": guidance}  # never end episodes: steady stepping
     if bundle:
         kw["bundle"] = bundle
     env_id = ENV_IDS[env_name][0]
@@ -93,7 +94,7 @@ def bench(cfg):
         if device == "cuda" and not torch.cuda.is_available():
             continue
         for b in cfg.batch_sizes:
-            r = bench_model(cfg.bundle, device, int(b), int(cfg.steps), int(cfg.warmup), cfg.env)
+            r = bench_model(cfg.bundle, device, int(b), int(cfg.steps), int(cfg.warmup), cfg.env, cfg.get("guidance"))
             r["device"] = device
             r["vs_real"] = r["env_steps_per_s"] / real
             results["model"].append(r)

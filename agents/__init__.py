@@ -8,12 +8,15 @@ from .random_agent import RandomAgent
 AGENTS = {"random": RandomAgent, "explorer": CrafterExplorer, "minetest_explorer": MinetestExplorer}
 
 
-def make_agent(name: str, action_space, seed: int | None = None):
-    """`explorer` picks the scripted explorer that fits the action space (Crafter's or the MineRL Dict)."""
+def make_agent(name: str, action_space, seed: int | None = None, detour: float = 0.0):
+    """`explorer` picks the scripted explorer that fits the action space (Crafter's or the MineRL Dict).
+    `detour` is the Crafter explorer's share of one-step detours from a held move (other agents: ignored)."""
     if name == "explorer" and isinstance(action_space, gym.spaces.Dict):
         name = "minetest_explorer"
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}; choose one of {sorted(AGENTS)}")
+    if name == "explorer":
+        return CrafterExplorer(action_space, seed=seed, detour=float(detour))
     return AGENTS[name](action_space, seed=seed)
 
 

@@ -5,6 +5,12 @@ A uniformly random policy jitters in place and rarely sees much. This one holds 
 hits what is in front ("do": trees, stone, water, cows, zombies) before turning away; it places stone,
 tables, furnaces and saplings, tries every craft, and sleeps for long stretches now and then (night,
 waking up). Deaths come from zombies, skeletons, lava, starvation and thirst along the way.
+
+``detour`` (share of held-move steps): take one other move or a noop instead, then resume the held move.
+Without it, a move is nearly always the move of the step before, which the context frames already show
+scrolling, so a world model can predict the scroll without reading the action (the Minetest explorer's
+camera flicks answer the same problem). `worldsim collect` sets it; eval's held-out episodes keep 0, so
+they stay the same as before.
 """
 from __future__ import annotations
 
@@ -17,9 +23,12 @@ CRAFT = tuple(range(11, 17))
 
 
 class CrafterExplorer:
-    def __init__(self, action_space, seed: int | None = None, blocked_threshold: float = 1.5):
+    def __init__(self, action_space, seed: int | None = None, blocked_threshold: float = 1.5, detour: float = 0.0):
+        if not 0.0 <= detour < 1.0:
+            raise ValueError(f"detour must be a share in [0, 1), got {detour}")
         self.rng = np.random.default_rng(seed)
         self.blocked_threshold = blocked_threshold
+        self.detour = detour
         self.reset()
 
     def reset(self):
@@ -55,4 +64,9 @@ class CrafterExplorer:
             self.plan = self._new_plan()
         self.prev_obs = obs
         self.last = self.plan.pop(0)
+        # (no rng draw when detour is 0, so episodes collected before detours existed stay reproducible)
+        if self.detour and self.last in MOVES and self.plan and self.plan[0] == self.last \
+                and self.rng.random() < self.detour:
+            self.plan.insert(0, self.last)  # the held move resumes after this one step
+            self.last = int(self.rng.choice([a for a in (NOOP,) + MOVES if a != self.last]))
         return self.last

@@ -110,3 +110,28 @@ def test_dict_action_episode_roundtrip_and_windows(tmp_path):
     assert not first["has_action"][0] and first["actions"]["camera"][0].abs().sum() == 0
     with pytest.raises(ValueError, match="action\\$forward has length"):
         write_episode(path, frames, {"forward": np.zeros(T - 1)}, np.zeros(T), np.zeros(T, bool))
+
+
+def test_explorer_detours_break_held_moves_and_default_is_unchanged():
+    import gymnasium as gym
+
+    from worldsim.agents import make_agent
+    from worldsim.agents.explorer import MOVES
+
+    # the policy alone, fed frames that always change (never "blocked"), so only its own rng decides;
+    # (real Crafter's world generation differs between games in one process unless PYTHONHASHSEED is fixed)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+
+    def play(detour, n=3000):
+        agent = make_agent("explorer", gym.spaces.Discrete(17), seed=1, detour=detour)
+        return [agent.act(frames[t % 2]) for t in range(n)]
+
+    def switches(acts):  # a move right after another move: how often it is a different one
+        pairs = [(a, b) for a, b in zip(acts, acts[1:]) if a in MOVES and b in MOVES]
+        return sum(a != b for a, b in pairs) / len(pairs)
+
+    plain, detoured = play(0.0), play(0.3)
+    assert plain == play(0.0)
+    assert switches(plain) < 0.1 and switches(detoured) > switches(plain) + 0.2
+    with pytest.raises(ValueError, match="detour"):
+        make_agent("explorer", gym.spaces.Discrete(17), detour=1.5)

@@ -20,7 +20,8 @@ def test_psnr():
 
 def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     out = tmp_path / "eval.json"
-    res = run_job("eval", [f"bundle={bundle}", f"data={dataset}", "windows=4", "batch_size=2", "stride=4",
+    res = run_job("eval", [f"bundle={bundle}", f"data={dataset}", f"cache_dir={tmp_path / 'heldout'}", "windows=4",
+                           "batch_size=2", "stride=4",
                            "horizons=[1,2,4]", f"out={out}", f"plot={tmp_path / 'curve.png'}", f"grid={tmp_path / 'grid.png'}", "grid_rows=2",
                            "probes=4", "probe_every=5", "max_steps=60", "stability_steps=30", "stability_block=10",
                            "bank_frames=64", f"stability_strip={tmp_path / 'strip.png'}",
@@ -44,6 +45,9 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     f = res["following"]  # noop + 4 moves from the same real context, real outcomes from deepcopies
     assert f["probes"] == 4 and set(f["per_action"]) == {"noop", "move_left", "move_right", "move_up", "move_down"}
     assert 0 < f["counted"] <= 20 and 0 <= f["accuracy"] <= 1
+    moves = f["by_context_action"]  # the 4 move probes, split by whether they repeat the context's last action
+    assert moves["repeat"]["counted"] + moves["change"]["counted"] == f["counted"] - f["per_action"]["noop"]["counted"]
+    assert (tmp_path / "heldout" / "following_probes.npz").exists()
     st = res["stability"]
     assert st["steps"] == 30 and len(st["blocks"]) == 3 and st["blocks"][2]["steps"] == [21, 30]
     assert 5 < st["real_reference"]["nn_psnr"] < 100 and all(0 < b["nn_psnr"] < 100 for b in st["blocks"])
@@ -74,3 +78,31 @@ def test_bench_reports_model_and_real_crafter(bundle, tmp_path):
     assert set(rows) == {1, 3} and all(r["device"] == "cpu" for r in rows.values())
     assert abs(rows[3]["env_steps_per_s"] - 3 * rows[3]["steps_per_s"]) < 1e-6
     assert json.loads(out.read_text())["model"][0]["batch"] == 1
+
+
+def test_following_probes_are_kept_on_disk_and_reprobed_when_stale_or_corrupt(tmp_path, monkeypatch):
+    import pytest
+
+    from worldsim import evaluate
+    from worldsim.cli import load_config
+
+    cfg = load_config("eval", [f"cache_dir={tmp_path}", "probes=2", "probe_every=5", "max_steps=40"])
+    first = evaluate.cached_probes(cfg, 4)
+    assert len(first) == 2 and first[0][0].shape == (4, 64, 64, 3) and first[0][1].shape == (3,)
+    assert set(first[0][3]) == set(evaluate.CRAFTER_PROBE)
+    real = evaluate._real_probes
+
+    def no_probing(*a, **k):
+        raise AssertionError("probed the real game although the cache holds these probes")
+
+    monkeypatch.setattr(evaluate, "_real_probes", no_probing)
+    again = evaluate.cached_probes(cfg, 4)  # the same probes, from disk
+    for (c1, a1, _, o1), (c2, a2, _, o2) in zip(first, again):
+        np.testing.assert_array_equal(c1, c2), np.testing.assert_array_equal(a1, a2)
+        assert all(np.array_equal(o1[n], o2[n]) for n in o1)
+    monkeypatch.setattr(evaluate, "_real_probes", real)
+    cfg3 = load_config("eval", [f"cache_dir={tmp_path}", "probes=3", "probe_every=5", "max_steps=40"])
+    assert len(evaluate.cached_probes(cfg3, 4)) == 3  # other settings: probed afresh
+    (tmp_path / "following_probes.npz").write_bytes(b"not an npz")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert len(evaluate.cached_probes(cfg, 4)) == 2

@@ -159,7 +159,8 @@ def test_play_minetest_compare_drives_the_real_game(minetest_bundle, tmp_path):
 def test_eval_minetest_camera_following_revisit_and_stability(minetest_bundle, minetest_dataset, tmp_path):
     from worldsim.cli import run_job
 
-    res = run_job("eval", ["env=minetest", f"bundle={minetest_bundle}", f"data={minetest_dataset}", "windows=2",
+    res = run_job("eval", ["env=minetest", f"bundle={minetest_bundle}", f"data={minetest_dataset}",
+                           f"cache_dir={tmp_path / 'heldout'}", "windows=2",
                            "batch_size=2", "stride=4", "horizons=[1,2]", "probes=3", "probe_every=30", "max_steps=100", "turn_degrees=15",
                            "revisit_turns=8", "revisit_trials=1", "stability_steps=12", "stability_block=6",
                            "bank_frames=32", f"out={tmp_path / 'e.json'}"])

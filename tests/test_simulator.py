@@ -125,6 +125,25 @@ def test_guidance_extrapolates_along_the_action(random_bundle):
         WorldSimulator(b, 1, guidance=float("nan"))
 
 
+def test_guided_batch_rows_each_see_their_own_context(random_bundle):
+    # guidance stacks the batch with and without its action in one pass over the shared cache: each row,
+    # guided, must equal that row run alone (a row mix-up in the stacked cache would not)
+    b, rng = random_bundle, np.random.default_rng(2)
+    with pytest.warns(UserWarning, match="action_dropout"):
+        both = WorldSimulator(b, 2, sampling_steps=2, guidance=2.5)
+        alone = WorldSimulator(b, 1, sampling_steps=2, guidance=2.5)
+    shape = both.latent_shape
+    ctx, ctx_a = b.start_frames[:2].numpy(), b.start_actions[:2].numpy()
+    assert not np.array_equal(ctx[0], ctx[1])
+    cn, noise = rng.standard_normal((2, W, *shape)), rng.standard_normal((2, *shape))
+    both.reset([0, 1], ctx, ctx_a, cn)
+    got = both.step(np.array([1, 4]), noise, np.zeros((2, *shape)), decode=False).latents
+    for i, act in enumerate((1, 4)):
+        alone.reset([0], ctx[i:i + 1], ctx_a[i:i + 1], cn[i:i + 1])
+        ref = alone.step(np.array([act]), noise[i:i + 1], np.zeros((1, *shape)), decode=False).latents
+        torch.testing.assert_close(got[i:i + 1], ref, rtol=1e-4, atol=1e-4)
+
+
 def test_action_dropout_hides_actions_from_the_loss():
     torch.manual_seed(0)
     dit = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=2, heads=2,

@@ -37,7 +37,7 @@ def _rollout(job: dict) -> dict:
 
     env = _make_real_env(job["env"], size=job["size"], length=job["max_steps"])
     try:
-        agent = make_agent(job["agent"], env.action_space, seed=job["world_seed"])
+        agent = make_agent(job["agent"], env.action_space, seed=job["world_seed"], detour=job.get("detour", 0.0))
         obs, info = env.reset(seed=job["world_seed"])
         agent.reset()
         frames, actions, rewards, terms = [obs], [], [], []
@@ -61,7 +61,7 @@ def _rollout(job: dict) -> dict:
     path = Path(job["out"]) / job["file"]
     write_episode(path, np.stack(frames), acts, rewards, terms, seed=job["world_seed"])
     return {"file": job["file"], "index": job["index"], "split": job["split"], "seed": job["world_seed"],
-            "agent": job["agent"], "steps": len(actions), "terminated": bool(terms[-1]),
+            "agent": job["agent"], "detour": job.get("detour", 0.0), "steps": len(actions), "terminated": bool(terms[-1]),
             "return": float(np.sum(rewards)), "action_counts": counts,
             "achievements": {k: int(v) for k, v in achievements.items() if v}}
 
@@ -171,7 +171,8 @@ def collect(cfg) -> dict:
                 have[i] = entry
                 continue
             jobs.append({"env": cfg.env, "size": size, "max_steps": cfg.max_steps, "agent": cfg.agent,
-                         "world_seed": seed, "index": i, "split": split, "out": str(root),
+                         "detour": float(cfg.get("detour") or 0.0), "world_seed": seed, "index": i, "split": split,
+                         "out": str(root),
                          "file": str(episode_path(root, i).relative_to(root))})
     if have:
         print(f"resuming: {len(have)} episodes already on disk, {len(jobs)} to collect")

@@ -95,7 +95,7 @@ def heldout_episodes(cfg):
     out = Path(_opt(cfg, "cache_dir"))
     collect(OmegaConf.create({"env": cfg.env, "out": str(out), "episodes": _opt(cfg, "episodes"),
                               "workers": cfg.workers, "max_steps": _opt(cfg, "max_steps"), "agent": "explorer",
-                              "seed": cfg.seed, "test_every": 1, "size": None}))
+                              "detour": 0.0, "seed": cfg.seed, "test_every": 1, "size": None}))
     return load_episodes(out, split="test")
 
 
@@ -314,6 +314,46 @@ def _real_probes(cfg, W: int):
         env.close()
 
 
+def _probe_key(cfg, W: int) -> str:
+    keys = ("env", "seed", "probes", "probe_every", "max_steps", "settle", "turn_degrees")
+    return json.dumps({"W": W, **{k: _opt(cfg, k) if k == "max_steps" else cfg.get(k) for k in keys}}, sort_keys=True)
+
+
+def cached_probes(cfg, W: int) -> list:
+    """The real probes of `_real_probes`, kept in CACHE_DIR/following_probes.npz (keyed by the probe settings).
+
+    Real Crafter is not reproducible inside one process (its engine iterates sets of objects, whose order
+    follows memory addresses): two runs of the same probes counted 430 and 444 outcomes and gave following
+    figures 2 points apart with the same model. Probing once and keeping the probes on disk makes two models'
+    figures comparable (Minetest's real-time probes take minutes to make as well). `probe_cache=false` probes
+    afresh; an unreadable or stale file is probed again, with a warning when unreadable."""
+    import warnings
+
+    from worldsim.data import atomic_write_bytes
+
+    path, key = Path(_opt(cfg, "cache_dir")) / "following_probes.npz", _probe_key(cfg, W)
+    if cfg.get("probe_cache", True) and path.exists():
+        try:
+            with np.load(path) as z:
+                if str(z["key"]) == key:
+                    n, probe = len(z["ctx"]), (CRAFTER_PROBE if cfg.env == "crafter"
+                                               else _minetest_probe(float(cfg.turn_degrees)))
+                    acts = {k[7:]: z[k] for k in z.files if k.startswith("action$")}
+                    return [(z["ctx"][i], {k: v[i] for k, v in acts.items()} if "action" not in z.files
+                             else z["action"][i], probe, dict(zip(probe, z["outcomes"][i]))) for i in range(n)]
+        except Exception as e:  # a damaged cache costs a new probe run, never the eval
+            warnings.warn(f"following probe cache {path} unreadable ({e}); probing the real game again")
+    probes = [(c, stack_actions(a), p, o) for c, a, p, o in
+              tqdm(_real_probes(cfg, W), total=int(cfg.probes), desc="real probes")]
+    if cfg.get("probe_cache", True) and probes:
+        arrays = {"key": np.array(key), "ctx": np.stack([p[0] for p in probes]),
+                  "outcomes": np.stack([np.stack([p[3][n] for n in p[2]]) for p in probes])}
+        a = stack_actions([p[1] for p in probes])
+        arrays.update({f"action${k}": v for k, v in a.items()} if isinstance(a, dict) else {"action": a})
+        atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
+    return probes
+
+
 def following_eval(cfg, bundle, rng) -> dict:
     """Share of probe actions whose generated frame is closest (PSNR) to that action's real outcome."""
     W = bundle.dit.config.context_frames
@@ -325,10 +365,13 @@ def following_eval(cfg, bundle, rng) -> dict:
     counted = {n: 0 for n in names}
     # confusion[taken][closest]: whose real outcome the frame generated for `taken` was closest to
     confusion = {n: {m: 0 for m in names} for n in names}
+    # Crafter: move probes' hits split by whether the move repeats the context's last action (the explorer holds moves,
+    # so a model that continues the context's motion instead of reading the action scores on repeats only)
+    repeat = {"repeat": [0, 0], "change": [0, 0]}
     probes = 0
-    for ctx, ctx_a, probe, outcomes in tqdm(_real_probes(cfg, W), total=int(cfg.probes), desc="action following"):
+    for ctx, ctx_a, probe, outcomes in tqdm(cached_probes(cfg, W), desc="action following"):
         B = len(names)
-        rows_a = [stack_actions(ctx_a)] * B
+        rows_a = [ctx_a] * B
         noise = rng.standard_normal((1, W, *shape)).repeat(B, 0)  # same noise for every row: only the action differs
         sim.reset(range(B), np.repeat(ctx[None], B, 0), stack_actions(rows_a), noise)
         step_noise = rng.standard_normal((1, *shape)).repeat(B, 0)
@@ -343,13 +386,22 @@ def following_eval(cfg, bundle, rng) -> dict:
             closest = int(np.argmax(psnr_np(gen[i][None], real)))
             hits[n] += int(closest == i)
             confusion[n][names[closest]] += 1
+            if cfg.env == "crafter" and n != "noop":
+                r = repeat["repeat" if int(np.asarray(ctx_a[-1])) == int(probe[n]) else "change"]
+                r[0], r[1] = r[0] + int(closest == i), r[1] + 1
     total = sum(counted.values())
     res = {"accuracy": sum(hits.values()) / total if total else None, "counted": total, "probes": probes,
            "per_action": {n: {"accuracy": hits[n] / counted[n] if counted[n] else None, "counted": counted[n]}
                           for n in names}, "chance": 1 / len(names), "confusion": confusion}
+    if cfg.env == "crafter":
+        res["by_context_action"] = {k: {"accuracy": h / c if c else None, "counted": c} for k, (h, c) in repeat.items()}
     print(f"action following: {res['accuracy'] if total else float('nan'):.3f} over {total} counted "
           f"(chance {res['chance']:.2f}): " + ", ".join(f"{n} {v['accuracy'] if v['accuracy'] is not None else float('nan'):.2f}"
                                                        for n, v in res["per_action"].items()))
+    if "by_context_action" in res:
+        print("  move probes repeating the context's last action / another: " + " / ".join(
+            f"{v['accuracy'] if v['accuracy'] is not None else float('nan'):.3f} of {v['counted']}"
+            for v in res["by_context_action"].values()))
     print("  closest real outcome, by action taken: " + "; ".join(
         f"{n} -> " + " ".join(f"{m}:{c}" for m, c in row.items() if c) for n, row in confusion.items()))
     return res

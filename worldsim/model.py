@@ -184,7 +184,7 @@ class Attention(nn.Module):
         if cache is None:
             out = attention(q, k, v, mask)
         else:  # one new frame: write its keys/values into the scratch slot, attend over window + itself
-            out = attention(q, *cache.write_scratch(layer, k, v), cache.attn_mask())
+            out = attention(q, *cache.write_scratch(layer, k, v), cache.attn_mask(q.shape[0]))
             if commit_slot is not None:
                 cache.commit(layer, commit_slot)
         return self.proj(rearrange(out, "b h (t n) d -> b t n (h d)", t=T)), kv
@@ -332,6 +332,8 @@ class WorldDiT(ModelMixin, ConfigMixin):
         c = self._cond(c_noise[:, None], actions[:, None] if not isinstance(actions, dict)
                        else {k: v[:, None] for k, v in actions.items()}, has_action[:, None])
         cos, sin = self.rope(torch.tensor([time]), h // p, w // p)
+        if commit and B != cache.k.shape[1]:
+            raise ValueError(f"a commit pass takes one row per cache row ({cache.k.shape[1]}), got {B}")
         slot = cache.slot(time) if commit else None
         for i, blk in enumerate(self.blocks):
             tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot)
@@ -372,10 +374,22 @@ class KVCache:
         return slice(slot * self.N, (slot + 1) * self.N)
 
     def write_scratch(self, layer, k, v):
-        s = self._span(self.window)
-        self.k[layer, :, :, s] = k
-        self.v[layer, :, :, s] = v
-        return self.k[layer], self.v[layer]
+        """The new frame's keys/values into the scratch slot; returns the window's keys/values to attend over.
+
+        k of r times the cache's batch (r copies of the batch stacked, e.g. with and without the action for
+        classifier-free guidance) attends each copy to the same cached context, in one pass instead of r;
+        the cache itself is left as it was (such a pass cannot commit)."""
+        s, B = self._span(self.window), self.k.shape[1]
+        if k.shape[0] == B:
+            self.k[layer, :, :, s] = k
+            self.v[layer, :, :, s] = v
+            return self.k[layer], self.v[layer]
+        r = k.shape[0] // B
+        if r * B != k.shape[0]:
+            raise ValueError(f"{k.shape[0]} rows do not stack whole copies of the cache's batch of {B}")
+        kk, vv = self.k[layer].repeat(r, 1, 1, 1), self.v[layer].repeat(r, 1, 1, 1)
+        kk[:, :, s], vv[:, :, s] = k, v
+        return kk, vv
 
     def commit(self, layer, slot):
         s, d = self._span(self.window), self._span(slot)
@@ -387,9 +401,11 @@ class KVCache:
         self.valid[rows, self.slot(time)] = True
         self._mask = None
 
-    def attn_mask(self):
+    def attn_mask(self, rows: int | None = None):
         if self._mask is None:  # (B, 1, 1, (window+1)*N), rebuilt only when validity changes
             self._mask = self.valid.repeat_interleave(self.N, dim=1)[:, None, None, :]
+        if rows is not None and rows != self._mask.shape[0]:  # stacked copies of the batch (write_scratch)
+            return self._mask.repeat(rows // self._mask.shape[0], 1, 1, 1)
         return self._mask
 
     def clear(self, rows):

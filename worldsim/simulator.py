@@ -99,11 +99,17 @@ class WorldSimulator:
         a = actions_to_tensor(self.spec, actions, self.device)
         has = torch.ones(self.B, dtype=torch.bool, device=self.device)
 
+        if self.guidance != 1.0:  # the batch twice, with and without its action: one pass, not two
+            a2 = {k: torch.cat([v, v]) for k, v in a.items()} if isinstance(a, dict) else torch.cat([a, a])
+            has2 = torch.cat([has, ~has])
+
         def denoise(x, sigma):
             inp, c_noise = self.edm.model_input(x, sigma)
-            raw = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t).out
-            if self.guidance != 1.0:  # classifier-free guidance: push past the action-free prediction
-                free = self.dit.forward_cached(inp, c_noise, a, ~has, self.cache, t).out
+            if self.guidance == 1.0:
+                raw = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t).out
+            else:  # classifier-free guidance: push past the action-free prediction
+                raw, free = self.dit.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2,
+                                                    self.cache, t).out.chunk(2)
                 raw = free + self.guidance * (raw - free)
             return self.edm.denoised(x, sigma, raw)
 

@@ -322,9 +322,9 @@ def _probe_key(cfg, W: int) -> str:
 def cached_probes(cfg, W: int) -> list:
     """The real probes of `_real_probes`, kept in CACHE_DIR/following_probes.npz (keyed by the probe settings).
 
-    Real Crafter is not reproducible inside one process (its engine iterates sets of objects, whose order
-    follows memory addresses): two runs of the same probes counted 430 and 444 outcomes and gave following
-    figures 2 points apart with the same model. Probing once and keeping the probes on disk makes two models'
+    Real Crafter did not replay the same probes from run to run (even with PYTHONHASHSEED=0): two runs of
+    the same settings counted 430 and 444 outcomes and gave following figures 2 points apart with the same
+    model. Probing once and keeping the probes on disk makes two models'
     figures comparable (Minetest's real-time probes take minutes to make as well). `probe_cache=false` probes
     afresh; an unreadable or stale file is probed again, with a warning when unreadable."""
     import warnings

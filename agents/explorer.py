@@ -8,7 +8,7 @@ waking up). Deaths come from zombies, skeletons, lava, starvation and thirst alo
 
 ``detour`` (share of held-move steps): take one other move or a noop instead, then resume the held move.
 Without it, a move is nearly always the move of the step before, which the context frames already show
-scrolling, so a world model can predict the scroll without reading the action (the Minetest explorer's
+scrolling, so a world model could predict the scroll without reading the action (the Minetest explorer's
 camera flicks answer the same problem). `worldsim collect` sets it; eval's held-out episodes keep 0, so
 they stay the same as before.
 """

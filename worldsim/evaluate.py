@@ -324,9 +324,9 @@ def cached_probes(cfg, W: int) -> list:
 
     Real Crafter did not replay the same probes from run to run (even with PYTHONHASHSEED=0): two runs of
     the same settings counted 430 and 444 outcomes and gave following figures 2 points apart with the same
-    model. Probing once and keeping the probes on disk makes two models'
-    figures comparable (Minetest's real-time probes take minutes to make as well). `probe_cache=false` probes
-    afresh; an unreadable or stale file is probed again, with a warning when unreadable."""
+    model. Probing once and keeping the probes on disk makes two models' figures comparable (Minetest's
+    real-time probes take minutes to make as well). `probe_cache=false` probes afresh; an unreadable or
+    stale file is probed again, with a warning when unreadable."""
     import warnings
 
     from worldsim.data import atomic_write_bytes
@@ -338,9 +338,10 @@ def cached_probes(cfg, W: int) -> list:
                 if str(z["key"]) == key:
                     n, probe = len(z["ctx"]), (CRAFTER_PROBE if cfg.env == "crafter"
                                                else _minetest_probe(float(cfg.turn_degrees)))
-                    acts = {k[7:]: z[k] for k in z.files if k.startswith("action$")}
-                    return [(z["ctx"][i], {k: v[i] for k, v in acts.items()} if "action" not in z.files
-                             else z["action"][i], probe, dict(zip(probe, z["outcomes"][i]))) for i in range(n)]
+                    acts = z["action"] if "action" in z.files else \
+                        {k[len("action$"):]: z[k] for k in z.files if k.startswith("action$")}
+                    return [(z["ctx"][i], index_actions(acts, i), probe, dict(zip(probe, z["outcomes"][i])))
+                            for i in range(n)]
         except Exception as e:  # a damaged cache costs a new probe run, never the eval
             warnings.warn(f"following probe cache {path} unreadable ({e}); probing the real game again")
     probes = [(c, stack_actions(a), p, o) for c, a, p, o in

@@ -56,7 +56,8 @@ class WorldEnv(gym.Env):
     last frame; T <= the model's ``context_frames``), or ``{"image": uint8 (H, W, 3)}``.
     All sampling noise comes from ``np_random``: the same seed, start and actions give the same frames.
     ``guidance=g`` (> 1) samples with classifier-free guidance on the action, for models trained with
-    ``diffusion.action_dropout``: each denoising step runs the network twice.
+    ``diffusion.action_dropout``: each denoising step runs the batch with and without its action (one
+    stacked pass). Default: the bundle's (the shipped Crafter model: 2; ``guidance=1`` turns it off).
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}

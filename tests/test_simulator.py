@@ -15,24 +15,39 @@ from worldsim.simulator import WorldSimulator
 W = 3
 
 
-@pytest.fixture(scope="module")
-def random_bundle(tmp_path_factory):
+def _random_bundle(path, residual=False, ae="tiny"):
     """A bundle with random (untrained) weights, written to disk and loaded back like the shipped one."""
     torch.manual_seed(0)
-    ae = make_autoencoder("tiny")
+    ae = make_autoencoder(ae)
     dit = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=2, heads=2,
                              context_frames=W), std=0.15)
     frames = torch.randint(0, 256, (2, W, 32, 32, 3), dtype=torch.uint8)
     env = {"name": "test", "frame_shape": [32, 32, 3], "action_space": {"type": "discrete", "n": 17},
            "action_meanings": [str(i) for i in range(17)]}
-    path = tmp_path_factory.mktemp("bundle") / "b"
-    write_dir_atomic(path, bundle_files(ae, dit, EDMConfig(context_noise=0.1), (0.0, 1.0), env, frames,
-                                        torch.zeros(2, W - 1, dtype=torch.long)))
+    write_dir_atomic(path, bundle_files(ae, dit, EDMConfig(context_noise=0.1, residual=residual), (0.0, 1.0), env,
+                                        frames, torch.zeros(2, W - 1, dtype=torch.long)))
     assert json.loads((path / "bundle.json").read_text())["world_model"]["context_frames"] == W
     return Bundle(path)
 
 
-def full_recompute(b: Bundle, hist, acts, has, noise, steps):
+@pytest.fixture(scope="module")
+def random_bundle(tmp_path_factory):
+    return _random_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+@pytest.fixture(scope="module")
+def residual_bundle(tmp_path_factory):
+    b = _random_bundle(tmp_path_factory.mktemp("bundle") / "r", residual=True)
+    assert b.edm.cfg.residual
+    return b
+
+
+@pytest.fixture(scope="module")
+def patch_bundle(tmp_path_factory):  # one latent per 8x8 tile: 32x32 frames, a 4x4 grid
+    return _random_bundle(tmp_path_factory.mktemp("bundle") / "p", ae="patch8_tiny")
+
+
+def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None):
     """Denoise the next frame by running the model over the whole history with the sliding-window mask."""
     edm: EDM = b.edm
     T = hist.shape[1] + 1
@@ -44,23 +59,29 @@ def full_recompute(b: Bundle, hist, acts, has, noise, steps):
         sig = torch.cat([ctx_sig, sigma[:, None]], dim=1)
         inp, c_noise = edm.model_input(seq, sig)
         out = b.dit(inp, c_noise, a, has)
-        return edm.denoised(x, sigma, out.out[:, -1])
+        return edm.denoised(x, sigma, out.out[:, -1], prev)
 
-    return edm.sample(denoise, noise, steps)
+    return edm.sample(denoise, noise, steps, prev)
 
 
-def test_cached_rollout_equals_full_recompute(random_bundle):
-    b = random_bundle
+@pytest.mark.parametrize("kind", ["plain", "residual", "one_context_frame"])
+def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bundle):
+    # one_context_frame: the window fills up over the first steps (cache slots masked until written)
+    b = residual_bundle if kind == "residual" else random_bundle
+    T = 1 if kind == "one_context_frame" else W
+    prev = None
     sim = WorldSimulator(b, 1, sampling_steps=3)
     rng = np.random.default_rng(0)
     shape = sim.latent_shape
-    ctx_frames = b.start_frames[:1].numpy()
-    ctx_actions = b.start_actions[:1].numpy()
-    ctx_noise = rng.standard_normal((1, W, *shape))
+    ctx_frames = b.start_frames[:1, :T].numpy()
+    ctx_actions = b.start_actions[:1, :T - 1].numpy()
+    ctx_noise = rng.standard_normal((1, T, *shape))
     z0 = sim.reset([0], ctx_frames, ctx_actions, ctx_noise)
+    if b.edm.cfg.residual:  # the change is from the newest clean latent, not its context-noised copy
+        prev = z0[:, -1]
     hist = z0 + sim.context_noise * torch.as_tensor(ctx_noise, dtype=torch.float32)  # committed context
     acts = np.concatenate([[0], ctx_actions[0]])[None]
-    has = torch.ones(1, W, dtype=torch.bool)
+    has = torch.ones(1, T, dtype=torch.bool)
     has[0, 0] = False
     for step in range(2 * W + 2):  # past the window, so the ring buffer wraps and old frames drop out
         a = np.array([step % 17])
@@ -68,8 +89,10 @@ def test_cached_rollout_equals_full_recompute(random_bundle):
         res = sim.step(a, noise, cn, decode=False)
         acts = np.concatenate([acts, a[None]], axis=1)
         has = torch.cat([has, torch.ones(1, 1, dtype=torch.bool)], dim=1)
-        ref = full_recompute(b, hist, acts, has, torch.as_tensor(noise, dtype=torch.float32), 3)
+        ref = full_recompute(b, hist, acts, has, torch.as_tensor(noise, dtype=torch.float32), 3, prev)
         torch.testing.assert_close(res.latents, ref, rtol=1e-4, atol=1e-4)
+        if prev is not None:
+            prev = ref
         hist = torch.cat([hist, (res.latents + sim.context_noise * torch.as_tensor(cn, dtype=torch.float32))[:, None]], 1)
     assert sim.time > W  # the clock really went past the window
 
@@ -100,7 +123,8 @@ def test_memory_is_constant_over_a_long_rollout(random_bundle):
     assert grown < 8, f"resident memory grew by {grown:.1f} MiB over 600 steps"
 
 
-def test_guidance_extrapolates_along_the_action(random_bundle):
+@pytest.mark.parametrize("T", [W, 1])  # 1: a context shorter than the window (masked cache slots)
+def test_guidance_extrapolates_along_the_action(T, random_bundle):
     b = random_bundle
     rng = np.random.default_rng(1)
     sims = {1.0: WorldSimulator(b, 2, sampling_steps=1)}
@@ -108,9 +132,9 @@ def test_guidance_extrapolates_along_the_action(random_bundle):
         with pytest.warns(UserWarning, match="action_dropout"):  # this random model never learned it
             sims[g] = WorldSimulator(b, 2, sampling_steps=1, guidance=g)
     shape = sims[1.0].latent_shape
-    ctx = np.repeat(b.start_frames[:1].numpy(), 2, 0)
-    ctx_a = np.repeat(b.start_actions[:1].numpy(), 2, 0)
-    cn = rng.standard_normal((1, W, *shape)).repeat(2, 0)
+    ctx = np.repeat(b.start_frames[:1, :T].numpy(), 2, 0)
+    ctx_a = np.repeat(b.start_actions[:1, :T - 1].numpy(), 2, 0)
+    cn = rng.standard_normal((1, T, *shape)).repeat(2, 0)
     noise = rng.standard_normal((1, *shape)).repeat(2, 0)
     out = {}
     for g, sim in sims.items():  # both rows share context and noise; only the action differs
@@ -161,3 +185,38 @@ def test_action_dropout_hides_actions_from_the_loss():
                                     generator=torch.Generator().manual_seed(3))[0].item()
     assert losses[0.0, 1] != losses[0.0, 4]  # the action matters ...
     assert losses[1.0, 1] == losses[1.0, 4]  # ... unless every frame's action is dropped
+
+
+def test_tile_hold_keeps_unchanged_tiles_exactly(patch_bundle, random_bundle):
+    b, rng = patch_bundle, np.random.default_rng(4)
+    with pytest.raises(ValueError, match="patch autoencoder"):
+        WorldSimulator(random_bundle, 1, tile_hold=0.1)  # a VAE's latent cells have no tiles of their own
+    with pytest.raises(ValueError, match="tile_hold"):
+        WorldSimulator(b, 1, tile_hold=float("nan"))
+    ctx, ctx_a = b.start_frames[:1].numpy(), b.start_actions[:1].numpy()
+    sims = {t: WorldSimulator(b, 1, sampling_steps=1, tile_hold=t) for t in (0.0, 1e9)}
+    shape = sims[0.0].latent_shape
+    cn, noise = rng.standard_normal((1, W, *shape)), rng.standard_normal((1, *shape))
+    out = {}
+    for t, sim in sims.items():
+        sim.reset([0], ctx, ctx_a, cn)
+        out[t] = sim.step(np.array([2]), noise, noise).frames[0]
+    assert not np.array_equal(out[0.0], ctx[0, -1])  # off: every tile decoded afresh
+    assert np.array_equal(out[1e9], ctx[0, -1])  # everything held: the context's last frame, bit for bit
+    # in between: a tile is re-decoded once its latent is tile_hold away from the latent it was decoded
+    # from, however slowly it got there
+    tau = 0.5
+    sim = WorldSimulator(b, 1, sampling_steps=1, tile_hold=tau)
+    z0 = sim.reset([0], ctx, ctx_a, cn)[:, -1]
+    decoded = np.zeros((1, 32, 32, 3), np.uint8)  # stands for what the decoder made of the new latents
+    step = torch.zeros_like(z0)
+    step[:, :, 0, 0] = 0.6 * tau  # tile (0, 0) creeps by 0.6 tau a step (RMS over channels)
+    jump = torch.zeros_like(z0)
+    jump[:, :, 1, 1] = 2 * tau  # tile (1, 1) jumps at once
+    f1 = sim._hold(z0 + step + jump, decoded)
+    assert (f1[0, 8:16, 8:16] == 0).all()  # the jump: re-decoded
+    f1[0, 8:16, 8:16] = ctx[0, -1, 8:16, 8:16]
+    assert np.array_equal(f1[0], ctx[0, -1])  # every other tile, the creeping one included: held
+    f2 = sim._hold(z0 + 2 * step + jump, decoded)
+    assert (f2[0, :8, :8] == 0).all()  # 1.2 tau from where it was decoded: re-decoded now
+    assert np.array_equal(f2[0, 16:], ctx[0, -1, 16:])  # untouched tiles still held

@@ -144,3 +144,28 @@ def test_latent_cache_is_reused_and_invalidated(bundle, dataset, tmp_path):
         next(tr.ae.parameters()).add_(0.1)
     tr.cached_latents(tr.train_eps)
     assert calls == [1]
+
+
+def test_residual_fine_tune_starts_as_copy_last(bundle, dataset, tmp_path):
+    """diffusion.residual=true on a bundle trained without it: its output layer (which meant the frame) starts
+    at zero, i.e. at "the next frame is the last one", and the bundle it writes samples residually."""
+    from worldsim.checkpoint import Bundle
+    from worldsim.simulator import WorldSimulator
+
+    tr = run_job("train", [f"data={dataset}", f"run={tmp_path / 'res'}", *TINY_TRAIN, f"init={bundle}",
+                           "diffusion.residual=true", "dit.steps=1", "dit.lr=1e-12"])
+    out = Bundle(tmp_path / "res" / "bundle")
+    assert out.edm.cfg.residual and not Bundle(bundle).edm.cfg.residual
+    assert out.dit.final.linear.weight.abs().max() < 1e-6 and out.dit.final.linear.bias.abs().max() < 1e-6
+    sim = WorldSimulator(out, 2, sampling_steps=1)
+    rng = np.random.default_rng(0)
+    shape = sim.latent_shape
+    z = sim.reset([0, 1], out.start_frames[:2].numpy(), out.start_actions[:2].numpy(),
+                  rng.standard_normal((2, sim.window, *shape)))
+    noise = rng.standard_normal((2, *shape))
+    res = sim.step(np.array([1, 3]), noise, noise, decode=False)
+    s0 = out.edm.sampling_sigmas(1)[0]
+    c_skip = out.edm.scalings(torch.tensor(s0))[0]
+    # zero output: the previous frame plus the skip's share of the starting noise, whatever the action
+    torch.testing.assert_close(res.latents, z[:, -1] + c_skip * s0 * torch.as_tensor(noise, dtype=torch.float32))
+    assert tr.state["dit_step"] == 1

@@ -4,6 +4,11 @@ Latents are normalised to unit variance, so sigma_data = 1. Each frame of a trai
 noise level (diffusion forcing); half the sequences instead keep every frame but the last near-clean, with
 a small random "context noise" level the model is told about, which is exactly the inference-time
 situation and what makes the model robust to its own slightly-off past frames (anti-drift).
+
+`residual=True` centres the denoiser's skip connection on the previous frame's clean latent instead of
+zero: the network predicts what changes, and its zero output means "the frame stays as it was". The
+network and its KV cache are unchanged; only the preconditioning (`denoised`), the loss target and the
+sampler's starting point know the previous frame.
 """
 from __future__ import annotations
 
@@ -33,6 +38,9 @@ class EDMConfig:
     # so the model also learns the action-free prediction that classifier-free guidance extrapolates from
     guidance: float = 1.0  # inference: classifier-free guidance on the action (1 = off; > 1 needs a model
     # trained with action_dropout > 0, and costs a second network pass per sampling step)
+    residual: bool = False  # denoise the change from the previous frame's clean latent instead of the frame:
+    # D = prev + c_skip (x - prev) + c_out F. The network's zero output is "copy the last frame", so a step where
+    # little changes comes out near-exact instead of rebuilt from noise (Crafter: most steps change a few tiles)
 
 
 class EDM:
@@ -60,9 +68,18 @@ class EDM:
         _, _, c_in = self.scalings(sigma)
         return x * self._bc(c_in, x), self.c_noise(sigma)
 
-    def denoised(self, x, sigma, raw):
+    def denoised(self, x, sigma, raw, prev=None):
+        """The denoised estimate; prev: the previous frame's clean latent (residual models), which the skip
+        connection is centred on."""
         c_skip, c_out, _ = self.scalings(sigma)
-        return self._bc(c_skip, x) * x + self._bc(c_out, x) * raw
+        if prev is None:
+            return self._bc(c_skip, x) * x + self._bc(c_out, x) * raw
+        return prev + self._bc(c_skip, x) * (x - prev) + self._bc(c_out, x) * raw
+
+    @staticmethod
+    def previous_frames(z):
+        """(B, T, ...) -> each frame's predecessor; frame 0 has none (itself, and it is never a residual target)."""
+        return torch.cat([z[:, :1], z[:, :-1]], dim=1)
 
     # ---- training --------------------------------------------------------------------------------
     def sample_sigmas(self, B, T, device, generator=None):
@@ -75,6 +92,8 @@ class EDM:
         ctx_frames = tf[:, None] & (torch.arange(T, device=device) < T - 1)[None]
         sig = torch.where(ctx_frames, ctx, sig)
         is_target &= ~ctx_frames
+        if c.residual:  # frame 0 has no previous frame to be the change from
+            is_target[:, 0] = False
         return sig, is_target
 
     def loss(self, model, z, actions, has_action, reward, terminated, has_transition, generator=None):
@@ -89,7 +108,8 @@ class EDM:
         inp, c_noise = self.model_input(x, sigma)
         out = model(inp, c_noise, actions, has_action)
         c_skip, c_out, _ = self.scalings(sigma)
-        target = (z - self._bc(c_skip, z) * x) / self._bc(c_out, z)
+        prev = self.previous_frames(z) if self.cfg.residual else torch.zeros_like(z)
+        target = (z - prev - self._bc(c_skip, z) * (x - prev)) / self._bc(c_out, z)
         per_frame = F.mse_loss(out.out.float(), target, reduction="none").mean(dim=(2, 3, 4))
         diff = (per_frame * is_target).sum() / is_target.sum().clamp(min=1)
         # Heads learn from near-clean frames: at inference they read the committed (context-noised) frame.
@@ -114,10 +134,11 @@ class EDM:
         return self._sigmas[n]
 
     @torch.no_grad()
-    def sample(self, denoise_fn, noise, steps: int | None = None):
-        """Deterministic Euler sampler. denoise_fn(x, sigma_tensor) -> denoised x. noise: unit Gaussian."""
+    def sample(self, denoise_fn, noise, steps: int | None = None, prev=None):
+        """Deterministic Euler sampler. denoise_fn(x, sigma_tensor) -> denoised x. noise: unit Gaussian.
+        prev: residual models start from the previous frame plus noise, as their training inputs are."""
         sigmas = self.sampling_sigmas(steps)
-        x = noise * sigmas[0]
+        x = noise * sigmas[0] if prev is None else prev + noise * sigmas[0]
         for s, s_next in zip(sigmas[:-1], sigmas[1:]):
             sig = torch.full(x.shape[:1], s, device=x.device, dtype=x.dtype)
             d = denoise_fn(x, sig)

@@ -118,7 +118,8 @@ class Viewer:
             print(f"no display found (DISPLAY is not set): the {self.agent_name} agent plays {self.max_steps} steps "
                   f"and the video is written to {self.record}")
             os.environ["SDL_VIDEODRIVER"] = "dummy"
-        kw = {"sampling_steps": cfg.sampling_steps, "device": cfg.device, "guidance": cfg.get("guidance")}
+        kw = {"sampling_steps": cfg.sampling_steps, "device": cfg.device, "guidance": cfg.get("guidance"),
+              "tile_hold": cfg.get("tile_hold")}
         if cfg.bundle:
             kw["bundle"] = cfg.bundle
         self.env = gym.make(env_id, **kw)

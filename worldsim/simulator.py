@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldsim.autoencoder import latent_shape
+from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
 from worldsim.model import actions_to_tensor
 
@@ -38,7 +38,7 @@ class StepResult:
 class WorldSimulator:
     def __init__(self, bundle: Bundle, batch_size: int, sampling_steps: int | None = None,
                  context_noise: float | None = None, frame_size: tuple[int, int] | None = None,
-                 guidance: float | None = None):
+                 guidance: float | None = None, tile_hold: float | None = None):
         self.bundle, self.B = bundle, batch_size
         self.dit, self.edm, self.codec = bundle.dit, bundle.edm, bundle.codec
         self.spec = self.dit.config.action_spec
@@ -64,6 +64,17 @@ class WorldSimulator:
         self.tokens_per_frame = (h // p) * (w // p)
         self.device = self.dit.device
         self.cache = self.dit.new_cache(batch_size, self.tokens_per_frame)
+        self.residual = bool(self.edm.cfg.residual)
+        self.prev = torch.zeros(batch_size, C, h, w, device=self.device)  # newest clean latent per row
+        hold = bundle.meta.get("decode", {}).get("tile_hold", 0.0) if tile_hold is None else tile_hold
+        self.tile_hold = float(hold)
+        if not np.isfinite(self.tile_hold) or self.tile_hold < 0:
+            raise ValueError(f"tile_hold must be a finite number >= 0, got {tile_hold}")
+        self._tiles = tile_layout(bundle.ae, H, W)
+        if self.tile_hold > 0 and self._tiles is None:
+            raise ValueError("tile_hold needs a patch autoencoder (one latent per tile); this bundle's is a VAE")
+        self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
+        self.shown = np.zeros((batch_size, H, W, 3), np.uint8)  # the frames last shown
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
 
     def _t(self, a):
@@ -90,12 +101,16 @@ class WorldSimulator:
         out = self.dit(inp, c_noise, actions_to_tensor(self.spec, acts, self.device), has, times=times, return_kv=True)
         self.cache.clear(rows)
         self.cache.write_frames(rows, out.kv, times.tolist())
+        self.prev[rows] = z[:, -1]
+        self.shown_z[rows] = z[:, -1]
+        self.shown[rows] = frames[:, -1]
         return z
 
     @torch.no_grad()
     def step(self, actions, noise: np.ndarray, context_noise: np.ndarray, decode: bool = True) -> StepResult:
         """Advance every row by one frame. noise, context_noise: (B, C, h, w) unit Gaussian."""
         t = self.time + 1
+        prev = self.prev if self.residual else None
         a = actions_to_tensor(self.spec, actions, self.device)
         has = torch.ones(self.B, dtype=torch.bool, device=self.device)
 
@@ -111,16 +126,36 @@ class WorldSimulator:
                 raw, free = self.dit.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2,
                                                     self.cache, t).out.chunk(2)
                 raw = free + self.guidance * (raw - free)
-            return self.edm.denoised(x, sigma, raw)
+            return self.edm.denoised(x, sigma, raw, prev)
 
-        z = self.edm.sample(denoise, self._t(noise), self.steps)
+        z = self.edm.sample(denoise, self._t(noise), self.steps, prev)
+        self.prev = z
         # commit: the new frame, lightly noised as context always is, goes into the cache at time t
         sig = torch.full((self.B,), self.context_noise, device=self.device)
         inp, c_noise = self.edm.model_input(z + self.context_noise * self._t(context_noise), sig)
         out = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t, commit=True)
         self.time = t
         frames = self.codec.decode(z).cpu().numpy() if decode else None
+        if decode and self.tile_hold > 0:
+            frames = self._hold(z, frames)
         return StepResult(frames, z, out.reward.float().cpu().numpy(), torch.sigmoid(out.term_logit).float().cpu().numpy())
+
+
+    def _hold(self, z, frames):
+        """Tile hold: a tile whose latent stays within `tile_hold` (RMS over channels, normalised units) of
+        the latent its shown pixels were decoded from keeps those pixels. Why: the autoencoder is not
+        bit-exact (48 dB), so re-decoding a tile the model left as it was changes it slightly every step;
+        held, an unchanged tile shows exactly what it showed, and it is measured against the latent it was
+        decoded from, not the last one, so a tile that drifts slowly is re-decoded once it has moved by
+        tile_hold. Pixels outside the tile grid (Crafter's border) stay as the context showed them."""
+        p, oy, ox = self._tiles
+        keep = (z - self.shown_z).pow(2).mean(1).sqrt() < self.tile_hold  # (B, h, w)
+        self.shown_z = torch.where(keep[:, None], self.shown_z, z)
+        h, w = keep.shape[1:]
+        held = np.ones(frames.shape[:3], bool)
+        held[:, oy:oy + h * p, ox:ox + w * p] = keep.cpu().numpy().repeat(p, 1).repeat(p, 2)
+        self.shown = np.where(held[..., None], self.shown, frames)
+        return self.shown.copy()
 
 
 def action_shape(spec) -> tuple:

@@ -95,6 +95,12 @@ class Trainer:
                 raise ValueError(f"init={init}: the bundle's {key} {b.env[key]} differs from the data's "
                                  f"{self.env_info[key]} ({self.cfg.data}); fine-tune on data of the same game")
         self.ae, self.dit = b.ae.train(), b.dit.train()
+        if self.edm_cfg.residual and not b.edm.cfg.residual:
+            # its output meant the frame and now means the change from the last one: start that at zero
+            # ("copy the last frame"), the body's features are kept
+            torch.nn.init.zeros_(self.dit.final.linear.weight)
+            torch.nn.init.zeros_(self.dit.final.linear.bias)
+            print("diffusion.residual=true on a bundle trained without it: its output layer starts at zero")
         self.state.update(stage="dit", ae_step=self.cfg.ae.steps, latent_mean=b.meta["latent_mean"],
                           latent_std=b.meta["latent_std"], latent_stats_fixed=True, init=str(path))
         self.state["metrics"].update({k: v for k, v in b.meta.get("metrics", {}).items() if k.startswith("ae_")})
@@ -292,7 +298,8 @@ class Trainer:
         files = bundle_files(self.ae, self.dit, self.edm_cfg, (self.state["latent_mean"], self.state["latent_std"]),
                              self.env_info, torch.stack(frames), actions,
                              extra={"metrics": self.state["metrics"], "trained": {"ae_steps": self.state["ae_step"],
-                                                                                   "dit_steps": self.state["dit_step"]}})
+                                                                                   "dit_steps": self.state["dit_step"]},
+                                    "decode": {"tile_hold": float(self.cfg.get("tile_hold") or 0.0)}})
         write_dir_atomic(out, files)
         print(f"bundle written to {out} ({sum(len(v) for v in files.values()) / 2**20:.1f} MiB)")
 

@@ -54,22 +54,9 @@ def _opt(cfg, key):
     return ENVS[cfg.env][key] if v is None else v
 
 
-def _opt_cn(cfg):
-    """Inference context-noise level: the config's, else the bundle's (None)."""
-    v = cfg.get("context_noise")
-    return None if v is None else float(v)
-
-
-def _opt_g(cfg):
-    """Classifier-free guidance on the action: the config's, else the bundle's (None)."""
-    v = cfg.get("guidance")
-    return None if v is None else float(v)
-
-
-def _opt_th(cfg):
-    """Tile hold: the config's, else the bundle's (None)."""
-    v = cfg.get("tile_hold")
-    return None if v is None else float(v)
+def _sim_kw(cfg) -> dict:
+    """Inference settings the config may override (context noise, guidance, tile hold); null = the bundle's."""
+    return {k: None if cfg.get(k) is None else float(cfg.get(k)) for k in ("context_noise", "guidance", "tile_hold")}
 
 
 def _step_of(actions, h):
@@ -136,7 +123,7 @@ def evaluate(cfg):
     rng.shuffle(starts)
     starts = starts[: cfg.windows]
     B = min(cfg.batch_size, len(starts))
-    sim = WorldSimulator(bundle, B, cfg.sampling_steps, _opt_cn(cfg), guidance=_opt_g(cfg), tile_hold=_opt_th(cfg))
+    sim = WorldSimulator(bundle, B, cfg.sampling_steps, **_sim_kw(cfg))
     shape = sim.latent_shape
     model_mse, copy_mse = np.zeros((len(starts), H)), np.zeros((len(starts), H))
     rew_pred, rew_true, term_pred, term_true = [], [], [], []
@@ -366,7 +353,7 @@ def following_eval(cfg, bundle, rng) -> dict:
     W = bundle.dit.config.context_frames
     differ = float(_opt(cfg, "differ"))
     names = list(CRAFTER_PROBE if cfg.env == "crafter" else _minetest_probe(1.0))
-    sim = WorldSimulator(bundle, len(names), cfg.sampling_steps, _opt_cn(cfg), guidance=_opt_g(cfg), tile_hold=_opt_th(cfg))
+    sim = WorldSimulator(bundle, len(names), cfg.sampling_steps, **_sim_kw(cfg))
     shape = sim.latent_shape
     hits = {n: 0 for n in names}
     counted = {n: 0 for n in names}
@@ -426,7 +413,7 @@ def revisit_eval(cfg, bundle, rng) -> dict:
     W, n = bundle.dit.config.context_frames, int(cfg.revisit_turns)
     turn = minerl_actions.noop()
     turn["camera"] = np.array([0.0, 360.0 / n], np.float32)
-    sim = WorldSimulator(bundle, 1, cfg.sampling_steps, _opt_cn(cfg), guidance=_opt_g(cfg), tile_hold=_opt_th(cfg))
+    sim = WorldSimulator(bundle, 1, cfg.sampling_steps, **_sim_kw(cfg))
     shape = sim.latent_shape
     rows = []
     env = RealMinetestEnv()
@@ -499,8 +486,7 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     real_ref = _frame_bank(eps[half:] or eps, int(cfg.bank_frames) // 4, rng)
     env_id = {"crafter": "worldsim/Crafter-v0", "minetest": "worldsim/Minetest-v0"}[cfg.env]
     env = gym.make(env_id, bundle=str(bundle.path), device=cfg.device, sampling_steps=cfg.sampling_steps,
-                   context_noise=_opt_cn(cfg), guidance=_opt_g(cfg), tile_hold=_opt_th(cfg),
-                   termination_threshold=2.0, horizon=steps + 1)  # one unbroken rollout
+                   **_sim_kw(cfg), termination_threshold=2.0, horizon=steps + 1)  # one unbroken rollout
     agent = make_agent("explorer", env.action_space, seed=cfg.seed)
     obs, _ = env.reset(seed=int(cfg.seed))
     agent.reset()

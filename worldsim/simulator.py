@@ -140,7 +140,6 @@ class WorldSimulator:
             frames = self._hold(z, frames)
         return StepResult(frames, z, out.reward.float().cpu().numpy(), torch.sigmoid(out.term_logit).float().cpu().numpy())
 
-
     def _hold(self, z, frames):
         """Tile hold: a tile whose latent stays within `tile_hold` (RMS over channels, normalised units) of
         the latent its shown pixels were decoded from keeps those pixels. Why: the autoencoder is not

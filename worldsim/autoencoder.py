@@ -57,7 +57,7 @@ class _ChannelNorm(nn.LayerNorm):
 
     def forward(self, x):
         # contiguous: convolutions on the channels-last view run about half as fast on CPU (measured: a
-        # decoder block at batch 1 took 4.3 ms, 1.9 ms with this copy)
+        # decoder block at batch 1, 1 thread, took 4.3 ms, 1.9 ms with this copy)
         return super().forward(x.movedim(1, -1)).movedim(-1, 1).contiguous()
 
 

@@ -107,9 +107,10 @@ class EDM:
         x = z + self._bc(sigma, z) * noise
         inp, c_noise = self.model_input(x, sigma)
         out = model(inp, c_noise, actions, has_action)
-        c_skip, c_out, _ = self.scalings(sigma)
-        prev = self.previous_frames(z) if self.cfg.residual else torch.zeros_like(z)
-        target = (z - prev - self._bc(c_skip, z) * (x - prev)) / self._bc(c_out, z)
+        _, c_out, _ = self.scalings(sigma)
+        # the network output that makes `denoised` exact: what is left of z after the skip connection
+        prev = self.previous_frames(z) if self.cfg.residual else None
+        target = (z - self.denoised(x, sigma, 0.0, prev)) / self._bc(c_out, z)
         per_frame = F.mse_loss(out.out.float(), target, reduction="none").mean(dim=(2, 3, 4))
         diff = (per_frame * is_target).sum() / is_target.sum().clamp(min=1)
         # Heads learn from near-clean frames: at inference they read the committed (context-noised) frame.

@@ -391,8 +391,10 @@ class RealMinetestEnv(gym.Env):
         now = time.perf_counter()
         late = max(0.0, now - self._next_tick)
         tick_start = max(now, self._next_tick)
-        while time.perf_counter() < tick_start:  # wait for this tick's start (fixed 20 Hz cadence)
-            time.sleep(min(0.002, tick_start - time.perf_counter()))
+        # wait for this tick's start (fixed 20 Hz cadence); the clock is read once per check, since a second
+        # read can already be past tick_start and time.sleep refuses a negative length
+        while (left := tick_start - time.perf_counter()) > 0:
+            time.sleep(min(0.002, left))
         self.game.turn(action["camera"])
         self.game.set_keys(action)
         self.game.flush()

@@ -1,6 +1,6 @@
 """Does a collected Minetest dataset carry the camera action in its frames, at the right tick?
 
-For each held-out episode: the horizontal shift between consecutive frames (phase correlation, numpy's FFT),
+For each held-out episode: the horizontal shift between consecutive frames (`worldsim.evaluate.phase_shift`),
 correlated with the yaw action at lags -1..2. Lag 0 (action t against frames t -> t+1) should be the
 strongest; the others are non-zero only because the explorer's camera persists from tick to tick.
 
@@ -12,20 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from worldsim.data import load_episodes
-
-
-def horizontal_shift(a, b):
-    """Pixels b is shifted left-to-right to give a (grey frames, phase correlation)."""
-    A, B = np.fft.fft2(a.mean(-1)), np.fft.fft2(b.mean(-1))
-    r = np.fft.ifft2(A * np.conj(B) / (np.abs(A * np.conj(B)) + 1e-9)).real
-    x = np.unravel_index(r.argmax(), r.shape)[1]
-    return (x + r.shape[1] // 2) % r.shape[1] - r.shape[1] // 2
+from worldsim.evaluate import phase_shift
 
 
 def main(root="data/minetest", n=3):
     for e in load_episodes(Path(root), split="test")[: int(n)]:
         f, yaw = e["frames"].astype(np.float32), np.asarray(e["actions"]["camera"])[:, 1]
-        s = np.array([horizontal_shift(f[t + 1], f[t]) for t in range(len(yaw))])
+        s = np.array([phase_shift(f[t], f[t + 1])[1] for t in range(len(yaw))])
         corr = {lag: np.corrcoef(yaw[max(0, -lag):len(yaw) - max(0, lag)], s[max(0, lag):len(s) + min(0, lag)])[0, 1]
                 for lag in (-1, 0, 1, 2)}
         print(f"seed {e.get('seed', '?')}: corr(yaw action t, shift of frames t+lag -> t+lag+1): "

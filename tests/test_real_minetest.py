@@ -11,6 +11,7 @@ import pytest
 
 from worldsim.envs import minerl_actions as M
 from worldsim.envs import real_minetest
+from worldsim.evaluate import phase_shift
 
 try:
     real_minetest.find_binaries()
@@ -26,18 +27,6 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
-
-
-def _phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(dy, dx) such that b ~ a shifted by (dy, dx) pixels, by phase correlation of the grey images."""
-    ga, gb = (x.astype(np.float64).mean(-1) for x in (a, b))
-    win = np.outer(np.hanning(ga.shape[0]), np.hanning(ga.shape[1]))
-    fa, fb = np.fft.fft2((ga - ga.mean()) * win), np.fft.fft2((gb - gb.mean()) * win)
-    r = fb * np.conj(fa)
-    corr = np.fft.ifft2(r / (np.abs(r) + 1e-9)).real
-    dy, dx = np.unravel_index(np.argmax(corr), corr.shape)
-    h, w = corr.shape
-    return (dy - h if dy > h // 2 else dy), (dx - w if dx > w // 2 else dx)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +73,7 @@ def test_yaw_right_shifts_the_view_left_and_pitch_turns_exactly(env):
     before, info0 = settle(env)
     env.step(act(camera=[0.0, 6.0]))
     after, info1 = settle(env)
-    dy, dx = _phase_shift(before, after)
+    dy, dx = phase_shift(before, after)
     # turning right moves the scene towards the left of the image
     assert dx < -2 and abs(dy) <= 2, (dy, dx)
     turned = -((info1["yaw"] - info0["yaw"] + 180) % 360 - 180)  # Minetest's yaw grows to the left

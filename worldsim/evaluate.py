@@ -77,6 +77,18 @@ def psnr_np(a, b):
     return psnr_of_mse(mse_np(a, b))
 
 
+def phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(dy, dx) such that b ~ a shifted by (dy, dx) pixels, by phase correlation of the grey images."""
+    ga, gb = (x.astype(np.float64).mean(-1) for x in (a, b))
+    win = np.outer(np.hanning(ga.shape[0]), np.hanning(ga.shape[1]))
+    fa, fb = np.fft.fft2((ga - ga.mean()) * win), np.fft.fft2((gb - gb.mean()) * win)
+    r = fb * np.conj(fa)
+    corr = np.fft.ifft2(r / (np.abs(r) + 1e-9)).real
+    dy, dx = np.unravel_index(np.argmax(corr), corr.shape)
+    h, w = corr.shape
+    return (dy - h if dy > h // 2 else dy), (dx - w if dx > w // 2 else dx)
+
+
 def heldout_episodes(cfg):
     if cfg.data:
         eps = load_episodes(Path(cfg.data), split="test")

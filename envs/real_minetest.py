@@ -41,6 +41,21 @@ DEG_PER_PIXEL = 0.2264
 MARGIN = 800
 # Frames the game must have drawn since a tick's input before that tick's frame is grabbed (see `step`).
 MIN_FRAMES = 2
+# Turns of at least this many pointer pixels (0.9 degrees, about 1.3 px of view at the default size) must
+# change the frame; smaller ones may legitimately not (see `step`).
+MIN_CHECKED_MOTION = 4
+
+
+def _unchanged(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two frames equal up to the day-night tint (one grey level here and there); a turn moves ~26."""
+    return np.abs(a.astype(np.int16) - b).mean() < 1.0
+
+
+def _has_detail(frame: np.ndarray, motion: tuple[int, int]) -> bool:
+    """Would a turn of a few pixels along `motion`'s axis visibly change `frame`? (Not for sky or a wall.)"""
+    f = frame.astype(np.int16)
+    d = np.abs(f[:, 3:] - f[:, :-3]) if abs(motion[1]) >= abs(motion[0]) else np.abs(f[3:] - f[:-3])
+    return d.mean() > 3.0
 
 # MineRL key -> X keysym (or mouse button number) in the client; keys the game cannot express are no-ops:
 # pickItem and swapHands (Minetest 5.6 has neither), ESC (it would open the pause menu and pause the
@@ -187,6 +202,7 @@ class _Game:
         self.held: set[str] = set()
         self.inventory_open = False
         self._subpixel = np.zeros(2)
+        self.motion = (0, 0)  # pointer pixels (dy, dx) sent this tick
         # Every frame the game renders damages its whole window once: the DAMAGE extension reports each
         # (measured: one 128x96 rectangle per frame, 60 a second), so `step` can count the frames drawn
         # since its input went in.
@@ -255,8 +271,19 @@ class _Game:
         whole = np.round(px)
         self._subpixel = px - whole
         dy, dx = int(whole[0]), int(whole[1])
+        self.motion = (dy, dx)
+        self.send_motion()
+
+    def send_motion(self):
+        dy, dx = self.motion
         if dx or dy:
             self._xtest.fake_input(self.d, self._X.MotionNotify, detail=True, x=dx, y=dy)
+
+    def pointer_pending(self) -> bool:
+        """True while the game has not yet read the tick's motion: each frame it reads the pointer and
+        warps it back to the window's centre (measured), so an off-centre pointer is motion still unread."""
+        p = self.window.query_pointer()
+        return (p.win_y, p.win_x) != (self.region["height"] // 2, self.region["width"] // 2)
 
     def flush(self):
         """Send the queued input and wait until the X server has taken it; then start counting frames."""
@@ -339,7 +366,8 @@ class RealMinetestEnv(gym.Env):
     because the agent took longer than 50 ms between steps: the game does not wait for it), ``frames``
     (frames the game drew during the tick, counted with the X DAMAGE extension) and ``waited`` (seconds
     the tick ran past 50 ms because fewer than two frames had been drawn since its input: a stalled
-    game; the grabbed frame would not yet have shown the action).
+    game; the grabbed frame would not yet have shown the action; or because a turn's frame was still
+    unchanged) and ``resent`` (the game lost the tick's pointer motion and the env sent it again).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -411,12 +439,36 @@ class RealMinetestEnv(gym.Env):
                 time.sleep(0.001)
             waited = time.perf_counter() - t0
             self._next_tick = max(self._next_tick, time.perf_counter())  # the clock starts again from here
+        obs, resent = self.game.grab(), False
+        if max(map(abs, self.game.motion)) >= MIN_CHECKED_MOTION:
+            # A turn whose frame is unchanged is late or lost. Under load (2-core CI) a turn once left the
+            # view unchanged. The game reads the pointer, then warps it back to the centre: a motion that
+            # lands between the two is lost. Pointer still off-centre: unread, wait for a frame. Pointer
+            # centred, view unchanged although it has detail a turn would move: lost, send it again (once).
+            t0 = time.perf_counter()
+            while _unchanged(obs, self._obs) and time.perf_counter() - t0 < self.max_wait:
+                if self.game.pointer_pending():
+                    seen = self.game.count_frames()
+                    while self.game.count_frames() == seen and time.perf_counter() - t0 < self.max_wait:
+                        time.sleep(0.001)
+                elif not resent and _has_detail(self._obs, self.game.motion):
+                    self.game.send_motion()
+                    self.game.flush()
+                    resent = True
+                    while self.game.count_frames() < MIN_FRAMES and time.perf_counter() - t0 < self.max_wait:
+                        time.sleep(0.001)
+                else:
+                    break  # a plain view (sky, a wall): the turn does not show
+                obs = self.game.grab()
+            if time.perf_counter() - t0 > 1e-3:
+                waited += time.perf_counter() - t0
+                self._next_tick = max(self._next_tick, time.perf_counter())
         frames = self.game.rendered
-        self._obs = self.game.grab()
+        self._obs = obs
         self._t += 1
         truncated = self._t >= self.length
         return self._obs, 0.0, False, truncated, {"late": late, "frames": frames, "waited": waited,
-                                                  **(self.game.state() or {})}
+                                                  "resent": resent, **(self.game.state() or {})}
 
     def render(self):
         return None if self._obs is None else self._obs.copy()

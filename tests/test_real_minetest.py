@@ -71,11 +71,11 @@ def test_forward_moves_the_player_and_changes_the_frame(env):
 def test_yaw_right_shifts_the_view_left_and_pitch_turns_exactly(env):
     env.reset(seed=13)
     before, info0 = settle(env)
-    env.step(act(camera=[0.0, 6.0]))
+    *_, info_t = env.step(act(camera=[0.0, 6.0]))
     after, info1 = settle(env)
     dy, dx = phase_shift(before, after)
     # turning right moves the scene towards the left of the image
-    assert dx < -2 and abs(dy) <= 2, (dy, dx)
+    assert dx < -2 and abs(dy) <= 2, (dy, dx, info0, info_t, info1)
     turned = -((info1["yaw"] - info0["yaw"] + 180) % 360 - 180)  # Minetest's yaw grows to the left
     assert abs(turned - 6.0) < 0.5, turned
     env.step(act(camera=[20.0, 0.0]))
@@ -112,7 +112,7 @@ def test_every_turn_shows_in_its_own_tick(env):
         cam = [[0.0, 6.0], [0.0, -6.0], [-6.0, 0.0], [6.0, 0.0]][i % 4]
         new, *_, info = env.step(act(camera=cam))
         assert info["frames"] >= 2 and info["waited"] < env.max_wait, info
-        assert np.abs(new.astype(int) - obs).mean() > 1.0, f"turn {i} ({cam}) did not show in its tick"
+        assert np.abs(new.astype(int) - obs).mean() > 1.0, f"turn {i} ({cam}) did not show in its tick: {info}"
         obs = new
 
 

@@ -113,14 +113,49 @@ class EDM:
         target = (z - self.denoised(x, sigma, 0.0, prev)) / self._bc(c_out, z)
         per_frame = F.mse_loss(out.out.float(), target, reduction="none").mean(dim=(2, 3, 4))
         diff = (per_frame * is_target).sum() / is_target.sum().clamp(min=1)
-        # Heads learn from near-clean frames: at inference they read the committed (context-noised) frame.
+        rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)
+        return diff + rew + 0.1 * term, {"diffusion": diff.item(), "reward": rew.item(), "termination": term.item()}
+
+    def _head_losses(self, out, sigma, reward, terminated, has_transition):
+        """Reward (MSE, achievement steps up-weighted) and termination (BCE) losses of the heads.
+        Heads learn from near-clean frames: at inference they read the committed (context-noised) frame."""
         head_mask = has_transition & (sigma <= self.cfg.context_noise_max)
         n = head_mask.sum().clamp(min=1)
         w_rew = 1 + (self.cfg.reward_pos_weight - 1) * (reward.abs() > 0.5).float()
         rew = (F.mse_loss(out.reward.float(), reward, reduction="none") * w_rew * head_mask).sum() / n
         term = (F.binary_cross_entropy_with_logits(out.term_logit.float(), terminated.float(), reduction="none",
-                                                   pos_weight=torch.tensor(10.0, device=z.device)) * head_mask).sum() / n
-        return diff + rew + 0.1 * term, {"diffusion": diff.item(), "reward": rew.item(), "termination": term.item()}
+                                                   pos_weight=torch.tensor(10.0, device=sigma.device)) * head_mask).sum() / n
+        return rew, term
+
+    def distill_loss(self, model, teacher, guidance: float, z, actions, has_action, reward, terminated,
+                     has_transition, generator=None):
+        """Guidance distillation (Meng et al. 2023, "On distillation of guided diffusion models"): the
+        student's plain conditional prediction learns the teacher's guided one, free + g (cond - free), so
+        inference gets guidance's action following from one network pass instead of a doubled batch.
+
+        Only the inference layout is trained: near-clean context (levels U(0, context_noise_max)) and the
+        last frame the target, whose action alone the teacher's free pass hides, exactly as the simulator
+        does. Half the targets sit at sigma_max, the one level a 1-step sampler uses; the rest follow the
+        training distribution so that more sampling steps stay usable. Heads keep their usual loss."""
+        B, T = z.shape[:2]
+        c, dev = self.cfg, z.device
+        sigma = torch.rand(B, T, device=dev, generator=generator) * c.context_noise_max
+        last = (torch.randn(B, device=dev, generator=generator) * c.p_std + c.p_mean).exp()
+        at_max = torch.rand(B, device=dev, generator=generator) < 0.5
+        sigma[:, -1] = torch.where(at_max, torch.full_like(last, c.sigma_max), last)
+        x = z + self._bc(sigma, z) * torch.randn(z.shape, device=dev, generator=generator)
+        inp, c_noise = self.model_input(x, sigma)
+        with torch.no_grad():
+            free_has = has_action.clone()
+            free_has[:, -1] = False
+            both = teacher(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), _twice(actions),
+                           torch.cat([has_action, free_has])).out.float()
+            cond, free = both.chunk(2)
+            target = free[:, -1] + guidance * (cond[:, -1] - free[:, -1])
+        out = model(inp, c_noise, actions, has_action)
+        diff = F.mse_loss(out.out[:, -1].float(), target)
+        rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)
+        return diff + rew + 0.1 * term, {"distill": diff.item(), "reward": rew.item(), "termination": term.item()}
 
     # ---- sampling ------------------------------------------------------------------------------
     def sampling_sigmas(self, steps: int | None = None) -> list[float]:
@@ -145,3 +180,8 @@ class EDM:
             d = denoise_fn(x, sig)
             x = d if s_next == 0 else x + (s_next - s) * (x - d) / s
         return x
+
+
+def _twice(actions):
+    """A batch of actions stacked onto itself (tensor, or dict of tensors for Dict action spaces)."""
+    return {k: torch.cat([v, v]) for k, v in actions.items()} if isinstance(actions, dict) else torch.cat([actions, actions])

@@ -11,6 +11,7 @@ model and heads continue from its weights, architecture and latent normalisation
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -68,6 +69,11 @@ class Trainer:
         self.edm = EDM(self.edm_cfg)
         self.state = {"stage": "ae", "ae_step": 0, "dit_step": 0, "history": {"ae": [], "dit": []},
                       "latent_mean": 0.0, "latent_std": 1.0, "metrics": {}}
+        self.distill = float(cfg.dit.get("distill_guidance") or 0.0)
+        self.teacher = None
+        if self.distill and (not cfg.get("init") or not math.isfinite(self.distill) or self.distill <= 1):
+            raise ValueError(f"dit.distill_guidance={cfg.dit.distill_guidance}: guidance distillation needs "
+                             "init=BUNDLE (the teacher) and a guidance scale > 1")
         if cfg.get("init"):  # the bundle fixes the architecture: model/autoencoder presets are not used
             self._init_from_bundle(cfg.init)
         else:
@@ -95,6 +101,12 @@ class Trainer:
                 raise ValueError(f"init={init}: the bundle's {key} {b.env[key]} differs from the data's "
                                  f"{self.env_info[key]} ({self.cfg.data}); fine-tune on data of the same game")
         self.ae, self.dit = b.ae.train(), b.dit.train()
+        if self.distill:  # the teacher is the bundle as it is, also when the student resumes from a checkpoint
+            if b.edm.cfg.action_dropout <= 0:
+                raise ValueError(f"init={init}: guidance distillation needs a teacher trained with "
+                                 "diffusion.action_dropout > 0 (its action-free prediction)")
+            self.teacher = copy.deepcopy(b.dit).eval().requires_grad_(False)
+            self.edm_cfg.guidance = 1.0  # the bundle written at the end already has the guidance built in
         if self.edm_cfg.residual and not b.edm.cfg.residual:
             # its output meant the frame and now means the change from the last one: start that at zero
             # ("copy the last frame"), the body's features are kept
@@ -258,9 +270,13 @@ class Trainer:
                      for k, v in batch.items()}
                 for g in self.opt_dit.param_groups:
                     g["lr"] = c.lr * min(1.0, (st["dit_step"] + 1) / c.warmup) * cosine(st["dit_step"], c.steps)
+                batch_args = (b["latents"], b["actions"], b["has_action"], b["reward"], b["terminated"],
+                              b["has_transition"])
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
-                    loss, parts = self.edm.loss(model, b["latents"], b["actions"], b["has_action"], b["reward"],
-                                                b["terminated"], b["has_transition"])
+                    if self.teacher is not None:
+                        loss, parts = self.edm.distill_loss(model, self.teacher, self.distill, *batch_args)
+                    else:
+                        loss, parts = self.edm.loss(model, *batch_args)
                 self._update(self.opt_dit, self.dit, loss)
                 st["dit_step"] += 1
                 bar.update(1)
@@ -298,7 +314,9 @@ class Trainer:
         files = bundle_files(self.ae, self.dit, self.edm_cfg, (self.state["latent_mean"], self.state["latent_std"]),
                              self.env_info, torch.stack(frames), actions,
                              extra={"metrics": self.state["metrics"], "trained": {"ae_steps": self.state["ae_step"],
-                                                                                   "dit_steps": self.state["dit_step"]},
+                                                                                   "dit_steps": self.state["dit_step"],
+                                                                                   **({"distilled_guidance": self.distill}
+                                                                                      if self.distill else {})},
                                     "decode": {"tile_hold": float(self.cfg.get("tile_hold") or 0.0)}})
         write_dir_atomic(out, files)
         print(f"bundle written to {out} ({sum(len(v) for v in files.values()) / 2**20:.1f} MiB)")

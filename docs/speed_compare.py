@@ -2,7 +2,7 @@
 of 5 rounds (this CPU's speed drifts between runs: the bench's real-Crafter figure moved 572 -> 866 steps/s
 between four back-to-back runs). WorldSimulator only (decode included), 100 steps per round.
 
-    python docs/speed_compare.py [BUNDLE_A=runs/distill/bundle]
+    python docs/speed_compare.py [OTHER_BUNDLE=runs/distill/bundle]
 """
 import sys
 import time
@@ -15,7 +15,7 @@ from worldsim.simulator import WorldSimulator, load_bundle
 
 torch.set_num_threads(2)
 other = sys.argv[1] if len(sys.argv) > 1 else "runs/distill/bundle"
-settings = {"shipped (guidance 2)": (str(DEFAULT_CRAFTER_BUNDLE), None),
+settings = {"shipped (its guidance)": (str(DEFAULT_CRAFTER_BUNDLE), None),
             "shipped, int8": (str(DEFAULT_CRAFTER_BUNDLE), "int8"),
             f"{other} (its guidance)": (other, None),
             f"{other}, int8": (other, "int8")}

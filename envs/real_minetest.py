@@ -441,10 +441,11 @@ class RealMinetestEnv(gym.Env):
             self._next_tick = max(self._next_tick, time.perf_counter())  # the clock starts again from here
         obs, resent = self.game.grab(), False
         if max(map(abs, self.game.motion)) >= MIN_CHECKED_MOTION:
-            # A turn whose frame is unchanged is late or lost. Under load (2-core CI) a turn once left the
-            # view unchanged. The game reads the pointer, then warps it back to the centre: a motion that
-            # lands between the two is lost. Pointer still off-centre: unread, wait for a frame. Pointer
-            # centred, view unchanged although it has detail a turn would move: lost, send it again (once).
+            # A turn whose frame is unchanged is late or lost (under load on the 2-core CI, turns twice left
+            # the view unchanged). Each frame the game reads the pointer and warps it back to the centre, and
+            # on regaining focus it warps without reading: that motion is lost. Pointer still off-centre:
+            # unread, wait for a frame. Centred, and the view unchanged although it has detail a turn would
+            # move: lost, send it again (once).
             t0 = time.perf_counter()
             while _unchanged(obs, self._obs) and time.perf_counter() - t0 < self.max_wait:
                 if self.game.pointer_pending():

@@ -148,7 +148,7 @@ class EDM:
         with torch.no_grad():
             free_has = has_action.clone()
             free_has[:, -1] = False
-            both = teacher(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), _twice(actions),
+            both = teacher(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), batch_twice(actions),
                            torch.cat([has_action, free_has])).out.float()
             cond, free = both.chunk(2)
             target = free[:, -1] + guidance * (cond[:, -1] - free[:, -1])
@@ -182,6 +182,6 @@ class EDM:
         return x
 
 
-def _twice(actions):
+def batch_twice(actions):
     """A batch of actions stacked onto itself (tensor, or dict of tensors for Dict action spaces)."""
     return {k: torch.cat([v, v]) for k, v in actions.items()} if isinstance(actions, dict) else torch.cat([actions, actions])

@@ -18,6 +18,7 @@ import torch
 
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
+from worldsim.diffusion import batch_twice
 from worldsim.model import actions_to_tensor
 
 
@@ -140,7 +141,7 @@ class WorldSimulator:
         has = torch.ones(self.B, dtype=torch.bool, device=self.device)
 
         if self.guidance != 1.0:  # the batch twice, with and without its action: one pass, not two
-            a2 = {k: torch.cat([v, v]) for k, v in a.items()} if isinstance(a, dict) else torch.cat([a, a])
+            a2 = batch_twice(a)
             has2 = torch.cat([has, ~has])
 
         def denoise(x, sigma):

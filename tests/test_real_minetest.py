@@ -43,6 +43,11 @@ def act(**kw):
     return a
 
 
+def turned(a, b):
+    """Degrees turned to the right between two infos; Minetest's yaw grows to the left."""
+    return -((b["yaw"] - a["yaw"] + 180) % 360 - 180)
+
+
 def settle(env, n=4):
     for _ in range(n):
         obs, *_, info = env.step(act())
@@ -76,8 +81,7 @@ def test_yaw_right_shifts_the_view_left_and_pitch_turns_exactly(env):
     dy, dx = phase_shift(before, after)
     # turning right moves the scene towards the left of the image
     assert dx < -2 and abs(dy) <= 2, (dy, dx, info0, info_t, info1)
-    turned = -((info1["yaw"] - info0["yaw"] + 180) % 360 - 180)  # Minetest's yaw grows to the left
-    assert abs(turned - 6.0) < 0.5, turned
+    assert abs(turned(info0, info1) - 6.0) < 0.5, turned(info0, info1)
     env.step(act(camera=[20.0, 0.0]))
     _, info2 = settle(env)
     assert abs((info2["pitch"] - info1["pitch"]) - 20.0) < 0.5
@@ -117,9 +121,9 @@ def test_every_turn_shows_in_its_own_tick(env):
 
 
 def test_a_lost_turn_is_sent_again(env):
-    # The game reads the pointer and then warps it back to the centre; a motion landing between the two is
-    # lost (the likely cause of the one unchanged turn seen under CI load). Recreate that race for one tick
-    # with a real warp right behind the motion: the env must see the unchanged view and send it again.
+    # A motion the game never reads is lost: on regaining focus it warps the pointer back to the centre
+    # without reading it (a suspected cause of the unchanged turns seen under CI load). Recreate that for
+    # one tick with a real warp right behind the motion: the env must see the unchanged view and resend.
     env.reset(seed=16)
     obs, info0 = settle(env, 8)
     g, send = env.game, env.game.send_motion
@@ -129,9 +133,6 @@ def test_a_lost_turn_is_sent_again(env):
         send()
         g.window.warp_pointer(w // 2, h // 2)
         g.send_motion = send  # only this tick's first send is lost
-
-    def turned(a, b):  # degrees to the right; Minetest's yaw grows to the left
-        return -((b["yaw"] - a["yaw"] + 180) % 360 - 180)
 
     g.send_motion = send_then_lose
     new, *_, info = env.step(act(camera=[0.0, 6.0]))

@@ -445,10 +445,13 @@ class RealMinetestEnv(gym.Env):
             # the view unchanged). Each frame the game reads the pointer and warps it back to the centre, and
             # on regaining focus it warps without reading: that motion is lost. Pointer still off-centre:
             # unread, wait for a frame. Centred, and the view unchanged although it has detail a turn would
-            # move: lost, send it again (once).
+            # move: lost, send it again (once). Off-centre after more frames than reading it takes: the pointer
+            # is free (the inventory is open; measured: every turn then waited the whole max_wait), no wait.
             t0 = time.perf_counter()
             while _unchanged(obs, self._obs) and time.perf_counter() - t0 < self.max_wait:
                 if self.game.pointer_pending():
+                    if self.game.count_frames() > MIN_FRAMES:
+                        break
                     seen = self.game.count_frames()
                     while self.game.count_frames() == seen and time.perf_counter() - t0 < self.max_wait:
                         time.sleep(0.001)

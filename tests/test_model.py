@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import randomize
 
-from worldsim.model import ActionEncoder, Rotary3D, WorldDiT, actions_to_tensor, space_to_spec
+from worldsim.model import ActionEncoder, Rotary3D, WorldDiT, actions_to_tensor, shift_latents, space_to_spec
 
 SPEC = {"type": "discrete", "n": 5}
 
@@ -108,3 +108,42 @@ def test_model_runs_with_dict_actions():
     x, c, _, has = inputs(B=1, T=3)
     acts = actions_to_tensor(m.config.action_spec, {"jump": np.zeros((1, 3)), "camera": np.zeros((1, 3, 2), np.float32)})
     assert m(x, c, acts, has).out.shape == x.shape
+
+
+CAM_SPEC = space_to_spec(gym.spaces.Dict({"forward": gym.spaces.Discrete(2), "camera": gym.spaces.Box(-180, 180, (2,))}))
+
+
+def test_shift_latents_moves_content_by_the_shift():
+    z = torch.randn(1, 3, 6, 8)
+    # (dy, dx) in normalised units: a frame's height / width is 2, so 2/8 is one cell across
+    out = shift_latents(z, torch.tensor([[0.0, 2 / 8]]))
+    torch.testing.assert_close(out[..., 1:], z[..., :-1], rtol=0, atol=1e-5)  # content moved right by one cell
+    torch.testing.assert_close(out[..., 0], z[..., 0], rtol=0, atol=1e-5)  # the gap repeats the edge
+    out = shift_latents(z, torch.tensor([[-2 / 6, 0.0]]))
+    torch.testing.assert_close(out[:, :, :-1], z[:, :, 1:], rtol=0, atol=1e-5)  # up by one row
+    half = shift_latents(z, torch.tensor([[0.0, 1 / 8]]))  # half a cell: the mean of the two neighbours
+    torch.testing.assert_close(half[..., 1:], (z[..., 1:] + z[..., :-1]) / 2, rtol=0, atol=1e-5)
+
+
+def test_warp_input_reads_the_previous_frame_shifted_by_the_action():
+    m = tiny(spec=CAM_SPEC)
+    with pytest.raises(ValueError, match="Box key"):
+        m.with_warp("forward", [[0, 0], [0, 0]])
+    x, c, _, has = inputs(B=1, T=3)
+    prev = torch.randn_like(x)
+    acts = lambda cam: actions_to_tensor(CAM_SPEC, {"forward": np.zeros((1, 3)), "camera": np.array(cam, np.float32)})
+    still, turn = acts([[[0, 0]] * 3]), acts([[[0, 0], [0, 10.0], [0, 10.0]]])
+    w = m.with_warp("camera", [[0.0, 0.0], [0.0, 0.02]])  # yaw 10 -> 0.2, under one cell of 8 (0.25)
+    # the added inputs start at zero weight: the extended model computes exactly what the model did
+    torch.testing.assert_close(w(x, c, turn, has, prev=prev).out, m(x, c, turn, has).out, rtol=0, atol=1e-6)
+    randomize(w, seed=1)
+    with pytest.raises(ValueError, match="pass prev"):
+        w(x, c, turn, has)
+    base = w(x, c, still, has, prev=prev)
+    # the turning frames' second input is their previous frame shifted by yaw 10 x 0.02
+    stacked = w._with_warp(x, prev, turn, has)
+    torch.testing.assert_close(stacked[:, 1:, 4:], shift_latents(prev[0, 1:], torch.tensor([[0.0, 0.2]] * 2))[None])
+    torch.testing.assert_close(stacked[:, 0, 4:], prev[:, 0])  # frame 0 has no action: unshifted
+    assert (w(x, c, turn, has, prev=prev).out[:, 1:] - base.out[:, 1:]).abs().max() > 1e-3
+    hidden = torch.zeros_like(has)  # actions hidden (guidance's free pass): nothing shifts
+    torch.testing.assert_close(w._with_warp(x, prev, turn, hidden)[:, :, 4:], prev)

@@ -144,6 +144,25 @@ def test_a_lost_turn_is_sent_again(env):
     assert not step_info["resent"] and abs(turned(info1, info2) - 6.0) < 0.5
 
 
+def test_turns_with_the_inventory_open_do_not_wait(env):
+    # with the inventory open the pointer is free: a turn moves the cursor, not the view, and the game
+    # no longer re-centres the pointer; the env once took that for an unread turn and waited max_wait
+    # (0.5 s) on every such tick, so random agents (inventory pressed half the time) ran at 6 steps/s
+    env.reset(seed=17)
+    settle(env)
+    env.step(act(inventory=1))
+    before, _ = settle(env)
+    infos = [env.step(act(camera=[0.0, 8.0]))[-1] for _ in range(4)]
+    assert all(i["waited"] < 0.1 for i in infos), infos
+    after, _ = settle(env)
+    assert not turned(infos[0], infos[-1]), infos  # the view did not turn
+    env.step(act(inventory=1))  # closed again: turns turn
+    _, info0 = settle(env)
+    env.step(act(camera=[0.0, 8.0]))
+    _, info1 = settle(env)
+    assert abs(turned(info0, info1) - 8.0) < 0.5
+
+
 def test_bad_actions_get_clear_errors(env):
     env.reset(seed=15)
     with pytest.raises(ValueError, match="unknown action key"):

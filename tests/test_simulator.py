@@ -1,5 +1,6 @@
 """Inference: the KV-cached rollout equals recomputing the whole history, and memory stays flat."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -15,17 +16,24 @@ from worldsim.simulator import WorldSimulator
 W = 3
 
 
-def _random_bundle(path, residual=False, ae="tiny"):
-    """A bundle with random (untrained) weights, written to disk and loaded back like the shipped one."""
+CAM = {"type": "dict", "keys": {"camera": {"type": "box", "dim": 2, "scale": 180.0}, "forward": {"type": "discrete", "n": 2}}}
+
+
+def _random_bundle(path, residual=False, ae="tiny", warp=False):
+    """A bundle with random (untrained) weights, written to disk and loaded back like the shipped one.
+    warp: camera + forward actions, and a warp input that shifts the previous frame by the camera."""
     torch.manual_seed(0)
     ae = make_autoencoder(ae)
-    dit = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=2, heads=2,
-                             context_frames=W), std=0.15)
+    spec = CAM if warp else {"type": "discrete", "n": 17}
+    dit = WorldDiT(spec, latent_channels=4, dim=32, depth=2, heads=2, context_frames=W)
+    dit = randomize(dit.with_warp("camera", [[0.03, 0.0], [0.0, -0.05]]) if warp else dit, std=0.15)
     frames = torch.randint(0, 256, (2, W, 32, 32, 3), dtype=torch.uint8)
-    env = {"name": "test", "frame_shape": [32, 32, 3], "action_space": {"type": "discrete", "n": 17},
+    env = {"name": "test", "frame_shape": [32, 32, 3], "action_space": spec,
            "action_meanings": [str(i) for i in range(17)]}
+    acts = ({"camera": torch.zeros(2, W - 1, 2), "forward": torch.zeros(2, W - 1, dtype=torch.long)} if warp
+            else torch.zeros(2, W - 1, dtype=torch.long))
     write_dir_atomic(path, bundle_files(ae, dit, EDMConfig(context_noise=0.1, residual=residual), (0.0, 1.0), env,
-                                        frames, torch.zeros(2, W - 1, dtype=torch.long)))
+                                        frames, acts))
     assert json.loads((path / "bundle.json").read_text())["world_model"]["context_frames"] == W
     return Bundle(path)
 
@@ -147,6 +155,50 @@ def test_guidance_extrapolates_along_the_action(T, random_bundle):
     torch.testing.assert_close(out[2.0], 2 * out[1.0] - out[0.0], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="guidance"):
         WorldSimulator(b, 1, guidance=float("nan"))
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_warp_input_cached_rollout_equals_full_recompute(guidance, tmp_path):
+    """A world model that reads its previous frame shifted by the camera: the cached rollout feeds each step
+    the frame it committed last (context-noised), exactly what the full recompute gives every frame; with
+    guidance the action-free half sees that frame unshifted."""
+    b = _random_bundle(tmp_path / "w", warp=True)
+    assert b.dit.config.warp_action == "camera" and b.dit.config.warp_matrix == [[0.03, 0.0], [0.0, -0.05]]
+    edm, rng = b.edm, np.random.default_rng(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # guidance on a model never trained with action dropout
+        sim = WorldSimulator(b, 1, sampling_steps=2, guidance=guidance)
+    shape = sim.latent_shape
+    cn = rng.standard_normal((1, W, *shape))
+    acts = {"camera": np.zeros((1, W, 2), np.float32), "forward": np.zeros((1, W), np.int64)}
+    z0 = sim.reset([0], b.start_frames[:1].numpy(), {k: v[:, 1:] for k, v in acts.items()}, cn)
+    hist = z0 + sim.context_noise * torch.as_tensor(cn, dtype=torch.float32)
+    has = torch.ones(1, W, dtype=torch.bool)
+    has[0, 0] = False
+    for step in range(2 * W + 1):
+        a = {"camera": rng.uniform(-20, 20, (1, 2)).astype(np.float32), "forward": np.array([step % 2])}
+        noise, ctxn = rng.standard_normal((1, *shape)), rng.standard_normal((1, *shape))
+        res = sim.step(a, noise, ctxn, decode=False)
+        acts = {k: np.concatenate([acts[k], a[k][:, None]], axis=1) for k in acts}
+        has = torch.cat([has, torch.ones(1, 1, dtype=torch.bool)], dim=1)
+        at = actions_to_tensor(b.dit.config.action_spec, acts)
+        free = has.clone()
+        free[:, -1] = False
+
+        def denoise(x, sigma):
+            seq = torch.cat([hist, x[:, None]], dim=1)
+            sig = torch.cat([torch.full((1, seq.shape[1] - 1), edm.cfg.context_noise), sigma[:, None]], dim=1)
+            inp, c_noise = edm.model_input(seq, sig)
+            prev = edm.previous_frames(seq)  # the target's is the last committed frame
+            raw = b.dit(inp, c_noise, at, has, prev=prev).out[:, -1]
+            if guidance != 1.0:
+                raw_free = b.dit(inp, c_noise, at, free, prev=prev).out[:, -1]
+                raw = raw_free + guidance * (raw - raw_free)
+            return edm.denoised(x, sigma, raw)
+
+        ref = edm.sample(denoise, torch.as_tensor(noise, dtype=torch.float32), 2)
+        torch.testing.assert_close(res.latents, ref, rtol=1e-4, atol=1e-4)
+        hist = torch.cat([hist, (res.latents + sim.context_noise * torch.as_tensor(ctxn, dtype=torch.float32))[:, None]], 1)
 
 
 def test_guided_batch_rows_each_see_their_own_context(random_bundle):

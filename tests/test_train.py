@@ -217,3 +217,63 @@ def test_guidance_distillation(bundle, dataset, tmp_path):
     guided, plain, distilled = one_step(teacher, 3.0, acts), one_step(teacher, 1.0, acts), one_step(student, 1.0, acts)
     before, after = (plain - guided).pow(2).mean().item(), (distilled - guided).pow(2).mean().item()
     assert after < 0.7 * before, (before, after)  # measured: 0.156 -> 0.082
+
+
+def test_warp_calibration_recovers_the_shift_per_unit():
+    """calibrate_warp on frames whose view really moves by 1.5 px per unit of yaw and -0.7 px per unit of
+    pitch, with textureless pairs (nothing to track) and a jump (respawn) among them, which the fit leaves out."""
+    import pytest
+
+    from worldsim.train import calibrate_warp
+
+    rng = np.random.default_rng(0)
+    H, W = 48, 64
+    big = rng.integers(0, 256, (3 * H, 3 * W, 3)).astype(np.float32)
+    big = (big + np.roll(big, 1, 0) + np.roll(big, 1, 1) + np.roll(big, (1, 1), (0, 1))) / 4  # some smoothness
+    y, x, frames, cams = float(H), float(W), [], []
+    for t in range(300):
+        frames.append(big[int(round(y)):int(round(y)) + H, int(round(x)):int(round(x)) + W])
+        cam = rng.uniform(-8, 8, 2)
+        cams.append(cam)
+        y = float(np.clip(y + 0.7 * cam[0], 0, 2 * H))  # pitch up moves the content down: the window up
+        x = float(np.clip(x - 1.5 * cam[1], 0, 2 * W))
+    frames = np.stack(frames).astype(np.uint8)
+    frames[50:60] = 128  # a grey spell: no shift to find
+    frames[200:] = np.roll(frames[200:], 20, axis=2)  # a respawn at 200
+    ep = {"frames": frames, "actions": {"camera": np.array(cams, np.float32)}}
+    matrix, fit = calibrate_warp([ep], "camera")
+    px = np.array(fit["pixels_per_unit"])
+    np.testing.assert_allclose(px, [[-0.7, 0.0], [0.0, 1.5]], atol=0.08)  # (dy, dx) of the content
+    np.testing.assert_allclose(matrix, px * 2 / np.array([H, W]), rtol=1e-3, atol=1e-4)  # normalised units
+    with pytest.raises(ValueError, match="no such key"):
+        calibrate_warp([ep], "mouse")
+
+
+def test_warp_fine_tune_resumes_and_ships(minetest_bundle, minetest_dataset, tmp_path):
+    """dit.warp_action=camera on a bundle without it: the model gains the warp input (fitted to the real
+    Minetest frames), trains, resumes after a stop with the
+    widened input, and its bundle runs as worldsim/Minetest-v0 with a warping world model."""
+    import gymnasium as gym
+
+    from worldsim.checkpoint import Bundle
+
+    run = tmp_path / "w"
+    args = [f"data={minetest_dataset}", f"run={run}", *TINY_TRAIN, f"init={minetest_bundle}", "dit.warp_action=camera",
+            "checkpoint_every=30"]
+    first = run_job("train", [*args, "dit.steps=4", "dit.minutes=1e-9"])  # stops after one step
+    fit = first.state["metrics"]["warp_fit"]
+    assert fit["pairs"] >= 10 and first.dit.config.warp_action == "camera"
+    tr = run_job("train", [*args, "dit.steps=4"])
+    assert tr.started_at["dit_step"] == 1 and tr.state["dit_step"] == 4
+    out = Bundle(run / "bundle")
+    assert out.dit.config.warp_action == "camera" and out.meta["metrics"]["warp_fit"] == fit
+    w = out.dit.state_dict()["patch_in.weight"]
+    n = w.shape[1] // 2
+    assert w[:, n:].abs().max() > 0  # the new inputs trained
+    env = gym.make("worldsim/Minetest-v0", bundle=str(run / "bundle"))
+    obs, _ = env.reset(seed=0)
+    a = env.action_space.sample()
+    a["camera"] = np.array([0.0, 8.0], np.float32)
+    obs2, *_ = env.step(a)
+    assert obs2.shape == obs.shape
+    env.close()

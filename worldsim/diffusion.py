@@ -82,6 +82,13 @@ class EDM:
         return torch.cat([z[:, :1], z[:, :-1]], dim=1)
 
     # ---- training --------------------------------------------------------------------------------
+    def context_previous(self, z, generator=None):
+        """Each frame's predecessor as the simulator keeps it, a lightly noised context frame (levels
+        U(0, context_noise_max)): what a world model with a warp input reads beside the frame."""
+        prev = self.previous_frames(z)
+        lvl = torch.rand(*z.shape[:2], device=z.device, generator=generator) * self.cfg.context_noise_max
+        return prev + self._bc(lvl, z) * torch.randn(z.shape, device=z.device, generator=generator)
+
     def sample_sigmas(self, B, T, device, generator=None):
         """Per-frame noise levels and which frames are denoising targets (the rest are context)."""
         c = self.cfg
@@ -106,7 +113,8 @@ class EDM:
         noise = torch.randn(z.shape, device=z.device, generator=generator)
         x = z + self._bc(sigma, z) * noise
         inp, c_noise = self.model_input(x, sigma)
-        out = model(inp, c_noise, actions, has_action)
+        prev = self.context_previous(z, generator) if warps(model) else None
+        out = model(inp, c_noise, actions, has_action, prev=prev)
         _, c_out, _ = self.scalings(sigma)
         # the network output that makes `denoised` exact: what is left of z after the skip connection
         prev = self.previous_frames(z) if self.cfg.residual else None
@@ -145,14 +153,15 @@ class EDM:
         sigma[:, -1] = torch.where(at_max, torch.full_like(last, c.sigma_max), last)
         x = z + self._bc(sigma, z) * torch.randn(z.shape, device=dev, generator=generator)
         inp, c_noise = self.model_input(x, sigma)
+        prev = self.context_previous(z, generator) if warps(model) or warps(teacher) else None
         with torch.no_grad():
             free_has = has_action.clone()
             free_has[:, -1] = False
             both = teacher(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), batch_twice(actions),
-                           torch.cat([has_action, free_has])).out.float()
+                           torch.cat([has_action, free_has]), prev=None if prev is None else torch.cat([prev, prev])).out.float()
             cond, free = both.chunk(2)
             target = free[:, -1] + guidance * (cond[:, -1] - free[:, -1])
-        out = model(inp, c_noise, actions, has_action)
+        out = model(inp, c_noise, actions, has_action, prev=prev)
         diff = F.mse_loss(out.out[:, -1].float(), target)
         rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)
         return diff + rew + 0.1 * term, {"distill": diff.item(), "reward": rew.item(), "termination": term.item()}
@@ -180,6 +189,11 @@ class EDM:
             d = denoise_fn(x, sig)
             x = d if s_next == 0 else x + (s_next - s) * (x - d) / s
         return x
+
+
+def warps(model) -> bool:
+    """Whether a world model (or its torch.compile wrapper) reads a shifted previous frame (WorldDiT warp_action)."""
+    return getattr(getattr(model, "config", None), "warp_action", None) is not None
 
 
 def batch_twice(actions):

@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
@@ -106,6 +107,16 @@ class ActionEncoder(nn.Module):
     def forward(self, actions, has_action: torch.Tensor) -> torch.Tensor:
         """actions: leading dims (B, T) [+ per-space dims]; has_action: bool (B, T). -> (B, T, dim)."""
         return torch.where(has_action[..., None], self._embed(actions), self.null)
+
+
+def shift_latents(z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """z: (N, C, h, w); shift: (N, 2) content displacement (dy, dx) in grid_sample's normalised units (the
+    frame's height or width is 2), so one shift fits every frame size. Bilinear; edges repeat into the gap."""
+    theta = torch.zeros(z.shape[0], 2, 3, device=z.device, dtype=z.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2], theta[:, 1, 2] = -shift[:, 1], -shift[:, 0]  # out(p) = in(p - d)
+    grid = F.affine_grid(theta, list(z.shape), align_corners=False)
+    return F.grid_sample(z, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,17 +246,34 @@ class ModelOutput:
 
 
 class WorldDiT(ModelMixin, ConfigMixin):
-    """Frame-causal latent DiT with per-frame noise level and action (adaLN-Zero), reward and termination heads."""
+    """Frame-causal latent DiT with per-frame noise level and action (adaLN-Zero), reward and termination heads.
+
+    warp_action (optional): a 2-component Box key of a Dict action space (MineRL's "camera") whose effect is
+    mostly a shift of the whole image. Each frame then also reads its previous frame (as context: lightly
+    noised) shifted by `action @ warp_matrix` (grid_sample's normalised units per action unit, fitted to the
+    data by `worldsim train`), beside its own latent. Why: a 6 degree turn moves a Minetest view by 6-8 px,
+    under one 16 px token, and a model left to infer that shift from the action embedding alone ignored the
+    camera; given the shifted frame, following the camera is copying what is in front of it.
+    """
 
     @register_to_config
     def __init__(self, action_spec: dict, latent_channels: int = 4, patch_size: int = 2, dim: int = 256,
                  depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, context_frames: int = 4,
-                 time_period: int = 4096):
+                 time_period: int = 4096, warp_action: str | None = None, warp_matrix: list | None = None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         p, C = patch_size, latent_channels
-        self.patch_in = nn.Linear(C * p * p, dim)
+        if warp_action is not None:
+            sub = action_spec.get("keys", {}).get(warp_action, {}) if action_spec["type"] == "dict" else {}
+            if sub.get("type") != "box" or sub.get("dim") != 2:
+                raise ValueError(f"warp_action={warp_action!r} must name a 2-component Box key of a Dict action "
+                                 f"space; this one is {action_spec}")
+            M = torch.tensor(warp_matrix if warp_matrix is not None else [[0.0, 0.0], [0.0, 0.0]], dtype=torch.float32)
+            if M.shape != (2, 2) or not torch.isfinite(M).all():
+                raise ValueError(f"warp_matrix must be 2x2 finite numbers, got {warp_matrix}")
+            self.register_buffer("warp_shift", M, persistent=False)  # stored in the config, not the weights
+        self.patch_in = nn.Linear(C * p * p * (2 if warp_action else 1), dim)
         self.sigma_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.sigma_embed = TimestepEmbedding(256, dim)
         self.action_embed = ActionEncoder(action_spec, dim)
@@ -286,6 +314,32 @@ class WorldDiT(ModelMixin, ConfigMixin):
         p = self.config.patch_size
         return rearrange(y, "b t (h w) (c p1 p2) -> b t c (h p1) (w p2)", h=h // p, w=w // p, p1=p, p2=p)
 
+    def _with_warp(self, x, prev, actions, has_action):
+        """x, prev: (B, T, C, h, w) -> x and each frame's previous frame shifted by its action, channel-stacked.
+        A frame without its action (the first, or hidden for guidance) sees its previous frame unshifted."""
+        k = self.config.warp_action
+        if k is None:
+            return x
+        if prev is None:
+            raise ValueError(f"this world model reads the previous frame shifted by the {k!r} action: pass prev")
+        shift = actions[k].to(x.dtype) @ self.warp_shift.to(x.dtype)
+        shift = torch.where(has_action[..., None], shift, torch.zeros_like(shift))
+        warped = shift_latents(prev.flatten(0, 1).to(x.dtype), shift.flatten(0, 1)).unflatten(0, x.shape[:2])
+        return torch.cat([x, warped], dim=2)
+
+    def with_warp(self, action: str, matrix) -> "WorldDiT":
+        """This model with the warp input added (see the class docstring). The new input weights start at
+        zero, so it computes exactly what it did until training puts them to use."""
+        if self.config.warp_action is not None:
+            raise ValueError(f"this world model already warps by {self.config.warp_action!r}")
+        cfg = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        cfg.update(warp_action=action, warp_matrix=[[float(v) for v in row] for row in matrix])
+        new = WorldDiT(**cfg).to(self.device)  # fp32 like every model here; load_state_dict keeps that
+        sd = self.state_dict()
+        sd["patch_in.weight"] = torch.cat([sd["patch_in.weight"], torch.zeros_like(sd["patch_in.weight"])], dim=1)
+        new.load_state_dict(sd)
+        return new.train(self.training)
+
     def _heads(self, x):
         r = self.heads_mlp(self.head_norm(x.mean(dim=2)))
         return r[..., 0], r[..., 1]
@@ -296,17 +350,19 @@ class WorldDiT(ModelMixin, ConfigMixin):
             raise ValueError(f"latent grid {h}x{w} is not divisible by patch_size={p}")
 
     # ---- sequence forward: training, full recompute, cache prefill --------------------------------
-    def forward(self, x, c_noise, actions, has_action, times=None, return_kv: bool = False) -> ModelOutput:
+    def forward(self, x, c_noise, actions, has_action, times=None, return_kv: bool = False, prev=None) -> ModelOutput:
         """x: (B, T, C, h, w) scaled noisy latents; c_noise: (B, T); actions: (B, T, ...); has_action: (B, T).
 
         times: int64 (T,) absolute frame indices (default 0..T-1); the attention window is `context_frames`.
+        prev: (B, T, C, h, w) each frame's previous frame as context (normalised latent, context-noised),
+        read only by a model with a warp input.
         """
         B, T, C, h, w = x.shape
         self._check_size(h, w)
         p = self.config.patch_size
         if times is None:
             times = torch.arange(T)
-        tok = self.patch_in(self._tokens(x))
+        tok = self.patch_in(self._tokens(self._with_warp(x, prev, actions, has_action)))
         c = self._cond(c_noise, actions, has_action)
         cos, sin = self.rope(times, h // p, w // p)
         mask = frame_causal_mask(T, tok.shape[2], self.config.context_frames, device=x.device)
@@ -320,17 +376,18 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     # ---- cached forward: one new frame per call -------------------------------------------------------
     def forward_cached(self, x, c_noise, actions, has_action, cache: "KVCache", time: int,
-                       commit: bool = False) -> ModelOutput:
+                       commit: bool = False, prev=None) -> ModelOutput:
         """x: (B, C, h, w) one frame per batch element, attending to the cache's window and to itself.
 
         commit=True writes this frame's keys/values into the cache at `time` (after each layer has used
-        the window it needs), so the next frame sees it as context.
+        the window it needs), so the next frame sees it as context. prev: (B, C, h, w) as in `forward`.
         """
         B, C, h, w = x.shape
         p = self.config.patch_size
-        tok = self.patch_in(self._tokens(x[:, None]))
-        c = self._cond(c_noise[:, None], actions[:, None] if not isinstance(actions, dict)
-                       else {k: v[:, None] for k, v in actions.items()}, has_action[:, None])
+        acts = actions[:, None] if not isinstance(actions, dict) else {k: v[:, None] for k, v in actions.items()}
+        tok = self.patch_in(self._tokens(self._with_warp(x[:, None], None if prev is None else prev[:, None], acts,
+                                                         has_action[:, None])))
+        c = self._cond(c_noise[:, None], acts, has_action[:, None])
         cos, sin = self.rope(torch.tensor([time]), h // p, w // p)
         if commit and B != cache.k.shape[1]:
             raise ValueError(f"a commit pass takes one row per cache row ({cache.k.shape[1]}), got {B}")

@@ -18,7 +18,7 @@ import torch
 
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
-from worldsim.diffusion import batch_twice
+from worldsim.diffusion import batch_twice, warps
 from worldsim.model import actions_to_tensor
 
 
@@ -91,7 +91,9 @@ class WorldSimulator:
         self.device = self.dit.device
         self.cache = self.dit.new_cache(batch_size, self.tokens_per_frame)
         self.residual = bool(self.edm.cfg.residual)
+        self.warps = warps(self.dit)
         self.prev = torch.zeros(batch_size, C, h, w, device=self.device)  # newest clean latent per row
+        self.prev_ctx = torch.zeros_like(self.prev)  # the same as committed (context-noised): a warp input reads it
         hold = bundle.meta.get("decode", {}).get("tile_hold", 0.0) if tile_hold is None else tile_hold
         self.tile_hold = float(hold)
         if not np.isfinite(self.tile_hold) or self.tile_hold < 0:
@@ -124,10 +126,12 @@ class WorldSimulator:
         times = torch.arange(self.time - T + 1, self.time + 1)  # the context ends now
         sig = torch.full((b, T), self.context_noise, device=self.device)
         inp, c_noise = self.edm.model_input(zc, sig)
-        out = self.dit(inp, c_noise, actions_to_tensor(self.spec, acts, self.device), has, times=times, return_kv=True)
+        out = self.dit(inp, c_noise, actions_to_tensor(self.spec, acts, self.device), has, times=times, return_kv=True,
+                       prev=self.edm.previous_frames(zc) if self.warps else None)
         self.cache.clear(rows)
         self.cache.write_frames(rows, out.kv, times.tolist())
         self.prev[rows] = z[:, -1]
+        self.prev_ctx[rows] = zc[:, -1]
         self.shown_z[rows] = z[:, -1]
         self.shown[rows] = frames[:, -1]
         return z
@@ -140,17 +144,19 @@ class WorldSimulator:
         a = actions_to_tensor(self.spec, actions, self.device)
         has = torch.ones(self.B, dtype=torch.bool, device=self.device)
 
+        pv = self.prev_ctx if self.warps else None
         if self.guidance != 1.0:  # the batch twice, with and without its action: one pass, not two
             a2 = batch_twice(a)
             has2 = torch.cat([has, ~has])
+            pv2 = torch.cat([pv, pv]) if self.warps else None
 
         def denoise(x, sigma):
             inp, c_noise = self.edm.model_input(x, sigma)
             if self.guidance == 1.0:
-                raw = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t).out
+                raw = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t, prev=pv).out
             else:  # classifier-free guidance: push past the action-free prediction
                 raw, free = self.dit.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2,
-                                                    self.cache, t).out.chunk(2)
+                                                    self.cache, t, prev=pv2).out.chunk(2)
                 raw = free + self.guidance * (raw - free)
             return self.edm.denoised(x, sigma, raw, prev)
 
@@ -158,8 +164,10 @@ class WorldSimulator:
         self.prev = z
         # commit: the new frame, lightly noised as context always is, goes into the cache at time t
         sig = torch.full((self.B,), self.context_noise, device=self.device)
-        inp, c_noise = self.edm.model_input(z + self.context_noise * self._t(context_noise), sig)
-        out = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t, commit=True)
+        zc = z + self.context_noise * self._t(context_noise)
+        inp, c_noise = self.edm.model_input(zc, sig)
+        out = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t, commit=True, prev=pv)
+        self.prev_ctx = zc
         self.time = t
         frames = self.codec.decode(z).cpu().numpy() if decode else None
         if decode and self.tile_hold > 0:

@@ -270,6 +270,11 @@ def test_warp_fine_tune_resumes_and_ships(minetest_bundle, minetest_dataset, tmp
     w = out.dit.state_dict()["patch_in.weight"]
     n = w.shape[1] // 2
     assert w[:, n:].abs().max() > 0  # the new inputs trained
+    # fine-tuned again, the model keeps its fit (not fitted afresh), and the bundle still says what it was
+    again = run_job("train", [f"data={minetest_dataset}", f"run={tmp_path / 'w2'}", *TINY_TRAIN,
+                              f"init={run / 'bundle'}", "dit.warp_action=camera", "dit.steps=1"])
+    assert again.dit.config.warp_matrix == out.dit.config.warp_matrix
+    assert Bundle(tmp_path / "w2" / "bundle").meta["metrics"]["warp_fit"] == fit
     env = gym.make("worldsim/Minetest-v0", bundle=str(run / "bundle"))
     obs, _ = env.reset(seed=0)
     a = env.action_space.sample()

@@ -74,6 +74,7 @@ class Trainer:
         if self.distill and (not cfg.get("init") or not math.isfinite(self.distill) or self.distill <= 1):
             raise ValueError(f"dit.distill_guidance={cfg.dit.distill_guidance}: guidance distillation needs "
                              "init=BUNDLE (the teacher) and a guidance scale > 1")
+        self.inherited = {}
         if cfg.get("init"):  # the bundle fixes the architecture: model/autoencoder presets are not used
             self._init_from_bundle(cfg.init)
         else:
@@ -98,6 +99,7 @@ class Trainer:
                                          betas=(0.9, 0.99))
         self.rng = np.random.default_rng(cfg.seed)
         self._resume()
+        self.state["metrics"].update(self.inherited)  # after a resume too: older checkpoints lack them
         self.started_at = {k: self.state[k] for k in ("stage", "ae_step", "dit_step")}
 
     def _init_from_bundle(self, init: str):
@@ -126,7 +128,9 @@ class Trainer:
             print("diffusion.residual=true on a bundle trained without it: its output layer starts at zero")
         self.state.update(stage="dit", ae_step=self.cfg.ae.steps, latent_mean=b.meta["latent_mean"],
                           latent_std=b.meta["latent_std"], latent_stats_fixed=True, init=str(path))
-        self.state["metrics"].update({k: v for k, v in b.meta.get("metrics", {}).items() if k.startswith("ae_")})
+        # facts about what stays as the bundle made it: its autoencoder, and its warp input's fit
+        self.inherited = {k: v for k, v in b.meta.get("metrics", {}).items() if k.startswith("ae_") or k == "warp_fit"}
+        self.state["metrics"].update(self.inherited)
         print(f"starting from bundle {path}: autoencoder frozen, world model fine-tuned")
 
     # ---- checkpoints ----------------------------------------------------------------------------

@@ -14,19 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from heldout_windows import next_frame_batches, next_frame_starts
+
 from worldsim.autoencoder import tile_layout
-from worldsim.data import index_actions, load_episodes, stack_actions
+from worldsim.data import load_episodes
 from worldsim.evaluate import psnr_of_mse
 from worldsim.simulator import WorldSimulator, load_bundle
 
 torch.set_num_threads(2)
 b = load_bundle(sys.argv[1] if len(sys.argv) > 1 else "worldsim/assets/crafter")
 eps = load_episodes(Path(sys.argv[2] if len(sys.argv) > 2 else "data/crafter-heldout"), split="test")
-W, B = b.dit.config.context_frames, 32
-starts = [(e, s) for e, ep in enumerate(eps) for s in range(0, len(ep["frames"]) - W - 1, 4)]
-np.random.default_rng(0).shuffle(starts)
-starts = starts[:256]
-sim = WorldSimulator(b, B)
+sim = WorldSimulator(b, 32)
+starts = next_frame_starts(eps, sim.window)
 p, oy, ox = tile_layout(b.ae, *b.env["frame_shape"][:2])
 _, h, w = sim.latent_shape
 view_rows = 7  # Crafter's world view: the top 7 of the 9 tile rows (the inventory below)
@@ -57,15 +56,8 @@ def strip_of(last, real):
     return m
 
 
-for i in range(0, len(starts) - B + 1, B):
-    ch = starts[i:i + B]
-    ctx = np.stack([eps[e]["frames"][s:s + W] for e, s in ch])
-    ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in ch])
-    nxt = np.stack([eps[e]["frames"][s + W] for e, s in ch])
-    act = np.array([eps[e]["actions"][s + W - 1] for e, s in ch])
-    sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *sim.latent_shape)))
-    res = sim.step(act, rng.standard_normal((B, *sim.latent_shape)), rng.standard_normal((B, *sim.latent_shape)))
-    for j in range(B):
+for ctx, nxt, act, res in next_frame_batches(sim, eps, starts, rng):
+    for j in range(sim.B):
         last, real, mod = (x.astype(np.float32) for x in (ctx[j, -1], nxt[j], res.frames[j]))
         strip = strip_of(last, real)
         se = ((mod - real) ** 2).mean(-1)

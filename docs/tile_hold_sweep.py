@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldsim.data import index_actions, load_episodes, stack_actions
+from heldout_windows import next_frame_batches, next_frame_starts
+
+from worldsim.data import load_episodes
 from worldsim.evaluate import mse_np, psnr_of_mse
 from worldsim.simulator import WorldSimulator, load_bundle
 
@@ -23,22 +25,13 @@ torch.set_num_threads(2)
 b = load_bundle(sys.argv[1] if len(sys.argv) > 1 else "worldsim/assets/crafter")
 eps = load_episodes(Path(sys.argv[2] if len(sys.argv) > 2 else "data/crafter-heldout"), split="test")
 W, B = b.dit.config.context_frames, 32
-starts = [(e, s) for e, ep in enumerate(eps) for s in range(0, len(ep["frames"]) - W - 1, 4)]
-np.random.default_rng(0).shuffle(starts)
-starts = starts[:256]
+starts = next_frame_starts(eps, W)
 copy = None
 for hold in (0.0, 0.2, 0.5, 0.8):
     sim = WorldSimulator(b, B, tile_hold=hold)
     rng = np.random.default_rng(1)
     model, cp = [], []
-    for i in range(0, len(starts) - B + 1, B):
-        ch = starts[i:i + B]
-        ctx = np.stack([eps[e]["frames"][s:s + W] for e, s in ch])
-        ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in ch])
-        nxt = np.stack([eps[e]["frames"][s + W] for e, s in ch])
-        act = np.array([eps[e]["actions"][s + W - 1] for e, s in ch])
-        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *sim.latent_shape)))
-        res = sim.step(act, rng.standard_normal((B, *sim.latent_shape)), rng.standard_normal((B, *sim.latent_shape)))
+    for ctx, nxt, _, res in next_frame_batches(sim, eps, starts, rng):
         model += list(mse_np(res.frames, nxt))
         cp += list(mse_np(ctx[:, -1], nxt))
     m, c = np.array(model), np.array(cp)

@@ -113,8 +113,8 @@ class EDM:
         noise = torch.randn(z.shape, device=z.device, generator=generator)
         x = z + self._bc(sigma, z) * noise
         inp, c_noise = self.model_input(x, sigma)
-        prev = self.context_previous(z, generator) if warps(model) else None
-        out = model(inp, c_noise, actions, has_action, prev=prev)
+        warp_in = self.context_previous(z, generator) if warps(model) else None
+        out = model(inp, c_noise, actions, has_action, prev=warp_in)
         _, c_out, _ = self.scalings(sigma)
         # the network output that makes `denoised` exact: what is left of z after the skip connection
         prev = self.previous_frames(z) if self.cfg.residual else None
@@ -153,15 +153,16 @@ class EDM:
         sigma[:, -1] = torch.where(at_max, torch.full_like(last, c.sigma_max), last)
         x = z + self._bc(sigma, z) * torch.randn(z.shape, device=dev, generator=generator)
         inp, c_noise = self.model_input(x, sigma)
-        prev = self.context_previous(z, generator) if warps(model) or warps(teacher) else None
+        warp_in = self.context_previous(z, generator) if warps(model) or warps(teacher) else None
         with torch.no_grad():
             free_has = has_action.clone()
             free_has[:, -1] = False
             both = teacher(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), batch_twice(actions),
-                           torch.cat([has_action, free_has]), prev=None if prev is None else torch.cat([prev, prev])).out.float()
+                           torch.cat([has_action, free_has]),
+                           prev=None if warp_in is None else batch_twice(warp_in)).out.float()
             cond, free = both.chunk(2)
             target = free[:, -1] + guidance * (cond[:, -1] - free[:, -1])
-        out = model(inp, c_noise, actions, has_action, prev=prev)
+        out = model(inp, c_noise, actions, has_action, prev=warp_in)
         diff = F.mse_loss(out.out[:, -1].float(), target)
         rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)
         return diff + rew + 0.1 * term, {"distill": diff.item(), "reward": rew.item(), "termination": term.item()}
@@ -197,5 +198,5 @@ def warps(model) -> bool:
 
 
 def batch_twice(actions):
-    """A batch of actions stacked onto itself (tensor, or dict of tensors for Dict action spaces)."""
+    """A batch stacked onto itself (a tensor, or a dict of tensors for Dict action spaces)."""
     return {k: torch.cat([v, v]) for k, v in actions.items()} if isinstance(actions, dict) else torch.cat([actions, actions])

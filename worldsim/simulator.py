@@ -148,7 +148,7 @@ class WorldSimulator:
         if self.guidance != 1.0:  # the batch twice, with and without its action: one pass, not two
             a2 = batch_twice(a)
             has2 = torch.cat([has, ~has])
-            pv2 = torch.cat([pv, pv]) if self.warps else None
+            pv2 = batch_twice(pv) if self.warps else None
 
         def denoise(x, sigma):
             inp, c_noise = self.edm.model_input(x, sigma)

@@ -106,3 +106,18 @@ def test_following_probes_are_kept_on_disk_and_reprobed_when_stale_or_corrupt(tm
     (tmp_path / "following_probes.npz").write_bytes(b"not an npz")
     with pytest.warns(UserWarning, match="unreadable"):
         assert len(evaluate.cached_probes(cfg, 4)) == 2
+
+
+def test_warp_copy_shifts_the_last_frame_by_the_fitted_camera_warp():
+    """The camera-aware baseline of a warp model: the frame moved by action @ warp matrix, in pixels."""
+    from worldsim.evaluate import warp_copy
+    from worldsim.model import WorldDiT
+
+    spec = {"type": "dict", "keys": {"camera": {"type": "box", "dim": 2, "scale": 180.0}}}
+    # 32 px wide: one pixel is 2/32 in grid_sample's units; 0.025 per degree of yaw = 4 px per 10 degrees
+    dit = WorldDiT(spec, latent_channels=4, dim=32, depth=1, heads=2).with_warp("camera", [[0.0, 0.0], [0.0, 0.025]])
+    frame = np.random.default_rng(0).integers(0, 256, (1, 24, 32, 3), dtype=np.uint8)
+    out = warp_copy(dit, frame, {"camera": np.array([[0.0, 10.0]])})
+    np.testing.assert_array_equal(out[:, :, 4:], frame[:, :, :-4])  # content moved 4 px right
+    np.testing.assert_array_equal(out[:, :, :4], np.repeat(frame[:, :, :1], 4, axis=2))  # the edge repeats
+    np.testing.assert_array_equal(warp_copy(dit, frame, {"camera": np.zeros((1, 2))}), frame)

@@ -157,12 +157,13 @@ def test_guidance_extrapolates_along_the_action(T, random_bundle):
         WorldSimulator(b, 1, guidance=float("nan"))
 
 
-@pytest.mark.parametrize("guidance", [1.0, 2.0])
-def test_warp_input_cached_rollout_equals_full_recompute(guidance, tmp_path):
+@pytest.mark.parametrize("guidance,residual", [(1.0, False), (2.0, False), (1.0, True), (2.0, True)])
+def test_warp_input_cached_rollout_equals_full_recompute(guidance, residual, tmp_path):
     """A world model that reads its previous frame shifted by the camera: the cached rollout feeds each step
     the frame it committed last (context-noised), exactly what the full recompute gives every frame; with
-    guidance the action-free half sees that frame unshifted."""
-    b = _random_bundle(tmp_path / "w", warp=True)
+    guidance the action-free half sees that frame unshifted. Residual: each half's skip connection is centred
+    on the warp input that half sees."""
+    b = _random_bundle(tmp_path / "w", warp=True, residual=residual)
     assert b.dit.config.warp_action == "camera" and b.dit.config.warp_matrix == [[0.03, 0.0], [0.0, -0.05]]
     edm, rng = b.edm, np.random.default_rng(3)
     with warnings.catch_warnings():
@@ -190,15 +191,41 @@ def test_warp_input_cached_rollout_equals_full_recompute(guidance, tmp_path):
             sig = torch.cat([torch.full((1, seq.shape[1] - 1), edm.cfg.context_noise), sigma[:, None]], dim=1)
             inp, c_noise = edm.model_input(seq, sig)
             prev = edm.previous_frames(seq)  # the target's is the last committed frame
-            raw = b.dit(inp, c_noise, at, has, prev=prev).out[:, -1]
+            centre = edm.residual_anchor(b.dit, seq, prev, at, has)
+            d = edm.denoised(x, sigma, b.dit(inp, c_noise, at, has, prev=prev).out[:, -1],
+                             None if centre is None else centre[:, -1])
             if guidance != 1.0:
-                raw_free = b.dit(inp, c_noise, at, free, prev=prev).out[:, -1]
-                raw = raw_free + guidance * (raw - raw_free)
-            return edm.denoised(x, sigma, raw)
+                centre = edm.residual_anchor(b.dit, seq, prev, at, free)
+                d_free = edm.denoised(x, sigma, b.dit(inp, c_noise, at, free, prev=prev).out[:, -1],
+                                      None if centre is None else centre[:, -1])
+                d = d_free + guidance * (d - d_free)
+            return d
 
-        ref = edm.sample(denoise, torch.as_tensor(noise, dtype=torch.float32), 2)
+        start = None
+        if residual:  # the sampler starts from the centre with the action: the last committed frame, shifted
+            start = b.dit.warped_previous(hist[:, -1:], {k: v[:, -1:] for k, v in at.items()}, has[:, -1:])[:, 0]
+        ref = edm.sample(denoise, torch.as_tensor(noise, dtype=torch.float32), 2, start)
         torch.testing.assert_close(res.latents, ref, rtol=1e-4, atol=1e-4)
         hist = torch.cat([hist, (res.latents + sim.context_noise * torch.as_tensor(ctxn, dtype=torch.float32))[:, None]], 1)
+
+
+def test_residual_warp_model_at_zero_output_turns_the_view_with_the_camera(tmp_path):
+    """A residual world model with a warp input, whose network outputs zero, shows the last frame shifted by
+    the camera action: the shift the warp input applies, not a copy of the unturned frame."""
+    from worldsim.model import shift_latents
+    b = _random_bundle(tmp_path / "rw", warp=True, residual=True)
+    torch.nn.init.zeros_(b.dit.final.linear.weight)
+    torch.nn.init.zeros_(b.dit.final.linear.bias)
+    sim = WorldSimulator(b, 2, sampling_steps=1)
+    shape = sim.latent_shape
+    acts = {"camera": np.zeros((2, W - 1, 2), np.float32), "forward": np.zeros((2, W - 1), np.int64)}
+    z = sim.reset([0, 1], b.start_frames.numpy(), acts, np.zeros((2, W, *shape)))
+    cam = np.array([[0.0, 20.0], [-20.0, 0.0]], np.float32)  # turn right; look up
+    res = sim.step({"camera": cam, "forward": np.array([1, 0])}, np.zeros((2, *shape)), np.zeros((2, *shape)),
+                   decode=False)
+    want = shift_latents(z[:, -1], torch.as_tensor(cam) @ b.dit.warp_shift)
+    torch.testing.assert_close(res.latents, want, rtol=1e-5, atol=1e-5)
+    assert (want - z[:, -1]).abs().mean() > 0.05  # the shift is not a copy
 
 
 def test_guided_batch_rows_each_see_their_own_context(random_bundle):

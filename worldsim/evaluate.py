@@ -4,7 +4,9 @@
   Two averages, both reported: the mean of per-frame PSNR, and the PSNR of the pooled MSE (mean squared error
   over all frames, then PSNR). They differ when some real next frames equal the last one (Crafter's "do"
   on grass, blocked moves): copying is then exact, its per-frame PSNR is 148 dB (the MSE floor), and those frames
-  dominate the per-frame mean; the pooled figure weighs every pixel error the same.
+  dominate the per-frame mean; the pooled figure weighs every pixel error the same. A model with a warp
+  input (camera) also gets the baseline that knows the camera: the last frame shifted by the action times
+  the model's fitted warp matrix (`warp_copy`), for the next frame and for camera following.
 - Open-loop rollout from real context driven by the real actions: PSNR at each horizon, beside
   copy-the-last-context-frame.
 - Reward / termination heads: precision and recall over the held-out transitions (heads read the model's
@@ -140,6 +142,7 @@ def evaluate(cfg):
     sim = WorldSimulator(bundle, B, cfg.sampling_steps, **_sim_kw(cfg))
     shape = sim.latent_shape
     model_mse, copy_mse = np.zeros((len(starts), H)), np.zeros((len(starts), H))
+    warp_mse = np.zeros(len(starts))  # a warp model's own baseline: the last frame shifted by the camera
     rew_pred, rew_true, term_pred, term_true = [], [], [], []
     strip, strip_real = [], None
     for i in tqdm(range(0, len(starts) - B + 1, B), desc="eval rollouts", unit="batch"):
@@ -159,6 +162,8 @@ def evaluate(cfg):
             if i == 0:
                 strip.append(res.frames[: cfg.grid_rows])
             copy_mse[i:i + B, h] = mse_np(ctx[:, -1], fut[:, h])
+            if h == 0 and sim.warps:
+                warp_mse[i:i + B] = mse_np(warp_copy(bundle.dit, ctx[:, -1], _step_of(fut_a, 0)), fut[:, 0])
             if h == 0:  # heads on the first generated frame (real context up to it)
                 rew_pred += list(res.reward > 0.5)
                 rew_true += list(fut_r[:, 0] > 0.5)
@@ -179,6 +184,8 @@ def evaluate(cfg):
                             "pooled": {"model": curve[1]["model_pooled"], "copy_last": curve[1]["copy_context_pooled"],
                                        "gain_db": curve[1]["model_pooled"] - curve[1]["copy_context_pooled"]},
                             "identical_frames": int((copy_mse[:, 0] == 0).sum())},
+        **({"warp_copy_next_frame_psnr": {"mean": float(psnr_of_mse(warp_mse[:n]).mean()),
+                                          "pooled": float(psnr_of_mse(warp_mse[:n].mean()))}} if sim.warps else {}),
         "rollout_psnr": {str(h): curve[h] for h in horizons},
         "rollout_curve": {str(h): v for h, v in curve.items()},
         "reward_head": _precision_recall(rew_pred, rew_true),
@@ -190,6 +197,10 @@ def evaluate(cfg):
           f"| gain {nf['gain_db']:+.2f} dB ({nf['identical_frames']} of {n} real next frames equal the last one)")
     print(f"next frame PSNR, pooled MSE:     model {nf['pooled']['model']:.2f} dB | copy-last "
           f"{nf['pooled']['copy_last']:.2f} dB | gain {nf['pooled']['gain_db']:+.2f} dB")
+    if sim.warps:
+        wc = result["warp_copy_next_frame_psnr"]
+        print(f"next frame PSNR, last frame shifted by the camera (the warp's fit, no model): mean per frame "
+              f"{wc['mean']:.2f} dB, pooled {wc['pooled']:.2f} dB")
     print("rollout PSNR by horizon, mean per frame (model | copy-context) and pooled MSE (model | copy-context):")
     for h in horizons:
         c = curve[h]
@@ -362,6 +373,17 @@ def cached_probes(cfg, W: int) -> list:
     return probes
 
 
+def warp_copy(dit, frames: np.ndarray, actions) -> np.ndarray:
+    """A warp model's no-model baseline: frames (B, H, W, 3) uint8 shifted by the actions' warp key times the
+    model's fitted warp matrix, in pixels (bilinear, edges repeated), as its warp input shifts latents."""
+    from worldsim.model import shift_latents
+
+    cam = torch.as_tensor(np.asarray(actions[dit.config.warp_action]), dtype=torch.float32)
+    x = torch.as_tensor(frames).permute(0, 3, 1, 2).float()
+    out = shift_latents(x, cam @ dit.warp_shift.float().cpu())
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def following_eval(cfg, bundle, rng) -> dict:
     """Share of probe actions whose generated frame is closest (PSNR) to that action's real outcome."""
     W = bundle.dit.config.context_frames
@@ -376,7 +398,7 @@ def following_eval(cfg, bundle, rng) -> dict:
     # Crafter: move probes' hits split by whether the move repeats the context's last action (the explorer holds moves,
     # so a model that continues the context's motion instead of reading the action scores on repeats only)
     repeat = {"repeat": [0, 0], "change": [0, 0]}
-    probes = 0
+    probes, warp_hits = 0, 0
     for ctx, ctx_a, probe, outcomes in tqdm(cached_probes(cfg, W), desc="action following"):
         B = len(names)
         rows_a = [ctx_a] * B
@@ -385,6 +407,8 @@ def following_eval(cfg, bundle, rng) -> dict:
         step_noise = rng.standard_normal((1, *shape)).repeat(B, 0)
         gen = sim.step(stack_actions([probe[n] for n in names]), step_noise, np.zeros((B, *shape))).frames
         real = np.stack([outcomes[n] for n in names])
+        shifted = warp_copy(bundle.dit, np.repeat(ctx[-1:], B, 0), stack_actions([probe[n] for n in names])) \
+            if sim.warps else None
         probes += 1
         for i, n in enumerate(names):
             others = [j for j in range(B) if j != i]
@@ -394,6 +418,8 @@ def following_eval(cfg, bundle, rng) -> dict:
             closest = int(np.argmax(psnr_np(gen[i][None], real)))
             hits[n] += int(closest == i)
             confusion[n][names[closest]] += 1
+            if shifted is not None:
+                warp_hits += int(np.argmax(psnr_np(shifted[i][None], real)) == i)
             if cfg.env == "crafter" and n != "noop":
                 r = repeat["repeat" if int(np.asarray(ctx_a[-1])) == int(probe[n]) else "change"]
                 r[0], r[1] = r[0] + int(closest == i), r[1] + 1
@@ -401,6 +427,8 @@ def following_eval(cfg, bundle, rng) -> dict:
     res = {"accuracy": sum(hits.values()) / total if total else None, "counted": total, "probes": probes,
            "per_action": {n: {"accuracy": hits[n] / counted[n] if counted[n] else None, "counted": counted[n]}
                           for n in names}, "chance": 1 / len(names), "confusion": confusion}
+    if sim.warps:
+        res["warp_copy_accuracy"] = warp_hits / total if total else None
     if cfg.env == "crafter":
         res["by_context_action"] = {k: {"accuracy": h / c if c else None, "counted": c} for k, (h, c) in repeat.items()}
     print(f"action following: {res['accuracy'] if total else float('nan'):.3f} over {total} counted "
@@ -410,6 +438,8 @@ def following_eval(cfg, bundle, rng) -> dict:
         print("  move probes repeating the context's last action / another: " + " / ".join(
             f"{v['accuracy'] if v['accuracy'] is not None else float('nan'):.3f} of {v['counted']}"
             for v in res["by_context_action"].values()))
+    if sim.warps and total:
+        print(f"  the last frame shifted by the camera (the warp's fit, no model): {res['warp_copy_accuracy']:.3f}")
     print("  closest real outcome, by action taken: " + "; ".join(
         f"{n} -> " + " ".join(f"{m}:{c}" for m, c in row.items() if c) for n, row in confusion.items()))
     return res

@@ -314,18 +314,22 @@ class WorldDiT(ModelMixin, ConfigMixin):
         p = self.config.patch_size
         return rearrange(y, "b t (h w) (c p1 p2) -> b t c (h p1) (w p2)", h=h // p, w=w // p, p1=p, p2=p)
 
-    def _with_warp(self, x, prev, actions, has_action):
-        """x, prev: (B, T, C, h, w) -> x and each frame's previous frame shifted by its action, channel-stacked.
-        A frame without its action (the first, or hidden for guidance) sees its previous frame unshifted."""
+    def warped_previous(self, prev, actions, has_action):
+        """prev: (B, T, C, h, w) each frame's previous frame -> shifted by that frame's warp action. A frame
+        without its action (the first, or hidden for guidance) gets its previous frame unshifted."""
         k = self.config.warp_action
-        if k is None:
-            return x
         if prev is None:
             raise ValueError(f"this world model reads the previous frame shifted by the {k!r} action: pass prev")
-        shift = actions[k].to(x.dtype) @ self.warp_shift.to(x.dtype)
+        shift = actions[k].to(prev.dtype) @ self.warp_shift.to(prev.dtype)
         shift = torch.where(has_action[..., None], shift, torch.zeros_like(shift))
-        warped = shift_latents(prev.flatten(0, 1).to(x.dtype), shift.flatten(0, 1)).unflatten(0, x.shape[:2])
-        return torch.cat([x, warped], dim=2)
+        return shift_latents(prev.flatten(0, 1), shift.flatten(0, 1)).unflatten(0, prev.shape[:2])
+
+    def _with_warp(self, x, prev, actions, has_action):
+        """x, prev: (B, T, C, h, w) -> x and each frame's warped previous frame, channel-stacked."""
+        if self.config.warp_action is None:
+            return x
+        return torch.cat([x, self.warped_previous(None if prev is None else prev.to(x.dtype), actions, has_action)],
+                         dim=2)
 
     def with_warp(self, action: str, matrix) -> "WorldDiT":
         """This model with the warp input added (see the class docstring). The new input weights start at

@@ -140,11 +140,18 @@ class WorldSimulator:
     def step(self, actions, noise: np.ndarray, context_noise: np.ndarray, decode: bool = True) -> StepResult:
         """Advance every row by one frame. noise, context_noise: (B, C, h, w) unit Gaussian."""
         t = self.time + 1
-        prev = self.prev if self.residual else None
         a = actions_to_tensor(self.spec, actions, self.device)
         has = torch.ones(self.B, dtype=torch.bool, device=self.device)
-
         pv = self.prev_ctx if self.warps else None
+        # residual models: what the skip connection is centred on (EDM.residual_anchor), with the action and,
+        # for guidance's action-free half, without it (a warp model's free half sees the frame unshifted)
+        prev = prev_free = None
+        if self.residual:
+            prev = prev_free = self.prev
+            if self.warps:
+                acts = {k: v[:, None] for k, v in a.items()}
+                prev = self.dit.warped_previous(pv[:, None], acts, has[:, None])[:, 0]
+                prev_free = pv
         if self.guidance != 1.0:  # the batch twice, with and without its action: one pass, not two
             a2 = batch_twice(a)
             has2 = torch.cat([has, ~has])
@@ -157,7 +164,8 @@ class WorldSimulator:
             else:  # classifier-free guidance: push past the action-free prediction
                 raw, free = self.dit.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2,
                                                     self.cache, t, prev=pv2).out.chunk(2)
-                raw = free + self.guidance * (raw - free)
+                d_free = self.edm.denoised(x, sigma, free, prev_free)  # on the denoised frames: each half
+                return d_free + self.guidance * (self.edm.denoised(x, sigma, raw, prev) - d_free)  # has its centre
             return self.edm.denoised(x, sigma, raw, prev)
 
         z = self.edm.sample(denoise, self._t(noise), self.steps, prev)

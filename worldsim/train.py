@@ -118,6 +118,9 @@ class Trainer:
             if b.edm.cfg.action_dropout <= 0:
                 raise ValueError(f"init={init}: guidance distillation needs a teacher trained with "
                                  "diffusion.action_dropout > 0 (its action-free prediction)")
+            if self.edm_cfg.residual or b.edm.cfg.residual:
+                raise ValueError("dit.distill_guidance: guidance distillation is not implemented for residual "
+                                 "models (diffusion.residual)")
             self.teacher = copy.deepcopy(b.dit).eval().requires_grad_(False)
             self.edm_cfg.guidance = 1.0  # the bundle written at the end already has the guidance built in
         if self.edm_cfg.residual and not b.edm.cfg.residual:

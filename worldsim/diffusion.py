@@ -89,8 +89,8 @@ class EDM:
         residual): the previous frame's clean latent, or for a model with a warp input that input itself
         (warp_in shifted by each frame's action; unshifted where the action is hidden, as the network sees it).
         Why the warp input and not the clean frame: it is what the simulator has at inference (the committed,
-        context-noised frame), and a Minetest view shifted by the camera scored 96 % camera following and
-        +2.6 dB pooled over copy-last before any training (docs: the warp baseline)."""
+        context-noised frame), and on held-out Minetest the last frame shifted by the camera, with no model,
+        scored 96.8 % camera following and +2.29 dB pooled over copy-last (README: `warp_copy`)."""
         if not self.cfg.residual:
             return None
         if warp_in is not None:

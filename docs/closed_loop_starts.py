@@ -3,25 +3,31 @@ walk, dig and look actions: the frame's mean and pixel spread after 50, 150 and 
 
     python docs/closed_loop_starts.py BUNDLE   (held-out episodes: data/minetest-heldout)
 """
-import sys, numpy as np, torch, gymnasium as gym
+import sys
 from pathlib import Path
-import worldsim
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import worldsim  # noqa: F401  (registers the envs)
 from worldsim.data import load_episodes
+
 torch.set_num_threads(2)
 bundle = sys.argv[1]
 eps = load_episodes(Path("data/minetest-heldout"), split="test")
 env = gym.make("worldsim/Minetest-v0", bundle=bundle)
 rng = np.random.default_rng(0)
 for e in range(len(eps)):
-  for s in (0, 200):
-    fr = eps[e]["frames"][s:s + 4]
-    acts = {k: v[s:s + 3] for k, v in eps[e]["actions"].items()}
-    obs, _ = env.reset(seed=1, options={"context_frames": fr, "context_actions": acts})
-    out = []
-    for t in range(300):
-        a = {"forward": int(rng.random() < 0.7), "attack": int(rng.random() < 0.3), "jump": int(rng.random() < 0.1),
-             "camera": rng.normal(0, 3, 2).astype(np.float32)}
-        obs = env.step(a)[0]
-        if t + 1 in (50, 150, 300):
-            out.append(f"t{t+1}: mean {obs.mean():5.1f} spread {obs.std():4.1f}")
-    print(f"ep {e} start {s} (real mean {fr[-1].mean():5.1f}): " + " | ".join(out))
+    for s in (0, 200):
+        fr = eps[e]["frames"][s:s + 4]
+        acts = {k: v[s:s + 3] for k, v in eps[e]["actions"].items()}
+        obs, _ = env.reset(seed=1, options={"context_frames": fr, "context_actions": acts})
+        out = []
+        for t in range(300):
+            a = {"forward": int(rng.random() < 0.7), "attack": int(rng.random() < 0.3),
+                 "jump": int(rng.random() < 0.1), "camera": rng.normal(0, 3, 2).astype(np.float32)}
+            obs = env.step(a)[0]
+            if t + 1 in (50, 150, 300):
+                out.append(f"t{t + 1}: mean {obs.mean():5.1f} spread {obs.std():4.1f}")
+        print(f"ep {e} start {s} (real mean {fr[-1].mean():5.1f}): " + " | ".join(out))

@@ -143,15 +143,16 @@ class WorldSimulator:
         a = actions_to_tensor(self.spec, actions, self.device)
         has = torch.ones(self.B, dtype=torch.bool, device=self.device)
         pv = self.prev_ctx if self.warps else None
-        # residual models: what the skip connection is centred on (EDM.residual_anchor), with the action and,
-        # for guidance's action-free half, without it (a warp model's free half sees the frame unshifted)
+        # residual models: what the skip connection is centred on, with the action and, for guidance's
+        # action-free half, without it (a warp model's free half sees the frame unshifted)
         prev = prev_free = None
         if self.residual:
-            prev = prev_free = self.prev
-            if self.warps:
-                acts = {k: v[:, None] for k, v in a.items()}
-                prev = self.dit.warped_previous(pv[:, None], acts, has[:, None])[:, 0]
-                prev_free = pv
+            acts = {k: v[:, None] for k, v in a.items()} if isinstance(a, dict) else a[:, None]
+
+            def centre(has_action):  # one-frame sequences: the newest clean latent is their previous frame
+                return self.edm.residual_anchor(self.dit, self.prev[:, None], None if pv is None else pv[:, None],
+                                                acts, has_action[:, None])[:, 0]
+            prev, prev_free = centre(has), centre(~has)
         if self.guidance != 1.0:  # the batch twice, with and without its action: one pass, not two
             a2 = batch_twice(a)
             has2 = torch.cat([has, ~has])

@@ -19,14 +19,15 @@ OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index"}
 
 
 def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_size=None, default=None,
-          guidance=None, tile_hold=None, quantize=None) -> gym.Space:
+          guidance=None, tile_hold=None, quantize=None, detail_carry=None, carry_gate=None) -> gym.Space:
     """Set up what both envs share (bundle, simulator, observation space, action meanings); returns the
     action space of one world."""
     from worldsim import DEFAULT_CRAFTER_BUNDLE
 
     env.bundle = load_bundle(str(bundle or default or DEFAULT_CRAFTER_BUNDLE), device)
     env.sim = WorldSimulator(env.bundle, batch_size, sampling_steps, context_noise,
-                             tuple(frame_size) if frame_size is not None else None, guidance, tile_hold, quantize)
+                             tuple(frame_size) if frame_size is not None else None, guidance, tile_hold, quantize,
+                             detail_carry=detail_carry, carry_gate=carry_gate)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
     return _action_space(env.bundle.env["action_space"])
 
@@ -61,6 +62,10 @@ class WorldEnv(gym.Env):
     ``tile_hold=t`` (patch-autoencoder bundles): a tile whose latent moved less than t (RMS over channels,
     normalised units) from the latent its shown pixels came from keeps those pixels, so what the model left
     unchanged is shown exactly as before instead of re-decoded. Default: the bundle's (0 = off).
+    ``detail_carry=k``, ``carry_gate=g`` (residual models): the model's change, decode(frame) - decode(its
+    centre), is added to the last shown frame moved by the camera, so detail the decoder blurs is kept; k < 1
+    fades the difference from the model's decode, g (grey levels) shows strongly changed pixels as decoded.
+    Default: the bundle's (the shipped Minetest model: 0.9 and 16; ``detail_carry=0`` turns it off).
     ``quantize="int8"`` (CPU): the world model's attention and MLP layers run as int8 dynamic-quantized
     GEMMs, faster on CPU at a small cost in fidelity (README: both measured). Default: None (fp32).
     """
@@ -71,12 +76,13 @@ class WorldEnv(gym.Env):
                  sampling_steps: int | None = None, context_noise: float | None = None,
                  termination_threshold: float = 0.5, device: str = "cpu", frame_size: tuple[int, int] | None = None,
                  default_bundle: str | Path | None = None, guidance: float | None = None,
-                 tile_hold: float | None = None, quantize: str | None = None):
+                 tile_hold: float | None = None, quantize: str | None = None,
+                 detail_carry: float | None = None, carry_gate: float | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), float(termination_threshold)
         self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise, frame_size, default_bundle,
-                                  guidance, tile_hold, quantize)
+                                  guidance, tile_hold, quantize, detail_carry, carry_gate)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window = None, 0, None
 
@@ -135,7 +141,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                  horizon: int = 10000, sampling_steps: int | None = None, context_noise: float | None = None,
                  termination_threshold: float = 0.5, device: str = "cpu", frame_size: tuple[int, int] | None = None,
                  default_bundle: str | Path | None = None, guidance: float | None = None,
-                 tile_hold: float | None = None, quantize: str | None = None, **kwargs):
+                 tile_hold: float | None = None, quantize: str | None = None,
+                 detail_carry: float | None = None, carry_gate: float | None = None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments for WorldVectorEnv: {sorted(kwargs)}")
         if render_mode not in (None, "rgb_array"):
@@ -143,7 +150,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.num_envs, self.render_mode = int(num_envs), render_mode
         self.horizon, self.threshold = int(horizon), float(termination_threshold)
         self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise,
-                                         frame_size, default_bundle, guidance, tile_hold, quantize)
+                                         frame_size, default_bundle, guidance, tile_hold, quantize,
+                                         detail_carry, carry_gate)
         self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)

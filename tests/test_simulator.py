@@ -228,6 +228,80 @@ def test_residual_warp_model_at_zero_output_turns_the_view_with_the_camera(tmp_p
     assert (want - z[:, -1]).abs().mean() > 0.05  # the shift is not a copy
 
 
+def _zero_output_residual_warp(path):
+    b = _random_bundle(path, warp=True, residual=True)
+    torch.nn.init.zeros_(b.dit.final.linear.weight)
+    torch.nn.init.zeros_(b.dit.final.linear.bias)
+    return b
+
+
+def test_detail_carry_shows_the_last_frame_moved_by_the_camera_where_the_model_changes_nothing(tmp_path):
+    """detail_carry 1: a residual warp model whose network outputs zero shows the last real frame shifted in
+    pixels by the camera (eval's warp_copy), not the decode of its shifted latent; the latents, which the next
+    steps read, are the same as without the carry."""
+    from worldsim.evaluate import warp_copy
+    b = _zero_output_residual_warp(tmp_path / "rw")
+    sims = [WorldSimulator(b, 2, sampling_steps=1, detail_carry=c) for c in (1.0, 0.0)]
+    shape = sims[0].latent_shape
+    acts = {"camera": np.zeros((2, W - 1, 2), np.float32), "forward": np.zeros((2, W - 1), np.int64)}
+    step_a = {"camera": np.array([[0.0, 20.0], [-20.0, 0.0]], np.float32), "forward": np.array([1, 0])}
+    ctx = b.start_frames.numpy()
+    out = []
+    for sim in sims:
+        sim.reset([0, 1], ctx, acts, np.zeros((2, W, *shape)))
+        out.append(sim.step(step_a, np.zeros((2, *shape)), np.zeros((2, *shape))))
+    want = warp_copy(b.dit, ctx[:, -1], step_a).astype(int)
+    assert np.abs(out[0].frames.astype(int) - want).max() <= 1  # rounding
+    assert np.abs(out[1].frames.astype(int) - want).mean() > 3  # the decoded centre is not the shifted frame
+    torch.testing.assert_close(out[0].latents, out[1].latents)
+
+
+def test_detail_carry_below_one_fades_towards_the_models_decode(tmp_path):
+    # nothing changes (zero output, no turn, no context noise): each step keeps detail_carry of the shown
+    # frame's difference from the decode, so it cannot pile up over a long rollout
+    b = _zero_output_residual_warp(tmp_path / "rw")
+    sim = WorldSimulator(b, 1, sampling_steps=1, detail_carry=0.5, context_noise=0.0)
+    shape = sim.latent_shape
+    acts = {"camera": np.zeros((1, W - 1, 2), np.float32), "forward": np.zeros((1, W - 1), np.int64)}
+    z = sim.reset([0], b.start_frames[:1].numpy(), acts, np.zeros((1, W, *shape)))
+    decoded = sim.codec.decode(z[:, -1]).numpy().astype(float)
+    gaps = [np.abs(b.start_frames[:1, -1].numpy() - decoded).mean()]
+    for _ in range(3):
+        res = sim.step({"camera": np.zeros((1, 2), np.float32), "forward": np.array([0])}, np.zeros((1, *shape)),
+                       np.zeros((1, *shape)))
+        gaps.append(np.abs(res.frames - decoded).mean())
+    assert gaps[0] > 5
+    for before, after in zip(gaps, gaps[1:]):
+        assert abs(after - 0.5 * before) < 0.5, gaps  # halves each step (within rounding)
+
+
+def test_detail_carry_gate_shows_strongly_changed_pixels_as_decoded(tmp_path):
+    b = _random_bundle(tmp_path / "rw", warp=True, residual=True)  # a network that changes the frame
+    sims = [WorldSimulator(b, 2, sampling_steps=1, detail_carry=1.0, carry_gate=g) for g in (1e-3, 0.0)]
+    plain = WorldSimulator(b, 2, sampling_steps=1)
+    shape = plain.latent_shape
+    acts = {"camera": np.zeros((2, W - 1, 2), np.float32), "forward": np.zeros((2, W - 1), np.int64)}
+    step_a = {"camera": np.array([[0.0, 5.0], [3.0, 0.0]], np.float32), "forward": np.array([1, 0])}
+    noise = np.random.default_rng(0).standard_normal((2, *shape))
+    out = []
+    for sim in (*sims, plain):
+        sim.reset([0, 1], b.start_frames.numpy(), acts, np.zeros((2, W, *shape)))
+        out.append(sim.step(step_a, noise, np.zeros((2, *shape))).frames.astype(int))
+    gated, ungated, decoded = out
+    assert np.abs(gated - decoded).mean() < 0.5  # every pixel changed by more than the gate: shown as decoded
+    assert np.abs(ungated - decoded).mean() > 3  # without the gate the carried detail is there
+
+
+def test_detail_carry_needs_a_residual_model(random_bundle, tmp_path):
+    with pytest.raises(ValueError, match="detail_carry needs a residual model"):
+        WorldSimulator(random_bundle, 1, detail_carry=0.9)
+    b = _random_bundle(tmp_path / "rw", warp=True, residual=True)
+    with pytest.raises(ValueError, match=r"detail_carry must be in \[0, 1\]"):
+        WorldSimulator(b, 1, detail_carry=1.5)
+    with pytest.raises(ValueError, match="carry_gate must be a finite number"):
+        WorldSimulator(b, 1, detail_carry=0.9, carry_gate=-1)
+
+
 def test_guided_batch_rows_each_see_their_own_context(random_bundle):
     # guidance stacks the batch with and without its action in one pass over the shared cache: each row,
     # guided, must equal that row run alone (a row mix-up in the stacked cache would not)

@@ -57,9 +57,10 @@ def _opt(cfg, key):
 
 
 def _sim_kw(cfg) -> dict:
-    """Inference settings the config may override (context noise, guidance, tile hold); null = the bundle's.
+    """Inference settings the config may override (context noise, guidance, tile hold, detail carry); null = the bundle's.
     quantize: null = fp32."""
-    kw = {k: None if cfg.get(k) is None else float(cfg.get(k)) for k in ("context_noise", "guidance", "tile_hold")}
+    kw = {k: None if cfg.get(k) is None else float(cfg.get(k)) for k in ("context_noise", "guidance", "tile_hold",
+                                                                             "detail_carry", "carry_gate")}
     return {**kw, "quantize": cfg.get("quantize")}
 
 

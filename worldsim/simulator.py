@@ -19,7 +19,7 @@ import torch
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
 from worldsim.diffusion import batch_twice, warps
-from worldsim.model import actions_to_tensor
+from worldsim.model import actions_to_tensor, shift_latents
 
 
 @functools.lru_cache(maxsize=4)
@@ -61,7 +61,9 @@ class StepResult:
 class WorldSimulator:
     def __init__(self, bundle: Bundle, batch_size: int, sampling_steps: int | None = None,
                  context_noise: float | None = None, frame_size: tuple[int, int] | None = None,
-                 guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None):
+                 guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
+                 detail_carry: float | None = None,
+                 carry_gate: float | None = None):
         if quantize not in QUANTIZE:
             raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
         self.bundle, self.B, self.quantize = bundle, batch_size, quantize
@@ -101,6 +103,18 @@ class WorldSimulator:
         self._tiles = tile_layout(bundle.ae, H, W)
         if self.tile_hold > 0 and self._tiles is None:
             raise ValueError("tile_hold needs a patch autoencoder (one latent per tile); this bundle's is a VAE")
+        dec = bundle.meta.get("decode", {})
+        self.detail_carry = float(dec.get("detail_carry", 0.0) if detail_carry is None else detail_carry)
+        self.carry_gate = float(dec.get("carry_gate", 0.0) if carry_gate is None else carry_gate)
+        if not 0 <= self.detail_carry <= 1:
+            raise ValueError(f"detail_carry must be in [0, 1], got {detail_carry}")
+        if not np.isfinite(self.carry_gate) or self.carry_gate < 0:
+            raise ValueError(f"carry_gate must be a finite number >= 0 (grey levels; 0 = no gate), got {carry_gate}")
+        if self.detail_carry > 0 and not self.residual:
+            raise ValueError("detail_carry needs a residual model (diffusion.residual=true): the detail is carried "
+                             "relative to the decoded centre of its skip connection")
+        if self.detail_carry > 0 and self.tile_hold > 0:
+            raise ValueError("detail_carry and tile_hold both decide what the shown frame keeps: use one")
         self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
         self.shown = np.zeros((batch_size, H, W, 3), np.uint8)  # the frames last shown
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
@@ -178,10 +192,34 @@ class WorldSimulator:
         out = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t, commit=True, prev=pv)
         self.prev_ctx = zc
         self.time = t
-        frames = self.codec.decode(z).cpu().numpy() if decode else None
-        if decode and self.tile_hold > 0:
-            frames = self._hold(z, frames)
+        frames = None
+        if decode and self.detail_carry > 0:
+            frames = self._carry(z, prev, a)
+        elif decode:
+            frames = self.codec.decode(z).cpu().numpy()
+            if self.tile_hold > 0:
+                frames = self._hold(z, frames)
         return StepResult(frames, z, out.reward.float().cpu().numpy(), torch.sigmoid(out.term_logit).float().cpu().numpy())
+
+    def _carry(self, z, centre, a):
+        """Detail carry: shown = decode(z) + k * (last shown frame, shifted as the centre was - decode(centre)).
+        Why: the decoder sees only the latent, and a latent shifted by a sub-patch camera turn decodes blurrier
+        than the same turn applied to pixels (held-out Minetest: the pixel-shifted last frame beats the model's
+        decoded centre by about 1.4 dB). So the model's change, decode(z) - decode(centre), is added to the
+        pixels the user saw, moved by the camera. k = detail_carry * exp(-(|decode(z) - decode(centre)| /
+        carry_gate)^2) per pixel: where the model changed the view a lot the new content is shown as decoded
+        (no ghost of the old texture), and detail_carry < 1 lets the shown frame's difference from the
+        model's own decode fade instead of accumulating over a long rollout."""
+        new, base = self.codec.decode(torch.cat([z, centre])).float().chunk(2)  # one decoder pass
+        shown = torch.as_tensor(self.shown, device=self.device).float()
+        if self.warps:
+            shift = a[self.dit.config.warp_action].float() @ self.dit.warp_shift.float().to(self.device)
+            shown = shift_latents(shown.permute(0, 3, 1, 2), shift).permute(0, 2, 3, 1)
+        k = torch.full_like(new[..., :1], self.detail_carry)
+        if self.carry_gate > 0:
+            k = k * torch.exp(-((new - base).abs().mean(-1, keepdim=True) / self.carry_gate) ** 2)
+        self.shown = (new + k * (shown - base)).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return self.shown.copy()
 
     def _hold(self, z, frames):
         """Tile hold: a tile whose latent stays within `tile_hold` (RMS over channels, normalised units) of

@@ -67,6 +67,9 @@ class Trainer:
         self.amp = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.edm_cfg = EDMConfig(**{f.name: cfg.diffusion[f.name] for f in fields(EDMConfig) if f.name in cfg.diffusion})
         self.edm = EDM(self.edm_cfg)
+        if float(cfg.get("detail_carry") or 0.0) > 0 and not self.edm_cfg.residual:
+            raise ValueError("detail_carry needs diffusion.residual=true: the carried detail is measured against the "
+                             "decoded centre of a residual model's skip connection")
         self.state = {"stage": "ae", "ae_step": 0, "dit_step": 0, "history": {"ae": [], "dit": []},
                       "latent_mean": 0.0, "latent_std": 1.0, "metrics": {}}
         self.distill = float(cfg.dit.get("distill_guidance") or 0.0)
@@ -335,7 +338,8 @@ class Trainer:
                                                                                    "dit_steps": self.state["dit_step"],
                                                                                    **({"distilled_guidance": self.distill}
                                                                                       if self.distill else {})},
-                                    "decode": {"tile_hold": float(self.cfg.get("tile_hold") or 0.0)}})
+                                    "decode": {k: float(self.cfg.get(k) or 0.0)
+                                               for k in ("tile_hold", "detail_carry", "carry_gate")}})
         write_dir_atomic(out, files)
         print(f"bundle written to {out} ({sum(len(v) for v in files.values()) / 2**20:.1f} MiB)")
 

@@ -19,7 +19,7 @@ import torch
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
 from worldsim.diffusion import batch_twice, warps
-from worldsim.model import actions_to_tensor, shift_latents
+from worldsim.model import actions_to_tensor
 
 
 @functools.lru_cache(maxsize=4)
@@ -213,9 +213,10 @@ class WorldSimulator:
         model's own decode fade instead of accumulating over a long rollout."""
         new, base = self.codec.decode(torch.cat([z, centre])).float().chunk(2)  # one decoder pass
         shown = torch.as_tensor(self.shown, device=self.device).float()
-        if self.warps:
-            shift = a[self.dit.config.warp_action].float() @ self.dit.warp_shift.float().to(self.device)
-            shown = shift_latents(shown.permute(0, 3, 1, 2), shift).permute(0, 2, 3, 1)
+        if self.warps:  # the warp the centre went through, applied to pixels (any channel count)
+            acts = {k: v[:, None] for k, v in a.items()}
+            has = torch.ones(self.B, 1, dtype=torch.bool, device=self.device)
+            shown = self.dit.warped_previous(shown.permute(0, 3, 1, 2)[:, None], acts, has)[:, 0].permute(0, 2, 3, 1)
         k = torch.full_like(new[..., :1], self.detail_carry)
         if self.carry_gate > 0:
             k = k * torch.exp(-((new - base).abs().mean(-1, keepdim=True) / self.carry_gate) ** 2)

@@ -62,8 +62,7 @@ class WorldSimulator:
     def __init__(self, bundle: Bundle, batch_size: int, sampling_steps: int | None = None,
                  context_noise: float | None = None, frame_size: tuple[int, int] | None = None,
                  guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
-                 detail_carry: float | None = None,
-                 carry_gate: float | None = None):
+                 detail_carry: float | None = None, carry_gate: float | None = None):
         if quantize not in QUANTIZE:
             raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
         self.bundle, self.B, self.quantize = bundle, batch_size, quantize

@@ -400,3 +400,42 @@ def test_int8_world_model_tracks_fp32(random_bundle):
     assert 0 < rel < 0.05, rel  # measured: 0.025
     with pytest.raises(ValueError, match="quantize"):
         WorldSimulator(random_bundle, 1, quantize="int4")
+
+
+@pytest.mark.parametrize("warp,residual", [(False, False), (False, True), (True, False), (True, True)])
+def test_training_rollout_is_the_simulators_rollout(warp, residual, tmp_path):
+    """EDM.rollout (scheduled sampling on the model's own frames, `dit.rollout_steps`) generates the context
+    frames the simulator would: same noise in, the same latents out at every step, through the sliding window
+    (more steps than the window) and, for a warp model, each frame reading its committed predecessor. The
+    last frame of the sequence is the real target and stays as it was."""
+    b = _random_bundle(tmp_path / "b", warp=warp, residual=residual)
+    edm, B, K = b.edm, 2, W + 2
+    sim = WorldSimulator(b, B, sampling_steps=edm.cfg.sampling_steps, tile_hold=0.0)
+    frames = b.start_frames[:B].numpy()
+    z_ctx = b.codec.encode(torch.as_tensor(frames))
+    rng = np.random.default_rng(1)
+    real = torch.as_tensor(rng.standard_normal((B, K + 1, *z_ctx.shape[2:])), dtype=torch.float32)
+    z = torch.cat([z_ctx, real], 1)  # frames W.. stand for the real ones the rollout replaces
+    T = W + K + 1
+    if warp:
+        acts = {"camera": rng.uniform(-20, 20, (B, T, 2)).astype(np.float32), "forward": rng.integers(0, 2, (B, T))}
+    else:
+        acts = rng.integers(0, 17, (B, T))
+    has = torch.ones(B, T, dtype=torch.bool)
+    has[:, 0] = False  # as the simulator's reset: nothing led to the first context frame
+    at = actions_to_tensor(b.dit.config.action_spec, acts)
+    gen = edm.rollout(b.dit, z, at, has, K, generator=torch.Generator().manual_seed(5))
+
+    g = torch.Generator().manual_seed(5)  # the same draws, in the rollout's order
+    cn = torch.randn(B, W, *z.shape[2:], generator=g)
+    pick = (lambda s: {k: v[:, s] for k, v in acts.items()}) if warp else (lambda s: acts[:, s])
+    z0 = sim.reset(range(B), frames, pick(slice(1, W)), cn[:, :W].numpy())
+    torch.testing.assert_close(gen[:, :W], z0)
+    for t in range(W, W + K):
+        noise, ctxn = torch.randn(B, *z.shape[2:], generator=g), torch.randn(B, *z.shape[2:], generator=g)
+        res = sim.step(pick(t), noise.numpy(), ctxn.numpy(), decode=False)
+        torch.testing.assert_close(gen[:, t], res.latents, rtol=1e-4, atol=1e-4)
+    assert torch.equal(gen[:, -1], z[:, -1])
+    assert (gen[:, W:-1] - z[:, W:-1]).abs().mean() > 0.1  # the generated frames replaced the real ones
+    with pytest.raises(ValueError, match="frames per sequence"):
+        edm.rollout(b.dit, z[:, 1:], at, has, K)

@@ -105,12 +105,16 @@ class EDM:
         lvl = torch.rand(*z.shape[:2], device=z.device, generator=generator) * self.cfg.context_noise_max
         return prev + self._bc(lvl, z) * torch.randn(z.shape, device=z.device, generator=generator)
 
-    def sample_sigmas(self, B, T, device, generator=None):
-        """Per-frame noise levels and which frames are denoising targets (the rest are context)."""
+    def sample_sigmas(self, B, T, device, generator=None, teacher_forcing: bool | None = None):
+        """Per-frame noise levels and which frames are denoising targets (the rest are context).
+        teacher_forcing=True gives every sequence the inference layout (near-clean context, the last frame the
+        target); None draws it per sequence with probability teacher_forcing_prob."""
         c = self.cfg
         sig = (torch.randn(B, T, device=device, generator=generator) * c.p_std + c.p_mean).exp()
         is_target = torch.ones(B, T, dtype=torch.bool, device=device)
         tf = torch.rand(B, device=device, generator=generator) < c.teacher_forcing_prob
+        if teacher_forcing is not None:
+            tf = torch.full_like(tf, bool(teacher_forcing))
         ctx = torch.rand(B, T, device=device, generator=generator) * c.context_noise_max
         ctx_frames = tf[:, None] & (torch.arange(T, device=device) < T - 1)[None]
         sig = torch.where(ctx_frames, ctx, sig)
@@ -119,10 +123,12 @@ class EDM:
             is_target[:, 0] = False
         return sig, is_target
 
-    def loss(self, model, z, actions, has_action, reward, terminated, has_transition, generator=None):
-        """z: (B, T, C, h, w) clean normalised latents. Returns total loss and its parts."""
+    def loss(self, model, z, actions, has_action, reward, terminated, has_transition, generator=None,
+             teacher_forcing: bool | None = None):
+        """z: (B, T, C, h, w) clean normalised latents. Returns total loss and its parts.
+        teacher_forcing: as in `sample_sigmas` (True: only the last frame is a target)."""
         B, T = z.shape[:2]
-        sigma, is_target = self.sample_sigmas(B, T, z.device, generator)
+        sigma, is_target = self.sample_sigmas(B, T, z.device, generator, teacher_forcing)
         if self.cfg.action_dropout > 0:
             keep = torch.rand(B, T, device=z.device, generator=generator) >= self.cfg.action_dropout
             has_action = has_action & keep
@@ -150,6 +156,66 @@ class EDM:
         term = (F.binary_cross_entropy_with_logits(out.term_logit.float(), terminated.float(), reduction="none",
                                                    pos_weight=torch.tensor(10.0, device=sigma.device)) * head_mask).sum() / n
         return rew, term
+
+    @torch.no_grad()
+    def rollout(self, model, z, actions, has_action, steps: int, generator=None):
+        """Scheduled sampling on the model's own rollouts (Bengio et al. 2015): frames W .. W+steps-1 of each
+        (B, W+steps+1, C, h, w) sequence are replaced by what the model generates from the real context
+        z[:, :W] and the real actions, exactly as the simulator does (the same sampler and step count, each
+        committed frame context-noised at `context_noise` before later frames read it, a warp model's input
+        its committed predecessor); the last frame stays real. Returns the new latents (clean samples).
+
+        Why: teacher-forced training only ever shows the model real (lightly noised) context, but a rollout
+        feeds it its own frames, whose errors it was never taught to undo: the Minetest model's closed loop
+        left the autoencoder's manifold within 200 steps (README). Trained to predict the real frame from
+        generated context, it learns to pull its own drift back. The simulator's KV-cache path (prefill, then
+        a denoising and a commit pass per frame), run on the module being trained: W + 2 steps one-frame
+        passes instead of a window recompute per step."""
+        W, c = model.config.context_frames, self.cfg
+        B, T, C, h, w = z.shape
+        if T != W + steps + 1:
+            raise ValueError(f"rollout of {steps} steps needs {W + steps + 1} frames per sequence, got {T}")
+        if c.guidance != 1.0:
+            raise ValueError("training on the model's own rollouts samples at guidance 1 (one pass per step); "
+                             f"diffusion.guidance is {c.guidance}: distill the guidance first")
+
+        def randn(*shape):
+            return torch.randn(*shape, device=z.device, generator=generator)
+
+        def at(x, t):  # frame t of a batch of sequences (a tensor, or a dict of them)
+            return {k: v[:, t] for k, v in x.items()} if isinstance(x, dict) else x[:, t]
+
+        # prefill the context as the simulator's reset does (committed = context-noised), then step on the cache
+        gen, warp = z.clone(), warps(model)
+        committed = z[:, :W] + c.context_noise * randn(B, W, C, h, w)
+        sig = torch.full((B, W), c.context_noise, device=z.device)
+        inp, c_noise = self.model_input(committed, sig)
+        ctx = {k: v[:, :W] for k, v in actions.items()} if isinstance(actions, dict) else actions[:, :W]
+        out = model(inp, c_noise, ctx, has_action[:, :W], return_kv=True,
+                    prev=self.previous_frames(committed) if warp else None)
+        p = model.config.patch_size
+        cache = model.new_cache(B, (h // p) * (w // p), device=z.device, dtype=out.kv[0][0].dtype)
+        cache.write_frames(list(range(B)), out.kv, list(range(W)))
+        pv, sig1 = committed[:, -1], torch.full((B,), c.context_noise, device=z.device)
+        for t in range(W, W + steps):
+            a, has = at(actions, t), has_action[:, t]
+            centre = None
+            if c.residual:  # one-frame sequences: the newest clean latent is their previous frame
+                one = {k: v[:, None] for k, v in a.items()} if isinstance(a, dict) else a[:, None]
+                centre = self.residual_anchor(model, gen[:, t - 1:t], pv[:, None] if warp else None, one,
+                                              has[:, None])[:, 0]
+
+            def denoise(x, sigma):
+                inp, c_noise = self.model_input(x, sigma)
+                raw = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv if warp else None).out
+                return self.denoised(x, sigma, raw.float(), centre)
+
+            gen[:, t] = self.sample(denoise, randn(B, C, h, w), prev=centre)
+            zc = gen[:, t] + c.context_noise * randn(B, C, h, w)  # commit, lightly noised as context always is
+            inp, c_noise = self.model_input(zc, sig1)
+            model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv if warp else None)
+            pv = zc
+        return gen
 
     def distill_loss(self, model, teacher, guidance: float, z, actions, has_action, reward, terminated,
                      has_transition, generator=None):

@@ -77,6 +77,16 @@ class Trainer:
         if self.distill and (not cfg.get("init") or not math.isfinite(self.distill) or self.distill <= 1):
             raise ValueError(f"dit.distill_guidance={cfg.dit.distill_guidance}: guidance distillation needs "
                              "init=BUNDLE (the teacher) and a guidance scale > 1")
+        # scheduled sampling on the model's own rollouts (EDM.rollout): up to this many generated context frames
+        self.rollout_steps = int(cfg.dit.get("rollout_steps") or 0)
+        if self.rollout_steps < 0 or not 0 <= float(cfg.dit.get("rollout_prob", 0.5)) <= 1:
+            raise ValueError(f"dit.rollout_steps={cfg.dit.rollout_steps} must be >= 0 and dit.rollout_prob="
+                             f"{cfg.dit.get('rollout_prob')} in [0, 1]")
+        if self.rollout_steps and self.distill:
+            raise ValueError("dit.rollout_steps and dit.distill_guidance are separate fine-tunes: run one, then the other")
+        if self.rollout_steps and self.edm_cfg.guidance != 1.0:
+            raise ValueError(f"dit.rollout_steps: the model's own rollouts are sampled at guidance 1, but "
+                             f"diffusion.guidance={self.edm_cfg.guidance}; distill the guidance first")
         self.inherited = {}
         if cfg.get("init"):  # the bundle fixes the architecture: model/autoencoder presets are not used
             self._init_from_bundle(cfg.init)
@@ -271,7 +281,8 @@ class Trainer:
 
     def train_dit(self):
         c, st = self.cfg.dit, self.state
-        T = self.dit.config.context_frames + 1
+        K = self.rollout_steps
+        T = self.dit.config.context_frames + 1 + K  # rollout training: K more frames, the model's own
         lat = self.cached_latents(self.train_eps)
         if st["dit_step"] == 0 and not st.get("latent_stats_fixed"):  # normalise latents to unit variance (EDM's sigma_data = 1)
             allz = torch.cat([z.flatten() for z in lat])
@@ -296,8 +307,14 @@ class Trainer:
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
                     if self.teacher is not None:
                         loss, parts = self.edm.distill_loss(model, self.teacher, self.distill, *batch_args)
+                    elif K and self.rng.random() < c.rollout_prob:
+                        k = int(self.rng.integers(1, K + 1))  # own frames as context: 1..K steps deep
+                        args = [_frames_from(a, K - k) for a in batch_args]
+                        args[0] = self.edm.rollout(model, args[0], args[1], args[2], k)
+                        loss, parts = self.edm.loss(model, *[_frames_from(a, k) for a in args], teacher_forcing=True)
+                        parts = {"rollout": parts.pop("diffusion"), **parts}
                     else:
-                        loss, parts = self.edm.loss(model, *batch_args)
+                        loss, parts = self.edm.loss(model, *[_frames_from(a, K) for a in batch_args])
                 self._update(self.opt_dit, self.dit, loss)
                 st["dit_step"] += 1
                 bar.update(1)
@@ -337,11 +354,18 @@ class Trainer:
                              extra={"metrics": self.state["metrics"], "trained": {"ae_steps": self.state["ae_step"],
                                                                                    "dit_steps": self.state["dit_step"],
                                                                                    **({"distilled_guidance": self.distill}
-                                                                                      if self.distill else {})},
+                                                                                      if self.distill else {}),
+                                                                                   **({"rollout_steps": self.rollout_steps}
+                                                                                      if self.rollout_steps else {})},
                                     "decode": {k: float(self.cfg.get(k) or 0.0)
                                                for k in ("tile_hold", "detail_carry", "carry_gate")}})
         write_dir_atomic(out, files)
         print(f"bundle written to {out} ({sum(len(v) for v in files.values()) / 2**20:.1f} MiB)")
+
+
+def _frames_from(x, start: int):
+    """Frames start.. of a batch of sequences (a tensor, or a dict of them: Dict actions)."""
+    return {k: v[:, start:] for k, v in x.items()} if isinstance(x, dict) else x[:, start:]
 
 
 def calibrate_warp(eps, key: str, pairs: int = 4000, seed: int = 0) -> tuple[list, dict]:

@@ -287,14 +287,15 @@ def test_warp_fine_tune_resumes_and_ships(minetest_bundle, minetest_dataset, tmp
 def test_rollout_training_resumes_and_learns_from_its_own_frames(bundle, dataset, tmp_path):
     """dit.rollout_steps=K: every batch (rollout_prob=1) trains the real next frame on context the model
     generated itself, 1..K steps deep; the job resumes after a stop, its loss log says which loss ran, and the
-    bundle records the setting. Guidance above 1 and guidance distillation are refused with a clear error."""
+    bundle records the setting. Bad settings, and guidance distillation in the same run, get a clear error."""
     import pytest
 
     from worldsim.checkpoint import Bundle
 
     run = tmp_path / "ro"
-    args = [f"data={dataset}", f"run={run}", *TINY_TRAIN, f"init={bundle}", "dit.rollout_steps=3",
-            "dit.rollout_prob=1.0", "diffusion.residual=true", "log_every=1", "checkpoint_every=30"]
+    common = [f"data={dataset}", *TINY_TRAIN, f"init={bundle}", "dit.rollout_steps=3", "dit.rollout_prob=1.0",
+              "diffusion.residual=true", "log_every=1", "checkpoint_every=30"]
+    args = [f"run={run}", *common]
     first = run_job("train", [*args, "dit.steps=4", "dit.minutes=1e-9"])  # stops after one step
     assert first.state["dit_step"] == 1
     tr = run_job("train", [*args, "dit.steps=4"])
@@ -316,7 +317,10 @@ def test_rollout_training_resumes_and_learns_from_its_own_frames(bundle, dataset
     a = (batch["latents"], batch["actions"], batch["has_action"])
     gen = src.edm.rollout(src.dit, *a, 3, generator=torch.Generator().manual_seed(0))
     assert (gen[:, -4:-1] - batch["latents"][:, -4:-1]).abs().mean() > 1e-3
-    for bad, match in ((["diffusion.guidance=2.0"], "guidance"), ([f"dit.distill_guidance=2.0"], "separate")):
+    # the GPU's mixed-precision path: the rollout runs under bf16 autocast with the training step
+    amp = run_job("train", [f"run={tmp_path / 'bf16'}", *common, "precision=bf16", "dit.steps=2"])
+    assert amp.amp and all(np.isfinite(r["rollout"]) for r in amp.state["history"]["dit"])
+    for bad, match in ((["dit.distill_guidance=2.0"], "separate"), (["dit.rollout_prob=1.5"], "rollout_prob")):
         with pytest.raises(ValueError, match=match):
             run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}",
                               "dit.rollout_steps=2", *bad])

@@ -157,64 +157,92 @@ class EDM:
                                                    pos_weight=torch.tensor(10.0, device=sigma.device)) * head_mask).sum() / n
         return rew, term
 
+    # ---- cached inference: one definition for the simulator and for training on the model's own frames ----
+    @torch.no_grad()
+    def prefill(self, model, cache, rows, z, actions, has_action, times, noise, level: float):
+        """Commit context latents z (b, T, C, h, w) into batch `rows` of a KV cache at `times`, each frame
+        context-noised (z + level * noise, as context always is). Returns the committed latents."""
+        zc = z + level * noise
+        inp, c_noise = self.model_input(zc, torch.full(z.shape[:2], level, device=z.device))
+        out = model(inp, c_noise, actions, has_action, times=times, return_kv=True,
+                    prev=self.previous_frames(zc) if warps(model) else None)
+        cache.clear(rows)
+        cache.write_frames(rows, out.kv, times.tolist())
+        return zc
+
+    @torch.no_grad()
+    def step_cached(self, model, cache, t: int, a, prev, prev_ctx, noise, context_noise, level: float,
+                    steps: int | None = None, guidance: float = 1.0):
+        """One frame of a cached rollout at time t: sample it with the Euler sampler, every pass attending to
+        the cache's window, then commit it lightly noised (context_noise * level) in one more pass.
+        prev: (B, C, h, w) the newest clean latent; prev_ctx: the same as committed (a warp model reads it).
+        Returns (new latent, committed latent, the residual centre or None, the commit pass's ModelOutput:
+        the heads read the committed frame)."""
+        B = prev.shape[0]
+        has = torch.ones(B, dtype=torch.bool, device=prev.device)
+        pv = prev_ctx if warps(model) else None
+        # residual models: what the skip connection is centred on, with the action and, for guidance's
+        # action-free half, without it (a warp model's free half sees the frame unshifted)
+        centre = centre_free = None
+        if self.cfg.residual:
+            acts = {k: v[:, None] for k, v in a.items()} if isinstance(a, dict) else a[:, None]
+
+            def centre_of(has_action):  # one-frame sequences: the newest clean latent is their previous frame
+                return self.residual_anchor(model, prev[:, None], None if pv is None else pv[:, None], acts,
+                                            has_action[:, None])[:, 0]
+            centre, centre_free = centre_of(has), centre_of(~has)
+        if guidance != 1.0:  # the batch twice, with and without its action: one pass, not two
+            a2, has2 = batch_twice(a), torch.cat([has, ~has])
+            pv2 = None if pv is None else batch_twice(pv)
+
+        def denoise(x, sigma):
+            inp, c_noise = self.model_input(x, sigma)
+            if guidance == 1.0:
+                return self.denoised(x, sigma, model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv).out, centre)
+            # classifier-free guidance: push past the action-free prediction, on the denoised frames (each half
+            # has its own centre)
+            raw, free = model.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2, cache, t,
+                                             prev=pv2).out.chunk(2)
+            d_free = self.denoised(x, sigma, free, centre_free)
+            return d_free + guidance * (self.denoised(x, sigma, raw, centre) - d_free)
+
+        z = self.sample(denoise, noise, steps, centre)
+        zc = z + level * context_noise
+        inp, c_noise = self.model_input(zc, torch.full((B,), level, device=z.device))
+        out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv)
+        return z, zc, centre, out
+
     @torch.no_grad()
     def rollout(self, model, z, actions, has_action, steps: int, generator=None):
         """Scheduled sampling on the model's own rollouts (Bengio et al. 2015): frames W .. W+steps-1 of each
         (B, W+steps+1, C, h, w) sequence are replaced by what the model generates from the real context
-        z[:, :W] and the real actions, exactly as the simulator does (the same sampler and step count, each
-        committed frame context-noised at `context_noise` before later frames read it, a warp model's input
-        its committed predecessor); the last frame stays real. Returns the new latents (clean samples).
+        z[:, :W] and the real actions, exactly as the simulator does (`prefill`, then `step_cached` with the
+        configured sampling steps, guidance and context noise); the last frame stays real. Returns the new
+        latents (clean samples).
 
         Why: teacher-forced training only ever shows the model real (lightly noised) context, but a rollout
         feeds it its own frames, whose errors it was never taught to undo: the Minetest model's closed loop
         left the autoencoder's manifold within 200 steps (README). Trained to predict the real frame from
-        generated context, it learns to pull its own drift back. The simulator's KV-cache path (prefill, then
-        a denoising and a commit pass per frame), run on the module being trained: W + 2 steps one-frame
-        passes instead of a window recompute per step."""
+        generated context, it learns to pull its own drift back."""
         W, c = model.config.context_frames, self.cfg
         B, T, C, h, w = z.shape
         if T != W + steps + 1:
             raise ValueError(f"rollout of {steps} steps needs {W + steps + 1} frames per sequence, got {T}")
-        if c.guidance != 1.0:
-            raise ValueError("training on the model's own rollouts samples at guidance 1 (one pass per step); "
-                             f"diffusion.guidance is {c.guidance}: distill the guidance first")
 
         def randn(*shape):
             return torch.randn(*shape, device=z.device, generator=generator)
 
-        def at(x, t):  # frame t of a batch of sequences (a tensor, or a dict of them)
-            return {k: v[:, t] for k, v in x.items()} if isinstance(x, dict) else x[:, t]
+        def at(t):  # the actions of frames t (an int or a slice) of each sequence
+            return {k: v[:, t] for k, v in actions.items()} if isinstance(actions, dict) else actions[:, t]
 
-        # prefill the context as the simulator's reset does (committed = context-noised), then step on the cache
-        gen, warp = z.clone(), warps(model)
-        committed = z[:, :W] + c.context_noise * randn(B, W, C, h, w)
-        sig = torch.full((B, W), c.context_noise, device=z.device)
-        inp, c_noise = self.model_input(committed, sig)
-        ctx = {k: v[:, :W] for k, v in actions.items()} if isinstance(actions, dict) else actions[:, :W]
-        out = model(inp, c_noise, ctx, has_action[:, :W], return_kv=True,
-                    prev=self.previous_frames(committed) if warp else None)
         p = model.config.patch_size
-        cache = model.new_cache(B, (h // p) * (w // p), device=z.device, dtype=out.kv[0][0].dtype)
-        cache.write_frames(list(range(B)), out.kv, list(range(W)))
-        pv, sig1 = committed[:, -1], torch.full((B,), c.context_noise, device=z.device)
+        cache = model.new_cache(B, (h // p) * (w // p), device=z.device, dtype=next(model.parameters()).dtype)
+        gen = z.clone()
+        zc = self.prefill(model, cache, list(range(B)), z[:, :W], at(slice(0, W)), has_action[:, :W], torch.arange(W),
+                          randn(B, W, C, h, w), c.context_noise)[:, -1]
         for t in range(W, W + steps):
-            a, has = at(actions, t), has_action[:, t]
-            centre = None
-            if c.residual:  # one-frame sequences: the newest clean latent is their previous frame
-                one = {k: v[:, None] for k, v in a.items()} if isinstance(a, dict) else a[:, None]
-                centre = self.residual_anchor(model, gen[:, t - 1:t], pv[:, None] if warp else None, one,
-                                              has[:, None])[:, 0]
-
-            def denoise(x, sigma):
-                inp, c_noise = self.model_input(x, sigma)
-                raw = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv if warp else None).out
-                return self.denoised(x, sigma, raw.float(), centre)
-
-            gen[:, t] = self.sample(denoise, randn(B, C, h, w), prev=centre)
-            zc = gen[:, t] + c.context_noise * randn(B, C, h, w)  # commit, lightly noised as context always is
-            inp, c_noise = self.model_input(zc, sig1)
-            model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv if warp else None)
-            pv = zc
+            gen[:, t], zc, _, _ = self.step_cached(model, cache, t, at(t), gen[:, t - 1], zc, randn(B, C, h, w),
+                                                   randn(B, C, h, w), c.context_noise, guidance=c.guidance)
         return gen
 
     def distill_loss(self, model, teacher, guidance: float, z, actions, has_action, reward, terminated,

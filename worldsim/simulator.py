@@ -18,7 +18,7 @@ import torch
 
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
-from worldsim.diffusion import batch_twice, warps
+from worldsim.diffusion import warps
 from worldsim.model import actions_to_tensor
 
 
@@ -132,17 +132,12 @@ class WorldSimulator:
         if sorted(rows) == list(range(self.B)):  # a full reset restarts the clock: same seed, same numbers
             self.time = T - 1
         z = self.codec.encode(torch.as_tensor(frames, device=self.device))
-        zc = z + self.context_noise * self._t(context_noise)
         acts = _prepend_null(self.spec, actions, b)
         has = torch.ones(b, T, dtype=torch.bool, device=self.device)
         has[:, 0] = False  # nothing is known of what led to the first context frame
         times = torch.arange(self.time - T + 1, self.time + 1)  # the context ends now
-        sig = torch.full((b, T), self.context_noise, device=self.device)
-        inp, c_noise = self.edm.model_input(zc, sig)
-        out = self.dit(inp, c_noise, actions_to_tensor(self.spec, acts, self.device), has, times=times, return_kv=True,
-                       prev=self.edm.previous_frames(zc) if self.warps else None)
-        self.cache.clear(rows)
-        self.cache.write_frames(rows, out.kv, times.tolist())
+        zc = self.edm.prefill(self.dit, self.cache, rows, z, actions_to_tensor(self.spec, acts, self.device), has, times,
+                              self._t(context_noise), self.context_noise)
         self.prev[rows] = z[:, -1]
         self.prev_ctx[rows] = zc[:, -1]
         self.shown_z[rows] = z[:, -1]
@@ -154,42 +149,10 @@ class WorldSimulator:
         """Advance every row by one frame. noise, context_noise: (B, C, h, w) unit Gaussian."""
         t = self.time + 1
         a = actions_to_tensor(self.spec, actions, self.device)
-        has = torch.ones(self.B, dtype=torch.bool, device=self.device)
-        pv = self.prev_ctx if self.warps else None
-        # residual models: what the skip connection is centred on, with the action and, for guidance's
-        # action-free half, without it (a warp model's free half sees the frame unshifted)
-        prev = prev_free = None
-        if self.residual:
-            acts = {k: v[:, None] for k, v in a.items()} if isinstance(a, dict) else a[:, None]
-
-            def centre(has_action):  # one-frame sequences: the newest clean latent is their previous frame
-                return self.edm.residual_anchor(self.dit, self.prev[:, None], None if pv is None else pv[:, None],
-                                                acts, has_action[:, None])[:, 0]
-            prev, prev_free = centre(has), centre(~has)
-        if self.guidance != 1.0:  # the batch twice, with and without its action: one pass, not two
-            a2 = batch_twice(a)
-            has2 = torch.cat([has, ~has])
-            pv2 = batch_twice(pv) if self.warps else None
-
-        def denoise(x, sigma):
-            inp, c_noise = self.edm.model_input(x, sigma)
-            if self.guidance == 1.0:
-                raw = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t, prev=pv).out
-            else:  # classifier-free guidance: push past the action-free prediction
-                raw, free = self.dit.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2,
-                                                    self.cache, t, prev=pv2).out.chunk(2)
-                d_free = self.edm.denoised(x, sigma, free, prev_free)  # on the denoised frames: each half
-                return d_free + self.guidance * (self.edm.denoised(x, sigma, raw, prev) - d_free)  # has its centre
-            return self.edm.denoised(x, sigma, raw, prev)
-
-        z = self.edm.sample(denoise, self._t(noise), self.steps, prev)
+        z, self.prev_ctx, prev, out = self.edm.step_cached(self.dit, self.cache, t, a, self.prev, self.prev_ctx,
+                                                           self._t(noise), self._t(context_noise), self.context_noise,
+                                                           self.steps, self.guidance)
         self.prev = z
-        # commit: the new frame, lightly noised as context always is, goes into the cache at time t
-        sig = torch.full((self.B,), self.context_noise, device=self.device)
-        zc = z + self.context_noise * self._t(context_noise)
-        inp, c_noise = self.edm.model_input(zc, sig)
-        out = self.dit.forward_cached(inp, c_noise, a, has, self.cache, t, commit=True, prev=pv)
-        self.prev_ctx = zc
         self.time = t
         frames = None
         if decode and self.detail_carry > 0:

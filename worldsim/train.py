@@ -84,9 +84,6 @@ class Trainer:
                              f"{cfg.dit.get('rollout_prob')} in [0, 1]")
         if self.rollout_steps and self.distill:
             raise ValueError("dit.rollout_steps and dit.distill_guidance are separate fine-tunes: run one, then the other")
-        if self.rollout_steps and self.edm_cfg.guidance != 1.0:
-            raise ValueError(f"dit.rollout_steps: the model's own rollouts are sampled at guidance 1, but "
-                             f"diffusion.guidance={self.edm_cfg.guidance}; distill the guidance first")
         self.inherited = {}
         if cfg.get("init"):  # the bundle fixes the architecture: model/autoencoder presets are not used
             self._init_from_bundle(cfg.init)

@@ -1,12 +1,14 @@
 """Closed loop of the learned Minetest env from 8 real held-out starts (4 context frames each) under random
-walk, dig and look actions: the frame's mean and pixel spread after 50, 150 and 300 steps.
+walk, dig and look actions: the frame's mean and pixel spread after 50, 150 and 300 steps, and with a PNG
+path a grid: one row per start, its last real context frame, then the model's frame every 25 steps.
 
-    python docs/closed_loop_starts.py BUNDLE   (held-out episodes: data/minetest-heldout)
+    python docs/closed_loop_starts.py BUNDLE [GRID.png]   (held-out episodes: data/minetest-heldout)
 """
 import sys
 from pathlib import Path
 
 import gymnasium as gym
+import imageio.v2 as imageio
 import numpy as np
 import torch
 
@@ -18,16 +20,22 @@ bundle = sys.argv[1]
 eps = load_episodes(Path("data/minetest-heldout"), split="test")
 env = gym.make("worldsim/Minetest-v0", bundle=bundle)
 rng = np.random.default_rng(0)
+rows = []
 for e in range(len(eps)):
     for s in (0, 200):
         fr = eps[e]["frames"][s:s + 4]
         acts = {k: v[s:s + 3] for k, v in eps[e]["actions"].items()}
         obs, _ = env.reset(seed=1, options={"context_frames": fr, "context_actions": acts})
-        out = []
+        out, row = [], [fr[-1]]
         for t in range(300):
             a = {"forward": int(rng.random() < 0.7), "attack": int(rng.random() < 0.3),
                  "jump": int(rng.random() < 0.1), "camera": rng.normal(0, 3, 2).astype(np.float32)}
             obs = env.step(a)[0]
             if t + 1 in (50, 150, 300):
                 out.append(f"t{t + 1}: mean {obs.mean():5.1f} spread {obs.std():4.1f}")
+            if (t + 1) % 25 == 0:
+                row.append(obs)
+        rows.append(np.concatenate([np.pad(f, ((0, 2), (0, 2), (0, 0)), constant_values=255) for f in row], 1))
         print(f"ep {e} start {s} (real mean {fr[-1].mean():5.1f}): " + " | ".join(out))
+if len(sys.argv) > 2:
+    imageio.imwrite(sys.argv[2], np.concatenate(rows, 0))

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import EDMEulerScheduler
 
+from worldsim.data import index_actions
+
 
 @dataclass
 class EDMConfig:
@@ -233,7 +235,7 @@ class EDM:
             return torch.randn(*shape, device=z.device, generator=generator)
 
         def at(t):  # the actions of frames t (an int or a slice) of each sequence
-            return {k: v[:, t] for k, v in actions.items()} if isinstance(actions, dict) else actions[:, t]
+            return index_actions(actions, (slice(None), t))
 
         p = model.config.patch_size
         cache = model.new_cache(B, (h // p) * (w // p), device=z.device, dtype=next(model.parameters()).dtype)

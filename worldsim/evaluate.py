@@ -66,7 +66,7 @@ def _sim_kw(cfg) -> dict:
 
 def _step_of(actions, h):
     """Column h of a batch of action sequences (an array, or a dict of them)."""
-    return {k: v[:, h] for k, v in actions.items()} if isinstance(actions, dict) else actions[:, h]
+    return index_actions(actions, (slice(None), h))
 
 
 def mse_np(a, b):

@@ -306,12 +306,13 @@ class Trainer:
                         loss, parts = self.edm.distill_loss(model, self.teacher, self.distill, *batch_args)
                     elif K and self.rng.random() < c.rollout_prob:
                         k = int(self.rng.integers(1, K + 1))  # own frames as context: 1..K steps deep
-                        args = [_frames_from(a, K - k) for a in batch_args]
+                        args = [index_actions(a, np.s_[:, K - k:]) for a in batch_args]
                         args[0] = self.edm.rollout(model, args[0], args[1], args[2], k)
-                        loss, parts = self.edm.loss(model, *[_frames_from(a, k) for a in args], teacher_forcing=True)
+                        loss, parts = self.edm.loss(model, *[index_actions(a, np.s_[:, k:]) for a in args],
+                                                    teacher_forcing=True)
                         parts = {"rollout": parts.pop("diffusion"), **parts}
                     else:
-                        loss, parts = self.edm.loss(model, *[_frames_from(a, K) for a in batch_args])
+                        loss, parts = self.edm.loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args])
                 self._update(self.opt_dit, self.dit, loss)
                 st["dit_step"] += 1
                 bar.update(1)
@@ -358,11 +359,6 @@ class Trainer:
                                                for k in ("tile_hold", "detail_carry", "carry_gate")}})
         write_dir_atomic(out, files)
         print(f"bundle written to {out} ({sum(len(v) for v in files.values()) / 2**20:.1f} MiB)")
-
-
-def _frames_from(x, start: int):
-    """Frames start.. of a batch of sequences (a tensor, or a dict of them: Dict actions)."""
-    return {k: v[:, start:] for k, v in x.items()} if isinstance(x, dict) else x[:, start:]
 
 
 def calibrate_warp(eps, key: str, pairs: int = 4000, seed: int = 0) -> tuple[list, dict]:

@@ -192,7 +192,8 @@ class EDM:
             def centre_of(has_action):  # one-frame sequences: the newest clean latent is their previous frame
                 return self.residual_anchor(model, prev[:, None], None if pv is None else pv[:, None], acts,
                                             has_action[:, None])[:, 0]
-            centre, centre_free = centre_of(has), centre_of(~has)
+            centre = centre_of(has)
+            centre_free = centre_of(~has) if guidance != 1.0 else None
         if guidance != 1.0:  # the batch twice, with and without its action: one pass, not two
             a2, has2 = batch_twice(a), torch.cat([has, ~has])
             pv2 = None if pv is None else batch_twice(pv)

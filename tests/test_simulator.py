@@ -9,6 +9,7 @@ from conftest import randomize
 
 from worldsim.autoencoder import make_autoencoder
 from worldsim.checkpoint import Bundle, bundle_files, write_dir_atomic
+from worldsim.data import index_actions
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.model import WorldDiT, actions_to_tensor
 from worldsim.simulator import WorldSimulator
@@ -428,7 +429,9 @@ def test_training_rollout_is_the_simulators_rollout(warp, residual, tmp_path):
 
     g = torch.Generator().manual_seed(5)  # the same draws, in the rollout's order
     cn = torch.randn(B, W, *z.shape[2:], generator=g)
-    pick = (lambda s: {k: v[:, s] for k, v in acts.items()}) if warp else (lambda s: acts[:, s])
+    def pick(s):  # the actions of frames s of each sequence
+        return index_actions(acts, (slice(None), s))
+
     z0 = sim.reset(range(B), frames, pick(slice(1, W)), cn[:, :W].numpy())
     torch.testing.assert_close(gen[:, :W], z0)
     for t in range(W, W + K):

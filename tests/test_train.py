@@ -305,8 +305,7 @@ def test_rollout_training_resumes_and_learns_from_its_own_frames(bundle, dataset
     assert all(np.isfinite(r["rollout"]) for r in logged)
     out = Bundle(run / "bundle")
     assert out.meta["trained"]["rollout_steps"] == 3
-    # the rollout really ran the model: with a zero learning rate the loss on own frames differs from the
-    # teacher-forced loss on the same batch
+    # the rollout really ran the model: the context frames it hands the loss are generated, not the real ones
     src = Bundle(bundle)
     from worldsim.data import WindowDataset, load_episodes
     eps = load_episodes(dataset, split="train", min_steps=1)

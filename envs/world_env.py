@@ -19,7 +19,7 @@ OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index"}
 
 
 def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_size=None, default=None,
-          guidance=None, tile_hold=None, quantize=None, detail_carry=None, carry_gate=None) -> gym.Space:
+          guidance=None, tile_hold=None, quantize=None, detail_carry=None, carry_gate=None, reencode=None) -> gym.Space:
     """Set up what both envs share (bundle, simulator, observation space, action meanings); returns the
     action space of one world."""
     from worldsim import DEFAULT_CRAFTER_BUNDLE
@@ -27,7 +27,7 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
     env.bundle = load_bundle(str(bundle or default or DEFAULT_CRAFTER_BUNDLE), device)
     env.sim = WorldSimulator(env.bundle, batch_size, sampling_steps, context_noise,
                              tuple(frame_size) if frame_size is not None else None, guidance, tile_hold, quantize,
-                             detail_carry=detail_carry, carry_gate=carry_gate)
+                             detail_carry=detail_carry, carry_gate=carry_gate, reencode=reencode)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
     return _action_space(env.bundle.env["action_space"])
 
@@ -66,6 +66,9 @@ class WorldEnv(gym.Env):
     centre), is added to the last shown frame moved by the camera, so detail the decoder blurs is kept; k < 1
     fades the difference from the model's decode, g (grey levels) shows strongly changed pixels as decoded.
     Default: the bundle's (the shipped Minetest model: 0.9 and 16; ``detail_carry=0`` turns it off).
+    ``reencode=True``: each generated frame becomes context as the encoding of the frame shown, not as the
+    sampled latent, which keeps long rollouts on the autoencoder's manifold (one encoder pass per step).
+    Default: the bundle's.
     ``quantize="int8"`` (CPU): the world model's attention and MLP layers run as int8 dynamic-quantized
     GEMMs, faster on CPU at a small cost in fidelity (README: both measured). Default: None (fp32).
     """
@@ -77,12 +80,12 @@ class WorldEnv(gym.Env):
                  termination_threshold: float = 0.5, device: str = "cpu", frame_size: tuple[int, int] | None = None,
                  default_bundle: str | Path | None = None, guidance: float | None = None,
                  tile_hold: float | None = None, quantize: str | None = None,
-                 detail_carry: float | None = None, carry_gate: float | None = None):
+                 detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), float(termination_threshold)
         self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise, frame_size, default_bundle,
-                                  guidance, tile_hold, quantize, detail_carry, carry_gate)
+                                  guidance, tile_hold, quantize, detail_carry, carry_gate, reencode)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window = None, 0, None
 
@@ -142,7 +145,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                  termination_threshold: float = 0.5, device: str = "cpu", frame_size: tuple[int, int] | None = None,
                  default_bundle: str | Path | None = None, guidance: float | None = None,
                  tile_hold: float | None = None, quantize: str | None = None,
-                 detail_carry: float | None = None, carry_gate: float | None = None, **kwargs):
+                 detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
+                 **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments for WorldVectorEnv: {sorted(kwargs)}")
         if render_mode not in (None, "rgb_array"):
@@ -151,7 +155,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.horizon, self.threshold = int(horizon), float(termination_threshold)
         self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise,
                                          frame_size, default_bundle, guidance, tile_hold, quantize,
-                                         detail_carry, carry_gate)
+                                         detail_carry, carry_gate, reencode)
         self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)

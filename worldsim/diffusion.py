@@ -174,7 +174,7 @@ class EDM:
 
     @torch.no_grad()
     def step_cached(self, model, cache, t: int, a, prev, prev_ctx, noise, context_noise, level: float,
-                    steps: int | None = None, guidance: float = 1.0):
+                    steps: int | None = None, guidance: float = 1.0, project=None):
         """One frame of a cached rollout at time t: sample it with the Euler sampler, every pass attending to
         the cache's window, then commit it lightly noised (context_noise * level) in one more pass.
         prev: (B, C, h, w) the newest clean latent; prev_ctx: the same as committed (a warp model reads it).
@@ -210,6 +210,8 @@ class EDM:
             return d_free + guidance * (self.denoised(x, sigma, raw, centre) - d_free)
 
         z = self.sample(denoise, noise, steps, centre)
+        if project is not None:  # the latent the context keeps instead of the sample (the simulator's re-encode)
+            z = project(z, centre)
         zc = z + level * context_noise
         inp, c_noise = self.model_input(zc, torch.full((B,), level, device=z.device))
         out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv)

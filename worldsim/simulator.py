@@ -62,7 +62,7 @@ class WorldSimulator:
     def __init__(self, bundle: Bundle, batch_size: int, sampling_steps: int | None = None,
                  context_noise: float | None = None, frame_size: tuple[int, int] | None = None,
                  guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
-                 detail_carry: float | None = None, carry_gate: float | None = None):
+                 detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None):
         if quantize not in QUANTIZE:
             raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
         self.bundle, self.B, self.quantize = bundle, batch_size, quantize
@@ -114,6 +114,8 @@ class WorldSimulator:
                              "relative to the decoded centre of its skip connection")
         if self.detail_carry > 0 and self.tile_hold > 0:
             raise ValueError("detail_carry and tile_hold both decide what the shown frame keeps: use one")
+        # reencode: the context keeps the encoding of the frame shown instead of the sampled latent (see step)
+        self.reencode = bool(dec.get("reencode", False) if reencode is None else reencode)
         self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
         self.shown = np.zeros((batch_size, H, W, 3), np.uint8)  # the frames last shown
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
@@ -146,22 +148,39 @@ class WorldSimulator:
 
     @torch.no_grad()
     def step(self, actions, noise: np.ndarray, context_noise: np.ndarray, decode: bool = True) -> StepResult:
-        """Advance every row by one frame. noise, context_noise: (B, C, h, w) unit Gaussian."""
+        """Advance every row by one frame. noise, context_noise: (B, C, h, w) unit Gaussian.
+
+        With `reencode` the frame is decoded (with tile hold or detail carry) before it is committed, and the
+        context keeps its encoding instead of the sampled latent. Why: a sampled latent is the network's
+        estimate and drifts off the autoencoder's manifold over a rollout (held-out Minetest: a patch grid of
+        saturated colour within 50 steps), while the encoding of a frame is a latent the autoencoder makes,
+        like every context frame in training; and the frame shown, with carried detail, is what the user saw.
+        It costs one encoder pass per step."""
         t = self.time + 1
         a = actions_to_tensor(self.spec, actions, self.device)
+        shown = {}
+
+        def reencode(z, centre):
+            shown["frames"] = self._show(z, centre, a)
+            return self.codec.encode(torch.as_tensor(shown["frames"], device=self.device))
         z, self.prev_ctx, prev, out = self.edm.step_cached(self.dit, self.cache, t, a, self.prev, self.prev_ctx,
                                                            self._t(noise), self._t(context_noise), self.context_noise,
-                                                           self.steps, self.guidance)
+                                                           self.steps, self.guidance,
+                                                           project=reencode if self.reencode else None)
         self.prev = z
         self.time = t
+        frames = shown["frames"] if "frames" in shown else self._show(z, prev, a) if decode else None
+        return StepResult(frames, z, out.reward.float().cpu().numpy(), torch.sigmoid(out.term_logit).float().cpu().numpy())
+
+    def _show(self, z, prev, a):
         frames = None
-        if decode and self.detail_carry > 0:
+        if self.detail_carry > 0:
             frames = self._carry(z, prev, a)
-        elif decode:
+        else:
             frames = self.codec.decode(z).cpu().numpy()
             if self.tile_hold > 0:
                 frames = self._hold(z, frames)
-        return StepResult(frames, z, out.reward.float().cpu().numpy(), torch.sigmoid(out.term_logit).float().cpu().numpy())
+        return frames
 
     def _carry(self, z, centre, a):
         """Detail carry: shown = decode(z) + k * (last shown frame, shifted as the centre was - decode(centre)).

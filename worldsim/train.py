@@ -355,8 +355,9 @@ class Trainer:
                                                                                       if self.distill else {}),
                                                                                    **({"rollout_steps": self.rollout_steps}
                                                                                       if self.rollout_steps else {})},
-                                    "decode": {k: float(self.cfg.get(k) or 0.0)
-                                               for k in ("tile_hold", "detail_carry", "carry_gate")}})
+                                    "decode": {**{k: float(self.cfg.get(k) or 0.0)
+                                                  for k in ("tile_hold", "detail_carry", "carry_gate")},
+                                               "reencode": bool(self.cfg.get("reencode", False))}})
         write_dir_atomic(out, files)
         print(f"bundle written to {out} ({sum(len(v) for v in files.values()) / 2**20:.1f} MiB)")
 

@@ -2,7 +2,9 @@
 walk, dig and look actions: the frame's mean and pixel spread after 50, 150 and 300 steps, and with a PNG
 path a grid: one row per start, its last real context frame, then the model's frame every 25 steps.
 
-    python docs/closed_loop_starts.py BUNDLE [GRID.png]   (held-out episodes: data/minetest-heldout)
+    python docs/closed_loop_starts.py BUNDLE [GRID.png] [NAME=VALUE ...]   (held-out episodes: data/minetest-heldout)
+
+NAME=VALUE: env settings, e.g. reencode=true detail_carry=1.0 (numbers, true/false).
 """
 import sys
 from pathlib import Path
@@ -17,8 +19,12 @@ from worldsim.data import load_episodes
 
 torch.set_num_threads(2)
 bundle = sys.argv[1]
+args = [a for a in sys.argv[2:] if "=" not in a]
+kw = {k: {"true": True, "false": False}.get(v.lower(), None if v.lower() in ("none", "null") else v)
+      for k, v in (a.split("=", 1) for a in sys.argv[2:] if "=" in a)}
+kw = {k: float(v) if isinstance(v, str) else v for k, v in kw.items()}
 eps = load_episodes(Path("data/minetest-heldout"), split="test")
-env = gym.make("worldsim/Minetest-v0", bundle=bundle)
+env = gym.make("worldsim/Minetest-v0", bundle=bundle, **kw)
 rng = np.random.default_rng(0)
 rows = []
 for e in range(len(eps)):
@@ -37,5 +43,5 @@ for e in range(len(eps)):
                 row.append(obs)
         rows.append(np.concatenate([np.pad(f, ((0, 2), (0, 2), (0, 0)), constant_values=255) for f in row], 1))
         print(f"ep {e} start {s} (real mean {fr[-1].mean():5.1f}): " + " | ".join(out))
-if len(sys.argv) > 2:
-    imageio.imwrite(sys.argv[2], np.concatenate(rows, 0))
+if args:
+    imageio.imwrite(args[0], np.concatenate(rows, 0))

@@ -506,3 +506,59 @@ def test_reencode_carries_detail_into_the_context(tmp_path):
                        np.zeros((2, *shape)), np.zeros((2, *shape)))
         torch.testing.assert_close(sim.prev, b.codec.encode(torch.as_tensor(res.frames)))
         torch.testing.assert_close(sim.prev_ctx, sim.prev)  # context noise 0 here
+
+
+def test_energy_score_scores_samples_of_the_real_distribution_below_its_mean():
+    from worldsim.diffusion import energy_score
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2000, 4, 4, 4, generator=g)
+    s1, s2 = torch.randn(y.shape, generator=g), torch.randn(y.shape, generator=g)
+    mean = torch.zeros_like(y)
+    assert energy_score(s1, s2, y, 2) < 0.8 * energy_score(mean, mean, y, 2)
+    # a prediction that ignores its noise scores its RMS error (per 2x2 token, averaged)
+    d = y + 0.5
+    torch.testing.assert_close(energy_score(d, d, y, 2), torch.tensor(0.5), rtol=1e-4, atol=1e-4)
+
+
+def test_energy_loss_teaches_the_one_step_sampler_to_sample_where_the_denoising_loss_averages():
+    """Next frames the context cannot predict (every sequence fresh independent noise): trained on the
+    denoising loss, two one-step samples from the same context stay nearly equal (the conditional mean);
+    trained on the energy score, they spread out towards the real frames' own spread."""
+    W_, C = 2, 4
+    z = torch.randn(8, W_ + 1, C, 4, 4, generator=torch.Generator().manual_seed(0))
+    acts = torch.zeros(8, W_ + 1, dtype=torch.long)
+    has = torch.ones(8, W_ + 1, dtype=torch.bool)
+    zeros = torch.zeros(8, W_ + 1)
+    edm = EDM(EDMConfig())
+
+    def spread(dit):  # RMS difference of two one-step samples of the last frame from the same context
+        with torch.no_grad():
+            sig = torch.full((8, W_ + 1), 0.1)
+            sig[:, -1] = edm.cfg.sigma_max
+            x = z + sig[..., None, None, None] * torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+            ds = []
+            for s in (2, 3):
+                xi = x.clone()
+                xi[:, -1] = edm.cfg.sigma_max * torch.randn(z[:, -1].shape, generator=torch.Generator().manual_seed(s))
+                inp, cn = edm.model_input(xi, sig)
+                ds.append(edm.denoised(xi, sig, dit(inp, cn, acts, has).out)[:, -1])
+            return (ds[0] - ds[1]).pow(2).mean().sqrt().item()
+
+    out = {}
+    for name in ("denoising", "energy"):
+        torch.manual_seed(0)
+        dit = WorldDiT({"type": "discrete", "n": 3}, latent_channels=C, dim=32, depth=2, heads=2, context_frames=W_)
+        opt = torch.optim.Adam(dit.parameters(), lr=2e-3)
+        for i in range(150):
+            gi = torch.Generator().manual_seed(100 + i)
+            zi = torch.randn(z.shape, generator=gi)
+            if name == "energy":
+                loss = edm.energy_loss(dit, zi, acts, has, zeros, zeros.bool(), has, generator=gi)[0]
+            else:
+                loss = edm.loss(dit, zi, acts, has, zeros, zeros.bool(), has, generator=gi, teacher_forcing=True)[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out[name] = spread(dit)
+    # two independent real frames differ by RMS sqrt(2) ~ 1.41
+    assert out["denoising"] < 0.3 and out["energy"] > 0.7, out

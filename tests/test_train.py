@@ -323,3 +323,26 @@ def test_rollout_training_resumes_and_learns_from_its_own_frames(bundle, dataset
         with pytest.raises(ValueError, match=match):
             run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}",
                               "dit.rollout_steps=2", *bad])
+
+
+def test_energy_training_resumes_logs_its_loss_and_is_recorded(bundle, dataset, tmp_path):
+    """dit.energy_prob=1: every batch trains the one-step sampler's energy score (EDM.energy_loss) instead of
+    the denoising loss; the job resumes after a stop, its log says which loss ran, the bundle records the
+    setting; a share outside [0, 1], or guidance distillation in the same run, gets a clear error."""
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+
+    run = tmp_path / "es"
+    args = [f"data={dataset}", f"run={run}", *TINY_TRAIN, f"init={bundle}", "dit.energy_prob=1.0", "log_every=1"]
+    first = run_job("train", [*args, "dit.steps=3", "dit.minutes=1e-9"])  # stops after one step
+    assert first.state["dit_step"] == 1
+    tr = run_job("train", [*args, "dit.steps=3"])
+    assert tr.started_at["dit_step"] == 1 and tr.state["dit_step"] == 3
+    logged = tr.state["history"]["dit"]
+    assert len(logged) == 3 and all("energy" in r and "diffusion" not in r and np.isfinite(r["energy"]) for r in logged)
+    assert Bundle(run / "bundle").meta["trained"]["energy_prob"] == 1.0
+    for bad, match in ((["dit.energy_prob=1.5"], "energy_prob"), (["dit.distill_guidance=2.0"], "separate")):
+        with pytest.raises(ValueError, match=match):
+            run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}",
+                              "dit.energy_prob=0.5", *bad])

@@ -84,6 +84,12 @@ class Trainer:
                              f"{cfg.dit.get('rollout_prob')} in [0, 1]")
         if self.rollout_steps and self.distill:
             raise ValueError("dit.rollout_steps and dit.distill_guidance are separate fine-tunes: run one, then the other")
+        # share of batches trained with the one-step sampler's energy score instead of the denoising loss
+        self.energy_prob = float(cfg.dit.get("energy_prob") or 0.0)
+        if not 0 <= self.energy_prob <= 1:
+            raise ValueError(f"dit.energy_prob={cfg.dit.energy_prob} must be in [0, 1]")
+        if self.energy_prob and self.distill:
+            raise ValueError("dit.energy_prob and dit.distill_guidance are separate fine-tunes: run one, then the other")
         self.inherited = {}
         if cfg.get("init"):  # the bundle fixes the architecture: model/autoencoder presets are not used
             self._init_from_bundle(cfg.init)
@@ -311,6 +317,8 @@ class Trainer:
                         loss, parts = self.edm.loss(model, *[index_actions(a, np.s_[:, k:]) for a in args],
                                                     teacher_forcing=True)
                         parts = {"rollout": parts.pop("diffusion"), **parts}
+                    elif self.energy_prob and self.rng.random() < self.energy_prob:
+                        loss, parts = self.edm.energy_loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args])
                     else:
                         loss, parts = self.edm.loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args])
                 self._update(self.opt_dit, self.dit, loss)
@@ -354,7 +362,9 @@ class Trainer:
                                                                                    **({"distilled_guidance": self.distill}
                                                                                       if self.distill else {}),
                                                                                    **({"rollout_steps": self.rollout_steps}
-                                                                                      if self.rollout_steps else {})},
+                                                                                      if self.rollout_steps else {}),
+                                                                                   **({"energy_prob": self.energy_prob}
+                                                                                      if self.energy_prob else {})},
                                     "decode": {**{k: float(self.cfg.get(k) or 0.0)
                                                   for k in ("tile_hold", "detail_carry", "carry_gate")},
                                                "reencode": bool(self.cfg.get("reencode", False))}})

@@ -514,10 +514,10 @@ def test_energy_score_scores_samples_of_the_real_distribution_below_its_mean():
     y = torch.randn(2000, 4, 4, 4, generator=g)
     s1, s2 = torch.randn(y.shape, generator=g), torch.randn(y.shape, generator=g)
     mean = torch.zeros_like(y)
-    assert energy_score(s1, s2, y, 2) < 0.8 * energy_score(mean, mean, y, 2)
-    # a prediction that ignores its noise scores its RMS error (per 2x2 token, averaged)
+    assert energy_score(s1, s2, y) < 0.8 * energy_score(mean, mean, y)
+    # a prediction that ignores its noise scores its RMS error
     d = y + 0.5
-    torch.testing.assert_close(energy_score(d, d, y, 2), torch.tensor(0.5), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(energy_score(d, d, y), torch.tensor(0.5), rtol=1e-4, atol=1e-4)
 
 
 def test_energy_loss_teaches_the_one_step_sampler_to_sample_where_the_denoising_loss_averages():

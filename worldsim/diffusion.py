@@ -132,9 +132,7 @@ class EDM:
         teacher_forcing: as in `sample_sigmas` (True: only the last frame is a target)."""
         B, T = z.shape[:2]
         sigma, is_target = self.sample_sigmas(B, T, z.device, generator, teacher_forcing)
-        if self.cfg.action_dropout > 0:
-            keep = torch.rand(B, T, device=z.device, generator=generator) >= self.cfg.action_dropout
-            has_action = has_action & keep
+        has_action = self.drop_actions(has_action, generator)
         noise = torch.randn(z.shape, device=z.device, generator=generator)
         x = z + self._bc(sigma, z) * noise
         inp, c_noise = self.model_input(x, sigma)
@@ -148,6 +146,14 @@ class EDM:
         diff = (per_frame * is_target).sum() / is_target.sum().clamp(min=1)
         rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)
         return diff + rew + 0.1 * term, {"diffusion": diff.item(), "reward": rew.item(), "termination": term.item()}
+
+    def drop_actions(self, has_action, generator=None):
+        """Training: hide the action of a share action_dropout of the frames (guidance needs the action-free
+        prediction)."""
+        if self.cfg.action_dropout <= 0:
+            return has_action
+        return has_action & (torch.rand(has_action.shape, device=has_action.device, generator=generator)
+                             >= self.cfg.action_dropout)
 
     def _head_losses(self, out, sigma, reward, terminated, has_transition):
         """Reward (MSE, achievement steps up-weighted) and termination (BCE) losses of the heads.
@@ -259,9 +265,9 @@ class EDM:
         Why: the denoising loss is an MSE, so a one-step sample is the conditional mean, and what the context
         cannot tell (terrain a move reveals, the far side of a turn) comes out as its average: Crafter's
         rollouts freeze into grass, Minetest's blur into fog (README). The energy score is a proper scoring
-        rule, lowest when the samples are distributed as the real frames, so it pays the network to use its
-        input noise and sample the unknown part instead of averaging it; the MSE of its mean rewards that
-        only through the |D1 - D2| term. Heads keep their usual loss (first copy)."""
+        rule, lowest when the samples are distributed as the real frames: its -|D1 - D2| term pays the network
+        to use its input noise and sample the unknown part instead of averaging it. Heads keep their usual
+        loss (first copy)."""
         B, T = z.shape[:2]
         c, dev = self.cfg, z.device
         sigma = torch.rand(B, T, device=dev, generator=generator) * c.context_noise_max
@@ -269,8 +275,7 @@ class EDM:
         x = z + self._bc(sigma, z) * torch.randn(z.shape, device=dev, generator=generator)
         x2 = x.clone()  # the same context, another draw of the target's noise
         x2[:, -1] = z[:, -1] + c.sigma_max * torch.randn(z[:, -1].shape, device=dev, generator=generator)
-        if c.action_dropout > 0:
-            has_action = has_action & (torch.rand(B, T, device=dev, generator=generator) >= c.action_dropout)
+        has_action = self.drop_actions(has_action, generator)
         xx, ss = torch.cat([x, x2]), torch.cat([sigma, sigma])
         a2, has2 = batch_twice(actions), torch.cat([has_action, has_action])
         inp, c_noise = self.model_input(xx, ss)

@@ -169,18 +169,17 @@ class WorldSimulator:
                                                            project=reencode if self.reencode else None)
         self.prev = z
         self.time = t
-        frames = shown["frames"] if "frames" in shown else self._show(z, prev, a) if decode else None
+        frames = shown.get("frames")  # reencode decoded it already
+        if frames is None and decode:
+            frames = self._show(z, prev, a)
         return StepResult(frames, z, out.reward.float().cpu().numpy(), torch.sigmoid(out.term_logit).float().cpu().numpy())
 
-    def _show(self, z, prev, a):
-        frames = None
+    def _show(self, z, centre, a):
+        """The frames shown for sampled latents z: decoded, through detail carry or tile hold where on."""
         if self.detail_carry > 0:
-            frames = self._carry(z, prev, a)
-        else:
-            frames = self.codec.decode(z).cpu().numpy()
-            if self.tile_hold > 0:
-                frames = self._hold(z, frames)
-        return frames
+            return self._carry(z, centre, a)
+        frames = self.codec.decode(z).cpu().numpy()
+        return self._hold(z, frames) if self.tile_hold > 0 else frames
 
     def _carry(self, z, centre, a):
         """Detail carry: shown = decode(z) + k * (last shown frame, shifted as the centre was - decode(centre)).

@@ -19,7 +19,8 @@ OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index"}
 
 
 def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_size=None, default=None,
-          guidance=None, tile_hold=None, quantize=None, detail_carry=None, carry_gate=None, reencode=None) -> gym.Space:
+          guidance=None, tile_hold=None, quantize=None, detail_carry=None, carry_gate=None, reencode=None,
+          snap=None) -> gym.Space:
     """Set up what both envs share (bundle, simulator, observation space, action meanings); returns the
     action space of one world."""
     from worldsim import DEFAULT_CRAFTER_BUNDLE
@@ -27,7 +28,7 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
     env.bundle = load_bundle(str(bundle or default or DEFAULT_CRAFTER_BUNDLE), device)
     env.sim = WorldSimulator(env.bundle, batch_size, sampling_steps, context_noise,
                              tuple(frame_size) if frame_size is not None else None, guidance, tile_hold, quantize,
-                             detail_carry=detail_carry, carry_gate=carry_gate, reencode=reencode)
+                             detail_carry=detail_carry, carry_gate=carry_gate, reencode=reencode, snap=snap)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
     return _action_space(env.bundle.env["action_space"])
 
@@ -58,7 +59,7 @@ class WorldEnv(gym.Env):
     All sampling noise comes from ``np_random``: the same seed, start and actions give the same frames.
     ``guidance=g`` (> 1) samples with classifier-free guidance on the action, for models trained with
     ``diffusion.action_dropout``: each denoising step runs the batch with and without its action (one
-    stacked pass). Default: the bundle's (the shipped Crafter model: 2; ``guidance=1`` turns it off).
+    stacked pass). Default: the bundle's (the shipped Crafter model has guidance 2 distilled into one pass: 1).
     ``tile_hold=t`` (patch-autoencoder bundles): a tile whose latent moved less than t (RMS over channels,
     normalised units) from the latent its shown pixels came from keeps those pixels, so what the model left
     unchanged is shown exactly as before instead of re-decoded. Default: the bundle's (0 = off).
@@ -69,6 +70,9 @@ class WorldEnv(gym.Env):
     ``reencode=True``: each generated frame becomes context as the encoding of the frame shown, not as the
     sampled latent, which keeps long rollouts on the autoencoder's manifold (one encoder pass per step).
     Default: the bundle's.
+    ``snap=True`` (bundles with a latent codebook): each generated latent token becomes its nearest codebook
+    entry, a tile the game draws, before it is shown and kept as context. Default: the bundle's (the shipped
+    Crafter model: on; ``snap=False`` turns it off).
     ``quantize="int8"`` (CPU): the world model's attention and MLP layers run as int8 dynamic-quantized
     GEMMs, faster on CPU at a small cost in fidelity (README: both measured). Default: None (fp32).
     """
@@ -80,12 +84,13 @@ class WorldEnv(gym.Env):
                  termination_threshold: float = 0.5, device: str = "cpu", frame_size: tuple[int, int] | None = None,
                  default_bundle: str | Path | None = None, guidance: float | None = None,
                  tile_hold: float | None = None, quantize: str | None = None,
-                 detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None):
+                 detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
+                 snap: bool | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), float(termination_threshold)
         self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise, frame_size, default_bundle,
-                                  guidance, tile_hold, quantize, detail_carry, carry_gate, reencode)
+                                  guidance, tile_hold, quantize, detail_carry, carry_gate, reencode, snap)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window = None, 0, None
 
@@ -146,7 +151,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                  default_bundle: str | Path | None = None, guidance: float | None = None,
                  tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
-                 **kwargs):
+                 snap: bool | None = None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments for WorldVectorEnv: {sorted(kwargs)}")
         if render_mode not in (None, "rgb_array"):
@@ -155,7 +160,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.horizon, self.threshold = int(horizon), float(termination_threshold)
         self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise,
                                          frame_size, default_bundle, guidance, tile_hold, quantize,
-                                         detail_carry, carry_gate, reencode)
+                                         detail_carry, carry_gate, reencode, snap)
         self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)

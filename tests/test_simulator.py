@@ -9,6 +9,7 @@ from conftest import randomize
 
 from worldsim.autoencoder import make_autoencoder
 from worldsim.checkpoint import Bundle, bundle_files, write_dir_atomic
+from worldsim.codebook import fit_codebook, frame_tokens, nearest, snap, with_codebook
 from worldsim.data import index_actions
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.model import WorldDiT, actions_to_tensor
@@ -562,3 +563,65 @@ def test_energy_loss_teaches_the_one_step_sampler_to_sample_where_the_denoising_
         out[name] = spread(dit)
     # two independent real frames differ by RMS sqrt(2) ~ 1.41
     assert out["denoising"] < 0.3 and out["energy"] > 0.7, out
+
+
+def test_kmeans_codebook_finds_the_tiles_and_snap_returns_them():
+    """Tokens scattered tightly around 6 points (a game's tiles): the 6-entry codebook finds the points, and
+    snapping noisy latents gives back exactly the entries they came from."""
+    g = torch.Generator().manual_seed(0)
+    tiles = torch.randn(6, 4, generator=g) * 3
+    which = torch.randint(6, (3000,), generator=g)
+    tokens = tiles[which] + 0.02 * torch.randn(3000, 4, generator=g)
+    cb = fit_codebook(tokens, 6, seed=1)
+    d, idx = nearest(tiles, cb)
+    assert d.max() < 0.01 and len(set(idx.tolist())) == 6  # one entry per tile, on it
+    z = tokens[:2 * 3 * 5].reshape(2, 3, 5, 4).permute(0, 3, 1, 2)  # (B, C, h, w)
+    snapped = snap(z, cb)
+    expect = cb[idx][which[:30]].reshape(2, 3, 5, 4).permute(0, 3, 1, 2)  # each token's own tile's entry
+    assert torch.equal(snapped, expect)
+    with pytest.raises(ValueError, match="at least that many tokens"):
+        fit_codebook(tokens[:5], 6)
+
+
+def test_snap_shows_and_commits_codebook_tokens(patch_bundle, random_bundle, tmp_path):
+    """snap: every token of every generated frame is a codebook entry; the frame shown is the decode of those
+    tokens, the context keeps them (context-noised as always), and the cached rollout equals recomputing the
+    whole history from them and snapping its sample. Without snap the samples are not codebook entries."""
+    import shutil
+    shutil.copytree(patch_bundle.path, tmp_path / "p")
+    tokens = frame_tokens(patch_bundle.codec, patch_bundle.start_frames.numpy().reshape(-1, 32, 32, 3))
+    with_codebook(tmp_path / "p", fit_codebook(tokens, 12), {"entries": 12})
+    b = Bundle(tmp_path / "p")
+    assert b.codebook.shape == (12, 4) and b.meta["decode"]["snap"]
+    sim, off = WorldSimulator(b, 1, sampling_steps=2), WorldSimulator(b, 1, sampling_steps=2, snap=False)
+    assert sim.snap and not off.snap  # the bundle's default, and the override
+    rng = np.random.default_rng(7)
+    shape = sim.latent_shape
+    ctx_noise = rng.standard_normal((1, W, *shape))
+    ctx, ctx_a = b.start_frames[:1].numpy(), b.start_actions[:1, :W - 1].numpy()
+    z0 = sim.reset([0], ctx, ctx_a, ctx_noise)
+    off.reset([0], ctx, ctx_a, ctx_noise)
+    hist = z0 + sim.context_noise * torch.as_tensor(ctx_noise, dtype=torch.float32)
+    acts = np.concatenate([[0], ctx_a[0]])[None]
+    has = torch.ones(1, W, dtype=torch.bool)
+    has[0, 0] = False
+    entries = {tuple(e.tolist()) for e in b.codebook}
+    for step in range(2 * W + 1):
+        a = np.array([(5 * step + 2) % 17])
+        noise, cn = rng.standard_normal((1, *shape)), rng.standard_normal((1, *shape))
+        res, res_off = sim.step(a, noise, cn), off.step(a, noise, cn)
+        acts = np.concatenate([acts, a[None]], axis=1)
+        has = torch.cat([has, torch.ones(1, 1, dtype=torch.bool)], dim=1)
+        sample = full_recompute(b, hist, acts, has, torch.as_tensor(noise, dtype=torch.float32), 2)
+        assert {tuple(t.tolist()) for t in res.latents[0].flatten(1).T} <= entries
+        torch.testing.assert_close(res.latents, snap(sample, b.codebook), rtol=0, atol=0)  # same entries
+        np.testing.assert_array_equal(res.frames, b.codec.decode(res.latents).numpy())
+        torch.testing.assert_close(sim.prev_ctx, res.latents + sim.context_noise * torch.as_tensor(cn, dtype=torch.float32))
+        if step == 0:  # same context: the unsnapped sample is the one that was snapped
+            torch.testing.assert_close(snap(res_off.latents, b.codebook), res.latents, rtol=0, atol=0)
+        assert not {tuple(t.tolist()) for t in res_off.latents[0].flatten(1).T} & entries
+        hist = torch.cat([hist, sim.prev_ctx[:, None]], 1)
+    with pytest.raises(ValueError, match="codebook"):
+        WorldSimulator(random_bundle, 1, snap=True)  # no codebook to snap to
+    with pytest.raises(ValueError, match="patch"):
+        with_codebook(random_bundle.path, torch.zeros(8, 4), {})  # a VAE's latent cells are not tiles

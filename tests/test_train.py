@@ -346,3 +346,47 @@ def test_energy_training_resumes_logs_its_loss_and_is_recorded(bundle, dataset, 
         with pytest.raises(ValueError, match=match):
             run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}",
                               "dit.energy_prob=0.5", *bad])
+
+
+def test_codebook_from_training_and_for_a_trained_bundle(bundle, dataset, tmp_path):
+    """`worldsim train codebook=K` puts a K-entry codebook of training latent tokens into the bundle with snap
+    on; `worldsim codebook` adds one to a trained bundle and leaves its weights as they were; the env then
+    shows frames made of codebook tokens. A VAE, a bundle with no codebook and frames of the wrong size get
+    clear errors."""
+    import shutil
+
+    import gymnasium as gym
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+
+    tr = run_job("train", [f"data={dataset}", f"run={tmp_path / 'cb'}", *TINY_TRAIN, f"init={bundle}", "dit.steps=1",
+                           "codebook=16"])
+    b = Bundle(tr.run / "bundle")
+    assert b.codebook.shape == (16, b.dit.config.latent_channels) and b.meta["decode"]["snap"]
+    assert b.meta["codebook"]["entries"] == 16
+    shutil.copytree(bundle, tmp_path / "copy")
+    info = run_job("codebook", [f"bundle={tmp_path / 'copy'}", f"data={dataset}", "entries=16", "frames=40"])
+    assert info["frames"] == 40 and info["tokens"] == 40 * 81
+    c = Bundle(tmp_path / "copy")
+    assert c.codebook.shape == (16, c.dit.config.latent_channels) and c.meta["decode"]["snap"]
+    for n in ("world_model.safetensors", "autoencoder.safetensors", "start_states.safetensors"):
+        assert (tmp_path / "copy" / n).read_bytes() == (bundle / n).read_bytes()
+    env = gym.make("worldsim/Crafter-v0", bundle=str(tmp_path / "copy"))
+    env.reset(seed=0)
+    for a in (1, 2, 5):
+        env.step(a)
+    sim = env.unwrapped.sim
+    assert sim.snap
+    assert torch.cdist(sim.prev[0].flatten(1).T, c.codebook).min(1).values.max() == 0  # every token an entry
+    env.close()
+    with pytest.raises(ValueError, match="codebook"):
+        gym.make("worldsim/Crafter-v0", bundle=str(bundle), snap=True)
+    with pytest.raises(ValueError, match="patch"):
+        run_job("train", [f"data={dataset}", f"run={tmp_path / 'vae'}", *TINY_TRAIN, "codebook=16"])
+    small = tmp_path / "small"
+    from worldsim.data import write_episode
+    write_episode(small / "episodes" / "ep_000000.npz", np.zeros((3, 32, 32, 3), np.uint8), np.zeros(2, np.int64),
+                  np.zeros(2), np.zeros(2, bool))
+    with pytest.raises(ValueError, match="frames of shape"):
+        run_job("codebook", [f"bundle={tmp_path / 'copy'}", f"data={small}", "entries=4"])

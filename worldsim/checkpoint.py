@@ -4,7 +4,8 @@ A checkpoint is a directory of files. It is written as `NAME.tmp/`, then swapped
 killed at any moment leaves either the previous complete checkpoint or the new one, never a mix.
 
 A *bundle* is what the env loads: `bundle.json` (configs, latent statistics, env facts),
-`autoencoder.safetensors`, `world_model.safetensors` and `start_states.safetensors` (uint8 start contexts).
+`autoencoder.safetensors`, `world_model.safetensors`, `start_states.safetensors` (uint8 start contexts) and,
+optionally, `codebook.safetensors` (latent tokens generated frames snap to: worldsim/codebook.py).
 """
 from __future__ import annotations
 
@@ -139,6 +140,8 @@ class Bundle:
         self.start_frames = start["frames"]
         self.start_actions = keyed if keyed else start["actions"]  # (S, W-1, ...), or a dict of them
         self.env = self.meta["env"]
+        cb = path / "codebook.safetensors"
+        self.codebook = load_file(cb)["codebook"].to(device) if cb.exists() else None
 
 
 def _load_autoencoder(cfg: dict, weights: Path, device):

@@ -57,12 +57,12 @@ def _opt(cfg, key):
 
 
 def _sim_kw(cfg) -> dict:
-    """Inference settings the config may override (context noise, guidance, tile hold, detail carry, reencode);
-    null = the bundle's. quantize: null = fp32."""
+    """Inference settings the config may override (context noise, guidance, tile hold, detail carry, reencode,
+    snap); null = the bundle's. quantize: null = fp32."""
     kw = {k: None if cfg.get(k) is None else float(cfg.get(k)) for k in ("context_noise", "guidance", "tile_hold",
                                                                              "detail_carry", "carry_gate")}
     return {**kw, "quantize": cfg.get("quantize"),
-            "reencode": None if cfg.get("reencode") is None else bool(cfg.get("reencode"))}
+            **{k: None if cfg.get(k) is None else bool(cfg.get(k)) for k in ("reencode", "snap")}}
 
 
 def _step_of(actions, h):

@@ -18,6 +18,7 @@ import torch
 
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
+from worldsim.codebook import snap
 from worldsim.diffusion import warps
 from worldsim.model import actions_to_tensor
 
@@ -62,7 +63,8 @@ class WorldSimulator:
     def __init__(self, bundle: Bundle, batch_size: int, sampling_steps: int | None = None,
                  context_noise: float | None = None, frame_size: tuple[int, int] | None = None,
                  guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
-                 detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None):
+                 detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
+                 snap: bool | None = None):
         if quantize not in QUANTIZE:
             raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
         self.bundle, self.B, self.quantize = bundle, batch_size, quantize
@@ -116,6 +118,11 @@ class WorldSimulator:
             raise ValueError("detail_carry and tile_hold both decide what the shown frame keeps: use one")
         # reencode: the context keeps the encoding of the frame shown instead of the sampled latent (see step)
         self.reencode = bool(dec.get("reencode", False) if reencode is None else reencode)
+        # snap: each generated token becomes its nearest codebook entry before it is shown and committed
+        self.snap = bool(dec.get("snap", False) if snap is None else snap)
+        if self.snap and bundle.codebook is None:
+            raise ValueError("snap needs a bundle with a latent codebook (codebook.safetensors): fit one with "
+                             "`worldsim codebook bundle=... data=...`")
         self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
         self.shown = np.zeros((batch_size, H, W, 3), np.uint8)  # the frames last shown
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
@@ -155,18 +162,25 @@ class WorldSimulator:
         estimate and drifts off the autoencoder's manifold over a rollout (held-out Minetest: a patch grid of
         saturated colour within 50 steps), while the encoding of a frame is a latent the autoencoder makes,
         like every context frame in training; and the frame shown, with carried detail, is what the user saw.
-        It costs one encoder pass per step."""
+        It costs one encoder pass per step.
+
+        With `snap` each token of the sample is first replaced by its nearest codebook entry (worldsim/codebook.py):
+        what is shown and what the context keeps is that snapped latent."""
         t = self.time + 1
         a = actions_to_tensor(self.spec, actions, self.device)
         shown = {}
 
-        def reencode(z, centre):
-            shown["frames"] = self._show(z, centre, a)
-            return self.codec.encode(torch.as_tensor(shown["frames"], device=self.device))
+        def project(z, centre):
+            if self.snap:
+                z = snap(z, self.bundle.codebook)
+            if self.reencode:
+                shown["frames"] = self._show(z, centre, a)
+                z = self.codec.encode(torch.as_tensor(shown["frames"], device=self.device))
+            return z
         z, self.prev_ctx, prev, out = self.edm.step_cached(self.dit, self.cache, t, a, self.prev, self.prev_ctx,
                                                            self._t(noise), self._t(context_noise), self.context_noise,
                                                            self.steps, self.guidance,
-                                                           project=reencode if self.reencode else None)
+                                                           project=project if self.snap or self.reencode else None)
         self.prev = z
         self.time = t
         frames = shown.get("frames")  # reencode decoded it already

@@ -26,9 +26,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from worldsim.autoencoder import LatentCodec, make_autoencoder, to_pixels, training_loss
+from worldsim.autoencoder import LatentCodec, ae_config, make_autoencoder, to_pixels, training_loss
 from worldsim.checkpoint import (bundle_files, load_optimizer, optimizer_tensors, read_metadata, resolve_dir,
                                  tensors_bytes, write_dir_atomic)
+from worldsim.codebook import fit_codebook, require_tiles, with_codebook
 from worldsim.data import WindowDataset, atomic_write_bytes, index_actions, load_episodes, load_manifest
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.evaluate import phase_shift, psnr_np
@@ -99,6 +100,8 @@ class Trainer:
                                        **ae_kw).to(self.device)
             self.dit = WorldDiT(action_spec=self.env_info["action_space"],
                                 latent_channels=self.ae.config.latent_channels, **dict(cfg.model)).to(self.device)
+        if cfg.get("codebook"):  # checked now, not at export after hours of training
+            require_tiles(ae_config(self.ae), "codebook")
         warp = cfg.dit.get("warp_action")
         if warp and self.dit.config.warp_action is None:  # before the optimizer and the resume: it adds inputs
             matrix, fit = calibrate_warp(self.train_eps, warp)
@@ -370,6 +373,19 @@ class Trainer:
                                                "reencode": bool(self.cfg.get("reencode", False))}})
         write_dir_atomic(out, files)
         print(f"bundle written to {out} ({sum(len(v) for v in files.values()) / 2**20:.1f} MiB)")
+        if self.cfg.get("codebook"):
+            self.export_codebook(out, int(self.cfg.codebook))
+
+    def export_codebook(self, out: Path, entries: int, max_tokens: int = 400_000):
+        """k-means codebook of the training latents' tokens, written into the bundle with snap on
+        (worldsim/codebook.py)."""
+        st = self.state
+        lat = torch.cat([z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) for z in self.cached_latents(self.train_eps)])
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        tokens = (lat[torch.randperm(len(lat), generator=g)[:max_tokens]] - st["latent_mean"]) / st["latent_std"]
+        codebook = fit_codebook(tokens, entries, seed=self.cfg.seed)
+        with_codebook(out, codebook, {"entries": entries, "tokens": len(tokens), "data": str(self.cfg.data)})
+        print(f"codebook of {entries} entries from {len(tokens)} training tokens written to {out} (snap on)")
 
 
 def calibrate_warp(eps, key: str, pairs: int = 4000, seed: int = 0) -> tuple[list, dict]:

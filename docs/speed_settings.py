@@ -1,0 +1,50 @@
+"""Step time of a shipped model under several inference settings, timed in one process, interleaved, best of
+5 rounds of 50 steps (this CPU's speed drifts between runs). WorldSimulator only, decode included.
+
+    python docs/speed_settings.py minetest reencode=false reencode=true
+    python docs/speed_settings.py crafter snap=false snap=true
+
+Each KEY=VALUE is one setting (a WorldSimulator argument; true/false, or a number).
+"""
+import sys
+import time
+
+import numpy as np
+import torch
+
+from worldsim import DEFAULT_CRAFTER_BUNDLE, DEFAULT_MINETEST_BUNDLE
+from worldsim.simulator import WorldSimulator, load_bundle
+
+
+def value(v):
+    return {"true": True, "false": False}.get(v.lower(), v if not v.replace(".", "", 1).isdigit() else float(v))
+
+
+torch.set_num_threads(2)
+game, settings = sys.argv[1], [a.split("=", 1) for a in sys.argv[2:]]
+b = load_bundle(str({"crafter": DEFAULT_CRAFTER_BUNDLE, "minetest": DEFAULT_MINETEST_BUNDLE}[game]))
+dict_actions = isinstance(b.start_actions, dict)
+for B in (1, 16):
+    sims = {}
+    for k, v in settings:
+        sim = WorldSimulator(b, B, **{k: value(v)})
+        rng = np.random.default_rng(0)
+        idx = np.arange(B) % len(b.start_frames)
+        acts = {k: v[idx].numpy() for k, v in b.start_actions.items()} if dict_actions else b.start_actions[idx].numpy()
+        sim.reset(range(B), b.start_frames[idx].numpy(), acts, rng.standard_normal((B, sim.window, *sim.latent_shape)))
+        sims[f"{k}={v}"] = (sim, rng)
+    best = {n: float("inf") for n in sims}
+    for _ in range(5):
+        for name, (sim, rng) in sims.items():
+            noise = rng.standard_normal((50, 2, B, *sim.latent_shape))
+            t0 = time.perf_counter()
+            for i in range(50):
+                if dict_actions:  # walk forward, turning
+                    a = {k: np.zeros(B, np.int64) for k in sim.spec["keys"]}
+                    a["forward"] = np.ones(B, np.int64)
+                    a["camera"] = rng.normal(0, 3, (B, 2)).astype(np.float32)
+                else:  # Crafter: the four moves
+                    a = rng.integers(1, 5, B)
+                sim.step(a, noise[i, 0], noise[i, 1])
+            best[name] = min(best[name], (time.perf_counter() - t0) / 50)
+    print(f"batch {B}: " + ", ".join(f"{n} {1000 * v:.1f} ms per step ({B / v:.1f} env-steps/s)" for n, v in best.items()))

@@ -9,7 +9,7 @@ from conftest import randomize
 
 from worldsim.autoencoder import make_autoencoder
 from worldsim.checkpoint import Bundle, bundle_files, write_dir_atomic
-from worldsim.codebook import fit_codebook, frame_tokens, nearest, snap, with_codebook
+from worldsim.codebook import TokenHead, fit_codebook, frame_tokens, nearest, sample_snap, snap, with_codebook
 from worldsim.data import index_actions
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.model import WorldDiT, actions_to_tensor
@@ -57,8 +57,9 @@ def patch_bundle(tmp_path_factory):  # one latent per 8x8 tile: 32x32 frames, a 
     return _random_bundle(tmp_path_factory.mktemp("bundle") / "p", ae="patch8_tiny")
 
 
-def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None):
-    """Denoise the next frame by running the model over the whole history with the sliding-window mask."""
+def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None, keep=None):
+    """Denoise the next frame by running the model over the whole history with the sliding-window mask.
+    keep: a dict that gets the last pass's features of the new frame."""
     edm: EDM = b.edm
     T = hist.shape[1] + 1
     a = actions_to_tensor(b.dit.config.action_spec, acts)
@@ -69,6 +70,8 @@ def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None):
         sig = torch.cat([ctx_sig, sigma[:, None]], dim=1)
         inp, c_noise = edm.model_input(seq, sig)
         out = b.dit(inp, c_noise, a, has)
+        if keep is not None:
+            keep["features"] = out.features[:, -1]
         return edm.denoised(x, sigma, out.out[:, -1], prev)
 
     return edm.sample(denoise, noise, steps, prev)
@@ -625,3 +628,86 @@ def test_snap_shows_and_commits_codebook_tokens(patch_bundle, random_bundle, tmp
         WorldSimulator(random_bundle, 1, snap=True)  # no codebook to snap to
     with pytest.raises(ValueError, match="patch"):
         with_codebook(random_bundle.path, torch.zeros(8, 4), {})  # a VAE's latent cells are not tiles
+
+
+def test_sample_snap_draws_groups_as_the_head_says_and_the_nearest_entry_within():
+    """sample_snap: a token the head is sure of (top group above `certain`) gets its nearest entry; the others get
+    a group drawn with the head's probabilities (inverse CDF of the caller's noise) and that group's nearest
+    entry. Checked with a head whose probabilities are fixed: 0.5 / 0.3 / 0.2."""
+    torch.manual_seed(0)
+    codebook = torch.randn(30, 4)
+    groups = torch.arange(30) % 3
+    head = TokenHead(8, 4, 3, hidden=4)
+    torch.nn.init.zeros_(head.net[-1].weight)
+    head.net[-1].bias.data = torch.tensor([0.5, 0.3, 0.2]).log()
+    z, feats = torch.randn(40, 4, 8, 8), torch.randn(40, 64, 8)
+    noise = torch.randn(40, 8, 8)
+    drawn = sample_snap(z, feats, codebook, groups, head, noise, certain=0.6)  # 0.5 < 0.6: every token drawn
+    idx = nearest(drawn.permute(0, 2, 3, 1).reshape(-1, 4), codebook)[1]
+    freq = torch.bincount(groups[idx], minlength=3).float() / len(idx)
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.2]), atol=0.03), freq
+    tok = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    d = torch.cdist(tok, codebook)
+    within = d.masked_fill(groups[None] != groups[idx][:, None], float("inf")).argmin(1)
+    assert torch.equal(idx, within)  # the drawn group's nearest entry
+    u = 0.5 * (1 + torch.erf(noise.reshape(-1) / 2 ** 0.5))  # the draw is the noise's: group 0 below u = 0.5
+    assert torch.equal(groups[idx] == 0, u < 0.5)
+    sure = sample_snap(z, feats, codebook, groups, head, noise, certain=0.4)  # 0.5 > 0.4: none drawn
+    assert torch.equal(sure, snap(z, codebook))
+    assert torch.equal(drawn, sample_snap(z, feats, codebook, groups, head, noise, certain=0.6))  # same noise, same draw
+
+
+def test_snap_sample_in_the_simulator_matches_a_full_recompute(patch_bundle, tmp_path):
+    """snap="sample": each step's tokens are sample_snap of the full recompute's one-step sample with that pass's
+    features and the step's noise; every token is an entry; other noise draws other tokens; a bundle without a
+    head, or more sampling steps, get clear errors."""
+    import shutil
+    shutil.copytree(patch_bundle.path, tmp_path / "p")
+    tokens = frame_tokens(patch_bundle.codec, patch_bundle.start_frames.numpy().reshape(-1, 32, 32, 3))
+    codebook = fit_codebook(tokens, 12)
+    with_codebook(tmp_path / "p", codebook, {"entries": 12})
+    with pytest.raises(ValueError, match="token head"):
+        WorldSimulator(Bundle(tmp_path / "p"), 1, sampling_steps=1, snap="sample")
+    torch.manual_seed(0)
+    head = TokenHead(patch_bundle.dit.config.dim, 4, 3, hidden=16)
+    head.net[-1].weight.data *= 30  # a head sure of some tokens and not of others
+    groups = nearest(codebook, fit_codebook(codebook, 3))[1]
+    with_codebook(tmp_path / "p", codebook, {"entries": 12, "head": {"groups": 3, "hidden": 16, "certain": 0.7}},
+                  "sample", head, groups)
+    b = Bundle(tmp_path / "p")
+    assert b.meta["decode"]["snap"] == "sample" and torch.equal(b.codebook_groups, groups)
+    sim = WorldSimulator(b, 1, sampling_steps=1, guidance=1.0)
+    other = WorldSimulator(b, 1, sampling_steps=1, guidance=1.0)
+    assert sim.snap == "sample" and sim.certain == 0.7
+    rng = np.random.default_rng(3)
+    shape = sim.latent_shape
+    ctx_noise = rng.standard_normal((1, W, *shape))
+    ctx, ctx_a = b.start_frames[:1].numpy(), b.start_actions[:1, :W - 1].numpy()
+    z0 = sim.reset([0], ctx, ctx_a, ctx_noise)
+    other.reset([0], ctx, ctx_a, ctx_noise)
+    hist = z0 + sim.context_noise * torch.as_tensor(ctx_noise, dtype=torch.float32)
+    acts = np.concatenate([[0], ctx_a[0]])[None]
+    has = torch.ones(1, W, dtype=torch.bool)
+    has[0, 0] = False
+    entries = {tuple(e.tolist()) for e in b.codebook}
+    differ = 0
+    for step in range(W + 2):
+        a = np.array([(3 * step + 1) % 17])
+        noise, cn = rng.standard_normal((1, *shape)), rng.standard_normal((1, *shape))
+        res = sim.step(a, noise, cn)
+        differ += int(not torch.equal(other.step(a, -noise, cn).latents, res.latents))
+        acts = np.concatenate([acts, a[None]], axis=1)
+        has = torch.cat([has, torch.ones(1, 1, dtype=torch.bool)], dim=1)
+        keep = {}
+        sample = full_recompute(b, hist, acts, has, torch.as_tensor(noise, dtype=torch.float32), 1, keep=keep)
+        want = sample_snap(sample, keep["features"], b.codebook, b.codebook_groups, b.token_head,
+                           torch.as_tensor(noise, dtype=torch.float32)[:, 0], 0.7)
+        assert {tuple(t.tolist()) for t in res.latents[0].flatten(1).T} <= entries
+        torch.testing.assert_close(res.latents, want, rtol=0, atol=0)
+        hist = torch.cat([hist, sim.prev_ctx[:, None]], 1)
+        other.prev, other.prev_ctx = sim.prev.clone(), sim.prev_ctx.clone()  # same history, other noise next step
+    assert differ > 0  # the draw follows the noise
+    with pytest.raises(ValueError, match="one-step"):
+        WorldSimulator(b, 1, sampling_steps=2)
+    with pytest.raises(ValueError, match="snap must be"):
+        WorldSimulator(b, 1, sampling_steps=1, snap="smap")

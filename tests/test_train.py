@@ -383,6 +383,22 @@ def test_codebook_from_training_and_for_a_trained_bundle(bundle, dataset, tmp_pa
     env.close()
     with pytest.raises(ValueError, match="codebook"):
         gym.make("worldsim/Crafter-v0", bundle=str(bundle), snap=True)
+    # the token head, beside the codebook it keeps (refit=false): trained on the episodes, snap=sample by default
+    with pytest.raises(ValueError, match="token head"):
+        gym.make("worldsim/Crafter-v0", bundle=str(tmp_path / "copy"), snap="sample")
+    info = run_job("codebook", [f"bundle={tmp_path / 'copy'}", f"data={dataset}", "refit=false", "head=true",
+                                "groups=4", "head_windows=20", "head_steps=30", "head_hidden=16", "snap=sample"])
+    h = Bundle(tmp_path / "copy")
+    assert torch.equal(h.codebook, c.codebook) and h.meta["decode"]["snap"] == "sample"
+    assert info["head"]["groups"] == 4 and info["head"]["windows"] == 20 and 0 <= info["head"]["held_accuracy"] <= 1
+    assert sorted(h.codebook_groups.unique().tolist()) == [0, 1, 2, 3] and h.token_head is not None
+    env = gym.make("worldsim/Crafter-v0", bundle=str(tmp_path / "copy"), sampling_steps=1, guidance=1.0)
+    env.reset(seed=0)
+    for a in (1, 2, 5):
+        obs, *_ = env.step(a)
+    tokens = env.unwrapped.sim.prev[0].flatten(1).T
+    assert env.unwrapped.sim.snap == "sample" and (tokens[:, None] == h.codebook[None]).all(-1).any(1).all()
+    env.close()
     with pytest.raises(ValueError, match="patch"):
         run_job("train", [f"data={dataset}", f"run={tmp_path / 'vae'}", *TINY_TRAIN, "codebook=16"])
     small = tmp_path / "small"

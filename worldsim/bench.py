@@ -48,12 +48,13 @@ def bench_real(env_name: str, steps: int, latency_trials: int = 0) -> tuple[floa
 
 def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_name: str = "crafter",
                 guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
-                detail_carry: float | None = None, reencode: bool | None = None, snap: bool | None = None) -> dict:
+                detail_carry: float | None = None, reencode: bool | None = None, snap: bool | str | None = None,
+                certain: float | None = None) -> dict:
     import worldsim  # noqa: F401
 
     # termination_threshold 2: never end episodes, steady stepping
     kw = {"device": device, "termination_threshold": 2.0, "guidance": guidance, "tile_hold": tile_hold,
-          "quantize": quantize, "detail_carry": detail_carry, "reencode": reencode, "snap": snap}
+          "quantize": quantize, "detail_carry": detail_carry, "reencode": reencode, "snap": snap, "certain": certain}
     if bundle:
         kw["bundle"] = bundle
     env_id = ENV_IDS[env_name][0]
@@ -73,7 +74,7 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
     sim = env.unwrapped.sim  # the settings it ran with (bundle defaults resolved)
     env.close()
     return {"batch": batch, "guidance": sim.guidance, "tile_hold": sim.tile_hold, "quantize": sim.quantize,
-            "detail_carry": sim.detail_carry, "reencode": sim.reencode, "snap": sim.snap,
+            "detail_carry": sim.detail_carry, "reencode": sim.reencode, "snap": sim.snap, "certain": sim.certain,
             "steps_per_s": steps / dt,
             "env_steps_per_s": batch * steps / dt, "ms_per_step": 1000 * dt / steps, "rss_growth_mib": rss_mib() - rss0}
 
@@ -102,7 +103,7 @@ def bench(cfg):
         for b in cfg.batch_sizes:
             r = bench_model(cfg.bundle, device, int(b), int(cfg.steps), int(cfg.warmup), cfg.env, cfg.get("guidance"),
                             cfg.get("tile_hold"), cfg.get("quantize") if device == "cpu" else None, cfg.get("detail_carry"),
-                            cfg.get("reencode"), cfg.get("snap"))
+                            cfg.get("reencode"), cfg.get("snap"), cfg.get("certain"))
             r["device"] = device
             r["vs_real"] = r["env_steps_per_s"] / real
             results["model"].append(r)

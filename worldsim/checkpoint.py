@@ -5,7 +5,8 @@ killed at any moment leaves either the previous complete checkpoint or the new o
 
 A *bundle* is what the env loads: `bundle.json` (configs, latent statistics, env facts),
 `autoencoder.safetensors`, `world_model.safetensors`, `start_states.safetensors` (uint8 start contexts) and,
-optionally, `codebook.safetensors` (latent tokens generated frames snap to: worldsim/codebook.py).
+optionally, `codebook.safetensors` (latent tokens generated frames snap to, and the token head that draws
+them: worldsim/codebook.py).
 """
 from __future__ import annotations
 
@@ -141,7 +142,17 @@ class Bundle:
         self.start_actions = keyed if keyed else start["actions"]  # (S, W-1, ...), or a dict of them
         self.env = self.meta["env"]
         cb = path / "codebook.safetensors"
-        self.codebook = load_file(cb)["codebook"].to(device) if cb.exists() else None
+        tensors = load_file(cb) if cb.exists() else {}
+        self.codebook = tensors["codebook"].to(device) if tensors else None
+        # the token head (snap=sample): groups of entries and the head's weights, beside the codebook
+        self.codebook_groups = self.token_head = None
+        head = (self.meta.get("codebook") or {}).get("head")
+        if head and "groups" in tensors:
+            from worldsim.codebook import TokenHead
+            self.codebook_groups = tensors["groups"].to(device)
+            self.token_head = TokenHead(self.dit.config.dim, self.codebook.shape[1], head["groups"], head["hidden"])
+            self.token_head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+            self.token_head.to(device).eval()
 
 
 def _load_autoencoder(cfg: dict, weights: Path, device):

@@ -9,7 +9,16 @@ step instead of carried (what discrete-token world models such as IRIS and Genie
 A bundle snaps only if it has a codebook and `decode.snap` is on: for a VAE on a 3D game (Minetest) the latents
 are not discrete and snapping would throw detail away.
 
-`worldsim codebook bundle=B data=D` fits one for a trained bundle; `worldsim train codebook=K` at export.
+Snapping to the nearest entry keeps what the model is sure of, but where it is unsure (the strip of ground a
+move reveals) the nearest entry to its average is the commonest tile, grass: the world fills with grass and
+freezes. `snap=sample` instead draws those tokens: a small token head (`TokenHead`), trained on the world
+model's last-layer features, gives each token's probabilities over groups of entries (k-means of the
+codebook: a tile and its lighting variants), and where no group is likely enough (`certain`) the token's group
+is drawn from them, then its entry is the group's nearest to the model's estimate. It costs next-frame PSNR
+(a draw is further in squared error than the average) and buys a world that keeps making new terrain.
+
+`worldsim codebook bundle=B data=D` fits one for a trained bundle (`head=true`: and the token head);
+`worldsim train codebook=K` at export.
 k-means is Lloyd's algorithm in a few lines of torch rather than a scikit-learn dependency for one function.
 """
 from __future__ import annotations
@@ -19,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from worldsim.checkpoint import tensors_bytes, write_dir_atomic
 
@@ -66,6 +76,128 @@ def snap(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return codebook.to(z)[idx].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
 
 
+class TokenHead(nn.Module):
+    """Per generated token: logits over the codebook's groups, from the world model's last-layer features of
+    that token (the sampling pass's, before the output layer) and the token's one-step estimate."""
+
+    def __init__(self, dim: int, channels: int, groups: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim + channels), nn.Linear(dim + channels, hidden), nn.GELU(),
+                                 nn.Linear(hidden, groups))
+
+    def forward(self, features, tokens):  # (N, dim), (N, C) -> (N, groups)
+        return self.net(torch.cat([features.float(), tokens.float()], -1))
+
+
+def cell_features(features: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, N, dim) world-model token features -> (B*h*w, dim), one row per latent cell in (B, h, w) order; a
+    world-model token covers q x q cells (patch_size q), each of which reads its token's features."""
+    B, n, D = features.shape
+    q = int(round((h * w / n) ** 0.5))
+    if q > 1:
+        features = features.reshape(B, h // q, w // q, D).repeat_interleave(q, 1).repeat_interleave(q, 2)
+    return features.reshape(-1, D)
+
+
+def sample_snap(z: torch.Tensor, features: torch.Tensor, codebook: torch.Tensor, groups: torch.Tensor,
+                head: TokenHead, noise: torch.Tensor, certain: float) -> torch.Tensor:
+    """Latents (B, C, h, w) -> each token an entry: the nearest where the head gives one group more than
+    `certain`, elsewhere the nearest entry of a group drawn from the head's probabilities.
+    features: (B, N, dim) of the sampling pass (N = h*w / patch_size^2); noise: (B, h, w) unit Gaussian, one draw per token (turned
+    into a uniform for an inverse-CDF draw), so the result is a function of the caller's noise."""
+    B, C, h, w = z.shape
+    tok = z.permute(0, 2, 3, 1).reshape(-1, C).float()
+    cb = codebook.to(z.device).float()
+    p = head(cell_features(features, h, w), tok).softmax(-1)
+    u = 0.5 * (1 + torch.erf(noise.reshape(-1, 1).float() / 2 ** 0.5))
+    drawn = (p.cumsum(-1) < u).sum(-1).clamp(max=p.shape[1] - 1)
+    idx = []
+    for i in range(0, len(tok), CHUNK // 16):
+        d = torch.cdist(tok[i:i + CHUNK // 16], cb)
+        nearest_any = d.argmin(1)
+        in_group = d.masked_fill(groups.to(z.device)[None] != drawn[i:i + CHUNK // 16, None], float("inf")).argmin(1)
+        idx.append(torch.where(p[i:i + CHUNK // 16].max(-1).values > certain, nearest_any, in_group))
+    return codebook.to(z)[torch.cat(idx)].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
+
+
+def head_examples(bundle, episodes: list, windows: int, seed: int = 0, batch: int = 128):
+    """(features, one-step estimates, real tokens) of every token of the last frame of `windows` random windows
+    of episodes, each a dict of "latents" (T, C, h, w) normalised and "actions" (the T-1 steps between them),
+    laid out as the simulator samples: context frames lightly noised (the inference context noise), the
+    target at the first sampling level (pure noise), every frame's action given."""
+    from worldsim.data import index_actions, stack_actions
+
+    dit, edm = bundle.dit, bundle.edm
+    L = dit.config.context_frames + 1
+    spans = [(e, s) for e, ep in enumerate(episodes) for s in range(1, len(ep["latents"]) - L + 1)]
+    if not spans:
+        raise ValueError(f"no episode has the {L + 1} frames a training window of the token head needs")
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(spans), generator=g)[:windows].tolist()
+    level, top = edm.cfg.context_noise, edm.sampling_sigmas(1)[0]
+    F, Z, Y = [], [], []
+    with torch.no_grad():
+        for i in range(0, len(pick), batch):
+            rows = [spans[j] for j in pick[i:i + batch]]
+            zz = torch.stack([episodes[e]["latents"][s:s + L] for e, s in rows]).float()
+            acts = stack_actions([index_actions(episodes[e]["actions"], slice(s - 1, s - 1 + L)) for e, s in rows])
+            acts = {k: torch.as_tensor(v) for k, v in acts.items()} if isinstance(acts, dict) else torch.as_tensor(acts)
+            B = len(zz)
+            sig = torch.full((B, L), level)
+            sig[:, -1] = top
+            x = zz + level * torch.randn(zz.shape, generator=g)
+            x[:, -1] = top * torch.randn(zz[:, -1].shape, generator=g)
+            inp, c_noise = edm.model_input(x, sig)
+            out = dit(inp, c_noise, acts, torch.ones(B, L, dtype=torch.bool))
+            est = edm.denoised(x[:, -1], sig[:, -1], out.out[:, -1])
+            C = zz.shape[2]
+            F.append(cell_features(out.features[:, -1], *zz.shape[-2:]))
+            Z.append(est.permute(0, 2, 3, 1).reshape(-1, C))
+            Y.append(zz[:, -1].permute(0, 2, 3, 1).reshape(-1, C))
+    return torch.cat(F), torch.cat(Z), torch.cat(Y), len(pick)
+
+
+def fit_token_head(bundle, codebook: torch.Tensor, episodes: list, groups: int = 128, windows: int = 10000,
+                   steps: int = 1500, hidden: int = 256, seed: int = 0, held_out: float = 0.05):
+    """Group the codebook (k-means of its entries) and train a TokenHead on `windows` windows of episodes
+    (cross-entropy against the group of each real token's nearest entry). Returns (head, groups (K,), info);
+    info holds the head's accuracy on held-out windows beside the group of the one-step estimate's nearest
+    entry (what plain snapping picks)."""
+    dit = bundle.dit
+    if bundle.edm.cfg.residual or dit.config.warp_action is not None:
+        raise ValueError("the token head reads a plain model's one-step sample; this world model is residual or warps")
+    centres = fit_codebook(codebook, groups, 20, seed)
+    group_of = nearest(codebook.float(), centres)[1]
+    feats, est, real, n_windows = head_examples(bundle, episodes, windows, seed)
+    y = group_of[nearest(real, codebook.float())[1]]
+    if n_windows < 2:
+        raise ValueError("the token head needs at least 2 training windows (one is held out)")
+    n_held = len(y) // n_windows * max(1, round(n_windows * held_out))  # the last windows' tokens
+    g = torch.Generator().manual_seed(seed)
+    head = TokenHead(dit.config.dim, codebook.shape[1], groups, hidden)
+    opt = torch.optim.AdamW(head.parameters(), 2e-3, weight_decay=0.01)
+    warm = max(1, steps // 20)  # linear warm-up, then linear decay to zero
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / warm, (steps - i) / max(1, steps - warm)))
+    n_train = len(y) - n_held
+    for _ in range(steps):
+        idx = torch.randint(n_train, (4096,), generator=g)
+        loss = nn.functional.cross_entropy(head(feats[idx], est[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    head.eval()
+    with torch.no_grad():
+        hf, he, hy = feats[n_train:], est[n_train:], y[n_train:]
+        pred = head(hf, he).argmax(-1)
+        plain = group_of[nearest(he.float(), codebook.float())[1]]
+    info = {"groups": int(groups), "hidden": int(hidden), "windows": int(windows), "steps": int(steps),
+            "held_tokens": int(n_held), "held_accuracy": round(float((pred == hy).float().mean()), 4),
+            "held_accuracy_nearest": round(float((plain == hy).float().mean()), 4),
+            "last_loss": round(float(loss.detach()), 4)}
+    return head, group_of, info
+
+
 def frame_tokens(codec, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
     """Normalised latent tokens (N * h * w, C) of uint8 frames (N, H, W, 3) under a bundle's codec."""
     out = []
@@ -82,8 +214,10 @@ def require_tiles(ae_cfg: dict, where: str) -> None:
                          f"game's grid; this one is {ae_cfg.get('type')!r}")
 
 
-def with_codebook(path: Path, codebook: torch.Tensor, info: dict, snap_default: bool = True) -> None:
-    """Rewrite bundle `path` atomically with `codebook.safetensors` and `decode.snap` in its bundle.json."""
+def with_codebook(path: Path, codebook: torch.Tensor, info: dict, snap_default: bool | str = True,
+                  head: TokenHead | None = None, groups: torch.Tensor | None = None) -> None:
+    """Rewrite bundle `path` atomically with `codebook.safetensors` (and the token head with its groups, when
+    given; info["head"] describes it) and `decode.snap` in its bundle.json."""
     path = Path(path)
     files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
     meta = json.loads(files["bundle.json"])
@@ -91,15 +225,39 @@ def with_codebook(path: Path, codebook: torch.Tensor, info: dict, snap_default: 
     C = meta["world_model"]["latent_channels"]
     if codebook.ndim != 2 or codebook.shape[1] != C:
         raise ValueError(f"codebook of shape {tuple(codebook.shape)} does not fit latents of {C} channels")
-    meta.setdefault("decode", {})["snap"] = bool(snap_default)
+    if (head is None) != ("head" not in info) or (head is None) != (groups is None):
+        raise ValueError("a token head comes with its groups and its description (info['head'])")
+    if snap_default == "sample" and head is None:
+        raise ValueError("snap=sample as the bundle's default needs the token head (head=true)")
+    meta.setdefault("decode", {})["snap"] = snap_default if snap_default == "sample" else bool(snap_default)
     meta["codebook"] = info
+    tensors = {"codebook": codebook.float()}
+    if head is not None:
+        tensors["groups"] = groups.long()
+        tensors.update({f"head.{k}": v.float() for k, v in head.state_dict().items()})
     files["bundle.json"] = json.dumps(meta, indent=1).encode()
-    files["codebook.safetensors"] = tensors_bytes({"codebook": codebook.float()})
+    files["codebook.safetensors"] = tensors_bytes(tensors)
     write_dir_atomic(path, files)
 
 
+def episode_latents(codec, episodes: list, windows: int, context: int, seed: int = 0) -> list:
+    """Encode random training episodes until they hold `windows` windows for the token head: a list of dicts of
+    "latents" and "actions" (encoding every frame of a large collection would take long for no gain)."""
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    out, have = [], 0
+    for i in order:
+        ep = episodes[i]
+        out.append({"latents": torch.cat([codec.encode(torch.as_tensor(ep["frames"][j:j + 256]))
+                                          for j in range(0, len(ep["frames"]), 256)]), "actions": ep["actions"]})
+        have += max(0, len(ep["frames"]) - context - 1)
+        if have >= windows:
+            break
+    return out
+
+
 def codebook_job(cfg):
-    """`worldsim codebook bundle=B data=D`: fit B's codebook on frames of D's training split, snap on."""
+    """`worldsim codebook bundle=B data=D`: fit B's codebook on frames of D's training split, snap on; with
+    head=true also train the token head (snap=sample); refit=false keeps B's codebook and trains only the head."""
     from worldsim.checkpoint import Bundle
     from worldsim.data import load_episodes
     from worldsim import ASSETS
@@ -110,17 +268,32 @@ def codebook_job(cfg):
     eps = load_episodes(Path(cfg.data), split="train")
     if not eps:
         raise ValueError(f"{cfg.data}: no training episodes")
-    frames = np.concatenate([ep["frames"] for ep in eps])
-    if tuple(frames.shape[1:]) != tuple(b.env["frame_shape"]):
-        raise ValueError(f"{cfg.data}: frames of shape {frames.shape[1:]}, the bundle's are {b.env['frame_shape']}")
-    rng = np.random.default_rng(cfg.seed)
-    pick = np.sort(rng.choice(len(frames), min(cfg.frames, len(frames)), replace=False))
-    tokens = frame_tokens(b.codec, frames[pick])
-    codebook = fit_codebook(tokens, cfg.entries, cfg.iters, cfg.seed)
-    dist, _ = nearest(tokens, codebook)
-    info = {"entries": int(cfg.entries), "frames": int(len(pick)), "tokens": int(len(tokens)), "data": str(cfg.data),
-            "mean_distance": round(float(dist.mean()), 4)}
-    with_codebook(path, codebook, info, cfg.snap)
-    print(f"codebook of {cfg.entries} entries from {len(tokens)} tokens of {len(pick)} frames written to {path} "
-          f"(mean distance of a training token to its entry {info['mean_distance']:.3f}); snap={bool(cfg.snap)}")
+    shape = tuple(eps[0]["frames"].shape[1:])
+    if shape != tuple(b.env["frame_shape"]):
+        raise ValueError(f"{cfg.data}: frames of shape {shape}, the bundle's are {tuple(b.env['frame_shape'])}")
+    torch.manual_seed(cfg.seed)
+    if cfg.get("refit", True) or b.codebook is None:
+        frames = np.concatenate([ep["frames"] for ep in eps])
+        rng = np.random.default_rng(cfg.seed)
+        pick = np.sort(rng.choice(len(frames), min(cfg.frames, len(frames)), replace=False))
+        tokens = frame_tokens(b.codec, frames[pick])
+        codebook = fit_codebook(tokens, cfg.entries, cfg.iters, cfg.seed)
+        dist, _ = nearest(tokens, codebook)
+        info = {"entries": int(cfg.entries), "frames": int(len(pick)), "tokens": int(len(tokens)),
+                "data": str(cfg.data), "mean_distance": round(float(dist.mean()), 4)}
+    else:
+        codebook, info = b.codebook.float().cpu(), {k: v for k, v in (b.meta.get("codebook") or {}).items() if k != "head"}
+    head = groups = None
+    if cfg.get("head", False):
+        lat = episode_latents(b.codec, eps, cfg.head_windows, b.dit.config.context_frames, cfg.seed)
+        head, groups, info["head"] = fit_token_head(b, codebook, lat, cfg.groups, cfg.head_windows, cfg.head_steps,
+                                                    cfg.head_hidden, cfg.seed)
+        info["head"].update(certain=float(cfg.certain), data=str(cfg.data))
+        print(f"token head: {cfg.groups} groups; held-out accuracy {info['head']['held_accuracy']:.3f} "
+              f"(nearest entry of the one-step estimate: {info['head']['held_accuracy_nearest']:.3f})")
+    snap_default = cfg.snap if isinstance(cfg.snap, str) else bool(cfg.snap)
+    with_codebook(path, codebook, info, snap_default, head, groups)
+    print(f"codebook of {len(codebook)} entries written to {path}"
+          + (f" (mean distance of a training token to its entry {info['mean_distance']:.3f})" if "mean_distance" in info else "")
+          + f"; snap={snap_default}")
     return info

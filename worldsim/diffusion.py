@@ -205,20 +205,25 @@ class EDM:
             a2, has2 = batch_twice(a), torch.cat([has, ~has])
             pv2 = None if pv is None else batch_twice(pv)
 
+        last = {}  # the last sampling pass's features (the action-conditioned half), for `project`
+
         def denoise(x, sigma):
             inp, c_noise = self.model_input(x, sigma)
             if guidance == 1.0:
-                return self.denoised(x, sigma, model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv).out, centre)
+                o = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv)
+                last["features"] = o.features
+                return self.denoised(x, sigma, o.out, centre)
             # classifier-free guidance: push past the action-free prediction, on the denoised frames (each half
             # has its own centre)
-            raw, free = model.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2, cache, t,
-                                             prev=pv2).out.chunk(2)
+            o = model.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2, cache, t, prev=pv2)
+            last["features"] = o.features[:B]
+            raw, free = o.out.chunk(2)
             d_free = self.denoised(x, sigma, free, centre_free)
             return d_free + guidance * (self.denoised(x, sigma, raw, centre) - d_free)
 
         z = self.sample(denoise, noise, steps, centre)
-        if project is not None:  # the latent the context keeps instead of the sample (the simulator's re-encode)
-            z = project(z, centre)
+        if project is not None:  # the latent the context keeps instead of the sample (the simulator's snap, re-encode)
+            z = project(z, centre, last["features"])
         zc = z + level * context_noise
         inp, c_noise = self.model_input(zc, torch.full((B,), level, device=z.device))
         out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv)

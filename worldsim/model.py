@@ -243,6 +243,7 @@ class ModelOutput:
     reward: torch.Tensor  # (B, T) predicted reward of the transition into each frame
     term_logit: torch.Tensor  # (B, T) logit that the episode terminated on entering each frame
     kv: list | None = None  # per layer (k, v) of shape (B, H, T*N, d), when asked for (cache prefill)
+    features: torch.Tensor | None = None  # (B, T, N, dim) the last block's tokens (a codebook token head reads them)
 
 
 class WorldDiT(ModelMixin, ConfigMixin):
@@ -376,7 +377,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
             kvs.append(kv)
         reward, term = self._heads(tok)
         out = self._untokens(self.final(tok, c), h, w)
-        return ModelOutput(out, reward, term, kvs if return_kv else None)
+        return ModelOutput(out, reward, term, kvs if return_kv else None, tok)
 
     # ---- cached forward: one new frame per call -------------------------------------------------------
     def forward_cached(self, x, c_noise, actions, has_action, cache: "KVCache", time: int,
@@ -402,7 +403,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
             cache.mark(time)
         reward, term = self._heads(tok)
         out = self._untokens(self.final(tok, c), h, w)[:, 0]
-        return ModelOutput(out, reward[:, 0], term[:, 0])
+        return ModelOutput(out, reward[:, 0], term[:, 0], features=tok[:, 0])
 
     def new_cache(self, batch_size: int, tokens_per_frame: int, device=None, dtype=None) -> "KVCache":
         cfg = self.config

@@ -121,7 +121,8 @@ class Viewer:
         kw = {"sampling_steps": cfg.sampling_steps, "device": cfg.device, "guidance": cfg.get("guidance"),
               "tile_hold": cfg.get("tile_hold"), "quantize": cfg.get("quantize"),
               "detail_carry": cfg.get("detail_carry"), "carry_gate": cfg.get("carry_gate"),
-              "reencode": cfg.get("reencode"), "snap": cfg.get("snap")}
+              "reencode": cfg.get("reencode"), "snap": cfg.get("snap"),
+              "certain": cfg.get("certain")}
         if cfg.bundle:
             kw["bundle"] = cfg.bundle
         self.env = gym.make(env_id, **kw)

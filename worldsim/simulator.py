@@ -18,18 +18,29 @@ import torch
 
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
-from worldsim.codebook import snap
+from worldsim.codebook import sample_snap, snap
 from worldsim.diffusion import warps
 from worldsim.model import actions_to_tensor
 
 
-@functools.lru_cache(maxsize=4)
 def load_bundle(path: str, device: str = "cpu") -> Bundle:
-    """Bundles are read-only at inference, so every env in a process shares one copy."""
+    """Bundles are read-only at inference, so every env in a process shares one copy; a bundle rewritten on disk
+    (`worldsim codebook` adds to one in place) is a new key, keyed by its files' names, sizes and times."""
+    p = Path(path)
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir()) if f.is_file()) \
+        if p.is_dir() else ()
+    return _load_bundle(str(path), str(device), stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_bundle(path: str, device: str, stamp: tuple) -> Bundle:
     return Bundle(Path(path), device=device)
 
 
 QUANTIZE = (None, "int8")
+# snap settings (bundle.json's decode.snap, or the env/eval/bench/play option) -> the mode
+SNAP_MODES = {False: False, True: "nearest", "false": False, "true": "nearest", "nearest": "nearest",
+              "sample": "sample", None: False}
 
 
 def int8_world_model(bundle: Bundle):
@@ -64,7 +75,7 @@ class WorldSimulator:
                  context_noise: float | None = None, frame_size: tuple[int, int] | None = None,
                  guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
-                 snap: bool | None = None):
+                 snap: bool | str | None = None, certain: float | None = None):
         if quantize not in QUANTIZE:
             raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
         self.bundle, self.B, self.quantize = bundle, batch_size, quantize
@@ -118,11 +129,27 @@ class WorldSimulator:
             raise ValueError("detail_carry and tile_hold both decide what the shown frame keeps: use one")
         # reencode: the context keeps the encoding of the frame shown instead of the sampled latent (see step)
         self.reencode = bool(dec.get("reencode", False) if reencode is None else reencode)
-        # snap: each generated token becomes its nearest codebook entry before it is shown and committed
-        self.snap = bool(dec.get("snap", False) if snap is None else snap)
+        # snap: each generated token becomes a codebook entry before it is shown and committed: its nearest
+        # ("nearest", or true), or where the token head is unsure one drawn from it ("sample"; worldsim/codebook.py)
+        mode = dec.get("snap", False) if snap is None else snap
+        self.snap = SNAP_MODES.get(mode.lower() if isinstance(mode, str) else mode) if isinstance(mode, (bool, str)) else None
+        if self.snap is None:
+            raise ValueError(f"snap must be one of false, true (= nearest), nearest or sample; got {snap!r}")
         if self.snap and bundle.codebook is None:
             raise ValueError("snap needs a bundle with a latent codebook (codebook.safetensors): fit one with "
                              "`worldsim codebook bundle=... data=...`")
+        if self.snap == "sample":
+            if bundle.token_head is None:
+                raise ValueError("snap=sample needs a bundle with a token head: fit one with `worldsim codebook "
+                                 "bundle=... data=... head=true`")
+            if self.steps != 1 or self.guidance != 1.0:
+                raise ValueError("snap=sample reads a one-step, guidance-1 sample (what its token head was trained "
+                                 f"on); this simulator samples with {self.steps} steps at guidance {self.guidance}")
+        head_meta = (bundle.meta.get("codebook") or {}).get("head") or {}
+        self.certain = float(dec.get("certain", head_meta.get("certain", 0.8)) if certain is None else certain)
+        if not 0 <= self.certain <= 1:
+            raise ValueError(f"certain must be in [0, 1] (the head's probability above which a token is not drawn), "
+                             f"got {certain}")
         self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
         self.shown = np.zeros((batch_size, H, W, 3), np.uint8)  # the frames last shown
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
@@ -164,14 +191,20 @@ class WorldSimulator:
         like every context frame in training; and the frame shown, with carried detail, is what the user saw.
         It costs one encoder pass per step.
 
-        With `snap` each token of the sample is first replaced by its nearest codebook entry (worldsim/codebook.py):
-        what is shown and what the context keeps is that snapped latent."""
+        With `snap` each token of the sample is first replaced by a codebook entry (worldsim/codebook.py): its
+        nearest, or with "sample" one drawn where the token head is unsure (the draw's uniform comes from the first
+        channel of `noise`, the sampler's own draw at that token); what is shown and what the
+        context keeps is that snapped latent."""
         t = self.time + 1
         a = actions_to_tensor(self.spec, actions, self.device)
         shown = {}
 
-        def project(z, centre):
-            if self.snap:
+        def project(z, centre, features):
+            if self.snap == "sample":  # one draw per token from the caller's noise (its first channel)
+                b = self.bundle
+                z = sample_snap(z, features, b.codebook, b.codebook_groups, b.token_head, self._t(noise)[:, 0],
+                                self.certain)
+            elif self.snap:
                 z = snap(z, self.bundle.codebook)
             if self.reencode:
                 shown["frames"] = self._show(z, centre, a)

@@ -103,20 +103,22 @@ def sample_snap(z: torch.Tensor, features: torch.Tensor, codebook: torch.Tensor,
                 head: TokenHead, noise: torch.Tensor, certain: float) -> torch.Tensor:
     """Latents (B, C, h, w) -> each token an entry: the nearest where the head gives one group more than
     `certain`, elsewhere the nearest entry of a group drawn from the head's probabilities.
-    features: (B, N, dim) of the sampling pass (N = h*w / patch_size^2); noise: (B, h, w) unit Gaussian, one draw per token (turned
-    into a uniform for an inverse-CDF draw), so the result is a function of the caller's noise."""
+    features: (B, N, dim) of the sampling pass (N = h*w / patch_size^2); noise: (B, h, w) unit Gaussian, one
+    draw per token (turned into a uniform for an inverse-CDF draw), so the result is a function of the caller's
+    noise."""
     B, C, h, w = z.shape
     tok = z.permute(0, 2, 3, 1).reshape(-1, C).float()
-    cb = codebook.to(z.device).float()
+    cb, groups = codebook.to(z.device).float(), groups.to(z.device)
     p = head(cell_features(features, h, w), tok).softmax(-1)
     u = 0.5 * (1 + torch.erf(noise.reshape(-1, 1).float() / 2 ** 0.5))
     drawn = (p.cumsum(-1) < u).sum(-1).clamp(max=p.shape[1] - 1)
+    sure = p.max(-1).values > certain
     idx = []
-    for i in range(0, len(tok), CHUNK // 16):
-        d = torch.cdist(tok[i:i + CHUNK // 16], cb)
-        nearest_any = d.argmin(1)
-        in_group = d.masked_fill(groups.to(z.device)[None] != drawn[i:i + CHUNK // 16, None], float("inf")).argmin(1)
-        idx.append(torch.where(p[i:i + CHUNK // 16].max(-1).values > certain, nearest_any, in_group))
+    for i in range(0, len(tok), CHUNK // 16):  # distance blocks of 4,096 tokens
+        j = slice(i, i + CHUNK // 16)
+        d = torch.cdist(tok[j], cb)
+        in_group = d.masked_fill(groups[None] != drawn[j, None], float("inf")).argmin(1)
+        idx.append(torch.where(sure[j], d.argmin(1), in_group))
     return codebook.to(z)[torch.cat(idx)].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
 
 

@@ -40,7 +40,7 @@ def _load_bundle(path: str, device: str, stamp: tuple) -> Bundle:
 QUANTIZE = (None, "int8")
 # snap settings (bundle.json's decode.snap, or the env/eval/bench/play option) -> the mode
 SNAP_MODES = {False: False, True: "nearest", "false": False, "true": "nearest", "nearest": "nearest",
-              "sample": "sample", None: False}
+              "sample": "sample"}
 
 
 def int8_world_model(bundle: Bundle):
@@ -146,7 +146,7 @@ class WorldSimulator:
                 raise ValueError("snap=sample reads a one-step, guidance-1 sample (what its token head was trained "
                                  f"on); this simulator samples with {self.steps} steps at guidance {self.guidance}")
         head_meta = (bundle.meta.get("codebook") or {}).get("head") or {}
-        self.certain = float(dec.get("certain", head_meta.get("certain", 0.8)) if certain is None else certain)
+        self.certain = float(head_meta.get("certain", 0.8) if certain is None else certain)
         if not 0 <= self.certain <= 1:
             raise ValueError(f"certain must be in [0, 1] (the head's probability above which a token is not drawn), "
                              f"got {certain}")
@@ -197,13 +197,13 @@ class WorldSimulator:
         context keeps is that snapped latent."""
         t = self.time + 1
         a = actions_to_tensor(self.spec, actions, self.device)
+        noise = self._t(noise)
         shown = {}
 
         def project(z, centre, features):
             if self.snap == "sample":  # one draw per token from the caller's noise (its first channel)
                 b = self.bundle
-                z = sample_snap(z, features, b.codebook, b.codebook_groups, b.token_head, self._t(noise)[:, 0],
-                                self.certain)
+                z = sample_snap(z, features, b.codebook, b.codebook_groups, b.token_head, noise[:, 0], self.certain)
             elif self.snap:
                 z = snap(z, self.bundle.codebook)
             if self.reencode:
@@ -211,7 +211,7 @@ class WorldSimulator:
                 z = self.codec.encode(torch.as_tensor(shown["frames"], device=self.device))
             return z
         z, self.prev_ctx, prev, out = self.edm.step_cached(self.dit, self.cache, t, a, self.prev, self.prev_ctx,
-                                                           self._t(noise), self._t(context_noise), self.context_noise,
+                                                           noise, self._t(context_noise), self.context_noise,
                                                            self.steps, self.guidance,
                                                            project=project if self.snap or self.reencode else None)
         self.prev = z

@@ -361,10 +361,13 @@ def test_codebook_from_training_and_for_a_trained_bundle(bundle, dataset, tmp_pa
     from worldsim.checkpoint import Bundle
 
     tr = run_job("train", [f"data={dataset}", f"run={tmp_path / 'cb'}", *TINY_TRAIN, f"init={bundle}", "dit.steps=1",
-                           "codebook=16"])
+                           "codebook=16", "codebook_head=true"])
     b = Bundle(tr.run / "bundle")
-    assert b.codebook.shape == (16, b.dit.config.latent_channels) and b.meta["decode"]["snap"]
-    assert b.meta["codebook"]["entries"] == 16
+    assert b.codebook.shape == (16, b.dit.config.latent_channels) and b.meta["decode"]["snap"] is True
+    assert b.meta["codebook"]["entries"] == 16 and b.token_head is not None  # snap=sample can use it; default nearest
+    assert b.meta["codebook"]["head"]["certain"] == 0.95 and len(b.codebook_groups) == 16
+    with pytest.raises(ValueError, match="codebook=K"):
+        run_job("train", [f"data={dataset}", f"run={tmp_path / 'nohead'}", *TINY_TRAIN, "codebook_head=true"])
     shutil.copytree(bundle, tmp_path / "copy")
     info = run_job("codebook", [f"bundle={tmp_path / 'copy'}", f"data={dataset}", "entries=16", "frames=40"])
     assert info["frames"] == 40 and info["tokens"] == 40 * 81

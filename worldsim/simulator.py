@@ -18,7 +18,7 @@ import torch
 
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
-from worldsim.codebook import sample_snap, snap
+from worldsim.codebook import CERTAIN, sample_snap, snap
 from worldsim.diffusion import warps
 from worldsim.model import actions_to_tensor
 
@@ -146,7 +146,7 @@ class WorldSimulator:
                 raise ValueError("snap=sample reads a one-step, guidance-1 sample (what its token head was trained "
                                  f"on); this simulator samples with {self.steps} steps at guidance {self.guidance}")
         head_meta = (bundle.meta.get("codebook") or {}).get("head") or {}
-        self.certain = float(head_meta.get("certain", 0.8) if certain is None else certain)
+        self.certain = float(head_meta.get("certain", CERTAIN) if certain is None else certain)
         if not 0 <= self.certain <= 1:
             raise ValueError(f"certain must be in [0, 1] (the head's probability above which a token is not drawn), "
                              f"got {certain}")

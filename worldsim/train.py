@@ -27,9 +27,9 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from worldsim.autoencoder import LatentCodec, ae_config, make_autoencoder, to_pixels, training_loss
-from worldsim.checkpoint import (bundle_files, load_optimizer, optimizer_tensors, read_metadata, resolve_dir,
-                                 tensors_bytes, write_dir_atomic)
-from worldsim.codebook import fit_codebook, require_tiles, with_codebook
+from worldsim.checkpoint import (Bundle, bundle_files, load_optimizer, optimizer_tensors, read_metadata,
+                                 resolve_dir, tensors_bytes, write_dir_atomic)
+from worldsim.codebook import CERTAIN, fit_codebook, fit_token_head, require_tiles, with_codebook
 from worldsim.data import WindowDataset, atomic_write_bytes, index_actions, load_episodes, load_manifest
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.evaluate import phase_shift, psnr_np
@@ -102,6 +102,8 @@ class Trainer:
                                 latent_channels=self.ae.config.latent_channels, **dict(cfg.model)).to(self.device)
         if cfg.get("codebook"):  # checked now, not at export after hours of training
             require_tiles(ae_config(self.ae), "codebook")
+        if cfg.get("codebook_head") and not cfg.get("codebook"):
+            raise ValueError("codebook_head=true trains the token head of a codebook: set codebook=K too")
         warp = cfg.dit.get("warp_action")
         if warp and self.dit.config.warp_action is None:  # before the optimizer and the resume: it adds inputs
             matrix, fit = calibrate_warp(self.train_eps, warp)
@@ -124,7 +126,6 @@ class Trainer:
     def _init_from_bundle(self, init: str):
         """Take the autoencoder, world model and latent normalisation from a bundle."""
         from worldsim import ASSETS
-        from worldsim.checkpoint import Bundle
 
         path = ASSETS / init if (ASSETS / str(init) / "bundle.json").exists() else Path(init)
         b = Bundle(path, self.device)
@@ -374,18 +375,28 @@ class Trainer:
         write_dir_atomic(out, files)
         print(f"bundle written to {out} ({sum(len(v) for v in files.values()) / 2**20:.1f} MiB)")
         if self.cfg.get("codebook"):
-            self.export_codebook(out, int(self.cfg.codebook))
+            self.export_codebook(out, int(self.cfg.codebook), bool(self.cfg.get("codebook_head")))
 
-    def export_codebook(self, out: Path, entries: int, max_tokens: int = 400_000):
-        """k-means codebook of the training latents' tokens, written into the bundle with snap on
+    def export_codebook(self, out: Path, entries: int, head: bool = False, max_tokens: int = 400_000):
+        """k-means codebook of the training latents' tokens, written into the bundle with snap on; with `head`
+        also the token head (snap=sample; default settings), trained on the training episodes
         (worldsim/codebook.py)."""
         st = self.state
-        lat = torch.cat([z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) for z in self.cached_latents(self.train_eps)])
+        lat = self.cached_latents(self.train_eps)
+        tokens = torch.cat([z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) for z in lat])
         g = torch.Generator().manual_seed(self.cfg.seed)
-        tokens = (lat[torch.randperm(len(lat), generator=g)[:max_tokens]] - st["latent_mean"]) / st["latent_std"]
+        tokens = (tokens[torch.randperm(len(tokens), generator=g)[:max_tokens]] - st["latent_mean"]) / st["latent_std"]
         codebook = fit_codebook(tokens, entries, seed=self.cfg.seed)
-        with_codebook(out, codebook, {"entries": entries, "tokens": len(tokens), "data": str(self.cfg.data)})
-        print(f"codebook of {entries} entries from {len(tokens)} training tokens written to {out} (snap on)")
+        info = {"entries": entries, "tokens": len(tokens), "data": str(self.cfg.data)}
+        token_head = groups = None
+        if head:
+            eps = [{"latents": (z - st["latent_mean"]) / st["latent_std"], "actions": ep["actions"]}
+                   for z, ep in zip(lat, self.train_eps)]
+            token_head, groups, info["head"] = fit_token_head(Bundle(out), codebook, eps, seed=self.cfg.seed)
+            info["head"].update(certain=CERTAIN, data=str(self.cfg.data))
+        with_codebook(out, codebook, info, True, token_head, groups)
+        print(f"codebook of {entries} entries from {len(tokens)} training tokens written to {out} (snap on)"
+              + (f"; token head: held-out accuracy {info['head']['held_accuracy']:.3f}" if head else ""))
 
 
 def calibrate_warp(eps, key: str, pairs: int = 4000, seed: int = 0) -> tuple[list, dict]:

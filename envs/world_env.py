@@ -74,9 +74,9 @@ class WorldEnv(gym.Env):
     ``snap=True`` (bundles with a latent codebook): each generated latent token becomes its nearest codebook
     entry, a tile the game draws, before it is shown and kept as context. Default: the bundle's (the shipped
     Crafter model: on; ``snap=False`` turns it off). ``snap="sample"`` (bundles with a token head): where the
-    head gives no group of entries more than ``certain`` (default the bundle's; the shipped model: 0.95) the token is drawn from
-    its probabilities instead, so new ground is not always the commonest tile and the world does not freeze
-    into it, at a cost in next-frame PSNR (README: both measured).
+    head gives no group of entries more than ``certain`` (default the bundle's; the shipped model: 0.95) the
+    token is drawn from its probabilities instead, so new ground is not always the commonest tile and the
+    world does not freeze into it, at a cost in next-frame PSNR (README: both measured).
     ``quantize="int8"`` (CPU): the world model's attention and MLP layers run as int8 dynamic-quantized
     GEMMs, faster on CPU at a small cost in fidelity (README: both measured). Default: None (fp32).
     """

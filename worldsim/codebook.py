@@ -288,7 +288,8 @@ def codebook_job(cfg):
         info = {"entries": int(cfg.entries), "frames": int(len(pick)), "tokens": int(len(tokens)),
                 "data": str(cfg.data), "mean_distance": round(float(dist.mean()), 4)}
     else:
-        codebook, info = b.codebook.float().cpu(), {k: v for k, v in (b.meta.get("codebook") or {}).items() if k != "head"}
+        codebook = b.codebook.float().cpu()
+        info = {k: v for k, v in (b.meta.get("codebook") or {}).items() if k != "head"}
     head = groups = None
     if cfg.get("head", False):
         lat = episode_latents(b.codec, eps, cfg.head_windows, b.dit.config.context_frames, cfg.seed)
@@ -299,7 +300,6 @@ def codebook_job(cfg):
               f"(nearest entry of the one-step estimate: {info['head']['held_accuracy_nearest']:.3f})")
     snap_default = cfg.snap if isinstance(cfg.snap, str) else bool(cfg.snap)
     with_codebook(path, codebook, info, snap_default, head, groups)
-    print(f"codebook of {len(codebook)} entries written to {path}"
-          + (f" (mean distance of a training token to its entry {info['mean_distance']:.3f})" if "mean_distance" in info else "")
-          + f"; snap={snap_default}")
+    dist = f" (mean distance of a training token to its entry {info['mean_distance']:.3f})" if "mean_distance" in info else ""
+    print(f"codebook of {len(codebook)} entries written to {path}{dist}; snap={snap_default}")
     return info

@@ -132,7 +132,8 @@ class WorldSimulator:
         # snap: each generated token becomes a codebook entry before it is shown and committed: its nearest
         # ("nearest", or true), or where the token head is unsure one drawn from it ("sample"; worldsim/codebook.py)
         mode = dec.get("snap", False) if snap is None else snap
-        self.snap = SNAP_MODES.get(mode.lower() if isinstance(mode, str) else mode) if isinstance(mode, (bool, str)) else None
+        self.snap = SNAP_MODES.get(mode.lower() if isinstance(mode, str) else mode) if isinstance(mode, (bool, str)) \
+            else None
         if self.snap is None:
             raise ValueError(f"snap must be one of false, true (= nearest), nearest or sample; got {snap!r}")
         if self.snap and bundle.codebook is None:

@@ -1,0 +1,51 @@
+"""Experiment: other draw rules for snap=sample, run through `worldsim eval` (README, Crafter: what was tried).
+
+    python docs/sample_rules.py copula:1 eval cache_dir=data/crafter-heldout snap=sample windows=64 \
+        horizons=[1,8,32] following=false stability_steps=2000 stability_block=500
+    python docs/sample_rules.py nucleus:0.9 eval ...
+
+copula:RHO  groups sorted by probability, the per-token uniforms correlated across the frame (Gaussian copula
+            with correlation RHO), so a frame's unsure tokens take their second choice together
+nucleus:P   each token draws only among its likeliest groups whose probabilities reach P (renormalised)
+"""
+import sys
+
+import torch
+
+from worldsim import codebook as cbm
+from worldsim import simulator
+from worldsim.cli import main
+
+rule, value = sys.argv[1].split(":")
+value = float(value)
+
+
+@torch.no_grad()
+def sample_snap(z, features, codebook, groups, head, noise, certain):
+    B, C, h, w = z.shape
+    tok = z.permute(0, 2, 3, 1).reshape(-1, C).float()
+    p = head(cbm.cell_features(features, h, w), tok).softmax(-1)
+    ps, order = p.sort(-1, descending=True)
+    n = noise.reshape(B, -1).float()
+    if rule == "copula":
+        frame = n.sum(1, keepdim=True) / n.shape[1] ** 0.5  # one standard normal per frame
+        n = value * frame + (1 - value ** 2) ** 0.5 * n
+        top = p.shape[1]
+    elif rule == "nucleus":
+        keep = (ps.cumsum(-1) - ps) < value  # the groups needed to reach P (the likeliest always)
+        ps = ps * keep
+        ps = ps / ps.sum(-1, keepdim=True)
+        top = keep.sum(-1)
+    else:
+        raise SystemExit(f"unknown rule {rule!r}: copula:RHO or nucleus:P")
+    u = 0.5 * (1 + torch.erf(n.reshape(-1, 1) / 2 ** 0.5))
+    k = torch.minimum((ps.cumsum(-1) < u).sum(-1), torch.as_tensor(top) - 1)  # inverse CDF, within the kept groups
+    drawn = order.gather(1, k[:, None])[:, 0]
+    d = torch.cdist(tok, codebook.float())
+    in_group = d.masked_fill(groups[None] != drawn[:, None], float("inf")).argmin(1)
+    idx = torch.where(p.max(-1).values > certain, d.argmin(1), in_group)
+    return codebook.to(z)[idx].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
+
+
+simulator.sample_snap = sample_snap
+main(sys.argv[2:])

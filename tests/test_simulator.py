@@ -586,6 +586,19 @@ def test_kmeans_codebook_finds_the_tiles_and_snap_returns_them():
         fit_codebook(tokens[:5], 6)
 
 
+def reset_from_start(b: Bundle, sims: list, seed: int):
+    """Reset each simulator to the bundle's first start state with the same context noise. Returns the rng the
+    steps draw from next, and the committed history, its actions and has_action that a full recompute reads."""
+    rng = np.random.default_rng(seed)
+    ctx_noise = rng.standard_normal((1, W, *sims[0].latent_shape))
+    ctx, ctx_a = b.start_frames[:1].numpy(), b.start_actions[:1, :W - 1].numpy()
+    z0 = [s.reset([0], ctx, ctx_a, ctx_noise) for s in sims][0]
+    hist = z0 + sims[0].context_noise * torch.as_tensor(ctx_noise, dtype=torch.float32)
+    has = torch.ones(1, W, dtype=torch.bool)
+    has[0, 0] = False
+    return rng, hist, np.concatenate([[0], ctx_a[0]])[None], has
+
+
 def test_snap_shows_and_commits_codebook_tokens(patch_bundle, random_bundle, tmp_path):
     """snap: every token of every generated frame is a codebook entry; the frame shown is the decode of those
     tokens, the context keeps them (context-noised as always), and the cached rollout equals recomputing the
@@ -598,16 +611,8 @@ def test_snap_shows_and_commits_codebook_tokens(patch_bundle, random_bundle, tmp
     assert b.codebook.shape == (12, 4) and b.meta["decode"]["snap"]
     sim, off = WorldSimulator(b, 1, sampling_steps=2), WorldSimulator(b, 1, sampling_steps=2, snap=False)
     assert sim.snap and not off.snap  # the bundle's default, and the override
-    rng = np.random.default_rng(7)
+    rng, hist, acts, has = reset_from_start(b, [sim, off], 7)
     shape = sim.latent_shape
-    ctx_noise = rng.standard_normal((1, W, *shape))
-    ctx, ctx_a = b.start_frames[:1].numpy(), b.start_actions[:1, :W - 1].numpy()
-    z0 = sim.reset([0], ctx, ctx_a, ctx_noise)
-    off.reset([0], ctx, ctx_a, ctx_noise)
-    hist = z0 + sim.context_noise * torch.as_tensor(ctx_noise, dtype=torch.float32)
-    acts = np.concatenate([[0], ctx_a[0]])[None]
-    has = torch.ones(1, W, dtype=torch.bool)
-    has[0, 0] = False
     entries = {tuple(e.tolist()) for e in b.codebook}
     for step in range(2 * W + 1):
         a = np.array([(5 * step + 2) % 17])
@@ -679,16 +684,8 @@ def test_snap_sample_in_the_simulator_matches_a_full_recompute(patch_bundle, tmp
     sim = WorldSimulator(b, 1, sampling_steps=1, guidance=1.0)
     other = WorldSimulator(b, 1, sampling_steps=1, guidance=1.0)
     assert sim.snap == "sample" and sim.certain == 0.7
-    rng = np.random.default_rng(3)
+    rng, hist, acts, has = reset_from_start(b, [sim, other], 3)
     shape = sim.latent_shape
-    ctx_noise = rng.standard_normal((1, W, *shape))
-    ctx, ctx_a = b.start_frames[:1].numpy(), b.start_actions[:1, :W - 1].numpy()
-    z0 = sim.reset([0], ctx, ctx_a, ctx_noise)
-    other.reset([0], ctx, ctx_a, ctx_noise)
-    hist = z0 + sim.context_noise * torch.as_tensor(ctx_noise, dtype=torch.float32)
-    acts = np.concatenate([[0], ctx_a[0]])[None]
-    has = torch.ones(1, W, dtype=torch.bool)
-    has[0, 0] = False
     entries = {tuple(e.tolist()) for e in b.codebook}
     differ = 0
     for step in range(W + 2):

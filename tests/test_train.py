@@ -368,6 +368,9 @@ def test_codebook_from_training_and_for_a_trained_bundle(bundle, dataset, tmp_pa
     assert b.meta["codebook"]["head"]["certain"] == 0.95 and len(b.codebook_groups) == 16
     with pytest.raises(ValueError, match="codebook=K"):
         run_job("train", [f"data={dataset}", f"run={tmp_path / 'nohead'}", *TINY_TRAIN, "codebook_head=true"])
+    with pytest.raises(ValueError, match="residual"):  # refused at the start, not at export
+        run_job("train", [f"data={dataset}", f"run={tmp_path / 'res'}", *TINY_TRAIN, f"init={bundle}", "codebook=16",
+                          "codebook_head=true", "diffusion.residual=true"])
     shutil.copytree(bundle, tmp_path / "copy")
     info = run_job("codebook", [f"bundle={tmp_path / 'copy'}", f"data={dataset}", "entries=16", "frames=40"])
     assert info["frames"] == 40 and info["tokens"] == 40 * 81

@@ -162,6 +162,13 @@ def head_examples(bundle, episodes: list, windows: int, seed: int = 0, batch: in
     return torch.cat(F), torch.cat(Z), torch.cat(Y), len(pick)
 
 
+def require_plain(residual: bool, warp_action: str | None) -> None:
+    """The token head reads a plain model's one-step sample: a clear error for a residual or warping one."""
+    if residual or warp_action is not None:
+        raise ValueError("the token head reads a plain model's one-step sample; this world model is residual "
+                         "(diffusion.residual) or warps (dit.warp_action)")
+
+
 def fit_token_head(bundle, codebook: torch.Tensor, episodes: list, groups: int = 128, windows: int = 10000,
                    steps: int = 1500, hidden: int = 256, seed: int = 0, held_out: float = 0.05):
     """Group the codebook (k-means of its entries) and train a TokenHead on `windows` windows of episodes
@@ -169,8 +176,7 @@ def fit_token_head(bundle, codebook: torch.Tensor, episodes: list, groups: int =
     info holds the head's accuracy on held-out windows beside the group of the one-step estimate's nearest
     entry (what plain snapping picks)."""
     dit = bundle.dit
-    if bundle.edm.cfg.residual or dit.config.warp_action is not None:
-        raise ValueError("the token head reads a plain model's one-step sample; this world model is residual or warps")
+    require_plain(bundle.edm.cfg.residual, dit.config.warp_action)
     groups = min(groups, len(codebook))  # a group per entry at most (a small codebook)
     centres = fit_codebook(codebook, groups, 20, seed)
     group_of = nearest(codebook.float(), centres)[1]

@@ -58,12 +58,12 @@ def _opt(cfg, key):
 
 def _sim_kw(cfg) -> dict:
     """Inference settings the config may override (context noise, guidance, tile hold, detail carry, reencode,
-    snap); null = the bundle's. quantize: null = fp32."""
+    snap and its `certain`); null = the bundle's. quantize: null = fp32. snap passes through as given: true,
+    false or a mode name (nearest, sample)."""
     kw = {k: None if cfg.get(k) is None else float(cfg.get(k)) for k in ("context_noise", "guidance", "tile_hold",
                                                                              "detail_carry", "carry_gate", "certain")}
-    snap = cfg.get("snap")  # true/false, or a mode name (nearest, sample)
-    return {**kw, "quantize": cfg.get("quantize"), "reencode": None if cfg.get("reencode") is None else bool(cfg.reencode),
-            "snap": snap}
+    reencode = None if cfg.get("reencode") is None else bool(cfg.reencode)
+    return {**kw, "quantize": cfg.get("quantize"), "reencode": reencode, "snap": cfg.get("snap")}
 
 
 def _step_of(actions, h):

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from worldsim.autoencoder import LatentCodec, ae_config, make_autoencoder, to_pixels, training_loss
 from worldsim.checkpoint import (Bundle, bundle_files, load_optimizer, optimizer_tensors, read_metadata,
                                  resolve_dir, tensors_bytes, write_dir_atomic)
-from worldsim.codebook import CERTAIN, fit_codebook, fit_token_head, require_tiles, with_codebook
+from worldsim.codebook import CERTAIN, fit_codebook, fit_token_head, require_plain, require_tiles, with_codebook
 from worldsim.data import WindowDataset, atomic_write_bytes, index_actions, load_episodes, load_manifest
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.evaluate import phase_shift, psnr_np
@@ -105,6 +105,8 @@ class Trainer:
         if cfg.get("codebook_head") and not cfg.get("codebook"):
             raise ValueError("codebook_head=true trains the token head of a codebook: set codebook=K too")
         warp = cfg.dit.get("warp_action")
+        if cfg.get("codebook_head"):  # likewise checked now
+            require_plain(self.edm_cfg.residual, warp or self.dit.config.warp_action)
         if warp and self.dit.config.warp_action is None:  # before the optimizer and the resume: it adds inputs
             matrix, fit = calibrate_warp(self.train_eps, warp)
             self.dit = self.dit.with_warp(warp, matrix)

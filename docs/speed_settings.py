@@ -4,8 +4,12 @@
     python docs/speed_settings.py minetest reencode=false reencode=true
     python docs/speed_settings.py crafter snap=false snap=true
 
-Each KEY=VALUE is one setting (a WorldSimulator argument; true/false, or a number).
+Each KEY=VALUE is one setting (a WorldSimulator argument; true/false, or a number), or warp_kind=shift|rotation
+(the world model's warp, same weights):
+
+    python docs/speed_settings.py minetest warp_kind=shift warp_kind=rotation
 """
+import copy
 import sys
 import time
 
@@ -27,7 +31,12 @@ dict_actions = isinstance(b.start_actions, dict)
 for B in (1, 16):
     sims = {}
     for k, v in settings:
-        sim = WorldSimulator(b, B, **{k: value(v)})
+        if k == "warp_kind":  # the same weights warping another way (a world model setting, not the simulator's)
+            bk = copy.copy(b)
+            bk.dit = b.dit.with_warp_kind(v).eval()
+            sim = WorldSimulator(bk, B)
+        else:
+            sim = WorldSimulator(b, B, **{k: value(v)})
         rng = np.random.default_rng(0)
         idx = np.arange(B) % len(b.start_frames)
         acts = {k: v[idx].numpy() for k, v in b.start_actions.items()} if dict_actions else b.start_actions[idx].numpy()

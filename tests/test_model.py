@@ -5,7 +5,8 @@ import pytest
 import torch
 from conftest import randomize
 
-from worldsim.model import ActionEncoder, Rotary3D, WorldDiT, actions_to_tensor, shift_latents, space_to_spec
+from worldsim.model import (ActionEncoder, Rotary3D, WorldDiT, actions_to_tensor, rotate_view, shift_latents,
+                            space_to_spec)
 
 SPEC = {"type": "discrete", "n": 5}
 
@@ -123,6 +124,58 @@ def test_shift_latents_moves_content_by_the_shift():
     torch.testing.assert_close(out[:, :, :-1], z[:, :, 1:], rtol=0, atol=1e-5)  # up by one row
     half = shift_latents(z, torch.tensor([[0.0, 1 / 8]]))  # half a cell: the mean of the two neighbours
     torch.testing.assert_close(half[..., 1:], (z[..., 1:] + z[..., :-1]) / 2, rtol=0, atol=1e-5)
+
+
+def _sky_view(h, w, f, pitch, yaw):
+    """A pinhole camera's h x w view (focal length f pixels) of a smooth pattern painted on the sky sphere,
+    the camera turned by pitch (down) and yaw (right), in degrees: the ground truth a turn warp should match."""
+    v, u = torch.meshgrid(torch.arange(h) + 0.5 - h / 2, torch.arange(w) + 0.5 - w / 2, indexing="ij")
+    rays = torch.stack([u / f, v / f, torch.ones_like(u)], -1).double()
+    p, y = np.radians(pitch), np.radians(yaw)
+    Ry = torch.tensor([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    Rp = torch.tensor([[1, 0, 0], [0, np.cos(p), np.sin(p)], [0, -np.sin(p), np.cos(p)]])
+    d = rays @ (Ry @ Rp).T
+    az, el = torch.atan2(d[..., 0], d[..., 2]), torch.atan2(d[..., 1], d[..., [0, 2]].norm(dim=-1))
+    return torch.stack([torch.sin(9 * az) * torch.cos(7 * el), torch.cos(5 * az + 3 * el), torch.sin(11 * el)])[None].float()
+
+
+def test_rotation_warp_turns_a_pinhole_view_where_the_shift_misplaces_its_edges():
+    """rotate_view with the fitted shift matrix's focal lengths reproduces the turned camera's view across the
+    frame (a wide, 90-degree view: the edges move twice as far as the centre); the shift does not."""
+    h, w, f = 48, 64, 32.0  # 90 degrees across
+    deg = np.pi / 180
+    M = torch.tensor([[-f / (h / 2) * deg, 0.0], [0.0, -f / (w / 2) * deg]])  # the centre's motion per degree
+    start = _sky_view(h, w, f, 0, 0)
+    torch.testing.assert_close(rotate_view(start, torch.zeros(1, 2), M), start, rtol=0, atol=1e-5)
+    inner = (slice(None), slice(None), slice(6, -6), slice(8, -8))  # away from the gap the turn opens
+    for pitch, yaw in ((0.0, 8.0), (-6.0, 0.0), (4.0, -7.0)):
+        cam = torch.tensor([[pitch, yaw]])
+        real = _sky_view(h, w, f, pitch, yaw)
+        rot_err = (rotate_view(start, cam, M) - real)[inner].abs().mean()
+        shift_err = (shift_latents(start, cam @ M) - real)[inner].abs().mean()
+        assert rot_err < 0.1 * shift_err, (pitch, yaw, rot_err, shift_err)
+
+
+def test_warp_kind_rotation_keeps_the_weights_and_changes_only_the_warp():
+    m = tiny(spec=CAM_SPEC)
+    M = [[-0.02, 0.0], [0.0, -0.015]]
+    w = randomize(m.with_warp("camera", M), seed=2)
+    r = w.with_warp_kind("rotation")
+    assert r.config.warp_kind == "rotation" and r.config.warp_matrix == w.config.warp_matrix
+    for (k, a), (_, b) in zip(w.state_dict().items(), r.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    prev = torch.randn(1, 2, 4, 8, 8)
+    acts = actions_to_tensor(CAM_SPEC, {"forward": np.zeros((1, 2)), "camera": np.array([[[3.0, 9.0], [-4.0, -6.0]]], np.float32)})
+    has = torch.ones(1, 2, dtype=torch.bool)
+    cam = acts["camera"].reshape(-1, 2)
+    torch.testing.assert_close(r.warped_previous(prev, acts, has)[0], rotate_view(prev[0], cam, torch.tensor(M)))
+    torch.testing.assert_close(w.warped_previous(prev, acts, has)[0], shift_latents(prev[0], cam @ torch.tensor(M)))
+    with pytest.raises(ValueError, match="warp_kind must be one of"):
+        w.with_warp_kind("zoom")
+    with pytest.raises(ValueError, match="diagonal"):
+        m.with_warp("camera", [[0.0, 0.0], [0.0, -0.015]], kind="rotation")
+    with pytest.raises(ValueError, match="no warp input"):
+        m.with_warp_kind("rotation")
 
 
 def test_warp_input_reads_the_previous_frame_shifted_by_the_action():

@@ -270,11 +270,14 @@ def test_warp_fine_tune_resumes_and_ships(minetest_bundle, minetest_dataset, tmp
     w = out.dit.state_dict()["patch_in.weight"]
     n = w.shape[1] // 2
     assert w[:, n:].abs().max() > 0  # the new inputs trained
-    # fine-tuned again, the model keeps its fit (not fitted afresh), and the bundle still says what it was
+    assert out.dit.config.warp_kind == "shift"
+    # fine-tuned again, the model keeps its fit (not fitted afresh), and the bundle still says what it was;
+    # dit.warp_kind=rotation turns by the rotation that fit implies from then on
     again = run_job("train", [f"data={minetest_dataset}", f"run={tmp_path / 'w2'}", *TINY_TRAIN,
-                              f"init={run / 'bundle'}", "dit.warp_action=camera", "dit.steps=1"])
-    assert again.dit.config.warp_matrix == out.dit.config.warp_matrix
+                              f"init={run / 'bundle'}", "dit.warp_action=camera", "dit.warp_kind=rotation", "dit.steps=1"])
+    assert again.dit.config.warp_matrix == out.dit.config.warp_matrix and again.dit.config.warp_kind == "rotation"
     assert Bundle(tmp_path / "w2" / "bundle").meta["metrics"]["warp_fit"] == fit
+    assert Bundle(tmp_path / "w2" / "bundle").dit.config.warp_kind == "rotation"
     env = gym.make("worldsim/Minetest-v0", bundle=str(run / "bundle"))
     obs, _ = env.reset(seed=0)
     a = env.action_space.sample()

@@ -145,7 +145,7 @@ def evaluate(cfg):
     sim = WorldSimulator(bundle, B, cfg.sampling_steps, **_sim_kw(cfg))
     shape = sim.latent_shape
     model_mse, copy_mse = np.zeros((len(starts), H)), np.zeros((len(starts), H))
-    warp_mse = np.zeros(len(starts))  # a warp model's own baseline: the last frame shifted by the camera
+    warp_mse = np.zeros(len(starts))  # a warp model's own baseline: the last frame moved by the camera (its warp)
     rew_pred, rew_true, term_pred, term_true = [], [], [], []
     strip, strip_real = [], None
     for i in tqdm(range(0, len(starts) - B + 1, B), desc="eval rollouts", unit="batch"):
@@ -202,7 +202,7 @@ def evaluate(cfg):
           f"{nf['pooled']['copy_last']:.2f} dB | gain {nf['pooled']['gain_db']:+.2f} dB")
     if sim.warps:
         wc = result["warp_copy_next_frame_psnr"]
-        print(f"next frame PSNR, last frame shifted by the camera (the warp's fit, no model): mean per frame "
+        print(f"next frame PSNR, last frame moved by the camera (the model's warp, no model): mean per frame "
               f"{wc['mean']:.2f} dB, pooled {wc['pooled']:.2f} dB")
     print("rollout PSNR by horizon, mean per frame (model | copy-context) and pooled MSE (model | copy-context):")
     for h in horizons:
@@ -377,14 +377,14 @@ def cached_probes(cfg, W: int) -> list:
 
 
 def warp_copy(dit, frames: np.ndarray, actions) -> np.ndarray:
-    """A warp model's no-model baseline: frames (B, H, W, 3) uint8 shifted by the actions' warp key times the
-    model's fitted warp matrix, in pixels (bilinear, edges repeated), as its warp input shifts latents."""
-    from worldsim.model import shift_latents
-
-    cam = torch.as_tensor(np.asarray(actions[dit.config.warp_action]), dtype=torch.float32)
-    x = torch.as_tensor(frames).permute(0, 3, 1, 2).float()
-    out = shift_latents(x, cam @ dit.warp_shift.float().cpu())
-    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """A warp model's no-model baseline: frames (B, H, W, 3) uint8 moved by the actions' warp key as the
+    model's warp input moves latents (its fitted matrix: a shift, or the camera rotation it implies), in
+    pixels (bilinear, edges repeated)."""
+    k = dit.config.warp_action
+    cam = torch.as_tensor(np.asarray(actions[k]), dtype=torch.float32, device=dit.warp_shift.device)[:, None]
+    x = torch.as_tensor(frames, device=cam.device).permute(0, 3, 1, 2).float()[:, None]
+    out = dit.warped_previous(x, {k: cam}, torch.ones(len(frames), 1, dtype=torch.bool, device=cam.device))[:, 0]
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def following_eval(cfg, bundle, rng) -> dict:
@@ -442,7 +442,7 @@ def following_eval(cfg, bundle, rng) -> dict:
             f"{v['accuracy'] if v['accuracy'] is not None else float('nan'):.3f} of {v['counted']}"
             for v in res["by_context_action"].values()))
     if sim.warps and total:
-        print(f"  the last frame shifted by the camera (the warp's fit, no model): {res['warp_copy_accuracy']:.3f}")
+        print(f"  the last frame moved by the camera (the model's warp, no model): {res['warp_copy_accuracy']:.3f}")
     print("  closest real outcome, by action taken: " + "; ".join(
         f"{n} -> " + " ".join(f"{m}:{c}" for m, c in row.items() if c) for n, row in confusion.items()))
     return res

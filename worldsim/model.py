@@ -11,6 +11,7 @@ through adaLN, so one sequence can mix clean context and noisy targets (diffusio
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -117,6 +118,45 @@ def shift_latents(z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     theta[:, 0, 2], theta[:, 1, 2] = -shift[:, 1], -shift[:, 0]  # out(p) = in(p - d)
     grid = F.affine_grid(theta, list(z.shape), align_corners=False)
     return F.grid_sample(z, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def rotate_view(z: torch.Tensor, angles: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """z: (N, C, h, w) a pinhole camera's view (pixels or latents); angles: (N, 2) [pitch, yaw] turns in
+    the action's units (degrees); matrix: the fitted 2x2 shift per unit (rows pitch, yaw; columns dy, dx in
+    grid_sample's normalised units) -> the view after the camera turned, by the rotation's homography.
+
+    Why not the shift: a shift per degree is the image centre's small-angle motion. A pinhole camera moves a
+    point at x (in focal lengths from the centre) by (1 + x^2) times the centre's motion, so at the edges of
+    a 90-degree view a turn moves the image twice as far as in its middle, and the shift misplaces the edges
+    on every turn. The matrix's diagonal read per radian is the focal length in normalised units (the centre
+    moves f * angle), so the rotation needs nothing more than the fit. Bilinear; edges repeat into the gap."""
+    h, w = z.shape[-2:]
+    deg = math.pi / 180
+    fy, fx = -float(matrix[0, 0]) / deg, -float(matrix[1, 1]) / deg  # signed: their sign is the turn's direction
+    rays = _view_rays(h, w, fy, fx, str(z.device))  # (h, w, 3): x right, y down, z ahead
+    a = angles.float() * deg
+    cp, sp, cy, sy = a[:, 0].cos(), a[:, 0].sin(), a[:, 1].cos(), a[:, 1].sin()
+    one, zero = torch.ones_like(cp), torch.zeros_like(cp)
+    yaw = torch.stack([torch.stack([cy, zero, sy], -1), torch.stack([zero, one, zero], -1),
+                       torch.stack([-sy, zero, cy], -1)], -2)
+    pitch = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, cp, sp], -1),
+                         torch.stack([zero, -sp, cp], -1)], -2)
+    src = torch.einsum("nij,hwj->nhwi", (yaw @ pitch).to(rays.device), rays)  # each output pixel's ray, old camera
+    grid = torch.stack([fx * src[..., 0] / src[..., 2], fy * src[..., 1] / src[..., 2]], -1)
+    return F.grid_sample(z, grid.to(z.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _view_rays(h: int, w: int, fy: float, fx: float, device: str) -> torch.Tensor:
+    """The rays through an h x w view's pixel centres (grid_sample's, align_corners=False), in focal lengths;
+    cached: a rollout asks for the same ones every step."""
+    ys = (torch.arange(h, dtype=torch.float64) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, dtype=torch.float64) + 0.5) / w * 2 - 1
+    Y, X = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([X / fx, Y / fy, torch.ones_like(X)], -1).float().to(device)
+
+
+WARP_KINDS = ("shift", "rotation")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,12 +295,15 @@ class WorldDiT(ModelMixin, ConfigMixin):
     data by `worldsim train`), beside its own latent. Why: a 6 degree turn moves a Minetest view by 6-8 px,
     under one 16 px token, and a model left to infer that shift from the action embedding alone ignored the
     camera; given the shifted frame, following the camera is copying what is in front of it.
+    warp_kind "rotation" warps by the camera rotation the same matrix implies (`rotate_view`) instead of
+    shifting: exact at every pixel of a pinhole view, where the shift is exact only at its centre.
     """
 
     @register_to_config
     def __init__(self, action_spec: dict, latent_channels: int = 4, patch_size: int = 2, dim: int = 256,
                  depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, context_frames: int = 4,
-                 time_period: int = 4096, warp_action: str | None = None, warp_matrix: list | None = None):
+                 time_period: int = 4096, warp_action: str | None = None, warp_matrix: list | None = None,
+                 warp_kind: str = "shift"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
@@ -273,6 +316,11 @@ class WorldDiT(ModelMixin, ConfigMixin):
             M = torch.tensor(warp_matrix if warp_matrix is not None else [[0.0, 0.0], [0.0, 0.0]], dtype=torch.float32)
             if M.shape != (2, 2) or not torch.isfinite(M).all():
                 raise ValueError(f"warp_matrix must be 2x2 finite numbers, got {warp_matrix}")
+            if warp_kind not in WARP_KINDS:
+                raise ValueError(f"warp_kind must be one of {WARP_KINDS}, got {warp_kind!r}")
+            if warp_kind == "rotation" and (M[0, 0] == 0 or M[1, 1] == 0):
+                raise ValueError(f"warp_kind='rotation' reads the warp matrix's diagonal as focal lengths; "
+                                 f"it needs both nonzero, got {warp_matrix}")
             self.register_buffer("warp_shift", M, persistent=False)  # stored in the config, not the weights
         self.patch_in = nn.Linear(C * p * p * (2 if warp_action else 1), dim)
         self.sigma_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
@@ -321,8 +369,11 @@ class WorldDiT(ModelMixin, ConfigMixin):
         k = self.config.warp_action
         if prev is None:
             raise ValueError(f"this world model reads the previous frame shifted by the {k!r} action: pass prev")
-        shift = actions[k].to(prev.dtype) @ self.warp_shift.to(prev.dtype)
-        shift = torch.where(has_action[..., None], shift, torch.zeros_like(shift))
+        cam = actions[k].to(prev.dtype)
+        cam = torch.where(has_action[..., None], cam, torch.zeros_like(cam))
+        if self.config.warp_kind == "rotation":
+            return rotate_view(prev.flatten(0, 1), cam.flatten(0, 1), self.warp_shift).unflatten(0, prev.shape[:2])
+        shift = cam @ self.warp_shift.to(prev.dtype)
         return shift_latents(prev.flatten(0, 1), shift.flatten(0, 1)).unflatten(0, prev.shape[:2])
 
     def _with_warp(self, x, prev, actions, has_action):
@@ -332,17 +383,26 @@ class WorldDiT(ModelMixin, ConfigMixin):
         return torch.cat([x, self.warped_previous(None if prev is None else prev.to(x.dtype), actions, has_action)],
                          dim=2)
 
-    def with_warp(self, action: str, matrix) -> "WorldDiT":
+    def with_warp(self, action: str, matrix, kind: str = "shift") -> "WorldDiT":
         """This model with the warp input added (see the class docstring). The new input weights start at
         zero, so it computes exactly what it did until training puts them to use."""
         if self.config.warp_action is not None:
             raise ValueError(f"this world model already warps by {self.config.warp_action!r}")
         cfg = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        cfg.update(warp_action=action, warp_matrix=[[float(v) for v in row] for row in matrix])
+        cfg.update(warp_action=action, warp_matrix=[[float(v) for v in row] for row in matrix], warp_kind=kind)
         new = WorldDiT(**cfg).to(self.device)  # fp32 like every model here; load_state_dict keeps that
         sd = self.state_dict()
         sd["patch_in.weight"] = torch.cat([sd["patch_in.weight"], torch.zeros_like(sd["patch_in.weight"])], dim=1)
         new.load_state_dict(sd)
+        return new.train(self.training)
+
+    def with_warp_kind(self, kind: str) -> "WorldDiT":
+        """This model, same weights, warping by `kind` ("shift" or "rotation") with the same fitted matrix."""
+        if self.config.warp_action is None:
+            raise ValueError("this world model has no warp input to change")
+        cfg = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        new = WorldDiT(**{**cfg, "warp_kind": kind}).to(self.device)
+        new.load_state_dict(self.state_dict())
         return new.train(self.training)
 
     def _heads(self, x):

@@ -109,7 +109,7 @@ class Trainer:
             require_plain(self.edm_cfg.residual, warp or self.dit.config.warp_action)
         if warp and self.dit.config.warp_action is None:  # before the optimizer and the resume: it adds inputs
             matrix, fit = calibrate_warp(self.train_eps, warp)
-            self.dit = self.dit.with_warp(warp, matrix)
+            self.dit = self.dit.with_warp(warp, matrix, cfg.dit.get("warp_kind") or "shift")
             self.state["metrics"]["warp_fit"] = fit
             print(f"warp input: previous frame shifted by the {warp!r} action; fitted on {fit['pairs']} frame pairs: "
                   f"pixels per unit {fit['pixels_per_unit']} (rows: action components; columns: dy, dx), "
@@ -117,6 +117,11 @@ class Trainer:
         elif warp and self.dit.config.warp_action != warp:
             raise ValueError(f"dit.warp_action={warp!r}, but the world model already warps by "
                              f"{self.dit.config.warp_action!r}")
+        kind = cfg.dit.get("warp_kind")
+        if kind and kind != self.dit.config.warp_kind:  # same weights, the warp the input and centre get changes
+            if self.dit.config.warp_action is None:
+                raise ValueError(f"dit.warp_kind={kind!r} needs a warp input: set dit.warp_action too")
+            self.dit = self.dit.with_warp_kind(kind)
         self.opt_ae = torch.optim.AdamW(self.ae.parameters(), lr=cfg.ae.lr, weight_decay=0.0)
         self.opt_dit = torch.optim.AdamW(self.dit.parameters(), lr=cfg.dit.lr, weight_decay=cfg.dit.weight_decay,
                                          betas=(0.9, 0.99))

@@ -38,7 +38,11 @@ for e in range(len(eps)):
                  "jump": int(rng.random() < 0.1), "camera": rng.normal(0, 3, 2).astype(np.float32)}
             obs = env.step(a)[0]
             if t + 1 in (50, 150, 300):
-                out.append(f"t{t + 1}: mean {obs.mean():5.1f} spread {obs.std():4.1f}")
+                # spread as `worldsim eval` measures it: each channel's spread over the frame, averaged (until
+                # 2026-12-03 this printed obs.std(), over all values, which counts a flat coloured frame's
+                # channel differences as spread)
+                spread = obs.reshape(-1, 3).std(0).mean()
+                out.append(f"t{t + 1}: mean {obs.mean():5.1f} spread {spread:4.1f}")
             if (t + 1) % 25 == 0:
                 row.append(obs)
         rows.append(np.concatenate([np.pad(f, ((0, 2), (0, 2), (0, 0)), constant_values=255) for f in row], 1))

@@ -83,7 +83,10 @@ class WorldSimulator:
         self.edm, self.codec = bundle.edm, bundle.codec
         self.spec = self.dit.config.action_spec
         self.window = self.dit.config.context_frames
-        self.steps = sampling_steps or self.edm.cfg.sampling_steps
+        steps = sampling_steps or self.edm.cfg.sampling_steps
+        if isinstance(steps, bool) or not float(steps).is_integer() or steps < 1:
+            raise ValueError(f"sampling_steps must be a whole number >= 1, got {sampling_steps!r}")
+        self.steps = int(steps)  # 4.0 from a command line is 4 steps (the scheduler needs an int)
         self.context_noise = self.edm.cfg.context_noise if context_noise is None else float(context_noise)
         self.guidance = float(self.edm.cfg.guidance if guidance is None else guidance)
         if not np.isfinite(self.guidance) or self.guidance < 0:
@@ -115,6 +118,15 @@ class WorldSimulator:
         self._tiles = tile_layout(bundle.ae, H, W)
         if self.tile_hold > 0 and self._tiles is None:
             raise ValueError("tile_hold needs a patch autoencoder (one latent per tile); this bundle's is a VAE")
+        # With detail carry, tile hold instead keeps a cell's shown pixels on steps whose action is the null
+        # one (every key 0, no camera: standing still) where the sampled latent is within tile_hold of its
+        # centre (the model changed nothing there). Why: the carry fades the shown frame towards the model's
+        # decode (detail_carry < 1) and the one-step sample drifts a little each step, so a player standing
+        # still in Minetest saw the view dissolve (4 held-out starts: 34-52 dB against the last real frame
+        # after one still step, 12-27 dB after 60), where the real game keeps its frame. Null actions only:
+        # the model's change on a step walking straight ahead is as small as that drift (a hold at 0.2 froze
+        # the walk). Compared with the centre, not with the latent last shown: with reencode the centre is
+        # the encoding of the frame shown, so a held view's context stays that frame.
         dec = bundle.meta.get("decode", {})
         self.detail_carry = float(dec.get("detail_carry", 0.0) if detail_carry is None else detail_carry)
         self.carry_gate = float(dec.get("carry_gate", 0.0) if carry_gate is None else carry_gate)
@@ -125,8 +137,6 @@ class WorldSimulator:
         if self.detail_carry > 0 and not self.residual:
             raise ValueError("detail_carry needs a residual model (diffusion.residual=true): the detail is carried "
                              "relative to the decoded centre of its skip connection")
-        if self.detail_carry > 0 and self.tile_hold > 0:
-            raise ValueError("detail_carry and tile_hold both decide what the shown frame keeps: use one")
         # reencode: the context keeps the encoding of the frame shown instead of the sampled latent (see step)
         self.reencode = bool(dec.get("reencode", False) if reencode is None else reencode)
         # snap: each generated token becomes a codebook entry before it is shown and committed: its nearest
@@ -248,7 +258,16 @@ class WorldSimulator:
         k = torch.full_like(new[..., :1], self.detail_carry)
         if self.carry_gate > 0:
             k = k * torch.exp(-((new - base).abs().mean(-1, keepdim=True) / self.carry_gate) ** 2)
-        self.shown = (new + k * (shown - base)).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        carried = (new + k * (shown - base)).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        if self.tile_hold > 0:  # still views keep the pixels of cells the model left as they were (see __init__)
+            keep = (z - centre).pow(2).mean(1).sqrt() < self.tile_hold  # (B, h, w) latent cells
+            keep &= _null_rows(a)[:, None, None]
+            p, oy, ox = self._tiles
+            h, w = keep.shape[1:]
+            held = np.zeros(carried.shape[:3], bool)
+            held[:, oy:oy + h * p, ox:ox + w * p] = keep.cpu().numpy().repeat(p, 1).repeat(p, 2)
+            carried = np.where(held[..., None], self.shown, carried)
+        self.shown = carried
         return self.shown.copy()
 
     def _hold(self, z, frames):
@@ -266,6 +285,12 @@ class WorldSimulator:
         held[:, oy:oy + h * p, ox:ox + w * p] = keep.cpu().numpy().repeat(p, 1).repeat(p, 2)
         self.shown = np.where(held[..., None], self.shown, frames)
         return self.shown.copy()
+
+
+def _null_rows(a) -> torch.Tensor:
+    """(B,) True where a row's action (actions_to_tensor's output) is all zeros: every key up, no camera."""
+    parts = a.values() if isinstance(a, dict) else [a]
+    return torch.stack([(v.reshape(v.shape[0], -1) == 0).all(1) for v in parts]).all(0)
 
 
 def action_shape(spec) -> tuple:

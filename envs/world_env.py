@@ -63,7 +63,9 @@ class WorldEnv(gym.Env):
     stacked pass). Default: the bundle's (the shipped Crafter model has guidance 2 distilled into one pass: 1).
     ``tile_hold=t`` (patch-autoencoder bundles): a tile whose latent moved less than t (RMS over channels,
     normalised units) from the latent its shown pixels came from keeps those pixels, so what the model left
-    unchanged is shown exactly as before instead of re-decoded. Default: the bundle's (0 = off).
+    unchanged is shown exactly as before instead of re-decoded. With detail carry it holds still views instead:
+    on a null action (no key, no camera) a cell whose latent is within t of its centre keeps its pixels, so
+    standing still shows the same frame (the shipped Minetest model: 0.3). Default: the bundle's (0 = off).
     ``detail_carry=k``, ``carry_gate=g`` (residual models): the model's change, decode(frame) - decode(its
     centre), is added to the last shown frame moved by the camera, so detail the decoder blurs is kept; k < 1
     fades the difference from the model's decode, g (grey levels) shows strongly changed pixels as decoded.

@@ -71,13 +71,14 @@ def test_nearest_psnr_finds_the_matching_real_frame():
 
 def test_bench_reports_model_and_real_crafter(bundle, tmp_path):
     out = tmp_path / "bench.json"
-    res = run_job("bench", [f"bundle={bundle}", "steps=5", "warmup=1", "batch_sizes=[1,3]", "real_steps=50",
-                            f"out={out}"])
+    res = run_job("bench", [f"bundle={bundle}", "steps=6", "warmup=1", "batch_sizes=[1,3]", "real_steps=50",
+                            "rss_every=2", f"out={out}"])
     assert res["real_crafter_steps_per_s"] > 0
     rows = {r["batch"]: r for r in res["model"]}
     assert set(rows) == {1, 3} and all(r["device"] == "cpu" for r in rows.values())
     assert abs(rows[3]["env_steps_per_s"] - 3 * rows[3]["steps_per_s"]) < 1e-6
     assert json.loads(out.read_text())["model"][0]["batch"] == 1
+    assert all(len(r["rss_trace_mib"]) == 3 and min(r["rss_trace_mib"]) > 0 for r in rows.values())  # every 2 of 6
 
 
 def test_following_probes_are_kept_on_disk_and_reprobed_when_stale_or_corrupt(tmp_path, monkeypatch):

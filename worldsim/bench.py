@@ -49,7 +49,7 @@ def bench_real(env_name: str, steps: int, latency_trials: int = 0) -> tuple[floa
 def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_name: str = "crafter",
                 guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
                 detail_carry: float | None = None, reencode: bool | None = None, snap: bool | str | None = None,
-                certain: float | None = None) -> dict:
+                certain: float | None = None, rss_every: int = 0) -> dict:
     import worldsim  # noqa: F401
 
     # termination_threshold 2: never end episodes, steady stepping
@@ -66,9 +66,12 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     rss0 = rss_mib()
+    trace = []  # resident memory every rss_every steps: a long run shows whether it stays flat
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for i in range(steps):
         env.step(env.action_space.sample())
+        if rss_every and (i + 1) % rss_every == 0:
+            trace.append(rss_mib())
     sync()
     dt = time.perf_counter() - t0
     sim = env.unwrapped.sim  # the settings it ran with (bundle defaults resolved)
@@ -76,7 +79,8 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
     return {"batch": batch, "guidance": sim.guidance, "tile_hold": sim.tile_hold, "quantize": sim.quantize,
             "detail_carry": sim.detail_carry, "reencode": sim.reencode, "snap": sim.snap, "certain": sim.certain,
             "steps_per_s": steps / dt,
-            "env_steps_per_s": batch * steps / dt, "ms_per_step": 1000 * dt / steps, "rss_growth_mib": rss_mib() - rss0}
+            "env_steps_per_s": batch * steps / dt, "ms_per_step": 1000 * dt / steps, "rss_growth_mib": rss_mib() - rss0,
+            **({"rss_every": rss_every, "rss_trace_mib": trace} if rss_every else {})}
 
 
 def bench(cfg):
@@ -103,13 +107,17 @@ def bench(cfg):
         for b in cfg.batch_sizes:
             r = bench_model(cfg.bundle, device, int(b), int(cfg.steps), int(cfg.warmup), cfg.env, cfg.get("guidance"),
                             cfg.get("tile_hold"), cfg.get("quantize") if device == "cpu" else None, cfg.get("detail_carry"),
-                            cfg.get("reencode"), cfg.get("snap"), cfg.get("certain"))
+                            cfg.get("reencode"), cfg.get("snap"), cfg.get("certain"), int(cfg.get("rss_every") or 0))
             r["device"] = device
             r["vs_real"] = r["env_steps_per_s"] / real
             results["model"].append(r)
             print(f"model {device} batch {b:>4d}: {r['steps_per_s']:8.1f} steps/s = {r['env_steps_per_s']:9.1f} "
                   f"env-steps/s ({r['vs_real']:.2f}x real {game}), {r['ms_per_step']:.1f} ms/step, "
                   f"RSS {r['rss_growth_mib']:+.1f} MiB over {cfg.steps} steps")
+            if r.get("rss_trace_mib"):
+                t = r["rss_trace_mib"]
+                print(f"  resident memory every {r['rss_every']} steps: {t[0]:.1f} to {t[-1]:.1f} MiB "
+                      f"(range {max(t) - min(t):.1f} MiB over {len(t)} readings)")
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(results, indent=1))

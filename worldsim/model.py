@@ -388,9 +388,8 @@ class WorldDiT(ModelMixin, ConfigMixin):
         zero, so it computes exactly what it did until training puts them to use."""
         if self.config.warp_action is not None:
             raise ValueError(f"this world model already warps by {self.config.warp_action!r}")
-        cfg = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        cfg.update(warp_action=action, warp_matrix=[[float(v) for v in row] for row in matrix], warp_kind=kind)
-        new = WorldDiT(**cfg).to(self.device)  # fp32 like every model here; load_state_dict keeps that
+        new = self._reconfigured(warp_action=action, warp_matrix=[[float(v) for v in row] for row in matrix],
+                                 warp_kind=kind)
         sd = self.state_dict()
         sd["patch_in.weight"] = torch.cat([sd["patch_in.weight"], torch.zeros_like(sd["patch_in.weight"])], dim=1)
         new.load_state_dict(sd)
@@ -400,10 +399,15 @@ class WorldDiT(ModelMixin, ConfigMixin):
         """This model, same weights, warping by `kind` ("shift" or "rotation") with the same fitted matrix."""
         if self.config.warp_action is None:
             raise ValueError("this world model has no warp input to change")
-        cfg = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        new = WorldDiT(**{**cfg, "warp_kind": kind}).to(self.device)
+        new = self._reconfigured(warp_kind=kind)
         new.load_state_dict(self.state_dict())
         return new.train(self.training)
+
+    def _reconfigured(self, **changes) -> "WorldDiT":
+        """A new model (fresh weights) with this one's config but for `changes`, on its device; fp32 like every
+        model here (load_state_dict keeps that)."""
+        cfg = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        return WorldDiT(**{**cfg, **changes}).to(self.device)
 
     def _heads(self, x):
         r = self.heads_mlp(self.head_norm(x.mean(dim=2)))

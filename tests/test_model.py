@@ -200,3 +200,27 @@ def test_warp_input_reads_the_previous_frame_shifted_by_the_action():
     assert (w(x, c, turn, has, prev=prev).out[:, 1:] - base.out[:, 1:]).abs().max() > 1e-3
     hidden = torch.zeros_like(has)  # actions hidden (guidance's free pass): nothing shifts
     torch.testing.assert_close(w._with_warp(x, prev, turn, hidden)[:, :, 4:], prev)
+
+
+def test_warp_zoom_magnifies_the_view_about_its_centre_on_steps_with_its_key():
+    import torch.nn.functional as F
+
+    M = [[-0.02, 0.0], [0.0, -0.015]]
+    m = tiny(spec=CAM_SPEC).with_warp("camera", M, kind="rotation")
+    z = m.with_warp_kind("rotation", zoom={"forward": 1.25})
+    prev = torch.randn(1, 2, 4, 8, 8)
+    acts = actions_to_tensor(CAM_SPEC, {"forward": np.array([[1, 0]]), "camera": np.zeros((1, 2, 2), np.float32)})
+    has = torch.ones(1, 2, dtype=torch.bool)
+    out = z.warped_previous(prev, acts, has)[0]
+    theta = torch.tensor([[[1 / 1.25, 0.0, 0.0], [0.0, 1 / 1.25, 0.0]]])  # a plain magnification about the centre
+    want = F.grid_sample(prev[0, :1], F.affine_grid(theta, [1, 4, 8, 8], align_corners=False), mode="bilinear",
+                         padding_mode="border", align_corners=False)
+    torch.testing.assert_close(out[:1], want, rtol=0, atol=1e-5)  # forward pressed: zoomed
+    torch.testing.assert_close(out[1:], prev[0, 1:], rtol=0, atol=1e-5)  # not pressed: as it was
+    hidden = torch.tensor([[False, True]])  # a frame without its action: no zoom either
+    torch.testing.assert_close(z.warped_previous(prev, acts, hidden)[0, :1], prev[0, :1], rtol=0, atol=1e-5)
+    for bad in ({"camera": 1.1}, {"jump": 1.1}, {"forward": 3.0}):
+        with pytest.raises(ValueError, match="warp_zoom maps Discrete keys"):
+            m.with_warp_kind("rotation", zoom=bad)
+    with pytest.raises(ValueError, match="warp_kind='rotation'"):
+        m.with_warp_kind("shift", zoom={"forward": 1.1})

@@ -274,8 +274,10 @@ def test_warp_fine_tune_resumes_and_ships(minetest_bundle, minetest_dataset, tmp
     # fine-tuned again, the model keeps its fit (not fitted afresh), and the bundle still says what it was;
     # dit.warp_kind=rotation turns by the rotation that fit implies from then on
     again = run_job("train", [f"data={minetest_dataset}", f"run={tmp_path / 'w2'}", *TINY_TRAIN,
-                              f"init={run / 'bundle'}", "dit.warp_action=camera", "dit.warp_kind=rotation", "dit.steps=1"])
+                              f"init={run / 'bundle'}", "dit.warp_action=camera", "dit.warp_kind=rotation",
+                              "dit.warp_zoom={forward: 1.02}", "dit.steps=1"])
     assert again.dit.config.warp_matrix == out.dit.config.warp_matrix and again.dit.config.warp_kind == "rotation"
+    assert again.dit.config.warp_zoom == {"forward": 1.02}
     assert Bundle(tmp_path / "w2" / "bundle").meta["metrics"]["warp_fit"] == fit
     assert Bundle(tmp_path / "w2" / "bundle").dit.config.warp_kind == "rotation"
     env = gym.make("worldsim/Minetest-v0", bundle=str(run / "bundle"))

@@ -380,10 +380,10 @@ def warp_copy(dit, frames: np.ndarray, actions) -> np.ndarray:
     """A warp model's no-model baseline: frames (B, H, W, 3) uint8 moved by the actions' warp key as the
     model's warp input moves latents (its fitted matrix: a shift, or the camera rotation it implies), in
     pixels (bilinear, edges repeated)."""
-    k = dit.config.warp_action
-    cam = torch.as_tensor(np.asarray(actions[k]), dtype=torch.float32, device=dit.warp_shift.device)[:, None]
-    x = torch.as_tensor(frames, device=cam.device).permute(0, 3, 1, 2).float()[:, None]
-    out = dit.warped_previous(x, {k: cam}, torch.ones(len(frames), 1, dtype=torch.bool, device=cam.device))[:, 0]
+    dev = dit.warp_shift.device
+    acts = {k: torch.as_tensor(np.asarray(v), device=dev)[:, None] for k, v in actions.items()}  # one step each
+    x = torch.as_tensor(frames, device=dev).permute(0, 3, 1, 2).float()[:, None]
+    out = dit.warped_previous(x, acts, torch.ones(len(frames), 1, dtype=torch.bool, device=dev))[:, 0]
     return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 

@@ -120,7 +120,8 @@ def shift_latents(z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(z, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def rotate_view(z: torch.Tensor, angles: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+def rotate_view(z: torch.Tensor, angles: torch.Tensor, matrix: torch.Tensor,
+                zoom: torch.Tensor | None = None) -> torch.Tensor:
     """z: (N, C, h, w) a pinhole camera's view (pixels or latents); angles: (N, 2) [pitch, yaw] turns in
     the action's units (degrees); matrix: the fitted 2x2 shift per unit (rows pitch, yaw; columns dy, dx in
     grid_sample's normalised units) -> the view after the camera turned, by the rotation's homography.
@@ -129,7 +130,8 @@ def rotate_view(z: torch.Tensor, angles: torch.Tensor, matrix: torch.Tensor) -> 
     point at x (in focal lengths from the centre) by (1 + x^2) times the centre's motion, so at the edges of
     a 90-degree view a turn moves the image twice as far as in its middle, and the shift misplaces the edges
     on every turn. The matrix's diagonal read per radian is the focal length in normalised units (the centre
-    moves f * angle), so the rotation needs nothing more than the fit. Bilinear; edges repeat into the gap."""
+    moves f * angle), so the rotation needs nothing more than the fit. Bilinear; edges repeat into the gap.
+    zoom: (N,) optional magnification about the centre after the turn (a step forward: > 1)."""
     h, w = z.shape[-2:]
     deg = math.pi / 180
     fy, fx = -float(matrix[0, 0]) / deg, -float(matrix[1, 1]) / deg  # signed: their sign is the turn's direction
@@ -141,7 +143,12 @@ def rotate_view(z: torch.Tensor, angles: torch.Tensor, matrix: torch.Tensor) -> 
                        torch.stack([-sy, zero, cy], -1)], -2)
     pitch = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, cp, sp], -1),
                          torch.stack([zero, -sp, cp], -1)], -2)
-    src = torch.einsum("nij,hwj->nhwi", (yaw @ pitch).to(rays.device), rays)  # each output pixel's ray, old camera
+    if zoom is not None:  # the output pixel at x came from x / zoom of the turned view
+        scale = torch.stack([1 / zoom.float(), 1 / zoom.float(), torch.ones_like(zoom.float())], -1).to(rays.device)
+        rays = rays * scale[:, None, None, :]  # (N, h, w, 3)
+    else:
+        rays = rays[None]
+    src = torch.einsum("nij,nhwj->nhwi", (yaw @ pitch).to(rays.device), rays.expand(len(a), -1, -1, -1))
     grid = torch.stack([fx * src[..., 0] / src[..., 2], fy * src[..., 1] / src[..., 2]], -1)
     return F.grid_sample(z, grid.to(z.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -296,14 +303,16 @@ class WorldDiT(ModelMixin, ConfigMixin):
     under one 16 px token, and a model left to infer that shift from the action embedding alone ignored the
     camera; given the shifted frame, following the camera is copying what is in front of it.
     warp_kind "rotation" warps by the camera rotation the same matrix implies (`rotate_view`) instead of
-    shifting: exact at every pixel of a pinhole view, where the shift is exact only at its centre.
+    shifting: exact at every pixel of a pinhole view, where the shift is exact only at its centre. warp_zoom
+    ({Discrete key: magnification}, rotation only) also magnifies the view about its centre on steps with
+    that key pressed: a step forward brings what is ahead closer, mostly a zoom for a view of distant things.
     """
 
     @register_to_config
     def __init__(self, action_spec: dict, latent_channels: int = 4, patch_size: int = 2, dim: int = 256,
                  depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, context_frames: int = 4,
                  time_period: int = 4096, warp_action: str | None = None, warp_matrix: list | None = None,
-                 warp_kind: str = "shift"):
+                 warp_kind: str = "shift", warp_zoom: dict | None = None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
@@ -318,6 +327,13 @@ class WorldDiT(ModelMixin, ConfigMixin):
                 raise ValueError(f"warp_matrix must be 2x2 finite numbers, got {warp_matrix}")
             if warp_kind not in WARP_KINDS:
                 raise ValueError(f"warp_kind must be one of {WARP_KINDS}, got {warp_kind!r}")
+            keys = action_spec.get("keys", {})
+            for key, z in (warp_zoom or {}).items():
+                if keys.get(key, {}).get("type") != "discrete" or not (isinstance(z, (int, float)) and 0.5 < z < 2):
+                    raise ValueError(f"warp_zoom maps Discrete keys of the action space to a magnification per "
+                                     f"step in (0.5, 2); got {key!r}: {z!r}")
+            if warp_zoom and warp_kind != "rotation":
+                raise ValueError("warp_zoom works with warp_kind='rotation' (a zoom about the view's centre)")
             if warp_kind == "rotation" and (M[0, 0] == 0 or M[1, 1] == 0):
                 raise ValueError(f"warp_kind='rotation' reads the warp matrix's diagonal as focal lengths; "
                                  f"it needs both nonzero, got {warp_matrix}")
@@ -372,7 +388,14 @@ class WorldDiT(ModelMixin, ConfigMixin):
         cam = actions[k].to(prev.dtype)
         cam = torch.where(has_action[..., None], cam, torch.zeros_like(cam))
         if self.config.warp_kind == "rotation":
-            return rotate_view(prev.flatten(0, 1), cam.flatten(0, 1), self.warp_shift).unflatten(0, prev.shape[:2])
+            zoom = None
+            if self.config.warp_zoom:  # each pressed key's magnification; a frame without its action: none
+                zoom = torch.ones(cam.shape[:-1], dtype=torch.float32, device=cam.device)
+                for key, f in self.config.warp_zoom.items():
+                    zoom = zoom * torch.where(actions[key].to(zoom.device) > 0, float(f), 1.0)
+                zoom = torch.where(has_action, zoom, torch.ones_like(zoom)).flatten()
+            return rotate_view(prev.flatten(0, 1), cam.flatten(0, 1), self.warp_shift,
+                               zoom).unflatten(0, prev.shape[:2])
         shift = cam @ self.warp_shift.to(prev.dtype)
         return shift_latents(prev.flatten(0, 1), shift.flatten(0, 1)).unflatten(0, prev.shape[:2])
 
@@ -395,11 +418,12 @@ class WorldDiT(ModelMixin, ConfigMixin):
         new.load_state_dict(sd)
         return new.train(self.training)
 
-    def with_warp_kind(self, kind: str) -> "WorldDiT":
-        """This model, same weights, warping by `kind` ("shift" or "rotation") with the same fitted matrix."""
+    def with_warp_kind(self, kind: str, zoom: dict | None = None) -> "WorldDiT":
+        """This model, same weights, warping by `kind` ("shift" or "rotation") with the same fitted matrix, and
+        with rotation optionally zooming by `zoom` ({Discrete key: magnification per step when pressed})."""
         if self.config.warp_action is None:
             raise ValueError("this world model has no warp input to change")
-        new = self._reconfigured(warp_kind=kind)
+        new = self._reconfigured(warp_kind=kind, warp_zoom=dict(zoom) if zoom else None)
         new.load_state_dict(self.state_dict())
         return new.train(self.training)
 

@@ -21,6 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import load_file
@@ -117,11 +118,13 @@ class Trainer:
         elif warp and self.dit.config.warp_action != warp:
             raise ValueError(f"dit.warp_action={warp!r}, but the world model already warps by "
                              f"{self.dit.config.warp_action!r}")
-        kind = cfg.dit.get("warp_kind")
-        if kind and kind != self.dit.config.warp_kind:  # same weights, the warp the input and centre get changes
+        kind, zoom = cfg.dit.get("warp_kind"), cfg.dit.get("warp_zoom")
+        zoom = OmegaConf.to_container(zoom) if zoom else None
+        if (kind and kind != self.dit.config.warp_kind) or (zoom and zoom != self.dit.config.warp_zoom):
+            # same weights, the warp the input and centre get changes
             if self.dit.config.warp_action is None:
-                raise ValueError(f"dit.warp_kind={kind!r} needs a warp input: set dit.warp_action too")
-            self.dit = self.dit.with_warp_kind(kind)
+                raise ValueError(f"dit.warp_kind / dit.warp_zoom need a warp input: set dit.warp_action too")
+            self.dit = self.dit.with_warp_kind(kind or self.dit.config.warp_kind, zoom or self.dit.config.warp_zoom)
         self.opt_ae = torch.optim.AdamW(self.ae.parameters(), lr=cfg.ae.lr, weight_decay=0.0)
         self.opt_dit = torch.optim.AdamW(self.dit.parameters(), lr=cfg.dit.lr, weight_decay=cfg.dit.weight_decay,
                                          betas=(0.9, 0.99))

@@ -123,7 +123,7 @@ class Trainer:
         if (kind and kind != self.dit.config.warp_kind) or (zoom and zoom != self.dit.config.warp_zoom):
             # same weights, the warp the input and centre get changes
             if self.dit.config.warp_action is None:
-                raise ValueError(f"dit.warp_kind / dit.warp_zoom need a warp input: set dit.warp_action too")
+                raise ValueError("dit.warp_kind / dit.warp_zoom need a warp input: set dit.warp_action too")
             self.dit = self.dit.with_warp_kind(kind or self.dit.config.warp_kind, zoom or self.dit.config.warp_zoom)
         self.opt_ae = torch.optim.AdamW(self.ae.parameters(), lr=cfg.ae.lr, weight_decay=0.0)
         self.opt_dit = torch.optim.AdamW(self.dit.parameters(), lr=cfg.dit.lr, weight_decay=cfg.dit.weight_decay,

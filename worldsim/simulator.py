@@ -262,11 +262,7 @@ class WorldSimulator:
         if self.tile_hold > 0:  # still views keep the pixels of cells the model left as they were (see __init__)
             keep = (z - centre).pow(2).mean(1).sqrt() < self.tile_hold  # (B, h, w) latent cells
             keep &= _null_rows(a)[:, None, None]
-            p, oy, ox = self._tiles
-            h, w = keep.shape[1:]
-            held = np.zeros(carried.shape[:3], bool)
-            held[:, oy:oy + h * p, ox:ox + w * p] = keep.cpu().numpy().repeat(p, 1).repeat(p, 2)
-            carried = np.where(held[..., None], self.shown, carried)
+            carried = self._keep_tiles(keep, carried, border=False)
         self.shown = carried
         return self.shown.copy()
 
@@ -277,14 +273,19 @@ class WorldSimulator:
         held, an unchanged tile shows exactly what it showed, and it is measured against the latent it was
         decoded from, not the last one, so a tile that drifts slowly is re-decoded once it has moved by
         tile_hold. Pixels outside the tile grid (Crafter's border) stay as the context showed them."""
-        p, oy, ox = self._tiles
         keep = (z - self.shown_z).pow(2).mean(1).sqrt() < self.tile_hold  # (B, h, w)
         self.shown_z = torch.where(keep[:, None], self.shown_z, z)
-        h, w = keep.shape[1:]
-        held = np.ones(frames.shape[:3], bool)
-        held[:, oy:oy + h * p, ox:ox + w * p] = keep.cpu().numpy().repeat(p, 1).repeat(p, 2)
-        self.shown = np.where(held[..., None], self.shown, frames)
+        self.shown = self._keep_tiles(keep, frames, border=True)
         return self.shown.copy()
+
+    def _keep_tiles(self, keep, frames: np.ndarray, border: bool) -> np.ndarray:
+        """frames with the last shown pixels of every tile where keep (B, h, w) is set; pixels outside the
+        tile grid keep the shown ones if `border`, else the new ones."""
+        p, oy, ox = self._tiles
+        h, w = keep.shape[1:]
+        held = np.full(frames.shape[:3], border)
+        held[:, oy:oy + h * p, ox:ox + w * p] = keep.cpu().numpy().repeat(p, 1).repeat(p, 2)
+        return np.where(held[..., None], self.shown, frames)
 
 
 def _null_rows(a) -> torch.Tensor:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from worldsim.cli import run_job
-from worldsim.data import WindowDataset, episode_path, load_episodes, read_episode, write_episode
+from worldsim.data import WindowDataset, episode_path, load_episodes, read_episode, still_steps, write_episode
 
 
 def test_episode_roundtrip(tmp_path):
@@ -90,6 +90,24 @@ def test_window_dataset_marks_episode_starts(dataset):
     assert item["actions"][1:].tolist() == eps[0]["actions"][:3].tolist()
     with pytest.raises(ValueError, match="no episode has"):
         WindowDataset(eps, 10_000)
+
+
+def test_still_steps_and_window_weights():
+    """A still step took an action yet left the frame unchanged (a blocked move); standing still (the null
+    action) or a changed frame is not one. Windows ending on a still step get the weight, others 1."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(2))
+    night = np.clip(a.astype(int) + rng.integers(-1, 2, a.shape), 0, 255).astype(np.uint8)  # render noise
+    frames = np.stack([a, a, a, b, b, night])
+    ep = {"frames": frames, "actions": np.array([3, 0, 3, 0, 5])}
+    assert still_steps(ep).tolist() == [True, False, False, False, False]
+    ep_night = {"frames": np.stack([a, night]), "actions": np.array([2])}
+    assert still_steps(ep_night).tolist() == [True]
+    dict_ep = {"frames": frames, "actions": {"forward": np.array([0, 0, 1, 0, 0]),
+                                             "camera": np.array([[0, 1], [0, 0], [0, 0], [0, 0], [0, 0]], float)}}
+    assert still_steps(dict_ep).tolist() == [True, False, False, False, False]
+    ds = WindowDataset([ep], length=2)  # window s ends on frame s+1, after step s
+    assert ds.still_weights(4.0).tolist() == [4.0, 1.0, 1.0, 1.0, 1.0]
 
 
 def test_dict_action_episode_roundtrip_and_windows(tmp_path):

@@ -375,6 +375,33 @@ def test_action_dropout_hides_actions_from_the_loss():
     assert losses[1.0, 1] == losses[1.0, 4]  # ... unless every frame's action is dropped
 
 
+def test_self_distillation_learns_the_real_frame_only_where_marked():
+    """distill_loss at guidance 1 (self-distillation): a student equal to its teacher has zero loss, and rows
+    marked `real` learn the real frame instead (their raw target denoises the noisy frame back to it)."""
+    import copy
+
+    torch.manual_seed(0)
+    teacher = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=2, heads=2,
+                                 context_frames=W), std=0.15)
+    student = copy.deepcopy(teacher)
+    B, T = 3, W + 1
+    z = torch.randn(B, T, 4, 8, 8)
+    acts = torch.randint(0, 17, (B, T))
+    has = torch.ones(B, T, dtype=torch.bool)
+    zeros = torch.zeros(B, T)
+    edm = EDM(EDMConfig())
+
+    def loss(real):
+        return edm.distill_loss(student, teacher, 1.0, z, acts, has, zeros, zeros.bool(), has,
+                                generator=torch.Generator().manual_seed(5), real=real)[1]["distill"]
+
+    assert loss(None) == 0 and loss(torch.zeros(B, dtype=torch.bool)) == 0
+    assert loss(torch.tensor([True, False, False])) > 0
+    x, sigma = z + 0.7 * torch.randn(z.shape), torch.tensor([0.01, 0.7, 20.0])
+    raw = edm.raw_target(z[:, -1], x[:, -1], sigma)
+    torch.testing.assert_close(edm.denoised(x[:, -1], sigma, raw), z[:, -1])
+
+
 def test_tile_hold_keeps_unchanged_tiles_exactly(patch_bundle, random_bundle):
     b, rng = patch_bundle, np.random.default_rng(4)
     with pytest.raises(ValueError, match="patch autoencoder"):

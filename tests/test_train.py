@@ -353,6 +353,34 @@ def test_energy_training_resumes_logs_its_loss_and_is_recorded(bundle, dataset, 
                               "dit.energy_prob=0.5", *bad])
 
 
+def test_still_weight_fine_tune_is_recorded_and_checked(bundle, dataset, tmp_path):
+    """dit.still_weight draws windows that end on a still step (data.still_steps) more often: the run trains,
+    the bundle records the weight; zero, negative or infinite weights get a clear error."""
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+
+    run = tmp_path / "still"
+    tr = run_job("train", [f"data={dataset}", f"run={run}", *TINY_TRAIN, f"init={bundle}", "dit.still_weight=4",
+                           "dit.steps=2"])
+    assert tr.state["dit_step"] == 2
+    assert Bundle(run / "bundle").meta["trained"]["still_weight"] == 4.0
+    for bad in ("0", "-1", "inf"):
+        with pytest.raises(ValueError, match="still_weight"):
+            run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}",
+                              f"dit.still_weight={bad}"])
+    # self-distillation with still windows learning the real frame: keeps the guidance the bundle had built in
+    run = tmp_path / "self"
+    run_job("train", [f"data={dataset}", f"run={run}", *TINY_TRAIN, f"init={bundle}", "dit.still_weight=4",
+                      "dit.distill_guidance=1", "dit.still_real=true", "dit.steps=2"])
+    trained = Bundle(run / "bundle").meta["trained"]
+    assert trained["still_real"] and trained["distilled_guidance"] == Bundle(bundle).meta["trained"].get(
+        "distilled_guidance", 1.0)
+    for bad, match in ((["dit.distill_guidance=1"], "still_real"), (["dit.still_real=true"], "distill_guidance")):
+        with pytest.raises(ValueError, match=match):
+            run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}", *bad])
+
+
 def test_codebook_from_training_and_for_a_trained_bundle(bundle, dataset, tmp_path):
     """`worldsim train codebook=K` puts a K-entry codebook of training latent tokens into the bundle with snap
     on; `worldsim codebook` adds one to a trained bundle and leaves its weights as they were; the env then

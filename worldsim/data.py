@@ -181,6 +181,18 @@ def fit_frames(frames: np.ndarray, size) -> np.ndarray:
     return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def still_steps(ep: dict, threshold: float = 1.0) -> np.ndarray:
+    """(T,) bool: steps that took an action (not the null one: some key or value non-zero) yet left the frame
+    unchanged (mean absolute change under `threshold` grey levels): Crafter's blocked moves and "do" on
+    nothing, walking into a wall. Night's render noise stays under the threshold."""
+    f = ep["frames"]
+    change = np.array([np.abs(f[i + 1].astype(np.int16) - f[i]).mean() for i in range(len(f) - 1)])
+    acts = ep["actions"]
+    parts = acts.values() if isinstance(acts, dict) else [acts]
+    acted = np.stack([np.asarray(a).reshape(len(change), -1).any(1) for a in parts]).any(0)
+    return acted & (change < threshold)
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """Fixed-length windows of `length` frames cut from episodes, with the action that led to each frame.
 
@@ -188,14 +200,24 @@ class WindowDataset(torch.utils.data.Dataset):
     frames whose reward/termination targets are real.
     """
 
-    def __init__(self, episodes: list[dict], length: int, latents: list[torch.Tensor] | None = None):
+    def __init__(self, episodes: list[dict], length: int, latents: list[torch.Tensor] | None = None,
+                 mark_still: bool = False):
         self.episodes, self.length, self.latents = episodes, length, latents
         self.index = [(e, s) for e, ep in enumerate(episodes) for s in range(len(ep["frames"]) - length + 1)]
         if not self.index:
             raise ValueError(f"no episode has {length} frames; collect longer episodes or shorten the window")
+        # mark_still: items carry "still" (the last frame follows a still step: still_steps)
+        self.still = [still_steps(ep) for ep in episodes] if mark_still else None
 
     def __len__(self):
         return len(self.index)
+
+    def still_weights(self, weight: float) -> torch.Tensor:
+        """Sampling weight per window: `weight` where the window's last frame follows a still step
+        (still_steps), else 1."""
+        still = self.still or [still_steps(ep) for ep in self.episodes]
+        return torch.tensor([weight if still[e][s + self.length - 2] else 1.0 for e, s in self.index],
+                            dtype=torch.float64)
 
     def __getitem__(self, i):
         e, s = self.index[i]
@@ -214,6 +236,8 @@ class WindowDataset(torch.utils.data.Dataset):
             "terminated": torch.as_tensor(np.where(valid, ep["terminated"][p], False)),
             "has_transition": torch.as_tensor(valid),
         }
+        if self.still is not None:
+            item["still"] = torch.tensor(bool(self.still[e][s + L - 2]))
         if self.latents is not None:
             item["latents"] = self.latents[e][s:s + L]
         else:

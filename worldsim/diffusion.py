@@ -70,6 +70,11 @@ class EDM:
     def _bc(s, x):  # broadcast per-frame sigma over (C, h, w)
         return s.reshape(*s.shape, *([1] * (x.dim() - s.dim())))
 
+    def raw_target(self, z, x, sigma):
+        """The raw network output that denoises x (at level sigma) to z: denoised(x, sigma, raw) = z (plain model)."""
+        c_skip, c_out, _ = self.scalings(sigma)
+        return (z - self._bc(c_skip, z) * x) / self._bc(c_out, z)
+
     def model_input(self, x, sigma):
         _, _, c_in = self.scalings(sigma)
         return x * self._bc(c_in, x), self.c_noise(sigma)
@@ -295,10 +300,13 @@ class EDM:
         return es + rew + 0.1 * term, {"energy": es.item(), "reward": rew.item(), "termination": term.item()}
 
     def distill_loss(self, model, teacher, guidance: float, z, actions, has_action, reward, terminated,
-                     has_transition, generator=None):
+                     has_transition, generator=None, real=None):
         """Guidance distillation (Meng et al. 2023, "On distillation of guided diffusion models"): the
         student's plain conditional prediction learns the teacher's guided one, free + g (cond - free), so
         inference gets guidance's action following from one network pass instead of a doubled batch.
+        guidance 1 is self-distillation (the teacher's own prediction): with `real` (B,) set, those rows learn
+        the real frame instead, so a distilled model is corrected where it is wrong without undoing the
+        guidance elsewhere (plain denoising training would: it learns the unguided conditional mean).
 
         Only the inference layout is trained: near-clean context (levels U(0, context_noise_max)) and the
         last frame the target, whose action alone the teacher's free pass hides, exactly as the simulator
@@ -314,13 +322,19 @@ class EDM:
         inp, c_noise = self.model_input(x, sigma)
         warp_in = self.context_previous(z, generator) if warps(model) or warps(teacher) else None
         with torch.no_grad():
-            free_has = has_action.clone()
-            free_has[:, -1] = False
-            both = teacher(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), batch_twice(actions),
-                           torch.cat([has_action, free_has]),
-                           prev=None if warp_in is None else batch_twice(warp_in)).out.float()
-            cond, free = both.chunk(2)
-            target = free[:, -1] + guidance * (cond[:, -1] - free[:, -1])
+            if guidance == 1:  # self-distillation: the teacher's own prediction, no action-free pass needed
+                target = teacher(inp, c_noise, actions, has_action, prev=warp_in).out.float()[:, -1]
+            else:
+                free_has = has_action.clone()
+                free_has[:, -1] = False
+                both = teacher(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), batch_twice(actions),
+                               torch.cat([has_action, free_has]),
+                               prev=None if warp_in is None else batch_twice(warp_in)).out.float()
+                cond, free = both.chunk(2)
+                target = free[:, -1] + guidance * (cond[:, -1] - free[:, -1])
+            if real is not None:  # (B,) bool: these rows learn the real frame (a correction), not the teacher
+                raw = self.raw_target(z[:, -1], x[:, -1], sigma[:, -1]).float()
+                target = torch.where(self._bc(real, target), raw, target)
         out = model(inp, c_noise, actions, has_action, prev=warp_in)
         diff = F.mse_loss(out.out[:, -1].float(), target)
         rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)

@@ -76,9 +76,17 @@ class Trainer:
                       "latent_mean": 0.0, "latent_std": 1.0, "metrics": {}}
         self.distill = float(cfg.dit.get("distill_guidance") or 0.0)
         self.teacher = None
-        if self.distill and (not cfg.get("init") or not math.isfinite(self.distill) or self.distill <= 1):
+        # still_real: in distillation, windows ending on a still step learn the real frame, not the teacher's;
+        # with distill_guidance=1 (self-distillation) that corrects a distilled model there and keeps it elsewhere
+        self.still_real = bool(cfg.dit.get("still_real", False))
+        if self.distill and (not cfg.get("init") or not math.isfinite(self.distill) or self.distill < 1
+                             or (self.distill == 1 and not self.still_real)):
             raise ValueError(f"dit.distill_guidance={cfg.dit.distill_guidance}: guidance distillation needs "
-                             "init=BUNDLE (the teacher) and a guidance scale > 1")
+                             "init=BUNDLE (the teacher) and a guidance scale > 1 (or 1 with dit.still_real=true: "
+                             "self-distillation with still windows learning the real frame)")
+        if self.still_real and not self.distill:
+            raise ValueError("dit.still_real=true replaces the distillation teacher's target on still windows: "
+                             "set dit.distill_guidance too (1 keeps the bundle's own guidance)")
         # scheduled sampling on the model's own rollouts (EDM.rollout): up to this many generated context frames
         self.rollout_steps = int(cfg.dit.get("rollout_steps") or 0)
         if self.rollout_steps < 0 or not 0 <= float(cfg.dit.get("rollout_prob", 0.5)) <= 1:
@@ -92,6 +100,10 @@ class Trainer:
             raise ValueError(f"dit.energy_prob={cfg.dit.energy_prob} must be in [0, 1]")
         if self.energy_prob and self.distill:
             raise ValueError("dit.energy_prob and dit.distill_guidance are separate fine-tunes: run one, then the other")
+        self.still_weight = float(cfg.dit.get("still_weight", 1.0))
+        if not (math.isfinite(self.still_weight) and self.still_weight > 0):
+            raise ValueError(f"dit.still_weight={cfg.dit.get('still_weight')} must be a finite number > 0 "
+                             "(1 = every window equally likely)")
         self.inherited = {}
         if cfg.get("init"):  # the bundle fixes the architecture: model/autoencoder presets are not used
             self._init_from_bundle(cfg.init)
@@ -145,13 +157,15 @@ class Trainer:
                                  f"{self.env_info[key]} ({self.cfg.data}); fine-tune on data of the same game")
         self.ae, self.dit = b.ae.train(), b.dit.train()
         if self.distill:  # the teacher is the bundle as it is, also when the student resumes from a checkpoint
-            if b.edm.cfg.action_dropout <= 0:
+            if b.edm.cfg.action_dropout <= 0 and self.distill > 1:
                 raise ValueError(f"init={init}: guidance distillation needs a teacher trained with "
                                  "diffusion.action_dropout > 0 (its action-free prediction)")
             if self.edm_cfg.residual or b.edm.cfg.residual:
                 raise ValueError("dit.distill_guidance: guidance distillation is not implemented for residual "
                                  "models (diffusion.residual)")
             self.teacher = copy.deepcopy(b.dit).eval().requires_grad_(False)
+            if self.distill == 1:  # self-distillation keeps the guidance the bundle had built in
+                self.distill_record = b.meta.get("trained", {}).get("distilled_guidance", 1.0)
             self.edm_cfg.guidance = 1.0  # the bundle written at the end already has the guidance built in
         if self.edm_cfg.residual and not b.edm.cfg.residual:
             # its output meant the frame and now means the change from the last one: start that at zero
@@ -305,9 +319,14 @@ class Trainer:
             allz = torch.cat([z.flatten() for z in lat])
             st["latent_mean"], st["latent_std"] = float(allz.mean()), float(allz.std())
         lat = [(z - st["latent_mean"]) / st["latent_std"] for z in lat]
-        ds = WindowDataset(self.train_eps, T, latents=lat)
-        loader = torch.utils.data.DataLoader(ds, batch_size=c.batch_size, shuffle=True, drop_last=True,
-                                             generator=torch.Generator().manual_seed(self.cfg.seed + st["dit_step"]))
+        ds = WindowDataset(self.train_eps, T, latents=lat, mark_still=self.still_real)
+        gen = torch.Generator().manual_seed(self.cfg.seed + st["dit_step"])
+        sampler = None
+        if self.still_weight != 1:  # windows ending on a still step (a blocked move...) drawn more often
+            sampler = torch.utils.data.WeightedRandomSampler(ds.still_weights(self.still_weight), len(ds),
+                                                             replacement=True, generator=gen)
+        loader = torch.utils.data.DataLoader(ds, batch_size=c.batch_size, shuffle=sampler is None, sampler=sampler,
+                                             drop_last=True, generator=gen)
         model = self.dit
         if self.cfg.compile and self.device.type == "cuda":
             model = torch.compile(self.dit)
@@ -323,7 +342,8 @@ class Trainer:
                               b["has_transition"])
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
                     if self.teacher is not None:
-                        loss, parts = self.edm.distill_loss(model, self.teacher, self.distill, *batch_args)
+                        loss, parts = self.edm.distill_loss(model, self.teacher, self.distill, *batch_args,
+                                                            real=b.get("still"))
                     elif K and self.rng.random() < c.rollout_prob:
                         k = int(self.rng.integers(1, K + 1))  # own frames as context: 1..K steps deep
                         args = [index_actions(a, np.s_[:, K - k:]) for a in batch_args]
@@ -373,12 +393,17 @@ class Trainer:
                              self.env_info, torch.stack(frames), actions,
                              extra={"metrics": self.state["metrics"], "trained": {"ae_steps": self.state["ae_step"],
                                                                                    "dit_steps": self.state["dit_step"],
-                                                                                   **({"distilled_guidance": self.distill}
+                                                                                   **({"distilled_guidance":
+                                                                                           getattr(self, "distill_record", self.distill)}
                                                                                       if self.distill else {}),
                                                                                    **({"rollout_steps": self.rollout_steps}
                                                                                       if self.rollout_steps else {}),
                                                                                    **({"energy_prob": self.energy_prob}
-                                                                                      if self.energy_prob else {})},
+                                                                                      if self.energy_prob else {}),
+                                                                                   **({"still_weight": self.still_weight}
+                                                                                      if self.still_weight != 1 else {}),
+                                                                                   **({"still_real": True}
+                                                                                      if self.still_real else {})},
                                     "decode": {**{k: float(self.cfg.get(k) or 0.0)
                                                   for k in ("tile_hold", "detail_carry", "carry_gate")},
                                                "reencode": bool(self.cfg.get("reencode", False))}})

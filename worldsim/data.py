@@ -185,8 +185,7 @@ def still_steps(ep: dict, threshold: float = 1.0) -> np.ndarray:
     """(T,) bool: steps that took an action (not the null one: some key or value non-zero) yet left the frame
     unchanged (mean absolute change under `threshold` grey levels): Crafter's blocked moves and "do" on
     nothing, walking into a wall. Night's render noise stays under the threshold."""
-    f = ep["frames"]
-    change = np.array([np.abs(f[i + 1].astype(np.int16) - f[i]).mean() for i in range(len(f) - 1)])
+    change = np.abs(np.diff(ep["frames"].astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
     acts = ep["actions"]
     parts = acts.values() if isinstance(acts, dict) else [acts]
     acted = np.stack([np.asarray(a).reshape(len(change), -1).any(1) for a in parts]).any(0)

@@ -75,6 +75,7 @@ class Trainer:
         self.state = {"stage": "ae", "ae_step": 0, "dit_step": 0, "history": {"ae": [], "dit": []},
                       "latent_mean": 0.0, "latent_std": 1.0, "metrics": {}}
         self.distill = float(cfg.dit.get("distill_guidance") or 0.0)
+        self.distill_record = self.distill  # the guidance the bundle written has built in (self-distillation: the init's)
         self.teacher = None
         # still_real: in distillation, windows ending on a still step learn the real frame, not the teacher's;
         # with distill_guidance=1 (self-distillation) that corrects a distilled model there and keeps it elsewhere
@@ -393,8 +394,7 @@ class Trainer:
                              self.env_info, torch.stack(frames), actions,
                              extra={"metrics": self.state["metrics"], "trained": {"ae_steps": self.state["ae_step"],
                                                                                    "dit_steps": self.state["dit_step"],
-                                                                                   **({"distilled_guidance":
-                                                                                           getattr(self, "distill_record", self.distill)}
+                                                                                   **({"distilled_guidance": self.distill_record}
                                                                                       if self.distill else {}),
                                                                                    **({"rollout_steps": self.rollout_steps}
                                                                                       if self.rollout_steps else {}),

@@ -70,10 +70,11 @@ class EDM:
     def _bc(s, x):  # broadcast per-frame sigma over (C, h, w)
         return s.reshape(*s.shape, *([1] * (x.dim() - s.dim())))
 
-    def raw_target(self, z, x, sigma):
-        """The raw network output that denoises x (at level sigma) to z: denoised(x, sigma, raw) = z (plain model)."""
-        c_skip, c_out, _ = self.scalings(sigma)
-        return (z - self._bc(c_skip, z) * x) / self._bc(c_out, z)
+    def raw_target(self, z, x, sigma, prev=None):
+        """The raw network output that denoises x (at level sigma) to z: denoised(x, sigma, raw, prev) = z; what is
+        left of z after the skip connection."""
+        _, c_out, _ = self.scalings(sigma)
+        return (z - self.denoised(x, sigma, 0.0, prev)) / self._bc(c_out, z)
 
     def model_input(self, x, sigma):
         _, _, c_in = self.scalings(sigma)
@@ -143,10 +144,8 @@ class EDM:
         inp, c_noise = self.model_input(x, sigma)
         warp_in = self.context_previous(z, generator) if warps(model) else None
         out = model(inp, c_noise, actions, has_action, prev=warp_in)
-        _, c_out, _ = self.scalings(sigma)
-        # the network output that makes `denoised` exact: what is left of z after the skip connection
         prev = self.residual_anchor(model, z, warp_in, actions, has_action)
-        target = (z - self.denoised(x, sigma, 0.0, prev)) / self._bc(c_out, z)
+        target = self.raw_target(z, x, sigma, prev)
         per_frame = F.mse_loss(out.out.float(), target, reduction="none").mean(dim=(2, 3, 4))
         diff = (per_frame * is_target).sum() / is_target.sum().clamp(min=1)
         rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)

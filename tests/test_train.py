@@ -381,6 +381,32 @@ def test_still_weight_fine_tune_is_recorded_and_checked(bundle, dataset, tmp_pat
             run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}", *bad])
 
 
+def test_ema_weights_ship_and_continue_across_a_resume(bundle, dataset, tmp_path):
+    """dit.ema: the bundle ships the moving average of the world model's weights, not the last step's, and
+    records the decay; a run paused by its time cap goes on with the same average (its update count carries
+    on from the checkpoint); a decay outside [0, 1) gets a clear error."""
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+
+    run = tmp_path / "ema"
+    args = [f"data={dataset}", f"run={run}", *TINY_TRAIN, f"init={bundle}", "dit.ema=0.5", "dit.steps=4"]
+    tr = run_job("train", [*args, "dit.minutes=1e-6"])  # the time cap stops it after its first step
+    assert tr.state["stage"] == "dit" and tr.state["dit_step"] == 1
+    tr = run_job("train", args)
+    assert tr.started_at["dit_step"] == 1 and tr.state["dit_step"] == 4
+    assert int(tr.ema.n_averaged) == 4  # one update per step, the first one before the pause
+    shipped = load_file(run / "bundle" / "world_model.safetensors")
+    ema, last = tr.ema.module.state_dict(), tr.dit.state_dict()
+    assert shipped.keys() == last.keys() and all(torch.equal(shipped[k], ema[k]) for k in shipped)
+    assert any(not torch.equal(shipped[k], last[k]) for k in shipped)
+    assert Bundle(run / "bundle").meta["trained"]["ema"] == 0.5
+    for bad in ("1", "-0.1", "nan"):
+        with pytest.raises(ValueError, match="dit.ema"):
+            run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}",
+                              f"dit.ema={bad}"])
+
+
 def test_codebook_from_training_and_for_a_trained_bundle(bundle, dataset, tmp_path):
     """`worldsim train codebook=K` puts a K-entry codebook of training latent tokens into the bundle with snap
     on; `worldsim codebook` adds one to a trained bundle and leaves its weights as they were; the env then

@@ -8,6 +8,9 @@ wall-clock time per invocation (handy on CPU): the stage continues where it stop
 `init=BUNDLE` fine-tunes a trained bundle (e.g. the shipped model, `init=crafter` / `init=minetest`) on new
 data: its autoencoder is kept frozen (the stage is skipped, so latents keep their meaning) and the world
 model and heads continue from its weights, architecture and latent normalisation included.
+
+`dit.ema=D` keeps an exponential moving average of the world model's weights (decay D per step) in the
+checkpoint, continued across a resume, and the bundle ships the average instead of the last step's weights.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from omegaconf import OmegaConf
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import load_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from worldsim.autoencoder import LatentCodec, ae_config, make_autoencoder, to_pixels, training_loss
@@ -141,6 +145,13 @@ class Trainer:
         self.opt_ae = torch.optim.AdamW(self.ae.parameters(), lr=cfg.ae.lr, weight_decay=0.0)
         self.opt_dit = torch.optim.AdamW(self.dit.parameters(), lr=cfg.dit.lr, weight_decay=cfg.dit.weight_decay,
                                          betas=(0.9, 0.99))
+        # an exponential moving average of the world model's weights (as DiT and EDM keep), shipped instead of
+        # the last step's: torch's AveragedModel, which starts as a copy at the first update
+        self.ema_decay = float(cfg.dit.get("ema") or 0.0)
+        if not (math.isfinite(self.ema_decay) and 0 <= self.ema_decay < 1):
+            raise ValueError(f"dit.ema={cfg.dit.get('ema')} must be in [0, 1) (the EMA decay per step; 0 = off)")
+        self.ema = (AveragedModel(self.dit, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay))
+                    if self.ema_decay else None)
         self.rng = np.random.default_rng(cfg.seed)
         self._resume()
         self.state["metrics"].update(self.inherited)  # after a resume too: older checkpoints lack them
@@ -191,6 +202,8 @@ class Trainer:
         self.dit.load_state_dict(st_load((ck / "world_model.safetensors").read_bytes()))
         load_optimizer(self.opt_ae, (ck / "opt_ae.safetensors").read_bytes())
         load_optimizer(self.opt_dit, (ck / "opt_dit.safetensors").read_bytes())
+        if self.ema is not None and (ck / "world_model_ema.safetensors").exists():
+            self.ema.load_state_dict(st_load((ck / "world_model_ema.safetensors").read_bytes()))
         self.rng = np.random.default_rng([self.cfg.seed, self.state["ae_step"], self.state["dit_step"]])
         torch.manual_seed(self.cfg.seed + self.state["ae_step"] * 7919 + self.state["dit_step"])
         print(f"resumed from {ck}: stage={self.state['stage']} ae_step={self.state['ae_step']} "
@@ -204,6 +217,7 @@ class Trainer:
             "world_model.safetensors": tensors_bytes(self.dit.state_dict()),
             "opt_ae.safetensors": tensors_bytes(ta, ma),
             "opt_dit.safetensors": tensors_bytes(td, md),
+            **({"world_model_ema.safetensors": tensors_bytes(self.ema.state_dict())} if self.ema is not None else {}),
             "state.json": json.dumps(self.state).encode(),
         })
         self.plot()
@@ -356,7 +370,8 @@ class Trainer:
                         loss, parts = self.edm.energy_loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args])
                     else:
                         loss, parts = self.edm.loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args])
-                self._update(self.opt_dit, self.dit, loss)
+                if self._update(self.opt_dit, self.dit, loss) and self.ema is not None:
+                    self.ema.update_parameters(self.dit)
                 st["dit_step"] += 1
                 bar.update(1)
                 if st["dit_step"] % self.cfg.log_every == 0:
@@ -390,7 +405,8 @@ class Trainer:
             actions = {k: torch.as_tensor(np.stack([a[k] for a in actions])) for k in actions[0]}
         else:
             actions = torch.as_tensor(np.stack(actions))
-        files = bundle_files(self.ae, self.dit, self.edm_cfg, (self.state["latent_mean"], self.state["latent_std"]),
+        dit = self.dit if self.ema is None or not int(self.ema.n_averaged) else self.ema.module
+        files = bundle_files(self.ae, dit, self.edm_cfg, (self.state["latent_mean"], self.state["latent_std"]),
                              self.env_info, torch.stack(frames), actions,
                              extra={"metrics": self.state["metrics"], "trained": {"ae_steps": self.state["ae_step"],
                                                                                    "dit_steps": self.state["dit_step"],
@@ -403,7 +419,9 @@ class Trainer:
                                                                                    **({"still_weight": self.still_weight}
                                                                                       if self.still_weight != 1 else {}),
                                                                                    **({"still_real": True}
-                                                                                      if self.still_real else {})},
+                                                                                      if self.still_real else {}),
+                                                                                   **({"ema": self.ema_decay}
+                                                                                      if self.ema is not None else {})},
                                     "decode": {**{k: float(self.cfg.get(k) or 0.0)
                                                   for k in ("tile_hold", "detail_carry", "carry_gate")},
                                                "reencode": bool(self.cfg.get("reencode", False))}})

@@ -108,6 +108,15 @@ def test_still_steps_and_window_weights():
     assert still_steps(dict_ep).tolist() == [True, False, False, False, False]
     ds = WindowDataset([ep], length=2)  # window s ends on frame s+1, after step s
     assert ds.still_weights(4.0).tolist() == [4.0, 1.0, 1.0, 1.0, 1.0]
+    # a higher threshold also counts a small change (the player turning on the spot) as still
+    turn = a.copy()
+    turn[:2, :2] = 255 - turn[:2, :2]  # 4 of 64 pixels change: a mean change of several grey levels
+    change = np.abs(turn.astype(int) - a).mean()
+    ep_turn = {"frames": np.stack([a, turn]), "actions": np.array([1]), "rewards": np.zeros(1, np.float32),
+               "terminated": np.zeros(1, bool)}
+    assert still_steps(ep_turn).tolist() == [False] and still_steps(ep_turn, change + 0.1).tolist() == [True]
+    ds = WindowDataset([ep_turn], length=2, mark_still=True, still_threshold=change + 0.1)
+    assert ds[0]["still"] and ds.still_weights(3.0).tolist() == [3.0]
 
 
 def test_dict_action_episode_roundtrip_and_windows(tmp_path):

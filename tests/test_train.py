@@ -366,14 +366,16 @@ def test_still_weight_fine_tune_is_recorded_and_checked(bundle, dataset, tmp_pat
     assert tr.state["dit_step"] == 2
     assert Bundle(run / "bundle").meta["trained"]["still_weight"] == 4.0
     for bad in ("0", "-1", "inf"):
-        with pytest.raises(ValueError, match="still_weight"):
-            run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}",
-                              f"dit.still_weight={bad}"])
+        for key in ("still_weight", "still_threshold"):
+            with pytest.raises(ValueError, match=key):
+                run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}",
+                                  f"dit.{key}={bad}"])
     # self-distillation with still windows learning the real frame: keeps the guidance the bundle had built in
     run = tmp_path / "self"
     run_job("train", [f"data={dataset}", f"run={run}", *TINY_TRAIN, f"init={bundle}", "dit.still_weight=4",
-                      "dit.distill_guidance=1", "dit.still_real=true", "dit.steps=2"])
+                      "dit.distill_guidance=1", "dit.still_real=true", "dit.still_threshold=3", "dit.steps=2"])
     trained = Bundle(run / "bundle").meta["trained"]
+    assert trained["still_threshold"] == 3.0
     assert trained["still_real"] and trained["distilled_guidance"] == Bundle(bundle).meta["trained"].get(
         "distilled_guidance", 1.0)
     for bad, match in ((["dit.distill_guidance=1"], "still_real"), (["dit.still_real=true"], "distill_guidance")):

@@ -200,13 +200,14 @@ class WindowDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, episodes: list[dict], length: int, latents: list[torch.Tensor] | None = None,
-                 mark_still: bool = False):
+                 mark_still: bool = False, still_threshold: float = 1.0):
         self.episodes, self.length, self.latents = episodes, length, latents
         self.index = [(e, s) for e, ep in enumerate(episodes) for s in range(len(ep["frames"]) - length + 1)]
         if not self.index:
             raise ValueError(f"no episode has {length} frames; collect longer episodes or shorten the window")
         # mark_still: items carry "still" (the last frame follows a still step: still_steps)
-        self.still = [still_steps(ep) for ep in episodes] if mark_still else None
+        self.still_threshold = still_threshold
+        self.still = [still_steps(ep, still_threshold) for ep in episodes] if mark_still else None
 
     def __len__(self):
         return len(self.index)
@@ -214,7 +215,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def still_weights(self, weight: float) -> torch.Tensor:
         """Sampling weight per window: `weight` where the window's last frame follows a still step
         (still_steps), else 1."""
-        still = self.still or [still_steps(ep) for ep in self.episodes]
+        still = self.still or [still_steps(ep, self.still_threshold) for ep in self.episodes]
         return torch.tensor([weight if still[e][s + self.length - 2] else 1.0 for e, s in self.index],
                             dtype=torch.float64)
 

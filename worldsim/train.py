@@ -106,6 +106,10 @@ class Trainer:
         if self.energy_prob and self.distill:
             raise ValueError("dit.energy_prob and dit.distill_guidance are separate fine-tunes: run one, then the other")
         self.still_weight = float(cfg.dit.get("still_weight", 1.0))
+        self.still_threshold = float(cfg.dit.get("still_threshold", 1.0))
+        if not (math.isfinite(self.still_threshold) and self.still_threshold > 0):
+            raise ValueError(f"dit.still_threshold={cfg.dit.get('still_threshold')} must be a finite number > 0 "
+                             "(grey levels of mean frame change under which an action's step counts as still)")
         if not (math.isfinite(self.still_weight) and self.still_weight > 0):
             raise ValueError(f"dit.still_weight={cfg.dit.get('still_weight')} must be a finite number > 0 "
                              "(1 = every window equally likely)")
@@ -334,7 +338,8 @@ class Trainer:
             allz = torch.cat([z.flatten() for z in lat])
             st["latent_mean"], st["latent_std"] = float(allz.mean()), float(allz.std())
         lat = [(z - st["latent_mean"]) / st["latent_std"] for z in lat]
-        ds = WindowDataset(self.train_eps, T, latents=lat, mark_still=self.still_real)
+        ds = WindowDataset(self.train_eps, T, latents=lat, mark_still=self.still_real,
+                           still_threshold=self.still_threshold)
         gen = torch.Generator().manual_seed(self.cfg.seed + st["dit_step"])
         sampler = None
         if self.still_weight != 1:  # windows ending on a still step (a blocked move...) drawn more often
@@ -420,6 +425,8 @@ class Trainer:
                                                                                       if self.still_weight != 1 else {}),
                                                                                    **({"still_real": True}
                                                                                       if self.still_real else {}),
+                                                                                   **({"still_threshold": self.still_threshold}
+                                                                                      if self.still_threshold != 1 else {}),
                                                                                    **({"ema": self.ema_decay}
                                                                                       if self.ema is not None else {})},
                                     "decode": {**{k: float(self.cfg.get(k) or 0.0)

@@ -106,13 +106,13 @@ class Trainer:
         if self.energy_prob and self.distill:
             raise ValueError("dit.energy_prob and dit.distill_guidance are separate fine-tunes: run one, then the other")
         self.still_weight = float(cfg.dit.get("still_weight", 1.0))
+        if not (math.isfinite(self.still_weight) and self.still_weight > 0):
+            raise ValueError(f"dit.still_weight={cfg.dit.get('still_weight')} must be a finite number > 0 "
+                             "(1 = every window equally likely)")
         self.still_threshold = float(cfg.dit.get("still_threshold", 1.0))
         if not (math.isfinite(self.still_threshold) and self.still_threshold > 0):
             raise ValueError(f"dit.still_threshold={cfg.dit.get('still_threshold')} must be a finite number > 0 "
                              "(grey levels of mean frame change under which an action's step counts as still)")
-        if not (math.isfinite(self.still_weight) and self.still_weight > 0):
-            raise ValueError(f"dit.still_weight={cfg.dit.get('still_weight')} must be a finite number > 0 "
-                             "(1 = every window equally likely)")
         self.inherited = {}
         if cfg.get("init"):  # the bundle fixes the architecture: model/autoencoder presets are not used
             self._init_from_bundle(cfg.init)

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from worldsim.cli import load_config
-from worldsim.data import stack_actions
-from worldsim.evaluate import CRAFTER_PROBE, cached_probes, psnr_np
+from worldsim.evaluate import CRAFTER_PROBE, distinct_outcome, probe_steps, psnr_np
 from worldsim.simulator import WorldSimulator, load_bundle
 
 torch.set_num_threads(2)
@@ -28,22 +27,16 @@ cfg = load_config("eval", ["cache_dir=data/crafter-heldout"])
 W = b.dit.config.context_frames
 names = list(CRAFTER_PROBE)
 sim = WorldSimulator(b, len(names), 1, **{k: v if k == "snap" else float(v) for k, v in kw.items()})
-shape = sim.latent_shape
 rng = np.random.default_rng(0)
 player = np.zeros((64, 64), bool)
 player[21:28, 28:35] = True  # the player's tile: the centre of the 9x7 world view
 hits, misses = Counter(), Counter()
-for ctx, ctx_a, probe, outcomes in cached_probes(cfg, W):
-    B = len(names)
-    sim.reset(range(B), np.repeat(ctx[None], B, 0), stack_actions([ctx_a] * B),
-              rng.standard_normal((1, W, *shape)).repeat(B, 0))
-    gen = sim.step(stack_actions([probe[n] for n in names]), rng.standard_normal((1, *shape)).repeat(B, 0),
-                   np.zeros((B, *shape))).frames
-    real = np.stack([outcomes[n] for n in names]).astype(float)
+for ctx, ctx_a, probe, real, gen in probe_steps(cfg, sim, rng, names, W):
+    real = real.astype(float)
     view = ctx[-1][:49].astype(float)
     night = (view.max(-1) - view.min(-1)).mean() < 85
     for i, n in enumerate(names):
-        if min(np.abs(real[i] - real[j]).mean() for j in range(B) if j != i) <= 0:
+        if not distinct_outcome(real, i):
             continue  # not counted by the eval either
         kind = "noop" if i == 0 else ("scroll" if np.abs(real[i] - ctx[-1]).mean() > 8 else "other move")
         kind += ", night" if night else ", day"

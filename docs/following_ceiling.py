@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from worldsim.cli import load_config
-from worldsim.data import stack_actions
-from worldsim.evaluate import CRAFTER_PROBE, cached_probes, psnr_np
+from worldsim.evaluate import CRAFTER_PROBE, distinct_outcome, probe_steps, psnr_np
 from worldsim.simulator import WorldSimulator, load_bundle
 
 torch.set_num_threads(2)
@@ -33,7 +32,6 @@ cfg = load_config("eval", ["cache_dir=data/crafter-heldout"])
 W = b.dit.config.context_frames
 names = list(CRAFTER_PROBE)
 sim = WorldSimulator(b, len(names), 1)
-shape = sim.latent_shape
 rng = np.random.default_rng(0)
 U, VIEW = 7, 49  # tile size and world-view height in pixels
 SHIFT = {"move_left": (0, U), "move_right": (0, -U), "move_up": (U, 0), "move_down": (-U, 0)}  # content moves by
@@ -55,15 +53,10 @@ def closest(frame, real):
 
 
 count = Counter()
-for ctx, ctx_a, probe, outcomes in cached_probes(cfg, W):
-    B = len(names)
-    sim.reset(range(B), np.repeat(ctx[None], B, 0), stack_actions([ctx_a] * B),
-              rng.standard_normal((1, W, *shape)).repeat(B, 0))
-    gen = sim.step(stack_actions([probe[n] for n in names]), rng.standard_normal((1, *shape)).repeat(B, 0),
-                   np.zeros((B, *shape))).frames
-    real = np.stack([outcomes[n] for n in names]).astype(float)
+for ctx, ctx_a, probe, real, gen in probe_steps(cfg, sim, rng, names, W):
+    real = real.astype(float)
     for i, n in enumerate(names):
-        if min(np.abs(real[i] - real[j]).mean() for j in range(B) if j != i) <= 0:
+        if not distinct_outcome(real, i):
             continue  # not counted by the eval either
         hit = closest(gen[i], real) == i
         count["counted"] += 1

@@ -387,13 +387,33 @@ def warp_copy(dit, frames: np.ndarray, actions) -> np.ndarray:
     return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def probe_steps(cfg, sim, rng, names: list, W: int, desc: str | None = None):
+    """The cached following probes (`cached_probes`) run through the simulator `sim` (one row per probe action):
+    every row starts from the probe's context with the same noise and takes its action with the same step
+    noise, so only the action differs. Yields (context frames, context actions, probe, the real outcomes
+    (B, H, W, 3) uint8 in `names` order, the generated frames)."""
+    B, shape = len(names), sim.latent_shape
+    probes = cached_probes(cfg, W)
+    for ctx, ctx_a, probe, outcomes in (tqdm(probes, desc=desc) if desc else probes):
+        noise = rng.standard_normal((1, W, *shape)).repeat(B, 0)
+        sim.reset(range(B), np.repeat(ctx[None], B, 0), stack_actions([ctx_a] * B), noise)
+        step_noise = rng.standard_normal((1, *shape)).repeat(B, 0)
+        gen = sim.step(stack_actions([probe[n] for n in names]), step_noise, np.zeros((B, *shape))).frames
+        yield ctx, ctx_a, probe, np.stack([outcomes[n] for n in names]), gen
+
+
+def distinct_outcome(real: np.ndarray, i: int, differ: float = 0.0) -> bool:
+    """Whether probe action i's real outcome differs from every other action's (mean absolute difference over
+    `differ` grey levels): only those are counted, a frame cannot tell apart outcomes that are the same."""
+    return min(np.abs(real[i].astype(float) - real[j]).mean() for j in range(len(real)) if j != i) > differ
+
+
 def following_eval(cfg, bundle, rng) -> dict:
     """Share of probe actions whose generated frame is closest (PSNR) to that action's real outcome."""
     W = bundle.dit.config.context_frames
     differ = float(_opt(cfg, "differ"))
     names = list(CRAFTER_PROBE if cfg.env == "crafter" else _minetest_probe(1.0))
     sim = WorldSimulator(bundle, len(names), cfg.sampling_steps, **_sim_kw(cfg))
-    shape = sim.latent_shape
     hits = {n: 0 for n in names}
     counted = {n: 0 for n in names}
     # confusion[taken][closest]: whose real outcome the frame generated for `taken` was closest to
@@ -402,20 +422,13 @@ def following_eval(cfg, bundle, rng) -> dict:
     # so a model that continues the context's motion instead of reading the action scores on repeats only)
     repeat = {"repeat": [0, 0], "change": [0, 0]}
     probes, warp_hits = 0, 0
-    for ctx, ctx_a, probe, outcomes in tqdm(cached_probes(cfg, W), desc="action following"):
+    for ctx, ctx_a, probe, real, gen in probe_steps(cfg, sim, rng, names, W, desc="action following"):
         B = len(names)
-        rows_a = [ctx_a] * B
-        noise = rng.standard_normal((1, W, *shape)).repeat(B, 0)  # same noise for every row: only the action differs
-        sim.reset(range(B), np.repeat(ctx[None], B, 0), stack_actions(rows_a), noise)
-        step_noise = rng.standard_normal((1, *shape)).repeat(B, 0)
-        gen = sim.step(stack_actions([probe[n] for n in names]), step_noise, np.zeros((B, *shape))).frames
-        real = np.stack([outcomes[n] for n in names])
         shifted = warp_copy(bundle.dit, np.repeat(ctx[-1:], B, 0), stack_actions([probe[n] for n in names])) \
             if sim.warps else None
         probes += 1
         for i, n in enumerate(names):
-            others = [j for j in range(B) if j != i]
-            if min(np.abs(real[i].astype(float) - real[j]).mean() for j in others) <= differ:
+            if not distinct_outcome(real, i, differ):
                 continue  # this action's real outcome is not distinguishable from another's: not counted
             counted[n] += 1
             closest = int(np.argmax(psnr_np(gen[i][None], real)))

@@ -7,6 +7,8 @@
 copula:RHO  groups sorted by probability, the per-token uniforms correlated across the frame (Gaussian copula
             with correlation RHO), so a frame's unsure tokens take their second choice together
 nucleus:P   each token draws only among its likeliest groups whose probabilities reach P (renormalised)
+step:P      each frame draws its unsure tokens (the shipped rule) with probability P, else every token snaps to
+            its nearest entry (the frame's uniform from the mean of its tokens' noise)
 """
 import sys
 
@@ -31,6 +33,8 @@ def sample_snap(z, features, codebook, groups, head, noise, certain):
         frame = n.sum(1, keepdim=True) / n.shape[1] ** 0.5  # one standard normal per frame
         n = value * frame + (1 - value ** 2) ** 0.5 * n
         top = p.shape[1]
+    elif rule == "step":  # whole frames: drawn (independent draws, as shipped) or nearest
+        top = p.shape[1]
     elif rule == "nucleus":
         keep = (ps.cumsum(-1) - ps) < value  # the groups needed to reach P (the likeliest always)
         ps = ps * keep
@@ -43,7 +47,12 @@ def sample_snap(z, features, codebook, groups, head, noise, certain):
     drawn = order.gather(1, k[:, None])[:, 0]
     d = torch.cdist(tok, codebook.float())
     in_group = d.masked_fill(groups[None] != drawn[:, None], float("inf")).argmin(1)
-    idx = torch.where(p.max(-1).values > certain, d.argmin(1), in_group)
+    sure = p.max(-1).values > certain
+    if rule == "step":
+        frame = n.sum(1) / n.shape[1] ** 0.5  # one standard normal per frame
+        nearest = 0.5 * (1 + torch.erf(frame / 2 ** 0.5)) >= value  # (B,) this frame is not drawn
+        sure = sure | nearest.repeat_interleave(n.shape[1])
+    idx = torch.where(sure, d.argmin(1), in_group)
     return codebook.to(z)[idx].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
 
 

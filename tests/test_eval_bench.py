@@ -37,6 +37,21 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     assert 5 < pooled["copy_last"] <= nf["copy_last"] + 1e-9 and 0 < pooled["model"] <= nf["model"] + 1e-9
     assert abs(pooled["gain_db"] - (pooled["model"] - pooled["copy_last"])) < 1e-9
     assert 0 <= nf["identical_frames"] <= res["windows"]
+    # the third baseline: one constant image, the average of the held-out frames, on the eval's own windows
+    from worldsim.data import load_episodes
+    from worldsim.evaluate import psnr_of_mse
+
+    eps = load_episodes(dataset, split="test")
+    W, H = res["context_frames"], 4
+    starts = [(e, s) for e, ep in enumerate(eps) for s in range(0, len(ep["frames"]) - W - H, 4)]
+    np.random.default_rng(1000000).shuffle(starts)  # as the eval draws them (its default seed)
+    mean = np.concatenate([ep["frames"] for ep in eps]).astype(np.float64).mean(0)
+    for h in (1, 4):
+        fut = np.stack([eps[e]["frames"][s + W + h - 1] for e, s in starts[:4]]).astype(np.float64)
+        mse = ((fut - mean) ** 2).mean(axis=(1, 2, 3))
+        c = res["rollout_curve"][str(h)]
+        assert abs(c["mean_frame"] - psnr_of_mse(mse).mean()) < 1e-6
+        assert abs(c["mean_frame_pooled"] - psnr_of_mse(mse.mean())) < 1e-6
     assert (tmp_path / "curve.png").stat().st_size > 1000
     import imageio.v2 as imageio
 
@@ -51,6 +66,9 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     st = res["stability"]
     assert st["steps"] == 30 and len(st["blocks"]) == 3 and st["blocks"][2]["steps"] == [21, 30]
     assert 5 < st["real_reference"]["nn_psnr"] < 100 and all(0 < b["nn_psnr"] < 100 for b in st["blocks"])
+    real_change = np.concatenate([np.abs(np.diff(ep["frames"].astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+                                  for ep in eps])
+    assert st["real_reference"]["frozen_share"] == float((real_change < 0.05).mean())
     assert all(b["rss_mib"] > 100 for b in st["blocks"])  # resident memory per block (torch alone is more)
     assert imageio.imread(tmp_path / "strip.png").shape == (2 * 64, 2 * 3 * 66, 3)
     assert (tmp_path / "stab.png").stat().st_size > 1000

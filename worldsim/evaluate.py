@@ -8,7 +8,8 @@
   input (camera) also gets the baseline that knows the camera: the last frame shifted by the action times
   the model's fitted warp matrix (`warp_copy`), for the next frame and for camera following.
 - Open-loop rollout from real context driven by the real actions: PSNR at each horizon, beside
-  copy-the-last-context-frame.
+  copy-the-last-context-frame and beside one constant image, the average held-out frame (far ahead the
+  view is ground no context showed, and PSNR rewards an average over a sharp guess).
 - Reward / termination heads: precision and recall over the held-out transitions (heads read the model's
   own next frame, as in the env).
 - Action following (`following`): from a real context, the model takes each of a set of actions; the
@@ -21,7 +22,8 @@
 - Stability (`stability_steps`): a long rollout of the learned env driven by the scripted explorer. Each
   frame's nearest-neighbour PSNR against a bank of real frames (does it still look like the game?), its
   change from the previous frame (frozen?) and its pixel spread (collapsed to a flat colour?), per block of
-  steps, beside the same measures on real held-out frames; a strip of frames at regular steps.
+  steps, beside the same measures on real held-out frames (and the real steps' own share of unchanged
+  frames); a strip of frames at regular steps.
 
 Held-out episodes come from `data` (its "test" split), or are collected fresh from world seeds far from any
 used in training (`seed`), with the scripted explorer.
@@ -145,6 +147,11 @@ def evaluate(cfg):
     sim = WorldSimulator(bundle, B, cfg.sampling_steps, **_sim_kw(cfg))
     shape = sim.latent_shape
     model_mse, copy_mse = np.zeros((len(starts), H)), np.zeros((len(starts), H))
+    # a third baseline: one constant image, the held-out frames' average. Why: far ahead the real view is
+    # mostly ground no context frame showed, and PSNR rewards the average of what it might be over any one
+    # sharp guess, so beating copy-context there also says little unless the model beats the average too
+    mean_frame = np.concatenate([ep["frames"] for ep in eps]).astype(np.float64).mean(0)
+    mean_mse = np.zeros((len(starts), H))
     warp_mse = np.zeros(len(starts))  # a warp model's own baseline: the last frame moved by the camera (its warp)
     rew_pred, rew_true, term_pred, term_true = [], [], [], []
     strip, strip_real = [], None
@@ -165,6 +172,7 @@ def evaluate(cfg):
             if i == 0:
                 strip.append(res.frames[: cfg.grid_rows])
             copy_mse[i:i + B, h] = mse_np(ctx[:, -1], fut[:, h])
+            mean_mse[i:i + B, h] = mse_np(mean_frame[None], fut[:, h])
             if h == 0 and sim.warps:
                 warp_mse[i:i + B] = mse_np(warp_copy(bundle.dit, ctx[:, -1], _step_of(fut_a, 0)), fut[:, 0])
             if h == 0:  # heads on the first generated frame (real context up to it)
@@ -173,11 +181,13 @@ def evaluate(cfg):
                 term_pred += list(res.terminated_prob > 0.5)
                 term_true += list(fut_t[:, 0])
     n = (len(starts) // B) * B
-    model_mse, copy_mse = model_mse[:n], copy_mse[:n]
-    model_psnr, copy_psnr = psnr_of_mse(model_mse), psnr_of_mse(copy_mse)
+    model_mse, copy_mse, mean_mse = model_mse[:n], copy_mse[:n], mean_mse[:n]
+    model_psnr, copy_psnr, mean_psnr = psnr_of_mse(model_mse), psnr_of_mse(copy_mse), psnr_of_mse(mean_mse)
     curve = {h: {"model": float(model_psnr[:, h - 1].mean()), "copy_context": float(copy_psnr[:, h - 1].mean()),
+                 "mean_frame": float(mean_psnr[:, h - 1].mean()),
                  "model_pooled": float(psnr_of_mse(model_mse[:, h - 1].mean())),
-                 "copy_context_pooled": float(psnr_of_mse(copy_mse[:, h - 1].mean()))}
+                 "copy_context_pooled": float(psnr_of_mse(copy_mse[:, h - 1].mean())),
+                 "mean_frame_pooled": float(psnr_of_mse(mean_mse[:, h - 1].mean()))}
              for h in range(1, H + 1)}
     result = {
         "env": cfg.env, "bundle": str(bundle.path), "windows": n, "episodes": len(eps), "context_frames": W,
@@ -204,11 +214,11 @@ def evaluate(cfg):
         wc = result["warp_copy_next_frame_psnr"]
         print(f"next frame PSNR, last frame moved by the camera (the model's warp, no model): mean per frame "
               f"{wc['mean']:.2f} dB, pooled {wc['pooled']:.2f} dB")
-    print("rollout PSNR by horizon, mean per frame (model | copy-context) and pooled MSE (model | copy-context):")
+    print("rollout PSNR by horizon, mean per frame (model | copy-context | mean frame) and pooled MSE (the same):")
     for h in horizons:
         c = curve[h]
-        print(f"  {h:>3d}: {c['model']:6.2f} | {c['copy_context']:6.2f}    {c['model_pooled']:6.2f} | "
-              f"{c['copy_context_pooled']:6.2f}")
+        print(f"  {h:>3d}: {c['model']:6.2f} | {c['copy_context']:6.2f} | {c['mean_frame']:6.2f}    "
+              f"{c['model_pooled']:6.2f} | {c['copy_context_pooled']:6.2f} | {c['mean_frame_pooled']:6.2f}")
     for k in ("reward_head", "termination_head"):
         print(f"{k}: {result[k]}")
     if cfg.following:
@@ -565,7 +575,10 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     change = np.concatenate([[change[0] if len(change) else 0.0], change])
     spread = frames.reshape(steps, -1, 3).std(axis=1).mean(axis=1)
     ref_nn = nearest_psnr(real_ref, bank)
+    real_change = np.concatenate([np.abs(np.diff(ep["frames"].astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+                                  for ep in eps])
     ref_change = np.mean([np.abs(np.diff(ep["frames"].astype(np.int16), axis=0)).mean() for ep in eps])
+    ref_frozen = float((real_change < 0.05).mean())  # the real game's own unchanged steps (blocked moves, noop)
     ref_spread = float(real_ref.reshape(len(real_ref), -1, 3).std(axis=1).mean())
     blocks = []
     for s in range(0, steps, block):
@@ -574,10 +587,11 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
                        "spread": float(spread[sl].mean()), "frozen_share": float((change[sl] < 0.05).mean()),
                        "rss_mib": rss[len(blocks)]})
     res = {"steps": steps, "block": block, "steps_per_s": sps, "blocks": blocks,
-           "real_reference": {"nn_psnr": float(ref_nn.mean()), "change": float(ref_change), "spread": ref_spread},
+           "real_reference": {"nn_psnr": float(ref_nn.mean()), "change": float(ref_change), "spread": ref_spread,
+                              "frozen_share": ref_frozen},
            "bank_frames": len(bank)}
     print(f"stability over {steps} steps (per {block}; real held-out frames: nn-PSNR {ref_nn.mean():.2f} dB, "
-          f"change {ref_change:.2f}, spread {ref_spread:.1f}):")
+          f"change {ref_change:.2f}, spread {ref_spread:.1f}, frozen {100 * ref_frozen:.1f}%):")
     for b in blocks:
         print(f"  steps {b['steps'][0]:>6d}-{b['steps'][1]:<6d} nn-PSNR {b['nn_psnr']:6.2f} dB  change {b['change']:5.2f}  "
               f"spread {b['spread']:5.1f}  frozen {100 * b['frozen_share']:4.1f}%  RSS {b['rss_mib']:.1f} MiB")

@@ -7,6 +7,8 @@
 copula:RHO  groups sorted by probability, the per-token uniforms correlated across the frame (Gaussian copula
             with correlation RHO), so a frame's unsure tokens take their second choice together
 nucleus:P   each token draws only among its likeliest groups whose probabilities reach P (renormalised)
+common:P    only tokens whose likeliest group is the commonest group of real frames (what an unsure average
+            snaps to: grass) are drawn, and those only where that group has under P
 step:P      each frame draws its unsure tokens (the shipped rule) with probability P, else every token snaps to
             its nearest entry (the frame's uniform from the mean of its tokens' noise)
 """
@@ -33,6 +35,8 @@ def sample_snap(z, features, codebook, groups, head, noise, certain):
         frame = n.sum(1, keepdim=True) / n.shape[1] ** 0.5  # one standard normal per frame
         n = value * frame + (1 - value ** 2) ** 0.5 * n
         top = p.shape[1]
+    elif rule == "common":
+        top = p.shape[1]
     elif rule == "step":  # whole frames: drawn (independent draws, as shipped) or nearest
         top = p.shape[1]
     elif rule == "nucleus":
@@ -52,9 +56,19 @@ def sample_snap(z, features, codebook, groups, head, noise, certain):
         frame = n.sum(1) / n.shape[1] ** 0.5  # one standard normal per frame
         nearest = 0.5 * (1 + torch.erf(frame / 2 ** 0.5)) >= value  # (B,) this frame is not drawn
         sure = sure | nearest.repeat_interleave(n.shape[1])
+    if rule == "common":
+        sure = (p.argmax(-1) != COMMON) | (p.max(-1).values > value)
     idx = torch.where(sure, d.argmin(1), in_group)
     return codebook.to(z)[idx].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
 
 
+if rule == "common":  # the group most real tokens fall in (the shipped bundle's start frames, nearest entries)
+    from worldsim import DEFAULT_CRAFTER_BUNDLE
+    from worldsim.simulator import load_bundle
+    b = load_bundle(str(DEFAULT_CRAFTER_BUNDLE))
+    z = b.codec.encode(b.start_frames.reshape(-1, *b.start_frames.shape[-3:]))
+    tok = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    COMMON = int(b.codebook_groups[cbm.nearest(tok, b.codebook)[1]].mode().values)
+    print(f"commonest group {COMMON}")
 simulator.sample_snap = sample_snap
 main(sys.argv[2:])

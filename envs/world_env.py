@@ -80,7 +80,8 @@ class WorldEnv(gym.Env):
     token is drawn from its probabilities instead, so new ground is not always the commonest tile and the
     world does not freeze into it, at a cost in next-frame PSNR (README: both measured).
     ``quantize="int8"`` (CPU): the world model's attention and MLP layers run as int8 dynamic-quantized
-    GEMMs, faster on CPU at a small cost in fidelity (README: both measured). Default: None (fp32).
+    GEMMs, faster on CPU at a small cost in fidelity (README: both measured); ``"none"``: fp32. Default: None,
+    the bundle's (``inference.quantize`` in bundle.json, on CPU only; the shipped Crafter model: int8).
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}

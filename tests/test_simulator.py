@@ -462,6 +462,16 @@ def test_int8_world_model_tracks_fp32(random_bundle):
     assert 0 < rel < 0.05, rel  # measured: 0.025
     with pytest.raises(ValueError, match="quantize"):
         WorldSimulator(random_bundle, 1, quantize="int4")
+    # a bundle may make int8 its CPU default (bundle.json's inference.quantize); "none" or false turn it off
+    import copy
+
+    b = copy.copy(random_bundle)
+    b.meta = {**random_bundle.meta, "inference": {"quantize": "int8"}}
+    assert WorldSimulator(b, 1).quantize == "int8" and isinstance(WorldSimulator(b, 1).dit.blocks[0].mlp[0], QLinear)
+    for off in ("none", "fp32", False):
+        sim = WorldSimulator(b, 1, quantize=off)
+        assert sim.quantize is None and sim.dit is b.dit
+    assert WorldSimulator(random_bundle, 1).quantize is None  # no default in the bundle: fp32
 
 
 @pytest.mark.parametrize("warp,residual", [(False, False), (False, True), (True, False), (True, True)])

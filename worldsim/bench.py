@@ -76,7 +76,7 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
     dt = time.perf_counter() - t0
     sim = env.unwrapped.sim  # the settings it ran with (bundle defaults resolved)
     env.close()
-    return {"batch": batch, "guidance": sim.guidance, "tile_hold": sim.tile_hold, "quantize": sim.quantize,
+    return {"batch": batch, "guidance": sim.guidance, "tile_hold": sim.tile_hold, "quantize": sim.quantize or "fp32",
             "detail_carry": sim.detail_carry, "reencode": sim.reencode, "snap": sim.snap, "certain": sim.certain,
             "steps_per_s": steps / dt,
             "env_steps_per_s": batch * steps / dt, "ms_per_step": 1000 * dt / steps, "rss_growth_mib": rss_mib() - rss0,

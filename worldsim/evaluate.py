@@ -60,7 +60,7 @@ def _opt(cfg, key):
 
 def _sim_kw(cfg) -> dict:
     """Inference settings the config may override (context noise, guidance, tile hold, detail carry, reencode,
-    snap and its `certain`); null = the bundle's. quantize: null = fp32. snap passes through as given: true,
+    snap and its `certain`, quantize); null = the bundle's. snap passes through as given: true,
     false or a mode name (nearest, sample)."""
     kw = {k: None if cfg.get(k) is None else float(cfg.get(k)) for k in ("context_noise", "guidance", "tile_hold",
                                                                              "detail_carry", "carry_gate", "certain")}

@@ -37,7 +37,9 @@ def _load_bundle(path: str, device: str, stamp: tuple) -> Bundle:
     return Bundle(Path(path), device=device)
 
 
-QUANTIZE = (None, "int8")
+# quantize settings -> the mode: None = the bundle's default (`inference.quantize` in bundle.json, applied on
+# CPU only: fbgemm is a CPU path); "none", "fp32" or False = fp32
+QUANTIZE = {None: None, "int8": "int8", "none": "fp32", "fp32": "fp32", False: "fp32"}
 # snap settings (bundle.json's decode.snap, or the env/eval/bench/play option) -> the mode
 SNAP_MODES = {False: False, True: "nearest", "false": False, "true": "nearest", "nearest": "nearest",
               "sample": "sample"}
@@ -76,8 +78,13 @@ class WorldSimulator:
                  guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None):
-        if quantize not in QUANTIZE:
-            raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+        mode = QUANTIZE.get(quantize.lower() if isinstance(quantize, str) else quantize, "?") \
+            if isinstance(quantize, (str, bool, type(None))) else "?"
+        if mode == "?":
+            raise ValueError(f"quantize must be int8, none (fp32) or null (the bundle's default), got {quantize!r}")
+        if mode is None:  # the bundle's default, on CPU (the shipped Crafter model: int8; README, measured)
+            mode = (bundle.meta.get("inference") or {}).get("quantize") if bundle.dit.device.type == "cpu" else None
+        quantize = "int8" if mode == "int8" else None
         self.bundle, self.B, self.quantize = bundle, batch_size, quantize
         self.dit = int8_world_model(bundle) if quantize == "int8" else bundle.dit
         self.edm, self.codec = bundle.edm, bundle.codec

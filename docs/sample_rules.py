@@ -9,6 +9,8 @@ copula:RHO  groups sorted by probability, the per-token uniforms correlated acro
 nucleus:P   each token draws only among its likeliest groups whose probabilities reach P (renormalised)
 common:P    only tokens whose likeliest group is the commonest group of real frames (what an unsure average
             snaps to: grass) are drawn, and those only where that group has under P
+far:D       only tokens whose one-step estimate lies further than D from its nearest entry (a blend of distinct
+            tiles, not a choice among near-alike entries) are drawn, where the head is unsure
 step:P      each frame draws its unsure tokens (the shipped rule) with probability P, else every token snaps to
             its nearest entry (the frame's uniform from the mean of its tokens' noise)
 """
@@ -37,6 +39,8 @@ def sample_snap(z, features, codebook, groups, head, noise, certain):
         top = p.shape[1]
     elif rule == "common":
         top = p.shape[1]
+    elif rule == "far":
+        top = p.shape[1]
     elif rule == "step":  # whole frames: drawn (independent draws, as shipped) or nearest
         top = p.shape[1]
     elif rule == "nucleus":
@@ -56,6 +60,8 @@ def sample_snap(z, features, codebook, groups, head, noise, certain):
         frame = n.sum(1) / n.shape[1] ** 0.5  # one standard normal per frame
         nearest = 0.5 * (1 + torch.erf(frame / 2 ** 0.5)) >= value  # (B,) this frame is not drawn
         sure = sure | nearest.repeat_interleave(n.shape[1])
+    if rule == "far":
+        sure = sure | (d.min(1).values <= value)
     if rule == "common":
         sure = (p.argmax(-1) != COMMON) | (p.max(-1).values > value)
     idx = torch.where(sure, d.argmin(1), in_group)

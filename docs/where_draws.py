@@ -3,7 +3,7 @@
     python docs/where_draws.py
 
 The 256 held-out next-frame windows (docs/heldout_windows.py), stepped once with nearest snap and once with
-snap=sample from the same noise (fp32). Tokens are split into the strip a move reveals (the view's edge row
+snap=sample from the same noise (fp32); how many tokens the head leaves under `certain`. Tokens are split into the strip a move reveals (the view's edge row
 or column on the side of the move, on steps whose frame changed by more than 8 grey levels) and the rest;
 for each: how many sampled tokens differ from the nearest entry, and the squared error they add. About a
 minute on the 2-core EPYC.
@@ -13,7 +13,8 @@ import torch
 from pathlib import Path
 
 from heldout_windows import next_frame_batches, next_frame_starts
-from worldsim import DEFAULT_CRAFTER_BUNDLE
+from worldsim import DEFAULT_CRAFTER_BUNDLE, simulator
+from worldsim import codebook as cbm
 from worldsim.data import load_episodes
 from worldsim.simulator import WorldSimulator, load_bundle
 
@@ -22,6 +23,17 @@ b = load_bundle(str(DEFAULT_CRAFTER_BUNDLE))
 eps = load_episodes(Path("data/crafter-heldout"), split="test")
 starts = next_frame_starts(eps, b.dit.config.context_frames, n=256)
 EDGE = {1: (slice(0, 7), 0), 2: (slice(0, 7), 8), 3: (0, slice(0, 9)), 4: (6, slice(0, 9))}  # left right up down
+unsure = []  # per batch: tokens whose likeliest group is under `certain` (the ones the shipped rule draws)
+
+
+def counting_sample_snap(z, features, codebook, groups, head, noise, certain):
+    tok = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
+    p = head(cbm.cell_features(features, *z.shape[2:]), tok).softmax(-1)
+    unsure.append((int((p.max(-1).values < certain).sum()), len(tok)))
+    return cbm.sample_snap(z, features, codebook, groups, head, noise, certain)
+
+
+simulator.sample_snap = counting_sample_snap
 runs = {}
 for mode in ("nearest", "sample"):
     sim = WorldSimulator(b, 32, snap=mode, quantize="none")
@@ -44,6 +56,7 @@ for (last, nxt, act, f_near, z_near), (_, _, _, f_samp, z_samp) in zip(runs["nea
             added[name] += float(extra[m].sum())
             differ[name] += int(d[i][m].sum())
             tokens[name] += int(m.sum())
+print("tokens under `certain` per batch of 32 windows: " + ", ".join(f"{u} of {n}" for u, n in unsure))
 for name in added:
     print(f"{name}: {differ[name]} of {tokens[name]} tokens drawn other than the nearest entry, "
           f"added squared error {added[name]:.0f} ({added[name] / sum(added.values()):.0%})")

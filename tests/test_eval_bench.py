@@ -37,6 +37,10 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     assert 5 < pooled["copy_last"] <= nf["copy_last"] + 1e-9 and 0 < pooled["model"] <= nf["model"] + 1e-9
     assert abs(pooled["gain_db"] - (pooled["model"] - pooled["copy_last"])) < 1e-9
     assert 0 <= nf["identical_frames"] <= res["windows"]
+    pw = nf["per_window"]  # (episode, start) of each window and its two next-frame PSNRs
+    assert len(pw["model"]) == len(pw["copy_last"]) == len(pw["start"]) == res["windows"]
+    assert abs(np.mean(pw["model"]) - nf["model"]) < 1e-9 and abs(np.mean(pw["copy_last"]) - nf["copy_last"]) < 1e-9
+    assert sum(p > 100 for p in pw["copy_last"]) == nf["identical_frames"]  # exact copies: the MSE floor
     # the third baseline: one constant image, the average of the held-out frames, on the eval's own windows
     from worldsim.data import load_episodes
     from worldsim.evaluate import psnr_of_mse

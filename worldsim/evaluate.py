@@ -196,7 +196,11 @@ def evaluate(cfg):
                             "gain_db": curve[1]["model"] - curve[1]["copy_context"],
                             "pooled": {"model": curve[1]["model_pooled"], "copy_last": curve[1]["copy_context_pooled"],
                                        "gain_db": curve[1]["model_pooled"] - curve[1]["copy_context_pooled"]},
-                            "identical_frames": int((copy_mse[:, 0] == 0).sum())},
+                            "identical_frames": int((copy_mse[:, 0] == 0).sum()),
+                            # per window, in window order: which frames drive the per-frame mean (an exact copy
+                            # scores 148 dB)
+                            "per_window": {"model": model_psnr[:, 0].tolist(), "copy_last": copy_psnr[:, 0].tolist(),
+                                           "start": [list(map(int, st)) for st in starts[:n]]}},
         **({"warp_copy_next_frame_psnr": {"mean": float(psnr_of_mse(warp_mse[:n]).mean()),
                                           "pooled": float(psnr_of_mse(warp_mse[:n].mean()))}} if sim.warps else {}),
         "rollout_psnr": {str(h): curve[h] for h in horizons},

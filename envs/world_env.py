@@ -20,7 +20,7 @@ OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index"}
 
 def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_size=None, default=None,
           guidance=None, tile_hold=None, quantize=None, detail_carry=None, carry_gate=None, reencode=None,
-          snap=None, certain=None) -> gym.Space:
+          snap=None, certain=None, amp=None) -> gym.Space:
     """Set up what both envs share (bundle, simulator, observation space, action meanings); returns the
     action space of one world."""
     from worldsim import DEFAULT_CRAFTER_BUNDLE
@@ -29,7 +29,7 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
     env.sim = WorldSimulator(env.bundle, batch_size, sampling_steps, context_noise,
                              tuple(frame_size) if frame_size is not None else None, guidance, tile_hold, quantize,
                              detail_carry=detail_carry, carry_gate=carry_gate, reencode=reencode, snap=snap,
-                             certain=certain)
+                             certain=certain, amp=amp)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
     return _action_space(env.bundle.env["action_space"])
 
@@ -82,6 +82,7 @@ class WorldEnv(gym.Env):
     ``quantize="int8"`` (CPU): the world model's attention and MLP layers run as int8 dynamic-quantized
     GEMMs, faster on CPU at a small cost in fidelity (README: both measured); ``"none"``: fp32. Default: None,
     the bundle's (``inference.quantize`` in bundle.json, on CPU only; the shipped Crafter model: int8).
+    ``amp="bf16"`` (for GPUs): every model pass runs under ``torch.autocast`` to bfloat16 (not with int8).
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
@@ -92,12 +93,12 @@ class WorldEnv(gym.Env):
                  default_bundle: str | Path | None = None, guidance: float | None = None,
                  tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
-                 snap: bool | str | None = None, certain: float | None = None):
+                 snap: bool | str | None = None, certain: float | None = None, amp: str | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), float(termination_threshold)
         self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise, frame_size, default_bundle,
-                                  guidance, tile_hold, quantize, detail_carry, carry_gate, reencode, snap, certain)
+                                  guidance, tile_hold, quantize, detail_carry, carry_gate, reencode, snap, certain, amp)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window = None, 0, None
 
@@ -158,7 +159,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                  default_bundle: str | Path | None = None, guidance: float | None = None,
                  tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
-                 snap: bool | str | None = None, certain: float | None = None, **kwargs):
+                 snap: bool | str | None = None, certain: float | None = None, amp: str | None = None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments for WorldVectorEnv: {sorted(kwargs)}")
         if render_mode not in (None, "rgb_array"):
@@ -167,7 +168,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.horizon, self.threshold = int(horizon), float(termination_threshold)
         self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise,
                                          frame_size, default_bundle, guidance, tile_hold, quantize,
-                                         detail_carry, carry_gate, reencode, snap, certain)
+                                         detail_carry, carry_gate, reencode, snap, certain, amp)
         self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)

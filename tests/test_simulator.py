@@ -474,6 +474,36 @@ def test_int8_world_model_tracks_fp32(random_bundle):
     assert WorldSimulator(random_bundle, 1).quantize is None  # no default in the bundle: fp32
 
 
+def test_bf16_autocast_tracks_fp32(random_bundle):
+    """amp="bf16": the model's passes run under autocast to bfloat16 (the GPU path), the cache and the state
+    kept between steps stay fp32, and a rollout from the same noise stays near the fp32 one."""
+    import copy
+
+    sims = {amp: WorldSimulator(random_bundle, 2, sampling_steps=2, amp=amp) for amp in (None, "bf16")}
+    assert sims["bf16"].amp == "bf16" and sims[None].amp is None
+    rng = np.random.default_rng(0)
+    shape = sims[None].latent_shape
+    ctx = rng.standard_normal((2, W, *shape))
+    steps = [(rng.integers(17, size=2), rng.standard_normal((2, *shape)), rng.standard_normal((2, *shape)))
+             for _ in range(6)]
+    out = {}
+    for k, sim in sims.items():
+        sim.reset([0, 1], random_bundle.start_frames[:2].numpy(), random_bundle.start_actions[:2].numpy(), ctx)
+        out[k] = torch.stack([sim.step(a, n, c, decode=k is None or i % 2 == 0).latents.float()
+                              for i, (a, n, c) in enumerate(steps)])
+        assert sim.prev.dtype == sim.prev_ctx.dtype == sim.cache.k.dtype == torch.float32
+    rel = ((out["bf16"] - out[None]).flatten(2).norm(dim=2) / out[None].flatten(2).norm(dim=2)).max().item()
+    assert 0 < rel < 0.1, rel  # measured: 0.012
+    for bad, match in (("fp16", "amp must be"),):
+        with pytest.raises(ValueError, match=match):
+            WorldSimulator(random_bundle, 1, amp=bad)
+    with pytest.raises(ValueError, match="pick one"):
+        WorldSimulator(random_bundle, 1, amp="bf16", quantize="int8")
+    b = copy.copy(random_bundle)  # a bundle's int8 CPU default gives way to an explicit bf16
+    b.meta = {**random_bundle.meta, "inference": {"quantize": "int8"}}
+    assert WorldSimulator(b, 1, amp="bf16").quantize is None
+
+
 @pytest.mark.parametrize("warp,residual", [(False, False), (False, True), (True, False), (True, True)])
 def test_training_rollout_is_the_simulators_rollout(warp, residual, tmp_path):
     """EDM.rollout (scheduled sampling on the model's own frames, `dit.rollout_steps`) generates the context

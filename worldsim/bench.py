@@ -49,12 +49,12 @@ def bench_real(env_name: str, steps: int, latency_trials: int = 0) -> tuple[floa
 def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_name: str = "crafter",
                 guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
                 detail_carry: float | None = None, reencode: bool | None = None, snap: bool | str | None = None,
-                certain: float | None = None, rss_every: int = 0) -> dict:
+                certain: float | None = None, rss_every: int = 0, amp: str | None = None) -> dict:
     import worldsim  # noqa: F401
 
     # termination_threshold 2: never end episodes, steady stepping
     kw = {"device": device, "termination_threshold": 2.0, "guidance": guidance, "tile_hold": tile_hold,
-          "quantize": quantize, "detail_carry": detail_carry, "reencode": reencode, "snap": snap, "certain": certain}
+          "quantize": quantize, "detail_carry": detail_carry, "reencode": reencode, "snap": snap, "certain": certain, "amp": amp}
     if bundle:
         kw["bundle"] = bundle
     env_id = ENV_IDS[env_name][0]
@@ -77,7 +77,7 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
     sim = env.unwrapped.sim  # the settings it ran with (bundle defaults resolved)
     env.close()
     return {"batch": batch, "guidance": sim.guidance, "tile_hold": sim.tile_hold, "quantize": sim.quantize or "fp32",
-            "detail_carry": sim.detail_carry, "reencode": sim.reencode, "snap": sim.snap, "certain": sim.certain,
+            "detail_carry": sim.detail_carry, "reencode": sim.reencode, "snap": sim.snap, "certain": sim.certain, "amp": sim.amp or "fp32",
             "steps_per_s": steps / dt,
             "env_steps_per_s": batch * steps / dt, "ms_per_step": 1000 * dt / steps, "rss_growth_mib": rss_mib() - rss0,
             **({"rss_every": rss_every, "rss_trace_mib": trace} if rss_every else {})}
@@ -107,7 +107,8 @@ def bench(cfg):
         for b in cfg.batch_sizes:
             r = bench_model(cfg.bundle, device, int(b), int(cfg.steps), int(cfg.warmup), cfg.env, cfg.get("guidance"),
                             cfg.get("tile_hold"), cfg.get("quantize") if device == "cpu" else None, cfg.get("detail_carry"),
-                            cfg.get("reencode"), cfg.get("snap"), cfg.get("certain"), int(cfg.get("rss_every") or 0))
+                            cfg.get("reencode"), cfg.get("snap"), cfg.get("certain"), int(cfg.get("rss_every") or 0),
+                            cfg.get("amp"))
             r["device"] = device
             r["vs_real"] = r["env_steps_per_s"] / real
             results["model"].append(r)

@@ -8,6 +8,7 @@ seeded env is reproducible and the tests can replay the exact same noise through
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from dataclasses import dataclass
@@ -77,7 +78,17 @@ class WorldSimulator:
                  context_noise: float | None = None, frame_size: tuple[int, int] | None = None,
                  guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
-                 snap: bool | str | None = None, certain: float | None = None):
+                 snap: bool | str | None = None, certain: float | None = None, amp: str | None = None):
+        # amp="bf16": every model pass (world model, autoencoder) under torch.autocast to bfloat16, the KV cache
+        # and the sampler's arithmetic in fp32. For GPUs (tensor cores); on this project's CPU fp32 is faster
+        amp = None if amp in (None, False) or (isinstance(amp, str) and amp.lower() in ("none", "fp32")) else amp
+        if amp not in (None, "bf16"):
+            raise ValueError(f"amp must be bf16 or none (fp32), got {amp!r}")
+        if amp and quantize == "int8":
+            raise ValueError("quantize=int8 (CPU int8 GEMMs) and amp=bf16 are two different inference paths; pick one")
+        if amp and quantize is None:
+            quantize = "none"  # the bundle's CPU int8 default gives way to an explicit bf16
+        self.amp = amp
         mode = QUANTIZE.get(quantize.lower() if isinstance(quantize, str) else quantize, "?") \
             if isinstance(quantize, (str, bool, type(None))) else "?"
         if mode == "?":
@@ -175,8 +186,16 @@ class WorldSimulator:
     def _t(self, a):
         return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+
     @torch.no_grad()
     def reset(self, rows, frames: np.ndarray, actions, context_noise: np.ndarray) -> torch.Tensor:
+        with self._autocast():
+            return self._reset(rows, frames, actions, context_noise)
+
+    def _reset(self, rows, frames, actions, context_noise) -> torch.Tensor:
+        """reset's body (under autocast with amp)."""
         """Start batch rows from context frames (b, T, H, W, 3) uint8 and the T-1 actions between them.
 
         context_noise: (b, T, C, h, w) unit Gaussian. Returns the context's normalised latents (b, T, C, h, w).
@@ -213,6 +232,10 @@ class WorldSimulator:
         nearest, or with "sample" one drawn where the token head is unsure (the draw's uniform comes from the first
         channel of `noise`, the sampler's own draw at that token); what is shown and what the
         context keeps is that snapped latent."""
+        with self._autocast():
+            return self._step(actions, noise, context_noise, decode)
+
+    def _step(self, actions, noise: np.ndarray, context_noise: np.ndarray, decode: bool = True) -> StepResult:
         t = self.time + 1
         a = actions_to_tensor(self.spec, actions, self.device)
         noise = self._t(noise)
@@ -232,7 +255,7 @@ class WorldSimulator:
                                                            noise, self._t(context_noise), self.context_noise,
                                                            self.steps, self.guidance,
                                                            project=project if self.snap or self.reencode else None)
-        self.prev = z
+        self.prev, self.prev_ctx = z.float(), self.prev_ctx.float()  # fp32 between steps, whatever amp computed in
         self.time = t
         frames = shown.get("frames")  # reencode decoded it already
         if frames is None and decode:

@@ -437,6 +437,26 @@ def test_tile_hold_keeps_unchanged_tiles_exactly(patch_bundle, random_bundle):
     assert np.array_equal(f2[0, 16:], ctx[0, -1, 16:])  # untouched tiles still held
 
 
+def _same_noise_rollouts(bundle, sims: dict, n: int, decode=lambda k, i: False) -> dict:
+    """Each simulator (2 rows) reset from the same real context and stepped n times on the same actions and
+    noise: {key: stacked latents (n, 2, C, h, w), fp32}."""
+    rng = np.random.default_rng(0)
+    shape = next(iter(sims.values())).latent_shape
+    ctx = rng.standard_normal((2, W, *shape))
+    steps = [(rng.integers(17, size=2), rng.standard_normal((2, *shape)), rng.standard_normal((2, *shape)))
+             for _ in range(n)]
+    out = {}
+    for k, sim in sims.items():
+        sim.reset([0, 1], bundle.start_frames[:2].numpy(), bundle.start_actions[:2].numpy(), ctx)
+        out[k] = torch.stack([sim.step(a, nz, c, decode=decode(k, i)).latents.float()
+                              for i, (a, nz, c) in enumerate(steps)])
+    return out
+
+
+def _max_relative_gap(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((a - ref).flatten(2).norm(dim=2) / ref.flatten(2).norm(dim=2)).max().item()
+
+
 def test_int8_world_model_tracks_fp32(random_bundle):
     """quantize="int8": the blocks' attention and MLP layers become int8 dynamic-quantized ones (adaLN,
     final layer and heads stay fp32; the bundle's own model is untouched), and a rollout from the same
@@ -449,16 +469,8 @@ def test_int8_world_model_tracks_fp32(random_bundle):
     assert type(q.final.linear) is torch.nn.Linear and type(q.blocks[0].ada[-1]) is torch.nn.Linear
     assert type(random_bundle.dit.blocks[0].mlp[0]) is torch.nn.Linear
     assert WorldSimulator(random_bundle, 1, quantize="int8").dit is q  # one quantized copy per bundle
-    rng = np.random.default_rng(0)
-    shape = sims[None].latent_shape
-    ctx = rng.standard_normal((2, W, *shape))
-    steps = [(rng.integers(17, size=2), rng.standard_normal((2, *shape)), rng.standard_normal((2, *shape)))
-             for _ in range(10)]
-    out = {}
-    for k, sim in sims.items():
-        sim.reset([0, 1], random_bundle.start_frames[:2].numpy(), random_bundle.start_actions[:2].numpy(), ctx)
-        out[k] = torch.stack([sim.step(a, n, c, decode=False).latents for a, n, c in steps])
-    rel = ((out["int8"] - out[None]).flatten(2).norm(dim=2) / out[None].flatten(2).norm(dim=2)).max().item()
+    out = _same_noise_rollouts(random_bundle, sims, 10)
+    rel = _max_relative_gap(out["int8"], out[None])
     assert 0 < rel < 0.05, rel  # measured: 0.025
     with pytest.raises(ValueError, match="quantize"):
         WorldSimulator(random_bundle, 1, quantize="int4")
@@ -481,22 +493,13 @@ def test_bf16_autocast_tracks_fp32(random_bundle):
 
     sims = {amp: WorldSimulator(random_bundle, 2, sampling_steps=2, amp=amp) for amp in (None, "bf16")}
     assert sims["bf16"].amp == "bf16" and sims[None].amp is None
-    rng = np.random.default_rng(0)
-    shape = sims[None].latent_shape
-    ctx = rng.standard_normal((2, W, *shape))
-    steps = [(rng.integers(17, size=2), rng.standard_normal((2, *shape)), rng.standard_normal((2, *shape)))
-             for _ in range(6)]
-    out = {}
-    for k, sim in sims.items():
-        sim.reset([0, 1], random_bundle.start_frames[:2].numpy(), random_bundle.start_actions[:2].numpy(), ctx)
-        out[k] = torch.stack([sim.step(a, n, c, decode=k is None or i % 2 == 0).latents.float()
-                              for i, (a, n, c) in enumerate(steps)])
+    out = _same_noise_rollouts(random_bundle, sims, 6, decode=lambda k, i: i % 2 == 0)  # decode under bf16 too
+    for sim in sims.values():
         assert sim.prev.dtype == sim.prev_ctx.dtype == sim.cache.k.dtype == torch.float32
-    rel = ((out["bf16"] - out[None]).flatten(2).norm(dim=2) / out[None].flatten(2).norm(dim=2)).max().item()
+    rel = _max_relative_gap(out["bf16"], out[None])
     assert 0 < rel < 0.1, rel  # measured: 0.012
-    for bad, match in (("fp16", "amp must be"),):
-        with pytest.raises(ValueError, match=match):
-            WorldSimulator(random_bundle, 1, amp=bad)
+    with pytest.raises(ValueError, match="amp must be"):
+        WorldSimulator(random_bundle, 1, amp="fp16")
     with pytest.raises(ValueError, match="pick one"):
         WorldSimulator(random_bundle, 1, amp="bf16", quantize="int8")
     b = copy.copy(random_bundle)  # a bundle's int8 CPU default gives way to an explicit bf16

@@ -54,7 +54,8 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
 
     # termination_threshold 2: never end episodes, steady stepping
     kw = {"device": device, "termination_threshold": 2.0, "guidance": guidance, "tile_hold": tile_hold,
-          "quantize": quantize, "detail_carry": detail_carry, "reencode": reencode, "snap": snap, "certain": certain, "amp": amp}
+          "quantize": quantize, "detail_carry": detail_carry, "reencode": reencode, "snap": snap, "certain": certain,
+          "amp": amp}
     if bundle:
         kw["bundle"] = bundle
     env_id = ENV_IDS[env_name][0]
@@ -77,7 +78,8 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
     sim = env.unwrapped.sim  # the settings it ran with (bundle defaults resolved)
     env.close()
     return {"batch": batch, "guidance": sim.guidance, "tile_hold": sim.tile_hold, "quantize": sim.quantize or "fp32",
-            "detail_carry": sim.detail_carry, "reencode": sim.reencode, "snap": sim.snap, "certain": sim.certain, "amp": sim.amp or "fp32",
+            "amp": sim.amp or "fp32", "detail_carry": sim.detail_carry, "reencode": sim.reencode, "snap": sim.snap,
+            "certain": sim.certain,
             "steps_per_s": steps / dt,
             "env_steps_per_s": batch * steps / dt, "ms_per_step": 1000 * dt / steps, "rss_growth_mib": rss_mib() - rss0,
             **({"rss_every": rss_every, "rss_trace_mib": trace} if rss_every else {})}

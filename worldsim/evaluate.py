@@ -65,7 +65,7 @@ def _sim_kw(cfg) -> dict:
     kw = {k: None if cfg.get(k) is None else float(cfg.get(k)) for k in ("context_noise", "guidance", "tile_hold",
                                                                              "detail_carry", "carry_gate", "certain")}
     reencode = None if cfg.get("reencode") is None else bool(cfg.reencode)
-    return {**kw, "quantize": cfg.get("quantize"), "reencode": reencode, "snap": cfg.get("snap"), "amp": cfg.get("amp")}
+    return {**kw, "quantize": cfg.get("quantize"), "amp": cfg.get("amp"), "reencode": reencode, "snap": cfg.get("snap")}
 
 
 def _step_of(actions, h):
@@ -579,10 +579,10 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     change = np.concatenate([[change[0] if len(change) else 0.0], change])
     spread = frames.reshape(steps, -1, 3).std(axis=1).mean(axis=1)
     ref_nn = nearest_psnr(real_ref, bank)
-    real_change = np.concatenate([np.abs(np.diff(ep["frames"].astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
-                                  for ep in eps])
-    ref_change = np.mean([np.abs(np.diff(ep["frames"].astype(np.int16), axis=0)).mean() for ep in eps])
-    ref_frozen = float((real_change < 0.05).mean())  # the real game's own unchanged steps (blocked moves, noop)
+    real_change = [np.abs(np.diff(ep["frames"].astype(np.int16), axis=0)).mean(axis=(1, 2, 3)) for ep in eps]
+    ref_change = np.mean([c.mean() for c in real_change])  # per episode, then over episodes
+    # the real game's own unchanged steps (blocked moves, noop)
+    ref_frozen = float((np.concatenate(real_change) < 0.05).mean())
     ref_spread = float(real_ref.reshape(len(real_ref), -1, 3).std(axis=1).mean())
     blocks = []
     for s in range(0, steps, block):

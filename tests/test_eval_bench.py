@@ -103,6 +103,18 @@ def test_bench_reports_model_and_real_crafter(bundle, tmp_path):
     assert all(len(r["rss_trace_mib"]) == 3 and min(r["rss_trace_mib"]) > 0 for r in rows.values())  # every 2 of 6
 
 
+def test_bench_rounds_report_medians_and_the_ratio_within_each_round(bundle):
+    res = run_job("bench", [f"bundle={bundle}", "steps=3", "warmup=1", "batch_sizes=[2]", "real_steps=30", "rounds=3"])
+    reals = res["real_crafter_per_round"]
+    assert res["rounds"] == 3 and len(reals) == 3 and res["real_crafter_steps_per_s"] == float(np.median(reals))
+    (r,) = res["model"]
+    per = r["per_round"]
+    assert len(per["env_steps_per_s"]) == len(per["vs_real"]) == 3
+    assert all(abs(v - e / real) < 1e-9 for v, e, real in zip(per["vs_real"], per["env_steps_per_s"], reals))
+    assert r["env_steps_per_s"] == float(np.median(per["env_steps_per_s"]))
+    assert r["vs_real"] == float(np.median(per["vs_real"]))
+
+
 def test_following_probes_are_kept_on_disk_and_reprobed_when_stale_or_corrupt(tmp_path, monkeypatch):
     import pytest
 

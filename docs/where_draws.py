@@ -1,6 +1,6 @@
 """Where `snap=sample` draws, and what it costs there, on the shipped Crafter model (README: draw rules).
 
-    python docs/where_draws.py
+    python docs/where_draws.py [BUNDLE]     (default: the shipped one)
 
 The 256 held-out next-frame windows (docs/heldout_windows.py), stepped once with nearest snap and once with
 snap=sample from the same noise (fp32); how many tokens the head leaves under `certain`. Tokens are split into the strip a move reveals (the view's edge row
@@ -8,9 +8,11 @@ or column on the side of the move, on steps whose frame changed by more than 8 g
 for each: how many sampled tokens differ from the nearest entry, and the squared error they add; and how many
 of those show the same picture anyway. About a minute on the 2-core EPYC.
 """
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
-from pathlib import Path
 
 from heldout_windows import next_frame_batches, next_frame_starts
 from worldsim import DEFAULT_CRAFTER_BUNDLE, simulator
@@ -19,7 +21,7 @@ from worldsim.data import load_episodes
 from worldsim.simulator import WorldSimulator, load_bundle
 
 torch.set_num_threads(2)
-b = load_bundle(str(DEFAULT_CRAFTER_BUNDLE))
+b = load_bundle(sys.argv[1] if len(sys.argv) > 1 else str(DEFAULT_CRAFTER_BUNDLE))
 eps = load_episodes(Path("data/crafter-heldout"), split="test")
 starts = next_frame_starts(eps, b.dit.config.context_frames, n=256)
 EDGE = {1: (slice(0, 7), 0), 2: (slice(0, 7), 8), 3: (0, slice(0, 9)), 4: (6, slice(0, 9))}  # left right up down

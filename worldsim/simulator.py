@@ -41,9 +41,19 @@ def _load_bundle(path: str, device: str, stamp: tuple) -> Bundle:
 # quantize settings -> the mode: None = the bundle's default (`inference.quantize` in bundle.json, applied on
 # CPU only: fbgemm is a CPU path); "none", "fp32" or False = fp32
 QUANTIZE = {None: None, "int8": "int8", "none": "fp32", "fp32": "fp32", False: "fp32"}
+AMP = {None: None, False: None, "none": None, "fp32": None, "bf16": "bf16"}
 # snap settings (bundle.json's decode.snap, or the env/eval/bench/play option) -> the mode
 SNAP_MODES = {False: False, True: "nearest", "false": False, "true": "nearest", "nearest": "nearest",
               "sample": "sample"}
+
+
+def _mode(table: dict, value, error: str):
+    """A setting's mode from its table (strings in any case; None and booleans as themselves); anything else is
+    a ValueError with `error`."""
+    key = value.lower() if isinstance(value, str) else value
+    if not isinstance(key, (str, bool, type(None))) or key not in table:
+        raise ValueError(error)
+    return table[key]
 
 
 def int8_world_model(bundle: Bundle):
@@ -81,18 +91,14 @@ class WorldSimulator:
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None):
         # amp="bf16": every model pass (world model, autoencoder) under torch.autocast to bfloat16, the KV cache
         # and the sampler's arithmetic in fp32. For GPUs (tensor cores); on this project's CPU fp32 is faster
-        amp = None if amp in (None, False) or (isinstance(amp, str) and amp.lower() in ("none", "fp32")) else amp
-        if amp not in (None, "bf16"):
-            raise ValueError(f"amp must be bf16 or none (fp32), got {amp!r}")
+        amp = _mode(AMP, amp, f"amp must be bf16 or none (fp32), got {amp!r}")
         if amp and quantize == "int8":
             raise ValueError("quantize=int8 (CPU int8 GEMMs) and amp=bf16 are two different inference paths; pick one")
         if amp and quantize is None:
             quantize = "none"  # the bundle's CPU int8 default gives way to an explicit bf16
         self.amp = amp
-        mode = QUANTIZE.get(quantize.lower() if isinstance(quantize, str) else quantize, "?") \
-            if isinstance(quantize, (str, bool, type(None))) else "?"
-        if mode == "?":
-            raise ValueError(f"quantize must be int8, none (fp32) or null (the bundle's default), got {quantize!r}")
+        mode = _mode(QUANTIZE, quantize, f"quantize must be int8, none (fp32) or null (the bundle's default), "
+                                          f"got {quantize!r}")
         if mode is None:  # the bundle's default, on CPU (the shipped Crafter model: int8; README, measured)
             mode = (bundle.meta.get("inference") or {}).get("quantize") if bundle.dit.device.type == "cpu" else None
         quantize = "int8" if mode == "int8" else None
@@ -160,10 +166,8 @@ class WorldSimulator:
         # snap: each generated token becomes a codebook entry before it is shown and committed: its nearest
         # ("nearest", or true), or where the token head is unsure one drawn from it ("sample"; worldsim/codebook.py)
         mode = dec.get("snap", False) if snap is None else snap
-        self.snap = SNAP_MODES.get(mode.lower() if isinstance(mode, str) else mode) if isinstance(mode, (bool, str)) \
-            else None
-        if self.snap is None:
-            raise ValueError(f"snap must be one of false, true (= nearest), nearest or sample; got {snap!r}")
+        self.snap = _mode(SNAP_MODES, mode, f"snap must be one of false, true (= nearest), nearest or sample; "
+                                            f"got {snap!r}")
         if self.snap and bundle.codebook is None:
             raise ValueError("snap needs a bundle with a latent codebook (codebook.safetensors): fit one with "
                              "`worldsim codebook bundle=... data=...`")

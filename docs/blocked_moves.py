@@ -17,7 +17,7 @@ import torch
 
 from worldsim.cli import load_config
 from worldsim.data import index_actions, stack_actions
-from worldsim.evaluate import _opt, _sim_kw, _step_of, heldout_episodes, mse_np, psnr_of_mse
+from worldsim.evaluate import _opt, _sim_kw, _step_of, heldout_episodes, mse_np, psnr_of_mse, rollout_starts
 from worldsim.simulator import WorldSimulator, load_bundle
 
 torch.set_num_threads(2)
@@ -27,9 +27,7 @@ b = load_bundle(bundle)
 eps = heldout_episodes(cfg)
 W, H = b.dit.config.context_frames, max(_opt(cfg, "horizons"))
 rng = np.random.default_rng(cfg.seed)
-starts = [(e, s) for e, ep in enumerate(eps) for s in range(0, len(ep["frames"]) - W - H, cfg.stride)]
-rng.shuffle(starts)
-starts = starts[: cfg.windows]
+starts = rollout_starts(eps, W, H, cfg.stride, cfg.windows, rng)
 B = cfg.batch_size
 sim = WorldSimulator(b, B, cfg.sampling_steps, **_sim_kw(cfg))
 shape = sim.latent_shape

@@ -3,20 +3,20 @@
     python docs/horizon_overlap.py
 
 An estimate from the actions alone (each move shifts the 9x7 view by one tile; blocked moves are counted
-as moves, since the episodes do not record the player's position): the share of the view h steps on that was in the last context view, over the
-eval's 256 held-out windows (data/crafter-heldout, its seed and stride). A second of CPU.
+as moves, since the episodes do not record the player's position): the share of the view h steps on that
+was in the last context view, over the eval's 256 held-out windows (data/crafter-heldout, its seed and
+stride). A second of CPU.
 """
 from pathlib import Path
 
 import numpy as np
 
 from worldsim.data import load_episodes
+from worldsim.evaluate import rollout_starts
 
 eps = load_episodes(Path("data/crafter-heldout"), split="test")
 W, H = 4, 64  # the shipped model's context; the eval's longest horizon (it picks windows that fit it)
-starts = [(e, s) for e, ep in enumerate(eps) for s in range(0, len(ep["frames"]) - W - H, 8)]
-np.random.default_rng(1000000).shuffle(starts)  # as `worldsim eval` draws them
-starts = starts[:256]
+starts = rollout_starts(eps, W, H, 8, 256, np.random.default_rng(1000000))  # as `worldsim eval` draws them
 MOVES = {1: (-1, 0), 2: (1, 0), 3: (0, -1), 4: (0, 1)}  # move_left, move_right, move_up, move_down
 for h in (8, 32, 64):
     overlap = []

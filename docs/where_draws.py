@@ -3,10 +3,11 @@
     python docs/where_draws.py [BUNDLE]     (default: the shipped one)
 
 The 256 held-out next-frame windows (docs/heldout_windows.py), stepped once with nearest snap and once with
-snap=sample from the same noise (fp32); how many tokens the head leaves under `certain`. Tokens are split into the strip a move reveals (the view's edge row
-or column on the side of the move, on steps whose frame changed by more than 8 grey levels) and the rest;
-for each: how many sampled tokens differ from the nearest entry, and the squared error they add; and how many
-of those show the same picture anyway. About a minute on the 2-core EPYC.
+snap=sample from the same noise (fp32); how many tokens the head leaves under `certain`. Tokens are split
+into the strip a move reveals (the view's edge row or column on the side of the move, on steps whose frame
+changed by more than 8 grey levels) and the rest; for each: how many sampled tokens differ from the nearest
+entry, and the squared error they add; and how many of those show the same picture anyway. About a minute
+on the 2-core EPYC.
 """
 import sys
 from pathlib import Path

@@ -43,15 +43,14 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     assert sum(p > 100 for p in pw["copy_last"]) == nf["identical_frames"]  # exact copies: the MSE floor
     # the third baseline: one constant image, the average of the held-out frames, on the eval's own windows
     from worldsim.data import load_episodes
-    from worldsim.evaluate import psnr_of_mse
+    from worldsim.evaluate import psnr_of_mse, rollout_starts
 
     eps = load_episodes(dataset, split="test")
     W, H = res["context_frames"], 4
-    starts = [(e, s) for e, ep in enumerate(eps) for s in range(0, len(ep["frames"]) - W - H, 4)]
-    np.random.default_rng(1000000).shuffle(starts)  # as the eval draws them (its default seed)
+    starts = rollout_starts(eps, W, H, 4, 4, np.random.default_rng(1000000))  # as the eval draws them (its seed)
     mean = np.concatenate([ep["frames"] for ep in eps]).astype(np.float64).mean(0)
     for h in (1, 4):
-        fut = np.stack([eps[e]["frames"][s + W + h - 1] for e, s in starts[:4]]).astype(np.float64)
+        fut = np.stack([eps[e]["frames"][s + W + h - 1] for e, s in starts]).astype(np.float64)
         mse = ((fut - mean) ** 2).mean(axis=(1, 2, 3))
         c = res["rollout_curve"][str(h)]
         assert abs(c["mean_frame"] - psnr_of_mse(mse).mean()) < 1e-6

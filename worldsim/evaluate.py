@@ -122,6 +122,16 @@ def _precision_recall(pred, true):
 
 
 @torch.no_grad()
+def rollout_starts(eps, W: int, H: int, stride: int, n: int, rng: np.random.Generator) -> list:
+    """(episode, start) of n windows of W real context frames, then H real future frames and the actions
+    between: every `stride`-th start, shuffled by rng (the eval's own generator, which then draws the noise)."""
+    starts = [(e, s) for e, ep in enumerate(eps) for s in range(0, len(ep["frames"]) - W - H, stride)]
+    if not starts:
+        raise ValueError(f"held-out episodes are shorter than context ({W}) + horizon ({H}) frames")
+    rng.shuffle(starts)
+    return starts[:n]
+
+
 def evaluate(cfg):
     if cfg.env not in ENVS:
         raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENVS)}")
@@ -137,12 +147,7 @@ def evaluate(cfg):
     horizons = list(_opt(cfg, "horizons"))
     H = max(horizons)
     rng = np.random.default_rng(cfg.seed)
-    # windows: W real context frames, then H real future frames and the actions between
-    starts = [(e, s) for e, ep in enumerate(eps) for s in range(0, len(ep["frames"]) - W - H, cfg.stride)]
-    if not starts:
-        raise ValueError(f"held-out episodes are shorter than context ({W}) + horizon ({H}) frames")
-    rng.shuffle(starts)
-    starts = starts[: cfg.windows]
+    starts = rollout_starts(eps, W, H, cfg.stride, cfg.windows, rng)
     B = min(cfg.batch_size, len(starts))
     sim = WorldSimulator(bundle, B, cfg.sampling_steps, **_sim_kw(cfg))
     shape = sim.latent_shape

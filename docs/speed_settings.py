@@ -8,6 +8,10 @@ Each KEY=VALUE is one setting (a WorldSimulator argument; true/false, or a numbe
 (the world model's warp, same weights):
 
     python docs/speed_settings.py minetest warp_kind=shift warp_kind=rotation
+
+Minetest steps walk forward while turning; with `turning` they only turn (no key: the view memory's case):
+
+    python docs/speed_settings.py minetest turning view_memory=0 view_memory=32
 """
 import copy
 import sys
@@ -25,7 +29,8 @@ def value(v):
 
 
 torch.set_num_threads(2)
-game, settings = sys.argv[1], [a.split("=", 1) for a in sys.argv[2:]]
+game, settings = sys.argv[1], [a.split("=", 1) for a in sys.argv[2:] if "=" in a]
+walk = "turning" not in sys.argv[2:]
 b = load_bundle(str({"crafter": DEFAULT_CRAFTER_BUNDLE, "minetest": DEFAULT_MINETEST_BUNDLE}[game]))
 dict_actions = isinstance(b.start_actions, dict)
 for B in (1, 16):
@@ -48,9 +53,9 @@ for B in (1, 16):
             noise = rng.standard_normal((50, 2, B, *sim.latent_shape))
             t0 = time.perf_counter()
             for i in range(50):
-                if dict_actions:  # walk forward, turning
+                if dict_actions:  # walk forward, turning (or only turn)
                     a = {k: np.zeros(B, np.int64) for k in sim.spec["keys"]}
-                    a["forward"] = np.ones(B, np.int64)
+                    a["forward"] = np.full(B, int(walk), np.int64)
                     a["camera"] = rng.normal(0, 3, (B, 2)).astype(np.float32)
                 else:  # Crafter: the four moves
                     a = rng.integers(1, 5, B)

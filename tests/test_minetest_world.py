@@ -196,3 +196,24 @@ def test_minetest_v0_uses_the_shipped_minetest_model():
     obs, _ = env.reset(seed=0)
     assert env.action_space == M.action_space() and obs.shape == env.observation_space.shape
     env.close()
+
+
+def test_shipped_minetest_model_shows_the_first_view_again_after_a_full_turn():
+    """The revisit probe on the shipped model, learned env only: standing still, 24 turns of 15 degrees. Its
+    view memory (on by default) brings the first view back; without it the last view is new ground."""
+    from worldsim.data import stack_actions
+    from worldsim.evaluate import psnr_np
+
+    last = {}
+    for mem in (None, 0):
+        env = gym.make("worldsim/Minetest-v0", view_memory=mem)
+        obs, _ = env.reset(seed=0)
+        ctx = np.repeat(obs[None], 4, axis=0)
+        first, _ = env.reset(seed=0, options={"context_frames": ctx,
+                                              "context_actions": stack_actions([M.noop() for _ in range(3)])})
+        assert (env.unwrapped.sim.memory is not None) == (mem is None)
+        for _ in range(24):
+            obs = env.step(act(camera=[0.0, 15.0]))[0]
+        last[mem] = psnr_np(obs, first)
+        env.close()
+    assert last[None] > 30 and last[None] > last[0] + 8, last

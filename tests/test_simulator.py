@@ -21,14 +21,15 @@ W = 3
 CAM = {"type": "dict", "keys": {"camera": {"type": "box", "dim": 2, "scale": 180.0}, "forward": {"type": "discrete", "n": 2}}}
 
 
-def _random_bundle(path, residual=False, ae="tiny", warp=False):
+def _random_bundle(path, residual=False, ae="tiny", warp=False, warp_kind="shift"):
     """A bundle with random (untrained) weights, written to disk and loaded back like the shipped one.
-    warp: camera + forward actions, and a warp input that shifts the previous frame by the camera."""
+    warp: camera + forward actions, and a warp input that shifts (or turns: warp_kind) the previous frame by
+    the camera."""
     torch.manual_seed(0)
     ae = make_autoencoder(ae)
     spec = CAM if warp else {"type": "discrete", "n": 17}
     dit = WorldDiT(spec, latent_channels=4, dim=32, depth=2, heads=2, context_frames=W)
-    dit = randomize(dit.with_warp("camera", [[0.03, 0.0], [0.0, -0.05]]) if warp else dit, std=0.15)
+    dit = randomize(dit.with_warp("camera", [[0.03, 0.0], [0.0, -0.05]], kind=warp_kind) if warp else dit, std=0.15)
     frames = torch.randint(0, 256, (2, W, 32, 32, 3), dtype=torch.uint8)
     env = {"name": "test", "frame_shape": [32, 32, 3], "action_space": spec,
            "action_meanings": [str(i) for i in range(17)]}
@@ -233,8 +234,8 @@ def test_residual_warp_model_at_zero_output_turns_the_view_with_the_camera(tmp_p
     assert (want - z[:, -1]).abs().mean() > 0.05  # the shift is not a copy
 
 
-def _zero_output_residual_warp(path):
-    b = _random_bundle(path, warp=True, residual=True)
+def _zero_output_residual_warp(path, warp_kind="shift"):
+    b = _random_bundle(path, warp=True, residual=True, warp_kind=warp_kind)
     torch.nn.init.zeros_(b.dit.final.linear.weight)
     torch.nn.init.zeros_(b.dit.final.linear.bias)
     return b
@@ -815,3 +816,67 @@ def test_sampling_steps_must_be_a_whole_number(random_bundle):
     for bad in (2.5, -1, True):
         with pytest.raises(ValueError, match="sampling_steps must be a whole number"):
             WorldSimulator(random_bundle, 1, sampling_steps=bad)
+
+
+def _turning(degrees: float, forward: int = 0) -> dict:
+    return {"camera": np.array([[0.0, degrees]], np.float32), "forward": np.array([forward])}
+
+
+def test_view_memory_shows_the_first_view_again_after_a_full_turn(tmp_path):
+    """A residual camera model whose network outputs zero turns its last view at every step, so after 360
+    degrees in 12 turns its view is twelve times resampled with new ground repeated in from the edges. With
+    a view memory of at least the 4 context frames + 12 turns, every cell comes from the oldest view that saw
+    it: the last view is the first one again (latent and, with detail carry, the frame shown). A memory too
+    short to hold the first view cannot. Views are kept from the SETTLE-th key-free step on (3, one more than
+    these 3 context frames give), so the turn starts after one still step."""
+    b = _zero_output_residual_warp(tmp_path / "rw", warp_kind="rotation")
+    ctx = b.start_frames[:1].numpy()
+    acts = {"camera": np.zeros((1, W - 1, 2), np.float32), "forward": np.zeros((1, W - 1), np.int64)}
+    out = {}
+    for mem in (0, 16, 8):
+        sim = WorldSimulator(b, 1, sampling_steps=1, detail_carry=1.0, context_noise=0.0, view_memory=mem)
+        shape = sim.latent_shape
+        z = sim.reset([0], ctx, acts, np.zeros((1, W, *shape)))
+        for turn in [0.0] + [30.0] * 12:
+            res = sim.step(_turning(turn), np.zeros((1, *shape)), np.zeros((1, *shape)))
+        out[mem] = (res.latents, res.frames[0].astype(int))
+    first = ctx[0, -1].astype(int)
+    torch.testing.assert_close(out[16][0], z[:, -1], rtol=0, atol=1e-4)
+    assert np.abs(out[16][1] - first).max() <= 1  # rounding
+    for mem in (0, 8):
+        assert (out[mem][0] - z[:, -1]).abs().mean() > 0.05 and np.abs(out[mem][1] - first).mean() > 3
+
+
+def test_view_memory_is_cleared_by_a_key_and_off_without_turns(tmp_path):
+    """A key pressed on every step (walking) clears the memory before it is read: the rollout is exactly the
+    one without memory. The same rollout turning only (no key) reads the memory and differs."""
+    b = _random_bundle(tmp_path / "rw", warp=True, residual=True, warp_kind="rotation")
+    acts = {"camera": np.zeros((2, W - 1, 2), np.float32), "forward": np.zeros((2, W - 1), np.int64)}
+    rng = np.random.default_rng(0)
+    for forward, same in ((1, True), (0, False)):
+        lat = []
+        for mem in (0, 8):
+            sim = WorldSimulator(b, 2, sampling_steps=1, view_memory=mem)
+            shape = sim.latent_shape
+            r = np.random.default_rng(1)
+            sim.reset([0, 1], b.start_frames.numpy(), acts, r.standard_normal((2, W, *shape)))
+            steps = []
+            for i in range(6):
+                a = {"camera": np.array([[0.0, 25.0], [-10.0, -25.0]], np.float32) * (1 if i < 3 else -1),
+                     "forward": np.array([forward, forward])}
+                steps.append(sim.step(a, r.standard_normal((2, *shape)), r.standard_normal((2, *shape))).frames)
+            lat.append(np.stack(steps))
+        assert np.array_equal(lat[0], lat[1]) == same
+    del rng
+
+
+def test_view_memory_needs_a_camera_rotation_model(random_bundle, tmp_path):
+    with pytest.raises(ValueError, match="view_memory needs a world model"):
+        WorldSimulator(random_bundle, 1, view_memory=8)
+    with pytest.raises(ValueError, match="view_memory needs a world model"):  # a camera model warping by shifts
+        WorldSimulator(_random_bundle(tmp_path / "s", warp=True, residual=True), 1, view_memory=8)
+    rot = _random_bundle(tmp_path / "r", warp=True, residual=True, warp_kind="rotation")
+    for bad in (-1, 2.5, True, "x"):
+        with pytest.raises((ValueError, TypeError), match="view_memory"):
+            WorldSimulator(rot, 1, view_memory=bad)
+    assert WorldSimulator(rot, 1, view_memory=0).memory is None and WorldSimulator(rot, 1).memory is None

@@ -185,10 +185,12 @@ class EDM:
 
     @torch.no_grad()
     def step_cached(self, model, cache, t: int, a, prev, prev_ctx, noise, context_noise, level: float,
-                    steps: int | None = None, guidance: float = 1.0, project=None):
+                    steps: int | None = None, guidance: float = 1.0, project=None, fill=None):
         """One frame of a cached rollout at time t: sample it with the Euler sampler, every pass attending to
         the cache's window, then commit it lightly noised (context_noise * level) in one more pass.
         prev: (B, C, h, w) the newest clean latent; prev_ctx: the same as committed (a warp model reads it).
+        fill: for a warp model, a function of its warp input (B, C, h, w) that returns it with its gaps filled
+        (the simulator's view memory); every pass, and a residual model's centre, then read the filled one.
         Returns (new latent, committed latent, the residual centre or None, the commit pass's ModelOutput:
         the heads read the committed frame)."""
         B = prev.shape[0]
@@ -197,13 +199,18 @@ class EDM:
         # residual models: what the skip connection is centred on, with the action and, for guidance's
         # action-free half, without it (a warp model's free half sees the frame unshifted)
         centre = centre_free = None
+        acts = {k: v[:, None] for k, v in a.items()} if isinstance(a, dict) else a[:, None]
+        wp = wp2 = None  # the warp input, made once when it is filled
+        if fill is not None and pv is not None:
+            wp = fill(model.warped_previous(pv[:, None], acts, has[:, None])[:, 0])
+            if guidance != 1.0:  # the action-free half sees the frame unshifted, as without the fill
+                wp2 = torch.cat([wp, model.warped_previous(pv[:, None], acts, ~has[:, None])[:, 0]])
         if self.cfg.residual:
-            acts = {k: v[:, None] for k, v in a.items()} if isinstance(a, dict) else a[:, None]
 
             def centre_of(has_action):  # one-frame sequences: the newest clean latent is their previous frame
                 return self.residual_anchor(model, prev[:, None], None if pv is None else pv[:, None], acts,
                                             has_action[:, None])[:, 0]
-            centre = centre_of(has)
+            centre = centre_of(has) if wp is None else wp  # residual_anchor of a warp model is its warp input
             centre_free = centre_of(~has) if guidance != 1.0 else None
         if guidance != 1.0:  # the batch twice, with and without its action: one pass, not two
             a2, has2 = batch_twice(a), torch.cat([has, ~has])
@@ -214,12 +221,13 @@ class EDM:
         def denoise(x, sigma):
             inp, c_noise = self.model_input(x, sigma)
             if guidance == 1.0:
-                o = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv)
+                o = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv, warped=wp)
                 last["features"] = o.features
                 return self.denoised(x, sigma, o.out, centre)
             # classifier-free guidance: push past the action-free prediction, on the denoised frames (each half
             # has its own centre)
-            o = model.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2, cache, t, prev=pv2)
+            o = model.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2, cache, t, prev=pv2,
+                                 warped=wp2)
             last["features"] = o.features[:B]
             raw, free = o.out.chunk(2)
             d_free = self.denoised(x, sigma, free, centre_free)
@@ -230,7 +238,7 @@ class EDM:
             z = project(z, centre, last["features"])
         zc = z + level * context_noise
         inp, c_noise = self.model_input(zc, torch.full((B,), level, device=z.device))
-        out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv)
+        out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv, warped=wp)
         return z, zc, centre, out
 
     @torch.no_grad()

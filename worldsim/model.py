@@ -132,25 +132,52 @@ def rotate_view(z: torch.Tensor, angles: torch.Tensor, matrix: torch.Tensor,
     on every turn. The matrix's diagonal read per radian is the focal length in normalised units (the centre
     moves f * angle), so the rotation needs nothing more than the fit. Bilinear; edges repeat into the gap.
     zoom: (N,) optional magnification about the centre after the turn (a step forward: > 1)."""
-    h, w = z.shape[-2:]
-    deg = math.pi / 180
-    fy, fx = -float(matrix[0, 0]) / deg, -float(matrix[1, 1]) / deg  # signed: their sign is the turn's direction
-    rays = _view_rays(h, w, fy, fx, str(z.device))  # (h, w, 3): x right, y down, z ahead
-    a = angles.float() * deg
+    return project_view(z, camera_rotation(angles), matrix, zoom)[0]
+
+
+def camera_rotation(angles: torch.Tensor) -> torch.Tensor:
+    """(N, 2) [pitch, yaw] in degrees -> (N, 3, 3) yaw @ pitch: a ray of the turned view (x right, y down,
+    z ahead) -> the same ray in the view before the turn. A camera whose turns from a start sum to
+    (pitch, yaw) is at camera_rotation of those sums (yaw about the world's vertical, then pitch)."""
+    a = angles.float() * (math.pi / 180)
     cp, sp, cy, sy = a[:, 0].cos(), a[:, 0].sin(), a[:, 1].cos(), a[:, 1].sin()
     one, zero = torch.ones_like(cp), torch.zeros_like(cp)
     yaw = torch.stack([torch.stack([cy, zero, sy], -1), torch.stack([zero, one, zero], -1),
                        torch.stack([-sy, zero, cy], -1)], -2)
     pitch = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, cp, sp], -1),
                          torch.stack([zero, -sp, cp], -1)], -2)
+    return yaw @ pitch
+
+
+def project_view(z: torch.Tensor, rotation: torch.Tensor, matrix: torch.Tensor,
+                 zoom: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """z: (N, C, h, w) a view; rotation: (N, 3, 3) a ray of the new view -> that ray in z's camera; matrix,
+    zoom: as in `rotate_view` -> (the new view sampled from z, edges repeated into the gap; (N, h, w) bool:
+    the cells whose ray lands inside z's view, in front of its camera)."""
+    grid, inside = view_grid(rotation, matrix, *z.shape[-2:], zoom, z.device)
+    return F.grid_sample(z, grid.to(z.dtype), mode="bilinear", padding_mode="border", align_corners=False), inside
+
+
+def view_grid(rotation: torch.Tensor, matrix: torch.Tensor, h: int, w: int, zoom: torch.Tensor | None = None,
+              device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each cell of an h x w view turned by `rotation` ((N, 3, 3), or (N, h, w, 3, 3): one per cell)
+    comes from in the view before the turn, in grid_sample's normalised units -> ((N, h, w, 2) grid, (N, h, w)
+    bool: inside that view and in front of its camera; cells behind it get a grid point outside)."""
+    deg = math.pi / 180
+    fy, fx = -float(matrix[0, 0]) / deg, -float(matrix[1, 1]) / deg  # signed: their sign is the turn's direction
+    rays = _view_rays(h, w, fy, fx, str(device or rotation.device))  # (h, w, 3): x right, y down, z ahead
     if zoom is not None:  # the output pixel at x came from x / zoom of the turned view
         scale = torch.stack([1 / zoom.float(), 1 / zoom.float(), torch.ones_like(zoom.float())], -1).to(rays.device)
         rays = rays * scale[:, None, None, :]  # (N, h, w, 3)
-    else:
-        rays = rays[None]
-    src = torch.einsum("nij,nhwj->nhwi", (yaw @ pitch).to(rays.device), rays.expand(len(a), -1, -1, -1))
-    grid = torch.stack([fx * src[..., 0] / src[..., 2], fy * src[..., 1] / src[..., 2]], -1)
-    return F.grid_sample(z, grid.to(z.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    rot = rotation.float().to(rays.device)
+    if rot.dim() == 3:
+        rot = rot[:, None, None]
+    src = (rot @ rays[..., None])[..., 0]  # (N, h, w, 3)
+    ahead = src[..., 2] > 1e-6
+    depth = torch.where(ahead, src[..., 2], torch.ones_like(src[..., 2]))
+    grid = torch.stack([fx * src[..., 0] / depth, fy * src[..., 1] / depth], -1)
+    inside = ahead & (grid.abs() <= 1).all(-1)
+    return torch.where(ahead[..., None], grid, torch.full_like(grid, 2.0)), inside
 
 
 @functools.lru_cache(maxsize=32)
@@ -399,12 +426,14 @@ class WorldDiT(ModelMixin, ConfigMixin):
         shift = cam @ self.warp_shift.to(prev.dtype)
         return shift_latents(prev.flatten(0, 1), shift.flatten(0, 1)).unflatten(0, prev.shape[:2])
 
-    def _with_warp(self, x, prev, actions, has_action):
-        """x, prev: (B, T, C, h, w) -> x and each frame's warped previous frame, channel-stacked."""
+    def _with_warp(self, x, prev, actions, has_action, warped=None):
+        """x, prev: (B, T, C, h, w) -> x and each frame's warped previous frame (or `warped`, the same already
+        computed), channel-stacked."""
         if self.config.warp_action is None:
             return x
-        return torch.cat([x, self.warped_previous(None if prev is None else prev.to(x.dtype), actions, has_action)],
-                         dim=2)
+        if warped is None:
+            warped = self.warped_previous(None if prev is None else prev.to(x.dtype), actions, has_action)
+        return torch.cat([x, warped.to(x.dtype)], dim=2)
 
     def with_warp(self, action: str, matrix, kind: str = "shift") -> "WorldDiT":
         """This model with the warp input added (see the class docstring). The new input weights start at
@@ -469,17 +498,20 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     # ---- cached forward: one new frame per call -------------------------------------------------------
     def forward_cached(self, x, c_noise, actions, has_action, cache: "KVCache", time: int,
-                       commit: bool = False, prev=None) -> ModelOutput:
+                       commit: bool = False, prev=None, warped=None) -> ModelOutput:
         """x: (B, C, h, w) one frame per batch element, attending to the cache's window and to itself.
 
         commit=True writes this frame's keys/values into the cache at `time` (after each layer has used
-        the window it needs), so the next frame sees it as context. prev: (B, C, h, w) as in `forward`.
+        the window it needs), so the next frame sees it as context. prev: (B, C, h, w) as in `forward`;
+        warped: (B, C, h, w) a warp model's input already made from prev (the simulator's view memory fills
+        its gaps), used instead of warping prev.
         """
         B, C, h, w = x.shape
         p = self.config.patch_size
         acts = actions[:, None] if not isinstance(actions, dict) else {k: v[:, None] for k, v in actions.items()}
         tok = self.patch_in(self._tokens(self._with_warp(x[:, None], None if prev is None else prev[:, None], acts,
-                                                         has_action[:, None])))
+                                                         has_action[:, None],
+                                                         None if warped is None else warped[:, None])))
         c = self._cond(c_noise[:, None], acts, has_action[:, None])
         cos, sin = self.rope(torch.tensor([time]), h // p, w // p)
         if commit and B != cache.k.shape[1]:

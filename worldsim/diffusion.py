@@ -189,8 +189,9 @@ class EDM:
         """One frame of a cached rollout at time t: sample it with the Euler sampler, every pass attending to
         the cache's window, then commit it lightly noised (context_noise * level) in one more pass.
         prev: (B, C, h, w) the newest clean latent; prev_ctx: the same as committed (a warp model reads it).
-        fill: for a warp model, a function of its warp input (B, C, h, w) that returns it with its gaps filled
-        (the simulator's view memory); every pass, and a residual model's centre, then read the filled one.
+        fill: for a warp model, a function of its warp input (B, C, h, w) that returns the input to use (the
+        simulator's view memory: cells taken from views it holds); every pass, and a residual model's centre,
+        then read that one.
         Returns (new latent, committed latent, the residual centre or None, the commit pass's ModelOutput:
         the heads read the committed frame)."""
         B = prev.shape[0]
@@ -200,13 +201,12 @@ class EDM:
         # action-free half, without it (a warp model's free half sees the frame unshifted)
         centre = centre_free = None
         acts = {k: v[:, None] for k, v in a.items()} if isinstance(a, dict) else a[:, None]
-        wp = wp2 = None  # the warp input, made once when it is filled
+        wp = wp2 = None  # the warp input, made once when `fill` rebuilds it
         if fill is not None and pv is not None:
             wp = fill(model.warped_previous(pv[:, None], acts, has[:, None])[:, 0])
             if guidance != 1.0:  # the action-free half sees the frame unshifted, as without the fill
                 wp2 = torch.cat([wp, model.warped_previous(pv[:, None], acts, ~has[:, None])[:, 0]])
         if self.cfg.residual:
-
             def centre_of(has_action):  # one-frame sequences: the newest clean latent is their previous frame
                 return self.residual_anchor(model, prev[:, None], None if pv is None else pv[:, None], acts,
                                             has_action[:, None])[:, 0]
@@ -226,8 +226,8 @@ class EDM:
                 return self.denoised(x, sigma, o.out, centre)
             # classifier-free guidance: push past the action-free prediction, on the denoised frames (each half
             # has its own centre)
-            o = model.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2, cache, t, prev=pv2,
-                                 warped=wp2)
+            o = model.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2, cache, t,
+                                     prev=pv2, warped=wp2)
             last["features"] = o.features[:B]
             raw, free = o.out.chunk(2)
             d_free = self.denoised(x, sigma, free, centre_free)

@@ -503,8 +503,8 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
         commit=True writes this frame's keys/values into the cache at `time` (after each layer has used
         the window it needs), so the next frame sees it as context. prev: (B, C, h, w) as in `forward`;
-        warped: (B, C, h, w) a warp model's input already made from prev (the simulator's view memory fills
-        its gaps), used instead of warping prev.
+        warped: (B, C, h, w) a warp model's input already made from prev (the simulator's view memory builds
+        it from the views it holds), used instead of warping prev.
         """
         B, C, h, w = x.shape
         p = self.config.patch_size

@@ -880,3 +880,29 @@ def test_view_memory_needs_a_camera_rotation_model(random_bundle, tmp_path):
         with pytest.raises((ValueError, TypeError), match="view_memory"):
             WorldSimulator(rot, 1, view_memory=bad)
     assert WorldSimulator(rot, 1, view_memory=0).memory is None and WorldSimulator(rot, 1).memory is None
+
+
+def test_view_memory_rows_are_their_own(tmp_path):
+    """Each batch row has its own memory: a key pressed in one row clears only that row's, and resetting a row
+    (the vector env's autoreset) starts only that row's again."""
+    b = _random_bundle(tmp_path / "r", warp=True, residual=True, warp_kind="rotation")
+    sim = WorldSimulator(b, 2, sampling_steps=1, view_memory=8)
+    shape = sim.latent_shape
+    acts = {"camera": np.zeros((2, W - 1, 2), np.float32), "forward": np.zeros((2, W - 1), np.int64)}
+    rng = np.random.default_rng(0)
+    sim.reset([0, 1], b.start_frames.numpy(), acts, rng.standard_normal((2, W, *shape)))
+
+    def step(forward):
+        sim.step({"camera": np.array([[0.0, 10.0], [0.0, -10.0]], np.float32), "forward": np.array(forward)},
+                 rng.standard_normal((2, *shape)), rng.standard_normal((2, *shape)))
+    for _ in range(4):
+        step([0, 0])
+    held = (sim.memory.age >= 0).sum(1)
+    assert (held >= 2).all(), held  # turning: views from several directions
+    step([1, 0])
+    assert (sim.memory.age[0] >= 0).sum() == 0 and (sim.memory.age[1] >= 0).sum() == held[1] + 1
+    for _ in range(4):
+        step([0, 0])
+    before = sim.memory.age[0].clone()
+    sim.reset([1], b.start_frames[1:].numpy(), {k: v[1:] for k, v in acts.items()}, rng.standard_normal((1, W, *shape)))
+    assert torch.equal(sim.memory.age[0], before) and (sim.memory.age[1] >= 0).sum() <= 1

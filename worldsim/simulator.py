@@ -219,18 +219,17 @@ class WorldSimulator:
         has = torch.ones(b, T, dtype=torch.bool, device=self.device)
         has[:, 0] = False  # nothing is known of what led to the first context frame
         times = torch.arange(self.time - T + 1, self.time + 1)  # the context ends now
-        zc = self.edm.prefill(self.dit, self.cache, rows, z, actions_to_tensor(self.spec, acts, self.device), has, times,
-                              self._t(context_noise), self.context_noise)
+        acts = actions_to_tensor(self.spec, acts, self.device)
+        zc = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise), self.context_noise)
         self.prev[rows] = z[:, -1]
         self.prev_ctx[rows] = zc[:, -1]
         self.shown_z[rows] = z[:, -1]
         self.shown[rows] = frames[:, -1]
         if self.memory is not None:  # the context frames are the first views the memory holds
-            a = actions_to_tensor(self.spec, acts, self.device)
             self.memory.clear(rows)
             for i in range(T):
                 if i:
-                    self.memory.turn(rows, {k: v[:, i] for k, v in a.items()})
+                    self.memory.turn(rows, {k: v[:, i] for k, v in acts.items()})
                 self.memory.push(rows, zc[:, i].float(), frames[:, i])
         return z
 
@@ -381,8 +380,7 @@ class ViewMemory:
         self.keys = [k for k, v in spec["keys"].items() if v["type"] != "box"]  # any of these pressed: clear
         self.z = torch.zeros(batch, frames, *shape, device=device)
         self.shown = torch.zeros(batch, frames, *frame_shape, dtype=torch.uint8, device=device)
-        self.rot = torch.eye(3, device=device).expand(batch, frames, 3, 3).clone()
-        self.seen_at = torch.zeros(batch, frames, 2, device=device)  # each entry's [pitch, yaw]
+        self.seen_at = torch.zeros(batch, frames, 2, device=device)  # each entry's camera [pitch, yaw]
         self.age = torch.full((batch, frames), -1, dtype=torch.long, device=device)  # push count; -1: empty
         self.count = torch.zeros(batch, dtype=torch.long, device=device)
         self.angles = torch.zeros(batch, 2, device=device)  # [pitch, yaw] summed, degrees
@@ -420,7 +418,6 @@ class ViewMemory:
         self.seen_at[rows, slot] = self.angles[rows]
         if shown is not None:
             self.shown[rows, slot] = torch.as_tensor(shown, device=self.shown.device)[keep]
-        self.rot[rows, slot] = camera_rotation(self.angles[rows])
         self.age[rows, slot] = self.count[rows]
         self.count[rows] += 1
 
@@ -432,7 +429,8 @@ class ViewMemory:
         self.used = None
         if not (self.age >= 0).any():
             return warped
-        rel = self.rot.transpose(-1, -2) @ camera_rotation(self.angles)[:, None]  # a ray now -> in each held view
+        held = camera_rotation(self.seen_at.flatten(0, 1)).view(B, K, 3, 3)
+        rel = held.transpose(-1, -2) @ camera_rotation(self.angles)[:, None]  # a ray now -> in each held view
         seen, inside = project_view(self.z.flatten(0, 1), rel.flatten(0, 1), self.matrix)
         inside = inside.view(B, K, h, w) & (self.age >= 0)[..., None, None]
         oldest = torch.where(inside, -self.age[..., None, None], -2 ** 62).argmax(1)  # (B, h, w)

@@ -11,6 +11,10 @@ strip:T  on move steps, the strip's tokens under `certain` are drawn from the he
 seed:Q   on move steps, with probability Q, the strip's least certain token under `certain` is drawn from the
          head among the groups other than its likeliest (a seed of new ground that the model's own
          continuation can grow from); every other token snaps to its nearest entry
+floor:F  seed:1, but only on steps whose view (the 9 x 7 tiles above the inventory, nearest entries) has at
+         least a share F of its tiles in one group: a seed only where the view has gone uniform
+any:F    floor:F without the strip or the moves: on any step whose frame (all tokens) has a share F in one
+         group, the least certain token under `certain`, wherever it is, is drawn among its other groups
 """
 import sys
 
@@ -22,8 +26,8 @@ from worldsim.cli import main
 
 rule, value = sys.argv[1].split(":")
 value = float(value)
-if rule not in ("strip", "seed"):
-    raise SystemExit(f"unknown rule {rule!r}: strip:T or seed:Q")
+if rule not in ("strip", "seed", "floor", "any"):
+    raise SystemExit(f"unknown rule {rule!r}: strip:T, seed:Q or floor:F")
 EDGE = {1: (slice(0, 7), 0), 2: (slice(0, 7), 8), 3: (0, slice(0, 9)), 4: (6, slice(0, 9))}  # left right up down
 step_actions = {}
 plain_step = simulator.WorldSimulator._step
@@ -44,6 +48,18 @@ def sample_snap(z, features, codebook, groups, head, noise, certain):
     idx = d.argmin(-1)
     u = 0.5 * (1 + torch.erf(noise.reshape(B, h * w).float() / 2 ** 0.5))
     for i, a in enumerate(step_actions["a"]):
+        if rule == "any":
+            if groups.to(idx.device)[idx[i]].bincount().max() < value * h * w:
+                continue
+            unsure = p[i].max(-1).values < certain
+            if not unsure.any():
+                continue
+            j = int(torch.where(unsure, p[i].max(-1).values, 2.0).argmin())
+            q = p[i, j].clone()
+            q[q.argmax()] = 0
+            g = int(((q / q.sum()).cumsum(0) < u[i, j]).sum().clamp(max=len(q) - 1))
+            idx[i, j] = d[i, j].masked_fill(groups.to(d.device) != g, float("inf")).argmin()
+            continue
         if int(a) not in EDGE:
             continue
         strip = torch.zeros(h, w, dtype=torch.bool)
@@ -52,8 +68,14 @@ def sample_snap(z, features, codebook, groups, head, noise, certain):
         if rule == "strip":
             draw = {int(j): (logits[i, j] / value).softmax(-1) for j in torch.nonzero(unsure)[:, 0]}
         else:
-            if not unsure.any() or float(u[i, 0]) >= value:  # the frame's coin: its first token's uniform
+            if not unsure.any():
                 continue
+            if rule == "seed" and float(u[i, 0]) >= value:  # the frame's coin: its first token's uniform
+                continue
+            if rule == "floor":
+                view = groups.to(idx.device)[idx[i].reshape(h, w)[:7]].reshape(-1)
+                if view.bincount().max() < value * len(view):
+                    continue
             j = int(torch.where(unsure, p[i].max(-1).values, 2.0).argmin())
             q = p[i, j].clone()
             q[q.argmax()] = 0

@@ -9,7 +9,8 @@ from conftest import randomize
 
 from worldsim.autoencoder import make_autoencoder
 from worldsim.checkpoint import Bundle, bundle_files, write_dir_atomic
-from worldsim.codebook import TokenHead, fit_codebook, frame_tokens, nearest, sample_snap, snap, with_codebook
+from worldsim.codebook import (TokenHead, fit_codebook, frame_tokens, nearest, sample_snap, seed_snap, snap,
+                               with_codebook)
 from worldsim.data import index_actions
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.model import WorldDiT, actions_to_tensor
@@ -906,3 +907,53 @@ def test_view_memory_rows_are_their_own(tmp_path):
     before = sim.memory.age[0].clone()
     sim.reset([1], b.start_frames[1:].numpy(), {k: v[1:] for k, v in acts.items()}, rng.standard_normal((1, W, *shape)))
     assert torch.equal(sim.memory.age[0], before) and (sim.memory.age[1] >= 0).sum() <= 1
+
+
+def test_seed_snap_seeds_one_revealed_cell_of_a_uniform_frame_only():
+    """seed_snap: nearest snap everywhere, except on a frame whose commonest group holds `floor` of its tokens
+    and whose action reveals cells: there the revealed cell the head is least sure of takes an entry of a group
+    other than the head's likeliest. Varied frames, and frames whose action reveals nothing, are nearest snap."""
+    torch.manual_seed(0)
+    codebook = torch.randn(30, 4)
+    groups = torch.arange(30) % 3
+    head = TokenHead(8, 4, 3, hidden=4)
+    torch.nn.init.zeros_(head.net[-1].weight)
+    head.net[-1].bias.data = torch.tensor([0.5, 0.3, 0.2]).log()  # unsure (0.5 < certain), likeliest group 0
+    uniform = codebook[groups == 0][:1].repeat(9, 1)  # one entry of group 0 (the head's likeliest) at every cell
+    varied = codebook[:9]  # groups 0, 1, 2, 0, ...
+    z = torch.stack([uniform, varied, uniform]).reshape(3, 3, 3, 4).permute(0, 3, 1, 2) + 0.01 * torch.randn(3, 4, 3, 3)
+    feats, noise = torch.randn(3, 9, 8), torch.randn(3, 3, 3)
+    reveal = torch.zeros(3, 3, 3, dtype=torch.bool)
+    reveal[:2, :, 0] = True  # frames 0 and 1: the left column is new ground; frame 2: a step revealing nothing
+    out = seed_snap(z, feats, codebook, groups, head, noise, 0.9, reveal, floor=0.8)
+    near = snap(z, codebook)
+    assert torch.equal(out[1:], near[1:])
+    changed = (out[0] != near[0]).any(0)
+    assert changed.sum() == 1 and changed[:, 0].any()  # one cell, in the revealed column
+    cell = out[0][:, changed].T
+    assert groups[nearest(cell, codebook)[1]].item() != 0  # not the head's likeliest group
+    assert torch.equal(seed_snap(z, feats, codebook, groups, head, noise, 0.9, reveal, floor=1.01), near)
+    assert torch.equal(seed_snap(z, feats, codebook, groups, head, noise, 0.4, reveal, floor=0.8), near)  # head sure
+
+
+def test_seed_floor_needs_nearest_snap_a_head_and_the_reveal_table(patch_bundle, tmp_path):
+    import shutil
+    shutil.copytree(patch_bundle.path, tmp_path / "p")
+    tokens = frame_tokens(patch_bundle.codec, patch_bundle.start_frames.numpy().reshape(-1, 32, 32, 3))
+    codebook = fit_codebook(tokens, 12)
+    torch.manual_seed(0)
+    head = TokenHead(patch_bundle.dit.config.dim, 4, 3, hidden=16)
+    groups = nearest(codebook, fit_codebook(codebook, 3))[1]
+    with_codebook(tmp_path / "p", codebook, {"entries": 12, "head": {"groups": 3, "hidden": 16}}, True, head, groups)
+    b = Bundle(tmp_path / "p")
+    with pytest.raises(ValueError, match="reveal table"):
+        WorldSimulator(b, 1, sampling_steps=1, seed_floor=0.7)
+    b.env["reveal"] = {"1": [[0, 0], [1, 0]]}
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="seed_floor must be"):
+            WorldSimulator(b, 1, sampling_steps=1, seed_floor=bad)
+    with pytest.raises(ValueError, match="snap=true"):
+        WorldSimulator(b, 1, sampling_steps=1, seed_floor=0.7, snap="sample")
+    sim = WorldSimulator(b, 1, sampling_steps=1, seed_floor=0.7)
+    assert sim.reveal[1, 0, 0] and sim.reveal[1, 1, 0] and sim.reveal.sum() == 2
+    assert WorldSimulator(b, 1, sampling_steps=1).reveal is None  # off unless the bundle or the caller asks

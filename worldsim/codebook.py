@@ -125,6 +125,41 @@ def sample_snap(z: torch.Tensor, features: torch.Tensor, codebook: torch.Tensor,
     return codebook.to(z)[torch.cat(idx)].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
 
 
+
+def seed_snap(z: torch.Tensor, features: torch.Tensor, codebook: torch.Tensor, groups: torch.Tensor,
+              head: TokenHead, noise: torch.Tensor, certain: float, reveal: torch.Tensor, floor: float) -> torch.Tensor:
+    """Nearest snap, plus a seed of new ground on frames gone uniform: where a frame's commonest group holds at
+    least `floor` of its tokens and the step's action reveals ground (`reveal`: (B, h, w) bool, the cells the
+    action brings into view, from the game's description), the revealed cell the head is least sure of (under
+    `certain`) is drawn among its groups other than the likeliest (the uniform from `noise`, (B, h, w) unit
+    Gaussian, at that cell), and takes that group's entry nearest to the model's estimate.
+
+    Why: nearest snap turns unsure new ground into the commonest tile, so an explorer's world fills with grass
+    and freezes; drawing every unsure token keeps it varied but costs next-frame PSNR everywhere (README). A
+    frame only goes uniform on the way into that freeze, and one new tile at its edge is enough for the model
+    to grow ground from, so the seed changes nothing on varied frames."""
+    B, C, h, w = z.shape
+    tok = z.permute(0, 2, 3, 1).reshape(B, h * w, C).float()
+    cb, groups = codebook.to(z.device).float(), groups.to(z.device)
+    idx = nearest(tok.reshape(-1, C), cb)[1].view(B, h * w)
+    counts = torch.zeros(B, int(groups.max()) + 1, device=z.device).scatter_add_(
+        1, groups[idx], torch.ones(B, h * w, device=z.device))
+    cells = reveal.reshape(B, h * w).to(z.device)
+    rows = torch.nonzero((counts.max(1).values >= floor * h * w) & cells.any(1))[:, 0]
+    if len(rows):
+        p = head(cell_features(features[rows], h, w), tok[rows].reshape(-1, C)).softmax(-1).view(len(rows), h * w, -1)
+        top = p.max(-1).values
+        unsure = cells[rows] & (top < certain)
+        j = torch.where(unsure, top, 2.0).argmin(1)  # each row's least sure revealed cell
+        q = p[torch.arange(len(rows)), j].scatter(1, p[torch.arange(len(rows)), j].argmax(1, keepdim=True), 0.0)
+        u = 0.5 * (1 + torch.erf(noise.reshape(B, h * w)[rows, j].float() / 2 ** 0.5)) * q.sum(1)
+        drawn = (q.cumsum(1) < u[:, None]).sum(1).clamp(max=q.shape[1] - 1)
+        d = torch.cdist(tok[rows, j], cb).masked_fill(groups[None] != drawn[:, None], float("inf"))
+        seeded = unsure.any(1)
+        idx[rows[seeded], j[seeded]] = d.argmin(1)[seeded]
+    return codebook.to(z)[idx.reshape(-1)].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
+
+
 def head_examples(bundle, episodes: list, windows: int, seed: int = 0, batch: int = 128):
     """(features, one-step estimates, real tokens) of every token of the last frame of `windows` random windows
     of episodes, each a dict of "latents" (T, C, h, w) normalised and "actions" (the T-1 steps between them),

@@ -122,7 +122,8 @@ class Viewer:
               "tile_hold": cfg.get("tile_hold"), "quantize": cfg.get("quantize"),
               "detail_carry": cfg.get("detail_carry"), "carry_gate": cfg.get("carry_gate"),
               "reencode": cfg.get("reencode"), "snap": cfg.get("snap"),
-              "certain": cfg.get("certain"), "amp": cfg.get("amp"), "view_memory": cfg.get("view_memory")}
+              "certain": cfg.get("certain"), "amp": cfg.get("amp"), "view_memory": cfg.get("view_memory"),
+              "seed_floor": cfg.get("seed_floor")}
         if cfg.bundle:
             kw["bundle"] = cfg.bundle
         self.env = gym.make(env_id, **kw)

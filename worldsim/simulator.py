@@ -19,7 +19,7 @@ import torch
 
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
-from worldsim.codebook import CERTAIN, sample_snap, snap
+from worldsim.codebook import CERTAIN, sample_snap, seed_snap, snap
 from worldsim.diffusion import warps
 from worldsim.model import actions_to_tensor, camera_rotation, project_view, view_grid
 
@@ -89,7 +89,7 @@ class WorldSimulator:
                  guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
-                 view_memory: int | None = None):
+                 view_memory: int | None = None, seed_floor: float | None = None):
         # amp="bf16": every model pass (world model, autoencoder) under torch.autocast to bfloat16, the KV cache
         # and the sampler's arithmetic in fp32. For GPUs (tensor cores); on this project's CPU fp32 is faster
         amp = _mode(AMP, amp, f"amp must be bf16 or none (fp32), got {amp!r}")
@@ -179,6 +179,27 @@ class WorldSimulator:
             if self.steps != 1 or self.guidance != 1.0:
                 raise ValueError("snap=sample reads a one-step, guidance-1 sample (what its token head was trained "
                                  f"on); this simulator samples with {self.steps} steps at guidance {self.guidance}")
+        # seed_floor F: with nearest snap, a frame whose commonest tile group holds a share F of its tokens gets
+        # one revealed cell drawn from the token head (codebook.seed_snap); 0 = off
+        self.seed_floor = float(dec.get("seed_floor", 0.0) if seed_floor is None else seed_floor)
+        if not 0 <= self.seed_floor <= 1:
+            raise ValueError(f"seed_floor must be in [0, 1] (a share of a frame's tokens; 0 = off), got {seed_floor}")
+        self.reveal = None
+        if self.seed_floor > 0:
+            table, spec = bundle.env.get("reveal"), self.spec
+            if self.snap != "nearest" or bundle.token_head is None:
+                raise ValueError("seed_floor seeds frames snapped to their nearest entries (snap=true) and draws from "
+                                 "the token head: it needs both (`worldsim codebook bundle=... head=true`)")
+            if not table or spec.get("type") != "discrete":
+                raise ValueError("seed_floor needs the game's reveal table (env.reveal in bundle.json: for each "
+                                 "discrete action, the latent cells it brings into view)")
+            if self.steps != 1 or self.guidance != 1.0:
+                raise ValueError("seed_floor's token head reads a one-step, guidance-1 sample; this simulator samples "
+                                 f"with {self.steps} steps at guidance {self.guidance}")
+            self.reveal = torch.zeros(spec["n"], h, w, dtype=torch.bool, device=self.device)
+            for act, cells in table.items():
+                for r, c in cells:
+                    self.reveal[int(act), r, c] = True
         head_meta = (bundle.meta.get("codebook") or {}).get("head") or {}
         self.certain = float(head_meta.get("certain", CERTAIN) if certain is None else certain)
         if not 0 <= self.certain <= 1:
@@ -261,6 +282,10 @@ class WorldSimulator:
             if self.snap == "sample":  # one draw per token from the caller's noise (its first channel)
                 b = self.bundle
                 z = sample_snap(z, features, b.codebook, b.codebook_groups, b.token_head, noise[:, 0], self.certain)
+            elif self.reveal is not None:  # nearest, and a seed of new ground on frames gone uniform
+                b = self.bundle
+                z = seed_snap(z, features, b.codebook, b.codebook_groups, b.token_head, noise[:, 0], self.certain,
+                              self.reveal[a], self.seed_floor)
             elif self.snap:
                 z = snap(z, self.bundle.codebook)
             if self.reencode:

@@ -151,7 +151,8 @@ def seed_snap(z: torch.Tensor, features: torch.Tensor, codebook: torch.Tensor, g
         top = p.max(-1).values
         unsure = cells[rows] & (top < certain)
         j = torch.where(unsure, top, 2.0).argmin(1)  # each row's least sure revealed cell
-        q = p[torch.arange(len(rows)), j].scatter(1, p[torch.arange(len(rows)), j].argmax(1, keepdim=True), 0.0)
+        pj = p[torch.arange(len(rows)), j]
+        q = pj.scatter(1, pj.argmax(1, keepdim=True), 0.0)  # the likeliest group left out
         u = 0.5 * (1 + torch.erf(noise.reshape(B, h * w)[rows, j].float() / 2 ** 0.5)) * q.sum(1)
         drawn = (q.cumsum(1) < u[:, None]).sum(1).clamp(max=q.shape[1] - 1)
         d = torch.cdist(tok[rows, j], cb).masked_fill(groups[None] != drawn[:, None], float("inf"))

@@ -113,8 +113,7 @@ def sample_snap(z: torch.Tensor, features: torch.Tensor, codebook: torch.Tensor,
     tok = z.permute(0, 2, 3, 1).reshape(-1, C).float()
     cb, groups = codebook.to(z.device).float(), groups.to(z.device)
     p = head(cell_features(features, h, w), tok).softmax(-1)
-    u = 0.5 * (1 + torch.erf(noise.reshape(-1, 1).float() / 2 ** 0.5))
-    drawn = (p.cumsum(-1) < u).sum(-1).clamp(max=p.shape[1] - 1)
+    drawn = draw_group(p, noise.reshape(-1))
     sure = p.max(-1).values > certain
     idx = []
     for i in range(0, len(tok), CHUNK // 16):  # distance blocks of 4,096 tokens
@@ -124,6 +123,12 @@ def sample_snap(z: torch.Tensor, features: torch.Tensor, codebook: torch.Tensor,
         idx.append(torch.where(sure[j], d.argmin(1), in_group))
     return codebook.to(z)[torch.cat(idx)].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
 
+
+def draw_group(p: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """(N, G) group weights (each row summing to any positive total) and (N,) unit Gaussian noise -> (N,) the
+    group each row's noise draws: the inverse CDF at the noise's uniform."""
+    u = 0.5 * (1 + torch.erf(noise.float() / 2 ** 0.5)) * p.sum(-1)
+    return (p.cumsum(-1) < u[:, None]).sum(-1).clamp(max=p.shape[1] - 1)
 
 
 def seed_snap(z: torch.Tensor, features: torch.Tensor, codebook: torch.Tensor, groups: torch.Tensor,
@@ -153,8 +158,7 @@ def seed_snap(z: torch.Tensor, features: torch.Tensor, codebook: torch.Tensor, g
         j = torch.where(unsure, top, 2.0).argmin(1)  # each row's least sure revealed cell
         pj = p[torch.arange(len(rows)), j]
         q = pj.scatter(1, pj.argmax(1, keepdim=True), 0.0)  # the likeliest group left out
-        u = 0.5 * (1 + torch.erf(noise.reshape(B, h * w)[rows, j].float() / 2 ** 0.5)) * q.sum(1)
-        drawn = (q.cumsum(1) < u[:, None]).sum(1).clamp(max=q.shape[1] - 1)
+        drawn = draw_group(q, noise.reshape(B, h * w)[rows, j])
         d = torch.cdist(tok[rows, j], cb).masked_fill(groups[None] != drawn[:, None], float("inf"))
         seeded = unsure.any(1)
         idx[rows[seeded], j[seeded]] = d.argmin(1)[seeded]

@@ -8,6 +8,23 @@ import gymnasium as gym
 import numpy as np
 
 ACTION_MEANINGS = tuple(crafter.constants.actions)  # 17 actions, index = action id
+# The view's geometry in tiles of its 9 x 9 grid (what a tile autoencoder's latent cells are): the map is the
+# top 7 rows (the inventory is below), the player stands on row 3, column 4, and a move that is not blocked
+# scrolls the map by one tile. A bundle carries these as env.reveal (seed_floor) and env.map (map_memory).
+MAP_ROWS, MAP_COLS, PLAYER = 7, 9, (3, 4)
+MOVES = {1: (0, -1), 2: (0, 1), 3: (-1, 0), 4: (1, 0)}  # move_left, _right, _up, _down: the player's (dy, dx)
+
+
+def view_geometry() -> dict:
+    """env.reveal (each move's newly revealed cells: the map's edge on its side) and env.map (the map region,
+    the moves, the player's fixed cell), in grid cells, as bundle.json holds them."""
+    reveal = {}
+    for a, (dy, dx) in MOVES.items():
+        rows = [0 if dy < 0 else MAP_ROWS - 1] if dy else range(MAP_ROWS)
+        cols = [0 if dx < 0 else MAP_COLS - 1] if dx else range(MAP_COLS)
+        reveal[str(a)] = [[r, c] for r in rows for c in cols]
+    return {"reveal": reveal, "map": {"region": [[0, MAP_ROWS], [0, MAP_COLS]],
+                                      "moves": {str(a): list(m) for a, m in MOVES.items()}, "fixed": [list(PLAYER)]}}
 
 
 class RealCrafterEnv(gym.Env):

@@ -20,7 +20,7 @@ OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index"}
 
 def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_size=None, default=None,
           guidance=None, tile_hold=None, quantize=None, detail_carry=None, carry_gate=None, reencode=None,
-          snap=None, certain=None, amp=None, view_memory=None, seed_floor=None) -> gym.Space:
+          snap=None, certain=None, amp=None, view_memory=None, seed_floor=None, map_memory=None) -> gym.Space:
     """Set up what both envs share (bundle, simulator, observation space, action meanings); returns the
     action space of one world."""
     from worldsim import DEFAULT_CRAFTER_BUNDLE
@@ -29,7 +29,8 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
     env.sim = WorldSimulator(env.bundle, batch_size, sampling_steps, context_noise,
                              tuple(frame_size) if frame_size is not None else None, guidance, tile_hold, quantize,
                              detail_carry=detail_carry, carry_gate=carry_gate, reencode=reencode, snap=snap,
-                             certain=certain, amp=amp, view_memory=view_memory, seed_floor=seed_floor)
+                             certain=certain, amp=amp, view_memory=view_memory, seed_floor=seed_floor,
+                             map_memory=map_memory)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
     return _action_space(env.bundle.env["action_space"])
 
@@ -89,6 +90,9 @@ class WorldEnv(gym.Env):
     ``seed_floor=F`` (with nearest snap and a token head): on a frame whose commonest tile group covers a share
     F of its tokens, the cell of newly revealed ground the head is least sure of is drawn from the head, so an
     explorer's world does not fill with grass. Default: the bundle's (``decode.seed_floor``); 0 turns it off.
+    ``map_memory`` (top-down games whose bundle describes the map, ``env.map``): ground that scrolled out of
+    view and back in shows what it showed before (``MapMemory`` in worldsim/simulator.py). Default: the
+    bundle's (``inference.map_memory``).
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
@@ -100,13 +104,14 @@ class WorldEnv(gym.Env):
                  tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
-                 view_memory: int | None = None, seed_floor: float | None = None):
+                 view_memory: int | None = None, seed_floor: float | None = None,
+                 map_memory: bool | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), float(termination_threshold)
         self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise, frame_size, default_bundle,
                                   guidance, tile_hold, quantize, detail_carry, carry_gate, reencode, snap, certain, amp,
-                                  view_memory, seed_floor)
+                                  view_memory, seed_floor, map_memory)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window = None, 0, None
 
@@ -168,7 +173,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                  tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
-                 view_memory: int | None = None, seed_floor: float | None = None, **kwargs):
+                 view_memory: int | None = None, seed_floor: float | None = None,
+                 map_memory: bool | None = None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments for WorldVectorEnv: {sorted(kwargs)}")
         if render_mode not in (None, "rgb_array"):
@@ -178,7 +184,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise,
                                          frame_size, default_bundle, guidance, tile_hold, quantize,
                                          detail_carry, carry_gate, reencode, snap, certain, amp, view_memory,
-                                         seed_floor)
+                                         seed_floor, map_memory)
         self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)

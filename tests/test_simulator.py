@@ -957,3 +957,97 @@ def test_seed_floor_needs_nearest_snap_a_head_and_the_reveal_table(patch_bundle,
     sim = WorldSimulator(b, 1, sampling_steps=1, seed_floor=0.7)
     assert sim.reveal[1, 0, 0] and sim.reveal[1, 1, 0] and sim.reveal.sum() == 2
     assert WorldSimulator(b, 1, sampling_steps=1).reveal is None  # off unless the bundle or the caller asks
+
+
+def _map_views(world, pos, h=7, w=7):
+    """The (1, C, h, w) view of a (C, H, W) world latent map whose corner is at pos (row, col)."""
+    return world[:, pos[0]:pos[0] + h, pos[1]:pos[1] + w][None].clone()
+
+
+MAP = {"region": [[0, 6], [0, 7]], "moves": {"1": [0, -1], "2": [0, 1], "3": [-1, 0], "4": [1, 0]}, "fixed": [[2, 3]]}
+
+
+def test_map_memory_shows_ground_that_scrolls_back_and_tracks_blocked_moves():
+    """MapMemory on a synthetic world: a view scrolled by a move, whose new column the 'model' made up, keeps
+    what it made up where the memory has not seen that ground, and gets the ground it showed before where it has
+    (exactly); a move whose frame did not scroll (blocked) does not move the memory; the fixed cell (the
+    player) is never filled; a cleared row fills nothing."""
+    from worldsim.simulator import MapMemory
+    torch.manual_seed(0)
+    world = torch.randn(4, 30, 30)
+    mem = MapMemory(MAP, 17, 1, (4, 7, 7), "cpu")
+    pos = [10, 10]
+    start = _map_views(world, pos)
+    mem.start([0], start[:, None], torch.zeros(1, 1, dtype=torch.long))
+    prev = start
+
+    def step(action, dpos, made_up):
+        nonlocal prev
+        pos[0] += dpos[0]
+        pos[1] += dpos[1]
+        z = _map_views(world, pos)
+        z[:, :, made_up[0], made_up[1]] = 100.0  # the model's guess for the ground the move brings in
+        z[:, :, 2, 3] = -7.0  # the player's tile: not the map's
+        out = mem.step([0], z, prev, torch.tensor([action]))
+        prev = out
+        return out
+    out = step(2, (0, 1), (slice(0, 6), 6))  # right: the new right column was never seen
+    assert (out[0, :, :6, 6] == 100.0).all() and not mem.filled.any()
+    assert mem.pos[0].tolist() == [0, 1]  # the start's corner is the origin
+    out = step(1, (0, -1), (slice(0, 6), 0))  # back left: the left column was in the first view
+    assert torch.equal(out[0, :, :6, 0], world[:, 10:16, 10])
+    assert mem.filled[0, :6, 0].all() and mem.filled.sum() == 6
+    assert torch.equal(out[0, :, 2, 3], torch.full((4,), -7.0))  # the player's tile is the model's
+    blocked = prev + 0.01 * torch.randn_like(prev)  # a move whose frame stayed: blocked
+    assert not mem.scrolled(blocked, prev, torch.tensor([3]))[0]
+    p = mem.pos.clone()
+    mem.step([0], blocked, prev, torch.tensor([3]))
+    assert torch.equal(mem.pos, p) and not mem.filled.any()
+    out = step(2, (0, 1), (slice(0, 6), 6))  # right again; then the row is cleared (a reset)
+    mem.clear([0])
+    prev = mem.step([0], out, out, torch.tensor([0]))
+    out = step(1, (0, -1), (slice(0, 6), 0))  # seen before the clear only: the model's guess stays
+    assert (out[0, :, :6, 0] == 100.0).all() and not mem.filled.any()
+    z = _map_views(world, [10, 11])
+    out = mem.step([0], z, out, torch.tensor([2]))  # seen since the clear: it shows what it showed then
+    assert (out[0, :, :6, 6] == 100.0).all() and mem.filled.sum() == 6
+
+
+def test_map_memory_needs_the_map_description_and_a_tile_autoencoder(random_bundle, patch_bundle):
+    with pytest.raises(ValueError, match="map_memory must be"):
+        WorldSimulator(patch_bundle, 1, map_memory="yes")
+    with pytest.raises(ValueError, match="env.map"):
+        WorldSimulator(patch_bundle, 1, map_memory=True)
+    for b, desc, match in ((random_bundle, {"region": [[0, 2], [0, 2]], "moves": {"1": [0, 1]}}, "tile autoencoder"),
+                           (patch_bundle, {"region": [[0, 9], [0, 4]], "moves": {"1": [0, 1]}}, "does not fit"),
+                           (patch_bundle, {"moves": {"1": [0, 1]}}, "region"),
+                           (patch_bundle, {"region": [[0, 4], [0, 4]], "moves": {"40": [0, 1]}}, "moves"),
+                           (patch_bundle, {"region": [[0, 4], [0, 4]], "moves": {"1": [0, 2]}}, "moves")):
+        b.env["map"] = desc
+        try:
+            with pytest.raises(ValueError, match=match):
+                WorldSimulator(b, 1, map_memory=True)
+        finally:
+            del b.env["map"]
+    assert WorldSimulator(patch_bundle, 1).map is None  # off unless asked for (or the bundle's default)
+
+
+def test_map_memory_rows_are_their_own(patch_bundle):
+    """A batch of two: a reset of one row clears its map memory and leaves the other's as it was."""
+    patch_bundle.env["map"] = {"region": [[0, 4], [0, 4]], "moves": {"1": [0, -1], "2": [0, 1]}, "fixed": []}
+    try:
+        sim = WorldSimulator(patch_bundle, 2, sampling_steps=1, map_memory=True)
+        rng = np.random.default_rng(0)
+        shape = sim.latent_shape
+        frames = rng.integers(0, 256, (2, W, 32, 32, 3), dtype=np.uint8)
+        sim.reset(range(2), frames, np.zeros((2, W - 1), np.int64), rng.standard_normal((2, W, *shape)))
+        for a in ([1, 2], [2, 1], [1, 1]):
+            sim.step(np.array(a), rng.standard_normal((2, *shape)), rng.standard_normal((2, *shape)))
+        z0, at0, pos0 = sim.map.z[0].clone(), sim.map.at[0].clone(), sim.map.pos[0].clone()
+        sim.reset([1], frames[1:], np.zeros((1, W - 1), np.int64), rng.standard_normal((1, W, *shape)))
+        assert torch.equal(sim.map.z[0], z0) and torch.equal(sim.map.at[0], at0) and torch.equal(sim.map.pos[0], pos0)
+        assert sim.map.pos[1].tolist() == [0, 0]  # the context had no moves
+        held = (sim.map.at[1, ..., 0] > -2 ** 39).sum()
+        assert held == 16  # only the context's view: one 4 x 4 grid
+    finally:
+        del patch_bundle.env["map"]

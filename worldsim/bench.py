@@ -51,13 +51,15 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
                 guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
                 detail_carry: float | None = None, reencode: bool | None = None, snap: bool | str | None = None,
                 certain: float | None = None, rss_every: int = 0, amp: str | None = None,
-                view_memory: int | None = None, seed_floor: float | None = None) -> dict:
+                view_memory: int | None = None, seed_floor: float | None = None,
+                map_memory: bool | None = None) -> dict:
     import worldsim  # noqa: F401
 
     # termination_threshold 2: never end episodes, steady stepping
     kw = {"device": device, "termination_threshold": 2.0, "guidance": guidance, "tile_hold": tile_hold,
           "quantize": quantize, "detail_carry": detail_carry, "reencode": reencode, "snap": snap, "certain": certain,
-          "amp": amp, "view_memory": view_memory, "seed_floor": seed_floor}
+          "amp": amp, "view_memory": view_memory, "seed_floor": seed_floor,
+          "map_memory": map_memory}
     if bundle:
         kw["bundle"] = bundle
     env_id = ENV_IDS[env_name][0]
@@ -82,7 +84,7 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
     return {"batch": batch, "guidance": sim.guidance, "tile_hold": sim.tile_hold, "quantize": sim.quantize or "fp32",
             "amp": sim.amp or "fp32", "detail_carry": sim.detail_carry, "reencode": sim.reencode, "snap": sim.snap,
             "certain": sim.certain, "view_memory": 0 if sim.memory is None else sim.memory.z.shape[1],
-            "seed_floor": sim.seed_floor,
+            "seed_floor": sim.seed_floor, "map_memory": sim.map is not None,
             "steps_per_s": steps / dt,
             "env_steps_per_s": batch * steps / dt, "ms_per_step": 1000 * dt / steps, "rss_growth_mib": rss_mib() - rss0,
             **({"rss_every": rss_every, "rss_trace_mib": trace} if rss_every else {})}
@@ -119,7 +121,7 @@ def bench(cfg):
                                 cfg.get("quantize") if device == "cpu" else None, cfg.get("detail_carry"),
                                 cfg.get("reencode"), cfg.get("snap"), cfg.get("certain"),
                                 int(cfg.get("rss_every") or 0), cfg.get("amp"), cfg.get("view_memory"),
-                                cfg.get("seed_floor"))
+                                cfg.get("seed_floor"), cfg.get("map_memory"))
                 r["device"] = device
                 r["vs_real"] = r["env_steps_per_s"] / real
                 runs.setdefault((device, int(b)), []).append(r)

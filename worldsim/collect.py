@@ -140,9 +140,9 @@ def env_info(name: str, size) -> dict:
     from worldsim.model import space_to_spec
 
     if name == "crafter":
-        from worldsim.envs.real_crafter import ACTION_MEANINGS
+        from worldsim.envs.real_crafter import ACTION_MEANINGS, view_geometry
         return {"name": name, "frame_shape": [size, size, 3], "action_space": {"type": "discrete", "n": 17},
-                "action_meanings": list(ACTION_MEANINGS)}
+                "action_meanings": list(ACTION_MEANINGS), **view_geometry()}
     if name == "minetest":
         from worldsim.envs import minerl_actions
         return {"name": name, "frame_shape": [*size, 3], "action_space": space_to_spec(minerl_actions.action_space())}

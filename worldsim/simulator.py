@@ -89,7 +89,7 @@ class WorldSimulator:
                  guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
-                 view_memory: int | None = None, seed_floor: float | None = None):
+                 view_memory: int | None = None, seed_floor: float | None = None, map_memory: bool | None = None):
         # amp="bf16": every model pass (world model, autoencoder) under torch.autocast to bfloat16, the KV cache
         # and the sampler's arithmetic in fp32. For GPUs (tensor cores); on this project's CPU fp32 is faster
         amp = _mode(AMP, amp, f"amp must be bf16 or none (fp32), got {amp!r}")
@@ -212,6 +212,19 @@ class WorldSimulator:
             raise ValueError(f"view_memory must be a whole number of frames >= 0 (0 = off), got {view_memory!r}")
         self.memory = ViewMemory(self.dit, batch_size, int(frames), self.latent_shape, self.frame_shape,
                                  self.device) if frames else None
+        # map_memory: a top-down game's ground kept by world position and shown again when it scrolls back (MapMemory)
+        on = (bundle.meta.get("inference") or {}).get("map_memory", False) if map_memory is None else map_memory
+        if not isinstance(on, (bool, np.bool_)):
+            raise ValueError(f"map_memory must be true or false (null: the bundle's), got {map_memory!r}")
+        self.map = None
+        if on:
+            if "map" not in bundle.env or self.spec.get("type") != "discrete":
+                raise ValueError("map_memory needs the game's map description (env.map in bundle.json: the view's "
+                                 "map region, the player's move per discrete action, the fixed cells)")
+            if self._tiles is None:
+                raise ValueError("map_memory needs a tile autoencoder (one latent per tile of the game's grid, so a "
+                                 "move scrolls the latents by whole cells); this bundle's is a VAE")
+            self.map = MapMemory(bundle.env["map"], self.spec["n"], batch_size, self.latent_shape, self.device)
         self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
         self.shown = np.zeros((batch_size, H, W, 3), np.uint8)  # the frames last shown
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
@@ -244,6 +257,8 @@ class WorldSimulator:
         zc = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise), self.context_noise)
         self.prev[rows] = z[:, -1]
         self.prev_ctx[rows] = zc[:, -1]
+        if self.map is not None:  # the real context's ground, at the places its moves reach
+            self.map.start(rows, z.float(), acts)
         self.shown_z[rows] = z[:, -1]
         self.shown[rows] = frames[:, -1]
         if self.memory is not None:  # the context frames are the first views the memory holds
@@ -288,6 +303,8 @@ class WorldSimulator:
                               self.reveal[a], self.seed_floor)
             elif self.snap:
                 z = snap(z, self.bundle.codebook)
+            if self.map is not None:  # ground seen before, where the frame scrolled back to it
+                z = self.map.step(range(self.B), z, self.prev, a)
             if self.reencode:
                 shown["frames"] = self._show(z, centre, a)
                 z = self.codec.encode(torch.as_tensor(shown["frames"], device=self.device))
@@ -299,7 +316,8 @@ class WorldSimulator:
         z, self.prev_ctx, prev, out = self.edm.step_cached(self.dit, self.cache, t, a, self.prev, self.prev_ctx,
                                                            noise, self._t(context_noise), self.context_noise,
                                                            self.steps, self.guidance,
-                                                           project=project if self.snap or self.reencode else None,
+                                                           project=project if self.snap or self.reencode or self.map
+                                                           else None,
                                                            fill=fill)
         self.prev, self.prev_ctx = z.float(), self.prev_ctx.float()  # fp32 between steps, whatever amp computed in
         self.time = t
@@ -511,3 +529,121 @@ def _prepend_null(spec, actions, b):
     rest = action_shape(spec)
     a = np.asarray(actions).reshape(b, -1, *rest)
     return np.concatenate([np.zeros((b, 1, *rest), dtype=a.dtype), a], axis=1)
+
+
+MAP_SIZE = 64  # map memory: world cells kept per row, a MAP_SIZE x MAP_SIZE torus (Crafter's whole world is 64 x 64)
+# map memory: a cell whose latent moved by less than this (RMS over channels, normalised units) is unchanged.
+# Why not exact equality: nearest snap swaps between near-alike entries of one tile from step to step (the
+# shipped Crafter model's still grass field: 10-50 cells a step, each by at most 0.2-0.5), which tile hold
+# (0.5 in that bundle) keeps off the screen; a real tile change (grass to tree, the player turning) moves
+# a cell by 2 or more
+STILL_RMS = 0.5
+
+
+class MapMemory:
+    """The ground a top-down world model showed, by world position, shown again when the view comes back to it.
+
+    For games whose view scrolls over a map by whole latent cells (Crafter: the player stays at the centre
+    of a 9 x 7 tile view and a move scrolls it by one tile). The model keeps only its last `context_frames`
+    frames, so ground that scrolled out of view and back in is made up again: on the held-out windows of
+    `worldsim eval`, a fifth of the real view 32 steps on is ground the context frames showed that had left
+    the view and come back (`python docs/map_overlap.py`).
+    This memory keeps each row's position (the player's moves summed) and, for every map cell of the view
+    except the fixed ones (the player's own tile), the latest latent shown there. Each step, after snap,
+    it decides whether the model's frame scrolled with the action's move or stayed (a blocked move; `scrolled`),
+    then puts the held latent into every cell the scroll brought
+    into view that it has seen, before the frame is shown and committed. The game's geometry comes from the
+    bundle (`env.map`: the view's map region of latent cells, the player's move per action, the fixed
+    cells), not from the model. Constant memory: MAP_SIZE^2 latents per row, each with the world position it
+    holds, so a torus slot holding another place is not shown (the shipped Crafter model: 4,096 x 16 floats
+    and 4,096 positions, 320 KiB per row)."""
+
+    def __init__(self, desc: dict, n_actions: int, batch: int, shape: tuple, device):
+        C, h, w = shape
+        try:
+            (r0, r1), (c0, c1) = desc["region"]
+            moves = {int(k): (int(v[0]), int(v[1])) for k, v in desc["moves"].items()}
+            fixed = [(int(r), int(c)) for r, c in desc.get("fixed", [])]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"env.map needs region [[row0, row1], [col0, col1]], moves {{action: [dy, dx]}} and "
+                             f"fixed [[row, col], ...]; got {desc!r}") from e
+        if not (0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w) or r1 - r0 > MAP_SIZE or c1 - c0 > MAP_SIZE:
+            raise ValueError(f"env.map region {desc['region']} does not fit the {h} x {w} latent grid")
+        if any(not 0 <= a < n_actions or max(abs(dy), abs(dx)) > 1 for a, (dy, dx) in moves.items()):
+            raise ValueError(f"env.map moves must be [dy, dx] of -1, 0 or 1 for actions 0..{n_actions - 1}; "
+                             f"got {desc['moves']}")
+        self.region = (r0, r1, c0, c1)
+        self.move = torch.zeros(n_actions, 2, dtype=torch.long, device=device)
+        for a, m in moves.items():
+            self.move[a] = torch.tensor(m)
+        self.cells = torch.zeros(h, w, dtype=torch.bool, device=device)  # map cells of the view held and filled
+        self.cells[r0:r1, c0:c1] = True
+        for r, c in fixed:
+            self.cells[r, c] = False
+        rr, cc = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        self.offset = torch.stack([rr, cc], -1)  # (h, w, 2): a cell's place relative to the view's corner
+        self.z = torch.zeros(batch, MAP_SIZE, MAP_SIZE, C, device=device)
+        self.at = torch.full((batch, MAP_SIZE, MAP_SIZE, 2), -2 ** 40, dtype=torch.long, device=device)
+        self.pos = torch.zeros(batch, 2, dtype=torch.long, device=device)  # the view corner's world position
+        self.filled = torch.zeros(batch, h, w, dtype=torch.bool, device=device)  # the last step's filled cells
+
+    def clear(self, rows):
+        self.at[rows] = -2 ** 40
+        self.pos[rows] = 0
+
+    def _world(self, rows):  # (b, h, w, 2) world positions of the rows' view cells, and their torus slots
+        world = self.pos[rows][:, None, None] + self.offset
+        return world, world % MAP_SIZE
+
+    def scrolled(self, z: torch.Tensor, prev: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """(b,) whether each row's new latents z (b, C, h, w) are prev scrolled by its action's move rather
+        than prev in place: which leaves fewer changed cells (STILL_RMS) among the map cells both hypotheses
+        see; the scroll on a tie (a field of one tile cannot tell, and the game moves unless blocked). Counted,
+        not averaged: nearest snap swaps near-alike entries from step to step, and on a field of grass that
+        noise decided a mean."""
+        h, w = self.cells.shape
+        src = self.offset + self.move[a][:, None, None]  # (b, h, w, 2): the last view's cell each would show
+        inside = (src[..., 0] >= 0) & (src[..., 0] < h) & (src[..., 1] >= 0) & (src[..., 1] < w)
+        sr, sc = src[..., 0].clamp(0, h - 1), src[..., 1].clamp(0, w - 1)
+        both = self.cells & inside & self.cells[sr, sc]
+        b = torch.arange(len(a), device=z.device)[:, None, None]
+        shifted = prev.permute(0, 2, 3, 1)[b, sr, sc]  # (b, h, w, C)
+        zz, pp = z.permute(0, 2, 3, 1).float(), prev.permute(0, 2, 3, 1).float()
+        moved = (((zz - shifted).pow(2).mean(-1).sqrt() >= STILL_RMS) & both).sum((1, 2))
+        stayed = (((zz - pp).pow(2).mean(-1).sqrt() >= STILL_RMS) & both).sum((1, 2))
+        return (self.move[a] != 0).any(-1) & (moved <= stayed)
+
+    def step(self, rows, z: torch.Tensor, prev: torch.Tensor, a: torch.Tensor, fill: bool = True) -> torch.Tensor:
+        """One step of the rows: move where z scrolled, put held latents into the cells it brought into view
+        (when `fill`), keep the result's map cells. Returns z with those cells filled."""
+        rows = torch.as_tensor(list(rows), dtype=torch.long, device=self.pos.device)
+        moved = self.scrolled(z, prev, a)
+        step = torch.where(moved[:, None], self.move[a], 0)
+        self.pos[rows] += step
+        world, slot = self._world(rows)
+        held_z = self.z[rows[:, None, None], slot[..., 0], slot[..., 1]]  # (b, h, w, C)
+        held = (self.at[rows[:, None, None], slot[..., 0], slot[..., 1]] == world).all(-1) & self.cells
+        # cells new to the view: their place was outside the last view's map region
+        last = self.offset + step[:, None, None]  # where each cell was in the last view's frame
+        r0, r1, c0, c1 = self.region
+        new = ~((last[..., 0] >= r0) & (last[..., 0] < r1) & (last[..., 1] >= c0) & (last[..., 1] < c1))
+        use = held & new & fill
+        self.filled[rows] = use
+        z = torch.where(use[:, None], held_z.permute(0, 3, 1, 2).to(z.dtype), z)
+        keep = self.cells.expand_as(use)
+        s = slot[keep]
+        r = rows[:, None, None].expand_as(use)[keep]
+        self.z[r, s[:, 0], s[:, 1]] = z.permute(0, 2, 3, 1)[keep].float()
+        self.at[r, s[:, 0], s[:, 1]] = world[keep]
+        return z
+
+    def start(self, rows, z: torch.Tensor, a: torch.Tensor):
+        """A reset's context: z (b, T, C, h, w) latents of the real context frames and a (b, T) the actions
+        before each (the first ignored): the memory holds the ground they show, at the positions their moves
+        reach."""
+        self.clear(rows)
+        for i in range(z.shape[1]):
+            if i == 0:
+                self.step(rows, z[:, 0], z[:, 0], torch.zeros_like(a[:, 0]), fill=False)
+            else:
+                self.step(rows, z[:, i], z[:, i - 1], a[:, i], fill=False)

@@ -59,18 +59,23 @@ def view(p):
     return {(p[0] + c, p[1] + r) for r in range(7) for c in range(9)}
 
 
-for h in (8, 32, 64):
-    kinds = np.zeros(4)
-    for e, s in starts:
-        P = track(e)
-        context = set().union(*[view(P[s + i]) for i in range(W)])
-        kept, seen = view(P[s + W - 1]), set()
-        for k in range(1, h):
-            v = view(P[s + W - 1 + k])
-            kept &= v
-            seen |= v
-        for t in view(P[s + W - 1 + h]):
-            kinds[0 if t in kept else 1 if t in context else 2 if t in seen else 3] += 1
-    kinds /= kinds.sum()
-    print(f"horizon {h}: kept in view {kinds[0]:.1%}, from the context and back {kinds[1]:.1%}, "
-          f"first seen on the way {kinds[2]:.1%}, new {kinds[3]:.1%}")
+def main():
+    for h in (8, 32, 64):
+        kinds = np.zeros(4)
+        for e, s in starts:
+            P = track(e)
+            context = set().union(*[view(P[s + i]) for i in range(W)])
+            kept, seen = view(P[s + W - 1]), set()
+            for k in range(1, h):
+                v = view(P[s + W - 1 + k])
+                kept &= v
+                seen |= v
+            for t in view(P[s + W - 1 + h]):
+                kinds[0 if t in kept else 1 if t in context else 2 if t in seen else 3] += 1
+        kinds /= kinds.sum()
+        print(f"horizon {h}: kept in view {kinds[0]:.1%}, from the context and back {kinds[1]:.1%}, "
+              f"first seen on the way {kinds[2]:.1%}, new {kinds[3]:.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""How long the learned Crafter env's map memory keeps the real player's place, on `worldsim eval`'s first 64
+held-out windows (README, Crafter: map memory).
+
+    python docs/map_tracking.py
+
+The shipped model rolls out from each window's 4 real context frames driven by the real actions, as `worldsim
+eval` does (same windows, same noise); after every step its memory's position (the moves its frames scrolled
+by, `MapMemory.scrolled`) is compared with the real player's (the moves the real frames scrolled by,
+docs/map_overlap.py). Printed: the share of windows whose positions still agree at horizons 8 and 32, and at
+the first step where they part, whether the real move was blocked or the model's was. A minute of CPU.
+"""
+import collections
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import map_overlap as mo  # noqa: E402  (the real positions, the same windows)
+
+from worldsim.data import index_actions, stack_actions  # noqa: E402
+from worldsim.evaluate import _step_of, rollout_starts  # noqa: E402
+from worldsim.simulator import WorldSimulator, load_bundle  # noqa: E402
+
+torch.set_num_threads(2)
+eps, W, B = mo.eps, mo.W, 32
+sim = WorldSimulator(load_bundle("worldsim/assets/crafter"), B, map_memory=True)
+rng = np.random.default_rng(1000000)
+rollout_starts(eps, W, mo.H, 8, 256, rng)  # the eval draws its windows first, then its noise from the same rng
+agree, parted = {8: [], 32: []}, collections.Counter()
+for i in range(0, 64, B):
+    chunk = mo.starts[i:i + B]
+    ctx = np.stack([eps[e]["frames"][s:s + W] for e, s in chunk])
+    ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
+    fut_a = stack_actions([index_actions(eps[e]["actions"], slice(s + W - 1, s + W + 31)) for e, s in chunk])
+    sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *sim.latent_shape)))
+    start, together = sim.map.pos.clone(), np.ones(B, bool)
+    for h in range(32):
+        before = sim.map.pos.clone()
+        sim.step(_step_of(fut_a, h), rng.standard_normal((B, *sim.latent_shape)),
+                 rng.standard_normal((B, *sim.latent_shape)))
+        for j, (e, s) in enumerate(chunk):
+            P = mo.track(e)
+            real = np.subtract(P[s + W + h], P[s + W - 1])  # (x, y)
+            model = (sim.map.pos[j] - start[j]).tolist()  # (row, column)
+            same = model == [int(real[1]), int(real[0])]
+            if together[j] and not same:
+                together[j] = False
+                real_moved = P[s + W + h] != P[s + W + h - 1]
+                model_moved = bool((sim.map.pos[j] != before[j]).any())
+                parted["real moved, model's frame stayed" if real_moved and not model_moved else
+                       "real move blocked, model's frame scrolled" if model_moved and not real_moved else
+                       "both moved, differently"] += 1
+            if h + 1 in agree:
+                agree[h + 1].append(together[j])
+for h, v in agree.items():
+    print(f"horizon {h}: the model's place is the real player's in {np.mean(v):.0%} of {len(v)} windows")
+print("where they first part:", dict(parted))

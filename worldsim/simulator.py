@@ -313,12 +313,11 @@ class WorldSimulator:
         if self.memory is not None:
             self.memory.turn(range(self.B), a)
             fill = self.memory.fill
+        projects = self.snap or self.reencode or self.map is not None
         z, self.prev_ctx, prev, out = self.edm.step_cached(self.dit, self.cache, t, a, self.prev, self.prev_ctx,
                                                            noise, self._t(context_noise), self.context_noise,
                                                            self.steps, self.guidance,
-                                                           project=project if self.snap or self.reencode or self.map
-                                                           else None,
-                                                           fill=fill)
+                                                           project=project if projects else None, fill=fill)
         self.prev, self.prev_ctx = z.float(), self.prev_ctx.float()  # fp32 between steps, whatever amp computed in
         self.time = t
         frames = shown.get("frames")  # reencode decoded it already

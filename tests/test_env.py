@@ -187,3 +187,19 @@ def test_shipped_crafter_map_memory_shows_the_ground_it_left():
             env.close()
         back[mem] = np.mean(scores)
     assert back[True] > back[False] + 2, back
+
+
+def test_shipped_crafter_bundle_holds_the_games_view_geometry():
+    """The shipped bundle's env.reveal and env.map are what `worldsim collect` writes for Crafter (one source:
+    envs/real_crafter.view_geometry), so a model trained here gets the same map memory and seeds."""
+    from worldsim import DEFAULT_CRAFTER_BUNDLE
+    from worldsim.collect import env_info
+    from worldsim.envs.real_crafter import view_geometry
+    from worldsim.simulator import load_bundle
+
+    env = load_bundle(str(DEFAULT_CRAFTER_BUNDLE)).env
+    geometry = view_geometry()
+    assert env["reveal"] == geometry["reveal"] and env["map"] == geometry["map"]
+    info = env_info("crafter", 64)
+    assert info["reveal"] == geometry["reveal"] and info["map"] == geometry["map"]
+    assert geometry["reveal"]["1"] == [[r, 0] for r in range(7)]  # move_left reveals the map's left column

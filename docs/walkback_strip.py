@@ -8,9 +8,11 @@ last 4 frames the context; then STEPS (default 8) move_left and STEPS move_right
 `worldsim/Crafter-v0` (the shipped model) reset from that context, once with map_memory=false and once with
 its default (on). One block of rows per start (real, memory off, memory on; every second step), and each row's
 last-vs-first PSNR of the map view (the 7 x 9 tiles above the inventory) printed: the real game comes back
-to its first view unless a move was blocked.
+to its first view unless a move was blocked (how many of its moves out scrolled its view is printed too,
+read from its frames as docs/map_overlap.py reads them).
 """
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import imageio.v2 as imageio
@@ -20,6 +22,9 @@ import torch
 import worldsim  # noqa: F401  (registers the envs)
 from worldsim.agents import make_agent
 from worldsim.evaluate import psnr_np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from map_overlap import scrolled  # noqa: E402
 
 torch.set_num_threads(2)
 out = sys.argv[1]
@@ -45,6 +50,8 @@ for k in range(starts):
         first, _ = env.reset(seed=k, options={"context_frames": ctx, "context_actions": ctx_a})
         rows.append([first] + [env.step(a)[0] for a in moves])
         env.close()
+    out_moves = sum(scrolled(rows[0][i], rows[0][i + 1], -1, 0) for i in range(steps))
+    print(f"start {k}: the real view scrolled on {out_moves} of its {steps} moves out")
     for name, row in zip(("real", "memory off", "memory on"), rows):
         print(f"start {k}, {name:10s}: last vs first map view {psnr_np(row[-1][:49], row[0][:49]):6.2f} dB")
     blocks.append(np.concatenate([np.concatenate([np.pad(f, ((1, 1), (1, 1), (0, 0)), constant_values=255)

@@ -76,6 +76,38 @@ def test_rope_time_is_exact_and_relative():
     torch.testing.assert_close(o1, o2, rtol=1e-4, atol=1e-4)
 
 
+def test_apply_rope_rotates_each_pair_by_its_angle():
+    """The complex-multiply RoPE gives the pair rotation (x1 cos - x2 sin, x1 sin + x2 cos) bit for bit, and a
+    rotation keeps each pair's length."""
+    from worldsim.kernels import apply_rope
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 10, 16, generator=g)
+    ang = torch.randn(10, 8, generator=g) * 3
+    got = apply_rope(x, ang.cos(), ang.sin())
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    want = torch.stack((x1 * ang.cos() - x2 * ang.sin(), x1 * ang.sin() + x2 * ang.cos()), -1).flatten(-2)
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got.reshape(2, 3, 10, 8, 2).norm(dim=-1), x.reshape(2, 3, 10, 8, 2).norm(dim=-1))
+    assert apply_rope(x.to(torch.bfloat16), ang.cos(), ang.sin()).dtype == torch.bfloat16
+
+
+def test_cached_pass_outputs_leave_out_only_what_was_not_asked_for():
+    """A sampling pass ("frame") and a commit pass ("heads") compute the same numbers as a full pass, minus the
+    part their caller does not read; a bad choice is named."""
+    m = tiny(window=3)
+    x, c, a, has = inputs(B=2, T=1)
+    got = {}
+    for outputs in ("all", "frame", "heads"):
+        cache = m.new_cache(2, 16)
+        got[outputs] = m.forward_cached(x[:, 0], c[:, 0], a[:, 0], has[:, 0], cache, 0, commit=True, outputs=outputs)
+    assert got["frame"].reward is None and got["heads"].out is None
+    assert torch.equal(got["frame"].out, got["all"].out) and torch.equal(got["frame"].features, got["all"].features)
+    assert torch.equal(got["heads"].reward, got["all"].reward)
+    assert torch.equal(got["heads"].term_logit, got["all"].term_logit)
+    with pytest.raises(ValueError, match="outputs must be all, frame or heads"):
+        m.forward_cached(x[:, 0], c[:, 0], a[:, 0], has[:, 0], m.new_cache(2, 16), 0, outputs="reward")
+
+
 def test_frame_size_is_not_baked_in():
     m = tiny()
     for h, w in [(8, 8), (6, 10), (12, 8)]:

@@ -221,13 +221,13 @@ class EDM:
         def denoise(x, sigma):
             inp, c_noise = self.model_input(x, sigma)
             if guidance == 1.0:
-                o = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv, warped=wp)
+                o = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv, warped=wp, outputs="frame")
                 last["features"] = o.features
                 return self.denoised(x, sigma, o.out, centre)
             # classifier-free guidance: push past the action-free prediction, on the denoised frames (each half
             # has its own centre)
             o = model.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2, cache, t,
-                                     prev=pv2, warped=wp2)
+                                     prev=pv2, warped=wp2, outputs="frame")
             last["features"] = o.features[:B]
             raw, free = o.out.chunk(2)
             d_free = self.denoised(x, sigma, free, centre_free)
@@ -238,7 +238,7 @@ class EDM:
             z = project(z, centre, last["features"])
         zc = z + level * context_noise
         inp, c_noise = self.model_input(zc, torch.full((B,), level, device=z.device))
-        out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv, warped=wp)
+        out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv, warped=wp, outputs="heads")
         return z, zc, centre, out
 
     @torch.no_grad()

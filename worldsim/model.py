@@ -263,7 +263,9 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask=None, cache: "KVCache | None" = None, layer: int = 0, commit_slot=None,
                 return_kv: bool = False):
         B, T, N, D = x.shape
-        q, k, v = rearrange(self.qkv(x), "b t n (three h d) -> three b h (t n) d", three=3, h=self.heads)
+        # "b t n (three h d) -> three b h (t n) d" by reshape and permute: einops' call costs more than the
+        # op itself at batch 1
+        q, k, v = self.qkv(x).reshape(B, T * N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
         kv = (k, v) if return_kv else None
         if cache is None:
@@ -272,7 +274,7 @@ class Attention(nn.Module):
             out = attention(q, *cache.write_scratch(layer, k, v), cache.attn_mask(q.shape[0]))
             if commit_slot is not None:
                 cache.commit(layer, commit_slot)
-        return self.proj(rearrange(out, "b h (t n) d -> b t n (h d)", t=T)), kv
+        return self.proj(out.transpose(1, 2).reshape(B, T, N, D)), kv
 
 
 class DiTBlock(nn.Module):
@@ -498,14 +500,19 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     # ---- cached forward: one new frame per call -------------------------------------------------------
     def forward_cached(self, x, c_noise, actions, has_action, cache: "KVCache", time: int,
-                       commit: bool = False, prev=None, warped=None) -> ModelOutput:
+                       commit: bool = False, prev=None, warped=None, outputs: str = "all") -> ModelOutput:
         """x: (B, C, h, w) one frame per batch element, attending to the cache's window and to itself.
 
         commit=True writes this frame's keys/values into the cache at `time` (after each layer has used
         the window it needs), so the next frame sees it as context. prev: (B, C, h, w) as in `forward`;
         warped: (B, C, h, w) a warp model's input already made from prev (the simulator's view memory builds
         it from the views it holds), used instead of warping prev.
+        outputs: "all", or only what the caller reads: "frame" (a sampling pass: the output and the features,
+        no heads) or "heads" (a commit pass: reward and termination, no output layer); what is left out is
+        None. At batch 1 each of those small layers costs about as much in call overhead as in arithmetic.
         """
+        if outputs not in ("all", "frame", "heads"):
+            raise ValueError(f"outputs must be all, frame or heads, got {outputs!r}")
         B, C, h, w = x.shape
         p = self.config.patch_size
         acts = actions[:, None] if not isinstance(actions, dict) else {k: v[:, None] for k, v in actions.items()}
@@ -513,7 +520,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
                                                          has_action[:, None],
                                                          None if warped is None else warped[:, None])))
         c = self._cond(c_noise[:, None], acts, has_action[:, None])
-        cos, sin = self.rope(torch.tensor([time]), h // p, w // p)
+        cos, sin = self._rope_at(time, h // p, w // p)
         if commit and B != cache.k.shape[1]:
             raise ValueError(f"a commit pass takes one row per cache row ({cache.k.shape[1]}), got {B}")
         slot = cache.slot(time) if commit else None
@@ -521,9 +528,20 @@ class WorldDiT(ModelMixin, ConfigMixin):
             tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot)
         if commit:
             cache.mark(time)
-        reward, term = self._heads(tok)
-        out = self._untokens(self.final(tok, c), h, w)[:, 0]
-        return ModelOutput(out, reward[:, 0], term[:, 0], features=tok[:, 0])
+        reward = term = out = None
+        if outputs != "frame":
+            reward, term = (r[:, 0] for r in self._heads(tok))
+        if outputs != "heads":
+            out = self._untokens(self.final(tok, c), h, w)[:, 0]
+        return ModelOutput(out, reward, term, features=tok[:, 0])
+
+    def _rope_at(self, time: int, h: int, w: int):
+        """The rotary tables of one frame at `time`, kept for the last time asked: a step's sampling and commit
+        passes share them (each computation is a dozen small ops)."""
+        key = (int(time), h, w, self.rope.time_mult.device)
+        if getattr(self, "_rope_key", None) != key:
+            self._rope_key, self._rope_val = key, self.rope(torch.tensor([time]), h, w)
+        return self._rope_val
 
     def new_cache(self, batch_size: int, tokens_per_frame: int, device=None, dtype=None) -> "KVCache":
         cfg = self.config

@@ -55,6 +55,10 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
         c = res["rollout_curve"][str(h)]
         assert abs(c["mean_frame"] - psnr_of_mse(mse).mean()) < 1e-6
         assert abs(c["mean_frame_pooled"] - psnr_of_mse(mse.mean())) < 1e-6
+    # heads: every held-out transition after W real frames, the episodes' last ones (where they end) included
+    assert res["head_transitions"] == sum(len(ep["frames"]) - W for ep in eps)
+    assert res["termination_head"]["positives"] == sum(int(ep["terminated"][W - 1:].sum()) for ep in eps)
+    assert res["reward_head"]["positives"] == sum(int((ep["rewards"][W - 1:] > 0.5).sum()) for ep in eps)
     assert (tmp_path / "curve.png").stat().st_size > 1000
     import imageio.v2 as imageio
 

@@ -474,3 +474,39 @@ def test_codebook_from_training_and_for_a_trained_bundle(bundle, dataset, tmp_pa
                   np.zeros(2), np.zeros(2, bool))
     with pytest.raises(ValueError, match="frames of shape"):
         run_job("codebook", [f"bundle={tmp_path / 'copy'}", f"data={small}", "entries=4"])
+
+
+def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle, dataset, tmp_path):
+    """`worldsim heads` refits the reward and termination heads on the commit-pass input of the frozen world model,
+    stepped as the env steps (one feature row per transition after W real frames): after the refit the
+    termination head separates the training ends from the other steps, and the job rewrites the bundle with
+    every other weight as it was."""
+    import shutil
+
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+    from worldsim.data import load_episodes
+    from worldsim.heads import commit_features, head_counts, refit_heads
+
+    b = Bundle(bundle)
+    eps = load_episodes(dataset, split="train")
+    for ep in eps:
+        ep["terminated"] = np.zeros(len(ep["actions"]), bool)
+        ep["terminated"][-1] = True
+    feats = commit_features(b, eps, batch=16)
+    assert len(feats[0]) == sum(len(ep["frames"]) - b.dit.config.context_frames for ep in eps)
+    refit_heads(b, *feats, steps=600)
+    c = head_counts(b, *feats)
+    assert c["ends"] == len(eps) and c["end_right"] == len(eps) and c["end_predicted"] <= 2 * len(eps)
+
+    shutil.copytree(bundle, tmp_path / "copy")
+    info = run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={dataset}", "steps=50"])
+    assert info["steps"] == 50 and info["transitions"] > 0
+    old, new = load_file(bundle / "world_model.safetensors"), load_file(tmp_path / "copy" / "world_model.safetensors")
+    assert old.keys() == new.keys()
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed and all(k.startswith(("head_norm", "heads_mlp")) for k in changed)
+    assert Bundle(tmp_path / "copy").meta["trained"]["heads_refit"]["steps"] == 50
+    with pytest.raises(ValueError, match="no training episodes"):
+        run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={tmp_path / 'nothing'}"])

@@ -81,6 +81,7 @@ class StepResult:
     latents: torch.Tensor  # (B, C, h, w) sampled normalised latents
     reward: np.ndarray  # (B,) float32
     terminated_prob: np.ndarray  # (B,) float32
+    head_input: torch.Tensor | None = None  # (B, dim) what the heads read: the commit pass's mean last-block token
 
 
 class WorldSimulator:
@@ -325,7 +326,8 @@ class WorldSimulator:
             frames = self._show(z, prev, a)
         if self.memory is not None:  # the frame shown is what detail carry moves on
             self.memory.push(range(self.B), self.prev_ctx, self.shown if self.detail_carry > 0 else None)
-        return StepResult(frames, z, out.reward.float().cpu().numpy(), torch.sigmoid(out.term_logit).float().cpu().numpy())
+        return StepResult(frames, z, out.reward.float().cpu().numpy(), torch.sigmoid(out.term_logit).float().cpu().numpy(),
+                          out.features.mean(1).float())
 
     def _show(self, z, centre, a):
         """The frames shown for sampled latents z: decoded, through detail carry or tile hold where on."""

@@ -163,3 +163,21 @@ def _load_autoencoder(cfg: dict, weights: Path, device):
 
 __all__ = ["Bundle", "bundle_files", "load_optimizer", "optimizer_tensors", "read_metadata",
            "resolve_dir", "tensors_bytes", "write_dir_atomic"]
+
+
+def bundle_and_training_data(bundle: str, data: str) -> tuple[Path, "Bundle", list]:
+    """For jobs that fit a part of a bundle on a collection (`worldsim codebook`, `worldsim heads`): the bundle's
+    path (a name of a shipped bundle, or a path), the Bundle, and the collection's training episodes, with clear
+    errors for an empty collection or frames of another size."""
+    from worldsim import ASSETS
+    from worldsim.data import load_episodes
+
+    path = ASSETS / bundle if (ASSETS / str(bundle) / "bundle.json").exists() else Path(bundle)
+    b = Bundle(path)
+    eps = load_episodes(Path(data), split="train")
+    if not eps:
+        raise ValueError(f"{data}: no training episodes")
+    shape = tuple(eps[0]["frames"].shape[1:])
+    if shape != tuple(b.env["frame_shape"]):
+        raise ValueError(f"{data}: frames of shape {shape}, the bundle's are {tuple(b.env['frame_shape'])}")
+    return path, b, eps

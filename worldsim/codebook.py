@@ -310,19 +310,10 @@ def episode_latents(codec, episodes: list, windows: int, context: int, seed: int
 def codebook_job(cfg):
     """`worldsim codebook bundle=B data=D`: fit B's codebook on frames of D's training split, snap on; with
     head=true also train the token head (snap=sample); refit=false keeps B's codebook and trains only the head."""
-    from worldsim.checkpoint import Bundle
-    from worldsim.data import load_episodes
-    from worldsim import ASSETS
+    from worldsim.checkpoint import bundle_and_training_data
 
-    path = ASSETS / cfg.bundle if (ASSETS / str(cfg.bundle) / "bundle.json").exists() else Path(cfg.bundle)
-    b = Bundle(path)
+    path, b, eps = bundle_and_training_data(cfg.bundle, cfg.data)
     require_tiles(b.meta["autoencoder"], str(path))
-    eps = load_episodes(Path(cfg.data), split="train")
-    if not eps:
-        raise ValueError(f"{cfg.data}: no training episodes")
-    shape = tuple(eps[0]["frames"].shape[1:])
-    if shape != tuple(b.env["frame_shape"]):
-        raise ValueError(f"{cfg.data}: frames of shape {shape}, the bundle's are {tuple(b.env['frame_shape'])}")
     torch.manual_seed(cfg.seed)
     if cfg.get("refit", True) or b.codebook is None:
         frames = np.concatenate([ep["frames"] for ep in eps])

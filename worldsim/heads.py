@@ -96,19 +96,11 @@ def head_counts(bundle, feats, rewards, terminated, threshold: float = 0.5) -> d
 def heads_job(cfg):
     """`worldsim heads bundle=B data=D`: refit B's heads on D's training split, report them on its test split
     before and after, and rewrite B atomically (only the heads' weights change)."""
-    from worldsim import ASSETS
-    from worldsim.checkpoint import Bundle
+    from worldsim.checkpoint import bundle_and_training_data
     from worldsim.data import load_episodes
 
-    path = ASSETS / cfg.bundle if (ASSETS / str(cfg.bundle) / "bundle.json").exists() else Path(cfg.bundle)
-    b = Bundle(path)
+    path, b, train = bundle_and_training_data(cfg.bundle, cfg.data)
     torch.manual_seed(cfg.seed)
-    train = load_episodes(Path(cfg.data), split="train")
-    if not train:
-        raise ValueError(f"{cfg.data}: no training episodes")
-    shape = tuple(train[0]["frames"].shape[1:])
-    if shape != tuple(b.env["frame_shape"]):
-        raise ValueError(f"{cfg.data}: frames of shape {shape}, the bundle's are {tuple(b.env['frame_shape'])}")
     test = load_episodes(Path(cfg.data), split="test")
     tr = commit_features(b, train, seed=cfg.seed)
     te = commit_features(b, test, seed=cfg.seed + 1) if test else None

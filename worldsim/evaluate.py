@@ -131,31 +131,21 @@ def heads_eval(cfg, bundle, eps) -> dict:
     transition: an episode ends on its last one, which no rollout window (W + horizon frames) reaches, so scored
     on the windows' first steps the termination head was never tested (and did not work: README). Its own
     generator, so the other figures draw the same numbers as without it."""
-    rng = np.random.default_rng(int(cfg.seed) + 1)
+    from worldsim.heads import step_transitions, transition_labels, transitions
+
     W = bundle.dit.config.context_frames
-    items = [(e, s) for e, ep in enumerate(eps) for s in range(len(ep["frames"]) - W)]
+    items = transitions(eps, W)
     if not items:
         return {"head_transitions": 0, "reward_head": _precision_recall([], []),
                 "termination_head": _precision_recall([], [])}
-    B = min(int(cfg.batch_size), len(items))
-    sim = WorldSimulator(bundle, B, cfg.sampling_steps, **_sim_kw(cfg))
-    shape = sim.latent_shape
+    sim = WorldSimulator(bundle, min(int(cfg.batch_size), len(items)), cfg.sampling_steps, **_sim_kw(cfg))
     rew_pred, term_pred = [], []
-    for i in range(0, len(items), B):
-        chunk = items[i:i + B]
-        chunk = chunk + [chunk[-1]] * (B - len(chunk))  # the last batch padded, the padding dropped below
-        ctx = np.stack([eps[e]["frames"][s:s + W] for e, s in chunk])
-        ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
-        act = stack_actions([index_actions(eps[e]["actions"], s + W - 1) for e, s in chunk])
-        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)))
-        res = sim.step(act, rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)), decode=False)
-        k = min(B, len(items) - i)
+    for res, k in step_transitions(sim, eps, items, np.random.default_rng(int(cfg.seed) + 1)):
         rew_pred += list(res.reward[:k] > 0.5)
         term_pred += list(res.terminated_prob[:k] > 0.5)
-    rew_true = [eps[e]["rewards"][s + W - 1] > 0.5 for e, s in items]
-    term_true = [bool(eps[e]["terminated"][s + W - 1]) for e, s in items]
-    return {"head_transitions": len(items), "reward_head": _precision_recall(rew_pred, rew_true),
-            "termination_head": _precision_recall(term_pred, term_true)}
+    rew, term = transition_labels(eps, items, W)
+    return {"head_transitions": len(items), "reward_head": _precision_recall(rew_pred, (rew > 0.5).numpy()),
+            "termination_head": _precision_recall(term_pred, term.numpy())}
 
 
 @torch.no_grad()

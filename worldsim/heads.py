@@ -18,43 +18,55 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.checkpoint import tensors_bytes, write_dir_atomic
-from worldsim.data import index_actions
+from worldsim.data import index_actions, stack_actions
+
+
+def transitions(episodes: list, W: int) -> list:
+    """(episode, start) of every transition that has W real frames before it: frames start .. start + W - 1
+    are the context and action start + W - 1 enters the next one."""
+    return [(e, s) for e, ep in enumerate(episodes) for s in range(len(ep["frames"]) - W)]
 
 
 @torch.no_grad()
-def commit_features(bundle, episodes: list, batch: int = 64, seed: int = 0):
-    """Every transition of the episodes that has W real frames before it, stepped as the env steps it: the
-    simulator starts from those frames and takes the real action once, and the heads' input is taken from its
-    commit pass, which reads the frame the model made (not the real one). Returns (features (N, dim), real
-    rewards (N,), real terminated (N,)).
-    Why the model's frame: heads refit on the real entered frame (a first version of this job) found 21 of 24
-    held-out ends there, but stepped through the model 1 of 16, with 30 false ends in 2,832 steps (the model
-    seldom draws the vanishing heart), so the heads learn from what they will read."""
-    from worldsim.data import stack_actions as stack
-    from worldsim.simulator import WorldSimulator
-
-    W = bundle.dit.config.context_frames
-    items = [(e, s) for e, ep in enumerate(episodes) for s in range(len(ep["frames"]) - W)]
-    if not items:
-        raise ValueError(f"no episode is longer than the world model's context ({W} frames) plus one step")
-    B = min(batch, len(items))
-    sim = WorldSimulator(bundle, B)
-    rng = np.random.default_rng(seed)
-    shape = sim.latent_shape
-    feats = []
+def step_transitions(sim, episodes: list, items: list, rng: np.random.Generator):
+    """Each transition of `items` stepped as the env steps it, sim.B at a time: the simulator starts from its W
+    real frames and takes the real action once (no decode). Yields (StepResult, how many of its rows are real:
+    the last batch is padded with copies of its last transition)."""
+    W, B, shape = sim.dit.config.context_frames, sim.B, sim.latent_shape
     for i in range(0, len(items), B):
         chunk = items[i:i + B]
         k = len(chunk)
         chunk = chunk + [chunk[-1]] * (B - k)
         ctx = np.stack([episodes[e]["frames"][s:s + W] for e, s in chunk])
-        ctx_a = stack([index_actions(episodes[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
-        act = stack([index_actions(episodes[e]["actions"], s + W - 1) for e, s in chunk])
+        ctx_a = stack_actions([index_actions(episodes[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
+        act = stack_actions([index_actions(episodes[e]["actions"], s + W - 1) for e, s in chunk])
         sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)))
-        res = sim.step(act, rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)), decode=False)
-        feats.append(res.head_input[:k].cpu())
-    rew = torch.tensor([float(episodes[e]["rewards"][s + W - 1]) for e, s in items])
-    term = torch.tensor([bool(episodes[e]["terminated"][s + W - 1]) for e, s in items])
-    return torch.cat(feats), rew, term
+        yield sim.step(act, rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)), decode=False), k
+
+
+def transition_labels(episodes: list, items: list, W: int):
+    """The real reward and termination of each transition of `items`, as tensors (N,)."""
+    return (torch.tensor([float(episodes[e]["rewards"][s + W - 1]) for e, s in items]),
+            torch.tensor([bool(episodes[e]["terminated"][s + W - 1]) for e, s in items]))
+
+
+@torch.no_grad()
+def commit_features(bundle, episodes: list, batch: int = 64, seed: int = 0):
+    """Every transition of the episodes that has W real frames before it, stepped as the env steps it
+    (`step_transitions`); the heads' input is taken from the commit pass, which reads the frame the model made
+    (not the real one). Returns (features (N, dim), real rewards (N,), real terminated (N,)).
+    Why the model's frame: heads refit on the real entered frame (a first version of this job) found 21 of 24
+    held-out ends there, but stepped through the model 1 of 16, with 30 false ends in 2,832 steps (the model
+    seldom draws the vanishing heart), so the heads learn from what they will read."""
+    from worldsim.simulator import WorldSimulator
+
+    W = bundle.dit.config.context_frames
+    items = transitions(episodes, W)
+    if not items:
+        raise ValueError(f"no episode is longer than the world model's context ({W} frames) plus one step")
+    sim = WorldSimulator(bundle, min(batch, len(items)))
+    feats = [res.head_input[:k].cpu() for res, k in step_transitions(sim, episodes, items, np.random.default_rng(seed))]
+    return (torch.cat(feats), *transition_labels(episodes, items, W))
 
 
 def refit_heads(bundle, feats, rewards, terminated, steps: int = 3000, lr: float = 1e-3, seed: int = 0) -> dict:

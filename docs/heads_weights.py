@@ -1,56 +1,83 @@
-"""Refit the reward and termination heads with other loss weights, on the input they read in the env (Crafter).
+"""Refit the reward and termination heads with other loss weights and training sets, on the input they read in
+the env, and score them as the env uses them (Crafter).
 
-    python docs/heads_weights.py [BUNDLE]   (default: the shipped model; about 6 minutes on 2 cores)
+    python docs/heads_weights.py [--cache FILE] [BUNDLE]   (default: the shipped model; on 2 cores the features
+                                                            take about 25 minutes, the six refits about 10)
 
-`worldsim heads` weights achievements 10 (diffusion.reward_pos_weight) and ends 10. This computes the heads'
-input once (`worldsim.heads.commit_features`: the commit pass of the frame the model makes from 4 real frames
-and the real action) on data/crafter_detour's train and test splits and on data/crafter-heldout, refits copies
-of the heads from the bundle's weights for 3,000 steps with each pair of weights, and prints achievements and
-ends right / predicted of real on the test split and on the held-out collection. The bundle is not changed.
+The heads' input is computed once per collection (`worldsim.heads.commit_features`: the commit pass of the frame
+the model makes from 4 real frames and the real action) for the train splits of data/crafter_detour and
+data/crafter_ends and for three held-out sets: their test splits and data/crafter-heldout (`--cache FILE` keeps
+them). Copies of the bundle's heads are refit for 3,000 steps (as `worldsim heads`) with achievements weighted
+1, 2 or 3 and ends weighted 1 (calibrated: the env draws each step's end from the probability), and are
+reported beside the bundle's own heads: achievements right / predicted of real; the termination figures of
+`worldsim eval` (`worldsim.evaluate.end_scores`); and, per held-out episode (each ends in a death), the chance
+that a drawn end falls in the 6 steps before the real death (a zombie strikes every 6 steps while it stays
+next to the player, and the model sees 4 frames) against the expected ends per 1,000 steps elsewhere.
+The bundle is not changed.
 """
 import copy
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from worldsim.checkpoint import Bundle
 from worldsim.data import load_episodes
-from worldsim.heads import commit_features
+from worldsim.evaluate import end_scores
+from worldsim.heads import commit_features, refit_heads
 
 torch.set_num_threads(2)
-b = Bundle(Path(sys.argv[1] if len(sys.argv) > 1 else "worldsim/assets/crafter"))
-tr = commit_features(b, load_episodes(Path("data/crafter_detour"), split="train"))
-sets = {"test split": commit_features(b, load_episodes(Path("data/crafter_detour"), split="test"), seed=1),
-        "held-out": commit_features(b, load_episodes(Path("data/crafter-heldout"), split="test"), seed=2)}
+args = sys.argv[1:]
+cache = None
+if args[:1] == ["--cache"]:
+    cache, args = Path(args[1]), args[2:]
+b = Bundle(Path(args[0] if args else "worldsim/assets/crafter"))
+SETS = {"detour_train": ("data/crafter_detour", "train", 0), "ends_train": ("data/crafter_ends", "train", 3),
+        "detour_test": ("data/crafter_detour", "test", 1), "ends_test": ("data/crafter_ends", "test", 4),
+        "heldout": ("data/crafter-heldout", "test", 2)}
+eps = {k: load_episodes(Path(d), split=s) for k, (d, s, _) in SETS.items()}
+if cache is not None and cache.exists():
+    feats = torch.load(cache)
+else:
+    feats = {k: commit_features(b, eps[k], seed=seed) for k, (_, _, seed) in SETS.items()}
+    if cache is not None:
+        torch.save(feats, cache)
+K = 6
 
 
-def counts(norm, mlp, X, R, T):
+def score(norm, mlp, k):
+    X, R, T = feats[k]
     with torch.no_grad():
         o = mlp(norm(X))
-    p, t, pt = o[:, 0] > 0.5, R > 0.5, torch.sigmoid(o[:, 1]) > 0.5
-    return (f"achievements {int((p & t).sum())} / {int(p.sum())} of {int(t.sum())}, "
-            f"ends {int((pt & T).sum())} / {int(pt.sum())} of {int(T.sum())}")
+    a, t = o[:, 0] > 0.5, R > 0.5
+    p = torch.sigmoid(o[:, 1]).numpy().astype(np.float64)
+    e = end_scores(p, T.numpy())
+    i, last, other, n_other = 0, [], 0.0, 0
+    for ep in eps[k]:  # the transitions of one episode are consecutive, its death the last
+        q = p[i:i + len(ep["frames"]) - 4]
+        i += len(q)
+        last.append(1 - np.prod(1 - q[-K:]))
+        other, n_other = other + q[:-K].sum(), n_other + max(len(q) - K, 0)
+    return (f"achievements {int((a & t).sum())}/{int(a.sum())} of {int(t.sum())}; ends {e['ends']}, expected "
+            f"{e['expected_ends']:.1f}, expected recall {e['expected_recall']:.3f}, precision "
+            f"{e['expected_precision']:.3f}, AUROC {e['auroc']:.3f}; an end in the last {K} steps "
+            f"{np.mean(last):.2f}, elsewhere {1000 * other / n_other:.2f} per 1,000 steps")
 
 
-print("shipped |", " | ".join(f"{k}: {counts(b.dit.head_norm, b.dit.heads_mlp, *v)}" for k, v in sets.items()))
-X, R, T = tr
-for rw, pw in ((10, 10), (3, 3), (1, 3), (1, 1)):
-    norm, mlp = copy.deepcopy(b.dit.head_norm), copy.deepcopy(b.dit.heads_mlp)
-    params = [p for m in (norm, mlp) for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, 1e-3, weight_decay=0.01)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(3000):
-        idx = torch.randint(len(X), (512,), generator=g)
-        o = mlp(norm(X[idx]))
-        w = 1 + (rw - 1) * (R[idx].abs() > 0.5).float()
-        loss = (F.mse_loss(o[:, 0], R[idx], reduction="none") * w).mean() + F.binary_cross_entropy_with_logits(
-            o[:, 1], T[idx].float(), pos_weight=torch.tensor(float(pw)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    print(f"achievements weighted {rw}, ends {pw} |",
-          " | ".join(f"{k}: {counts(norm, mlp, *v)}" for k, v in sets.items()))
+def report(name, norm, mlp):
+    print(name)
+    for k in ("detour_test", "ends_test", "heldout"):
+        print(f"  {k:12s} {score(norm, mlp, k)}")
+    sys.stdout.flush()
+
+
+report("bundle's heads", b.dit.head_norm, b.dit.heads_mlp)
+saved = copy.deepcopy(b.dit.head_norm.state_dict()), copy.deepcopy(b.dit.heads_mlp.state_dict())
+for train in (["detour_train"], ["detour_train", "ends_train"]):
+    X, R, T = (torch.cat([feats[k][i] for k in train]) for i in range(3))
+    for aw in (1, 2, 3):
+        b.dit.head_norm.load_state_dict(saved[0]), b.dit.heads_mlp.load_state_dict(saved[1])
+        refit_heads(b, X, R, T, steps=3000, achievement_weight=aw, end_weight=1)
+        report(f"refit on {' + '.join(train)} ({len(X)} transitions, {int(T.sum())} ends), achievements {aw}, ends 1",
+               b.dit.head_norm, b.dit.heads_mlp)

@@ -46,7 +46,12 @@ class WorldEnv(gym.Env):
       8 place_table, 9 place_furnace, 10 place_plant, 11 make_wood_pickaxe, 12 make_stone_pickaxe,
       13 make_iron_pickaxe, 14 make_wood_sword, 15 make_stone_sword, 16 make_iron_sword.
     - Reward and ``terminated`` come from the model's reward and termination heads; ``truncated`` after
-      ``horizon`` steps.
+      ``horizon`` steps. A step ends the episode with the termination head's probability
+      (``info["terminated_prob"]``), drawn from a generator spawned from ``np_random``'s seed, so the frames
+      do not depend on it: ends in Crafter are chancy (a zombie's next blow), a one-step world model draws the
+      likeliest frame, and a threshold of 0.5 would never end an episode (README: Reward and termination
+      heads). ``termination_threshold=x`` ends when the probability exceeds x instead (deterministic; 2.0
+      never ends).
 
     With the Minetest bundle (``worldsim/Minetest-v0``) the spaces are those of ``worldsim/RealMinetest-v0``:
     MineRL 1.0's ``Dict`` of keys + ``camera`` and ``Box(0, 255, (96, 128, 3), uint8)``; keys left out of
@@ -99,7 +104,7 @@ class WorldEnv(gym.Env):
 
     def __init__(self, bundle: str | Path | None = None, render_mode: str | None = None, horizon: int = 10000,
                  sampling_steps: int | None = None, context_noise: float | None = None,
-                 termination_threshold: float = 0.5, device: str = "cpu", frame_size: tuple[int, int] | None = None,
+                 termination_threshold: float | None = None, device: str = "cpu", frame_size: tuple[int, int] | None = None,
                  default_bundle: str | Path | None = None, guidance: float | None = None,
                  tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
@@ -108,7 +113,7 @@ class WorldEnv(gym.Env):
                  map_memory: bool | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), float(termination_threshold)
+        self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), _threshold(termination_threshold)
         self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise, frame_size, default_bundle,
                                   guidance, tile_hold, quantize, detail_carry, carry_gate, reencode, snap, certain, amp,
                                   view_memory, seed_floor, map_memory)
@@ -117,6 +122,7 @@ class WorldEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        self._end_rng = _end_draws(self.np_random)
         frames, actions, info = _start(self, self.action_space, options, self.np_random)
         self.sim.reset([0], frames[None], stack_actions([actions]),
                        self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)))
@@ -133,7 +139,7 @@ class WorldEnv(gym.Env):
         res = self.sim.step(stack_actions([action]), self.np_random.standard_normal(shape),
                             self.np_random.standard_normal(shape))
         self._obs, self._t = res.frames[0], self._t + 1
-        terminated = bool(res.terminated_prob[0] > self.threshold)
+        terminated = bool(_ends(res.terminated_prob, self.threshold, [self._end_rng])[0])
         truncated = self._t >= self.horizon
         if self.render_mode == "human":
             self.render()
@@ -168,7 +174,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
 
     def __init__(self, num_envs: int = 1, bundle: str | Path | None = None, render_mode: str | None = None,
                  horizon: int = 10000, sampling_steps: int | None = None, context_noise: float | None = None,
-                 termination_threshold: float = 0.5, device: str = "cpu", frame_size: tuple[int, int] | None = None,
+                 termination_threshold: float | None = None, device: str = "cpu", frame_size: tuple[int, int] | None = None,
                  default_bundle: str | Path | None = None, guidance: float | None = None,
                  tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
@@ -180,7 +186,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array' for the vector env, got {render_mode!r}")
         self.num_envs, self.render_mode = int(num_envs), render_mode
-        self.horizon, self.threshold = int(horizon), float(termination_threshold)
+        self.horizon, self.threshold = int(horizon), _threshold(termination_threshold)
         self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise,
                                          frame_size, default_bundle, guidance, tile_hold, quantize,
                                          detail_carry, carry_gate, reencode, snap, certain, amp, view_memory,
@@ -189,6 +195,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.rngs = [np.random.default_rng() for _ in range(self.num_envs)]
+        self.end_rngs = [_end_draws(r) for r in self.rngs]
         self._obs = np.zeros((self.num_envs, *self.sim.frame_shape), np.uint8)
         self._t = np.zeros(self.num_envs, np.int64)
         self._autoreset = np.zeros(self.num_envs, bool)
@@ -218,6 +225,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                 raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
         if seed is not None or not self._started:
             self.rngs = [np.random.default_rng(s) for s in seeds]
+            self.end_rngs = [_end_draws(r) for r in self.rngs]
         self._reset_rows(list(range(self.num_envs)), options)
         self._autoreset[:] = False
         self._started = True
@@ -234,7 +242,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self._obs[:] = res.frames
         self._t += 1
         rewards = res.reward.astype(np.float64)
-        terminated = res.terminated_prob > self.threshold
+        terminated = _ends(res.terminated_prob, self.threshold, self.end_rngs)
         truncated = self._t >= self.horizon
         resetting = np.flatnonzero(self._autoreset)
         if len(resetting):  # NEXT_STEP autoreset: these rows start over; their step result is discarded
@@ -274,6 +282,28 @@ def _unstack(actions, n: int) -> list:
     if arr.shape[:1] != (n,):
         raise ValueError(f"expected {n} actions (one per env), got array of shape {arr.shape}")
     return list(arr)
+
+
+def _threshold(t):
+    if t is None:
+        return None
+    t = float(t)
+    if np.isnan(t):
+        raise ValueError("termination_threshold must be a number or None (draw ends with the head's probability)")
+    return t
+
+
+def _end_draws(rng: np.random.Generator) -> np.random.Generator:
+    """The generator a world's ends are drawn from: spawned from its noise generator's seed sequence, which
+    draws nothing from that stream, so the same seed gives the same frames whether ends are drawn or not."""
+    return np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+
+
+def _ends(prob: np.ndarray, threshold: float | None, rngs: list) -> np.ndarray:
+    """Which rows end: probability above the threshold, or with no threshold each drawn with its probability."""
+    if threshold is not None:
+        return prob > threshold
+    return np.array([r.random() < p for r, p in zip(rngs, prob)], bool)
 
 
 def _start(env, action_space, options, rng):

@@ -125,6 +125,35 @@ def test_make_vec_is_native_and_matches_single_envs(bundle):
         venv.step(np.array([1, 2, 30]))
 
 
+def test_ends_are_drawn_with_the_heads_probability_without_touching_the_frames(bundle):
+    """Default (no threshold): each step ends with the termination head's probability, drawn from a generator of
+    its own, so a seed gives the same frames whether ends are drawn or not; a threshold ends deterministically."""
+    venv = WorldVectorEnv(num_envs=8, bundle=bundle)
+    last = venv.sim.dit.heads_mlp[-1]
+    saved = last.weight.detach().clone(), last.bias.detach().clone()
+    try:
+        with torch.no_grad():  # a head that says 0.3 everywhere
+            last.weight[1].zero_()
+            last.bias[1] = float(np.log(0.3 / 0.7))
+        venv.reset(seed=5)
+        ends = sum(venv.step(np.full(8, 1))[2].sum() for _ in range(40))
+        assert 45 <= ends <= 110, ends  # 8 x 40 steps; a step after an end is an autoreset step: mean 320 * 0.3 / 1.3
+        single = {}
+        for t in (None, 2.0, 0.25):  # 2.0: never ends; 0.25: below the probability, every step ends
+            e = WorldEnv(bundle=bundle, termination_threshold=t)
+            e.reset(seed=3)
+            steps = [e.step(1) for _ in range(12)]
+            single[t] = (np.stack([s[0] for s in steps]), [s[2] for s in steps])
+            assert all(abs(s[4]["terminated_prob"] - 0.3) < 1e-5 for s in steps)
+        assert np.array_equal(single[None][0], single[2.0][0])  # same frames
+        assert 0 < sum(single[None][1]) < 12 and not any(single[2.0][1]) and all(single[0.25][1])
+    finally:
+        with torch.no_grad():
+            last.weight.copy_(saved[0]), last.bias.copy_(saved[1])
+    with pytest.raises(ValueError, match="termination_threshold"):
+        WorldEnv(bundle=bundle, termination_threshold=float("nan"))
+
+
 def test_vector_autoreset_next_step(bundle):
     # threshold -1: every step "terminates", so every other step is an autoreset step
     venv = WorldVectorEnv(num_envs=2, bundle=bundle, termination_threshold=-1.0)

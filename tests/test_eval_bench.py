@@ -57,7 +57,9 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
         assert abs(c["mean_frame_pooled"] - psnr_of_mse(mse.mean())) < 1e-6
     # heads: every held-out transition after W real frames, the episodes' last ones (where they end) included
     assert res["head_transitions"] == sum(len(ep["frames"]) - W for ep in eps)
-    assert res["termination_head"]["positives"] == sum(int(ep["terminated"][W - 1:].sum()) for ep in eps)
+    th = res["termination_head"]
+    assert th["ends"] == th["threshold_0.5"]["positives"] == sum(int(ep["terminated"][W - 1:].sum()) for ep in eps)
+    assert 0 <= th["expected_ends"] <= res["head_transitions"]
     assert res["reward_head"]["positives"] == sum(int((ep["rewards"][W - 1:] > 0.5).sum()) for ep in eps)
     assert (tmp_path / "curve.png").stat().st_size > 1000
     import imageio.v2 as imageio
@@ -79,6 +81,25 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     assert all(b["rss_mib"] > 100 for b in st["blocks"])  # resident memory per block (torch alone is more)
     assert imageio.imread(tmp_path / "strip.png").shape == (2 * 64, 2 * 3 * 66, 3)
     assert (tmp_path / "stab.png").stat().st_size > 1000
+
+
+def test_end_scores_match_their_definitions():
+    from worldsim.evaluate import end_scores
+
+    rng = np.random.default_rng(0)
+    prob = np.round(rng.random(200), 1)  # rounded: ties between ends and other steps count half
+    true = rng.random(200) < 0.3
+    s = end_scores(prob, true)
+    pos, neg = prob[true], prob[~true]
+    brute = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+    assert abs(s["auroc"] - brute) < 1e-12
+    assert s["ends"] == true.sum() and abs(s["expected_ends"] - prob.sum()) < 1e-9
+    assert abs(s["expected_recall"] - pos.mean()) < 1e-12 and abs(s["expected_precision"] - pos.sum() / prob.sum()) < 1e-12
+    # a head that ranks every end first scores AUROC 1 whatever its scale; an inverted one 0
+    assert end_scores(np.where(true, 0.02, 0.01), true)["auroc"] == 1.0
+    assert end_scores(np.where(true, 0.01, 0.02), true)["auroc"] == 0.0
+    empty = end_scores([0.1, 0.2], [False, False])
+    assert empty["auroc"] is None and empty["expected_recall"] is None and empty["ends"] == 0
 
 
 def test_nearest_psnr_finds_the_matching_real_frame():

@@ -88,14 +88,15 @@ def test_reset_from_context_with_dict_actions(minetest_bundle, minetest_dataset)
 
 
 def test_vector_env_is_batched_and_matches_single_envs(minetest_bundle):
-    venv = gym.make_vec("worldsim/Minetest-v0", num_envs=3, bundle=str(minetest_bundle))
+    # threshold 2: no ends, which would autoreset rows (the tiny untrained model's head is near 0.5)
+    venv = gym.make_vec("worldsim/Minetest-v0", num_envs=3, bundle=str(minetest_bundle), termination_threshold=2.0)
     assert venv.single_action_space == M.action_space()
     obs, _ = venv.reset(seed=5)
     actions = [act(forward=1, camera=[0.0, 4.0]), act(jump=1), act(attack=1, camera=[-3.0, 0.0])]
     batched = {k: np.stack([a[k] for a in actions]) for k in actions[0]}
     out = [venv.step(batched)[0] for _ in range(3)]
     assert out[-1].shape == (3, 96, 128, 3)
-    single = WorldEnv(bundle=minetest_bundle)
+    single = WorldEnv(bundle=minetest_bundle, termination_threshold=2.0)
     single.reset(seed=6)  # sub-env i is seeded seed + i
     ref = [single.step(actions[1])[0] for _ in range(3)]
     np.testing.assert_allclose(out[-1][1].astype(float), ref[-1].astype(float), atol=2)

@@ -165,19 +165,27 @@ __all__ = ["Bundle", "bundle_files", "load_optimizer", "optimizer_tensors", "rea
            "resolve_dir", "tensors_bytes", "write_dir_atomic"]
 
 
-def bundle_and_training_data(bundle: str, data: str) -> tuple[Path, "Bundle", list]:
-    """For jobs that fit a part of a bundle on a collection (`worldsim codebook`, `worldsim heads`): the bundle's
-    path (a name of a shipped bundle, or a path), the Bundle, and the collection's training episodes, with clear
-    errors for an empty collection or frames of another size."""
+def bundle_and_training_data(bundle: str, data) -> tuple[Path, "Bundle", list]:
+    """For jobs that fit a part of a bundle on collections (`worldsim codebook`, `worldsim heads`): the bundle's
+    path (a name of a shipped bundle, or a path), the Bundle, and the training episodes of `data` (one collect
+    dir or a list of them), with clear errors for an empty collection or frames of another size."""
     from worldsim import ASSETS
     from worldsim.data import load_episodes
 
     path = ASSETS / bundle if (ASSETS / str(bundle) / "bundle.json").exists() else Path(bundle)
     b = Bundle(path)
-    eps = load_episodes(Path(data), split="train")
-    if not eps:
-        raise ValueError(f"{data}: no training episodes")
-    shape = tuple(eps[0]["frames"].shape[1:])
-    if shape != tuple(b.env["frame_shape"]):
-        raise ValueError(f"{data}: frames of shape {shape}, the bundle's are {tuple(b.env['frame_shape'])}")
+    eps = []
+    for d in data_dirs(data):
+        part = load_episodes(d, split="train")
+        if not part:
+            raise ValueError(f"{d}: no training episodes")
+        shape = tuple(part[0]["frames"].shape[1:])
+        if shape != tuple(b.env["frame_shape"]):
+            raise ValueError(f"{d}: frames of shape {shape}, the bundle's are {tuple(b.env['frame_shape'])}")
+        eps += part
     return path, b, eps
+
+
+def data_dirs(data) -> list[Path]:
+    """`data=D` or `data=[D1,D2]` (Hydra list) as a list of paths."""
+    return [Path(str(d)) for d in ([data] if isinstance(data, (str, Path)) else data)]

@@ -10,8 +10,9 @@
 - Open-loop rollout from real context driven by the real actions: PSNR at each horizon, beside
   copy-the-last-context-frame and beside one constant image, the average held-out frame (far ahead the
   view is ground no context showed, and PSNR rewards an average over a sharp guess).
-- Reward / termination heads: precision and recall over the held-out transitions (heads read the model's
-  own next frame, as in the env).
+- Reward / termination heads, on every held-out transition (heads read the model's own next frame, as in the
+  env): reward precision and recall; the termination probability as the env draws ends from it (expected
+  ends, expected recall and precision, AUROC) and at a 0.5 threshold.
 - Action following (`following`): from a real context, the model takes each of a set of actions; the
   generated frame must be closest to the real outcome of the action taken (real outcomes: a
   `copy.deepcopy` of the running Crafter game, or in Minetest a turn followed by the turn back). Counted
@@ -23,7 +24,8 @@
   frame's nearest-neighbour PSNR against a bank of real frames (does it still look like the game?), its
   change from the previous frame (frozen?) and its pixel spread (collapsed to a flat colour?), per block of
   steps, beside the same measures on real held-out frames (and the real steps' own share of unchanged
-  frames); a strip of frames at regular steps.
+  frames); the expected ends per 1,000 steps (the termination head's mean probability, how often the env
+  would end the rollout) beside the real episodes' deaths per 1,000 steps; a strip of frames at regular steps.
 
 Held-out episodes come from `data` (its "test" split), or are collected fresh from world seeds far from any
 used in training (`seed`), with the scripted explorer.
@@ -123,29 +125,46 @@ def _precision_recall(pred, true):
             "positives": int(true.sum()), "predicted": int(pred.sum())}
 
 
+def end_scores(prob, true) -> dict:
+    """The termination head scored as the env uses it, each step ending with its probability: the expected
+    number of ends against the real count, the expected recall (mean probability on the real ends) and
+    precision (the share of the expected ends that fall on real ones), and AUROC (how well the probability
+    ranks real ends above other steps; 0.5 is chance). Also precision/recall at a 0.5 threshold."""
+    prob, true = np.asarray(prob, np.float64), np.asarray(true, bool)
+    pos, neg = prob[true], prob[~true]
+    auroc = None
+    if len(pos) and len(neg):  # Mann-Whitney: P(end scored above non-end), ties half
+        order = np.sort(neg)
+        auroc = float((np.searchsorted(order, pos, "left") + np.searchsorted(order, pos, "right")).sum()
+                      / (2 * len(pos) * len(neg)))
+    return {"ends": int(true.sum()), "expected_ends": float(prob.sum()),
+            "expected_recall": float(pos.mean()) if len(pos) else None,
+            "expected_precision": float(pos.sum() / prob.sum()) if prob.sum() > 0 else None,
+            "auroc": auroc, "threshold_0.5": _precision_recall(prob > 0.5, true)}
+
+
 @torch.no_grad()
 def heads_eval(cfg, bundle, eps) -> dict:
     """Reward and termination heads on every held-out transition that has W real frames before it: the simulator
     starts from those frames, takes the real action once, and its reward (> 0.5: an achievement) and
-    termination probability (> 0.5, the env's default threshold) are scored against the real ones. Why every
-    transition: an episode ends on its last one, which no rollout window (W + horizon frames) reaches, so scored
-    on the windows' first steps the termination head was never tested (and did not work: README). Its own
-    generator, so the other figures draw the same numbers as without it."""
+    termination probability (`end_scores`) are scored against the real ones. Why every transition: an episode
+    ends on its last one, which no rollout window (W + horizon frames) reaches, so scored on the windows' first
+    steps the termination head was never tested (and did not work: README). Its own generator, so the other
+    figures draw the same numbers as without it."""
     from worldsim.heads import step_transitions, transition_labels, transitions
 
     W = bundle.dit.config.context_frames
     items = transitions(eps, W)
     if not items:
-        return {"head_transitions": 0, "reward_head": _precision_recall([], []),
-                "termination_head": _precision_recall([], [])}
+        return {"head_transitions": 0, "reward_head": _precision_recall([], []), "termination_head": end_scores([], [])}
     sim = WorldSimulator(bundle, min(int(cfg.batch_size), len(items)), cfg.sampling_steps, **_sim_kw(cfg))
-    rew_pred, term_pred = [], []
+    rew_pred, term_prob = [], []
     for res, k in step_transitions(sim, eps, items, np.random.default_rng(int(cfg.seed) + 1)):
         rew_pred += list(res.reward[:k] > 0.5)
-        term_pred += list(res.terminated_prob[:k] > 0.5)
+        term_prob += list(res.terminated_prob[:k])
     rew, term = transition_labels(eps, items, W)
     return {"head_transitions": len(items), "reward_head": _precision_recall(rew_pred, (rew > 0.5).numpy()),
-            "termination_head": _precision_recall(term_pred, term.numpy())}
+            "termination_head": end_scores(term_prob, term.numpy())}
 
 
 @torch.no_grad()
@@ -248,8 +267,12 @@ def evaluate(cfg):
               f"{c['model_pooled']:6.2f} | {c['copy_context_pooled']:6.2f} | {c['mean_frame_pooled']:6.2f}")
     print(f"heads, on every held-out transition after {W} real frames ({result['head_transitions']}), read from the "
           f"frame the model makes: ")
-    for k in ("reward_head", "termination_head"):
-        print(f"  {k}: {result[k]}")
+    print(f"  reward_head: {result['reward_head']}")
+    th = result["termination_head"]
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"
+    print(f"  termination_head: {th['ends']} real ends, {th['expected_ends']:.2f} expected (each step ends with its "
+          f"probability); expected recall {f(th['expected_recall'])}, expected precision "
+          f"{f(th['expected_precision'])}, AUROC {f(th['auroc'])}; at threshold 0.5: {th['threshold_0.5']}")
     if cfg.following:
         result["following"] = following_eval(cfg, bundle, rng)
     if cfg.revisit and cfg.env == "minetest":
@@ -590,11 +613,12 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     obs, _ = env.reset(seed=int(cfg.seed))
     agent.reset()
     frames = np.full((steps, *obs.shape), 0, np.uint8)  # written now, so filling it does not grow the RSS
+    end_prob = np.zeros(steps)  # the termination head's probability each step: how often the env would end
     rss = []  # resident memory at the end of each block: the env's memory must stay flat
     t0 = time.perf_counter()
     for t in tqdm(range(steps), desc="stability rollout", unit="step"):
-        obs = env.step(agent.act(obs))[0]
-        frames[t] = obs
+        obs, _, _, _, info = env.step(agent.act(obs))
+        frames[t], end_prob[t] = obs, info["terminated_prob"]
         if (t + 1) % block == 0 or t + 1 == steps:
             rss.append(rss_mib())
     sps = steps / (time.perf_counter() - t0)
@@ -609,21 +633,25 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     # the real game's own unchanged steps (blocked moves, noop)
     ref_frozen = float((np.concatenate(real_change) < 0.05).mean())
     ref_spread = float(real_ref.reshape(len(real_ref), -1, 3).std(axis=1).mean())
+    ref_ends = 1000 * sum(int(ep["terminated"].sum()) for ep in eps) / sum(len(ep["terminated"]) for ep in eps)
     blocks = []
     for s in range(0, steps, block):
         sl = slice(s, min(s + block, steps))
         blocks.append({"steps": [s + 1, sl.stop], "nn_psnr": float(nn[sl].mean()), "change": float(change[sl].mean()),
                        "spread": float(spread[sl].mean()), "frozen_share": float((change[sl] < 0.05).mean()),
+                       "expected_ends_per_1000": float(end_prob[sl].mean() * 1000),
                        "rss_mib": rss[len(blocks)]})
     res = {"steps": steps, "block": block, "steps_per_s": sps, "blocks": blocks,
            "real_reference": {"nn_psnr": float(ref_nn.mean()), "change": float(ref_change), "spread": ref_spread,
-                              "frozen_share": ref_frozen},
+                              "frozen_share": ref_frozen, "ends_per_1000": ref_ends},
            "bank_frames": len(bank)}
     print(f"stability over {steps} steps (per {block}; real held-out frames: nn-PSNR {ref_nn.mean():.2f} dB, "
-          f"change {ref_change:.2f}, spread {ref_spread:.1f}, frozen {100 * ref_frozen:.1f}%):")
+          f"change {ref_change:.2f}, spread {ref_spread:.1f}, frozen {100 * ref_frozen:.1f}%, ends {ref_ends:.1f} per "
+          f"1000 steps):")
     for b in blocks:
         print(f"  steps {b['steps'][0]:>6d}-{b['steps'][1]:<6d} nn-PSNR {b['nn_psnr']:6.2f} dB  change {b['change']:5.2f}  "
-              f"spread {b['spread']:5.1f}  frozen {100 * b['frozen_share']:4.1f}%  RSS {b['rss_mib']:.1f} MiB")
+              f"spread {b['spread']:5.1f}  frozen {100 * b['frozen_share']:4.1f}%  expected ends "
+              f"{b['expected_ends_per_1000']:5.2f} per 1000  RSS {b['rss_mib']:.1f} MiB")
     if cfg.stability_strip:
         _strip(frames, block, cfg.stability_strip)
         res["strip"] = str(cfg.stability_strip)

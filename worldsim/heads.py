@@ -69,22 +69,26 @@ def commit_features(bundle, episodes: list, batch: int = 64, seed: int = 0):
     return (torch.cat(feats), *transition_labels(episodes, items, W))
 
 
-def refit_heads(bundle, feats, rewards, terminated, steps: int = 3000, lr: float = 1e-3, seed: int = 0) -> dict:
+def refit_heads(bundle, feats, rewards, terminated, steps: int = 3000, lr: float = 1e-3, seed: int = 0,
+                achievement_weight: float = 2.0, end_weight: float = 1.0) -> dict:
     """Train the bundle's world model's head_norm and heads_mlp (in place) on commit-pass features: reward MSE
-    with achievements (|reward| > 0.5) weighted by diffusion.reward_pos_weight, plus termination BCE with
-    positives weighted 10, both at full weight. Returns the loss at the end."""
-    dit, cfg = bundle.dit, bundle.edm.cfg
+    with achievements (|reward| > 0.5) weighted `achievement_weight`, plus termination BCE with ends weighted
+    `end_weight`, both at full weight. Why ends 1: the env draws each step's end from the probability, so it
+    must be calibrated (a weight w inflates the odds w times). Achievements 2: on held-out episodes twice the
+    achievements the shipped heads found at about their precision, where 1 found fewer and 3 was less precise
+    (README, docs/heads_weights.py). Returns the loss at the end."""
+    dit = bundle.dit
     params = list(dit.head_norm.parameters()) + list(dit.heads_mlp.parameters())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
-    pos = torch.tensor(10.0)
+    pos = torch.tensor(float(end_weight))
     with torch.enable_grad():
         for _ in range(steps):
             idx = torch.randint(len(feats), (512,), generator=g)
             o = dit.heads_mlp(dit.head_norm(feats[idx]))
-            w = 1 + (cfg.reward_pos_weight - 1) * (rewards[idx].abs() > 0.5).float()
+            w = 1 + (achievement_weight - 1) * (rewards[idx].abs() > 0.5).float()
             loss = (F.mse_loss(o[:, 0], rewards[idx], reduction="none") * w).mean() + \
                 F.binary_cross_entropy_with_logits(o[:, 1], terminated[idx].float(), pos_weight=pos)
             opt.zero_grad()
@@ -92,36 +96,40 @@ def refit_heads(bundle, feats, rewards, terminated, steps: int = 3000, lr: float
             opt.step()
     for p in params:
         p.requires_grad_(False)
-    return {"steps": int(steps), "lr": float(lr), "last_loss": round(float(loss.detach()), 4)}
+    return {"steps": int(steps), "lr": float(lr), "achievement_weight": float(achievement_weight),
+            "end_weight": float(end_weight), "last_loss": round(float(loss.detach()), 4)}
 
 
-def head_counts(bundle, feats, rewards, terminated, threshold: float = 0.5) -> dict:
-    """Precision/recall counts of the heads on features: achievements (reward > 0.5) and ends."""
+def head_counts(bundle, feats, rewards, terminated) -> dict:
+    """The heads on features: achievements (reward > 0.5) predicted and right, and the termination probability
+    scored as the env draws ends from it (`worldsim.evaluate.end_scores`)."""
+    from worldsim.evaluate import end_scores
+
     with torch.no_grad():
         o = bundle.dit.heads_mlp(bundle.dit.head_norm(feats))
     p, t = o[:, 0] > 0.5, rewards > 0.5
-    pt = torch.sigmoid(o[:, 1]) > threshold
     return {"achievements": int(t.sum()), "reward_predicted": int(p.sum()), "reward_right": int((p & t).sum()),
-            "ends": int(terminated.sum()), "end_predicted": int(pt.sum()), "end_right": int((pt & terminated).sum())}
+            "termination": end_scores(torch.sigmoid(o[:, 1]).numpy(), terminated.numpy())}
 
 
 def heads_job(cfg):
-    """`worldsim heads bundle=B data=D`: refit B's heads on D's training split, report them on its test split
-    before and after, and rewrite B atomically (only the heads' weights change)."""
-    from worldsim.checkpoint import bundle_and_training_data
+    """`worldsim heads bundle=B data=D` (or `data=[D1,D2]`): refit B's heads on the train splits, report them on
+    each test split before and after, and rewrite B atomically (only the heads' weights change)."""
+    from worldsim.checkpoint import bundle_and_training_data, data_dirs
     from worldsim.data import load_episodes
 
     path, b, train = bundle_and_training_data(cfg.bundle, cfg.data)
     torch.manual_seed(cfg.seed)
-    test = load_episodes(Path(cfg.data), split="test")
     tr = commit_features(b, train, seed=cfg.seed)
-    te = commit_features(b, test, seed=cfg.seed + 1) if test else None
-    before = head_counts(b, *te) if te else None
-    info = refit_heads(b, *tr, steps=int(cfg.steps), lr=float(cfg.lr), seed=int(cfg.seed))
-    info.update(data=str(cfg.data), transitions=len(tr[0]), ends=int(tr[2].sum()))
-    if te:
-        info.update(test_before=before, test_after=head_counts(b, *te))
-        print(f"test split ({len(te[0])} transitions): before {before}\n  after {info['test_after']}")
+    tests = {str(d): commit_features(b, eps, seed=cfg.seed + 1 + i)
+             for i, d in enumerate(data_dirs(cfg.data)) if (eps := load_episodes(d, split="test"))}
+    before = {d: head_counts(b, *te) for d, te in tests.items()}
+    info = refit_heads(b, *tr, steps=int(cfg.steps), lr=float(cfg.lr), seed=int(cfg.seed),
+                       achievement_weight=float(cfg.achievement_weight), end_weight=float(cfg.end_weight))
+    info.update(data=[str(d) for d in data_dirs(cfg.data)], transitions=len(tr[0]), ends=int(tr[2].sum()))
+    for d, te in tests.items():
+        info.setdefault("test", {})[d] = {"transitions": len(te[0]), "before": before[d], "after": head_counts(b, *te)}
+        print(f"{d} test split ({len(te[0])} transitions):\n  before {before[d]}\n  after  {info['test'][d]['after']}")
     files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
     meta = json.loads(files["bundle.json"])
     meta.setdefault("trained", {})["heads_refit"] = info

@@ -43,7 +43,6 @@ else:
     feats = {k: commit_features(b, eps[k], seed=seed) for k, (_, _, seed) in SETS.items()}
     if cache is not None:
         torch.save(feats, cache)
-K = 6
 
 
 def score(norm, mlp, k):
@@ -51,18 +50,13 @@ def score(norm, mlp, k):
     with torch.no_grad():
         o = mlp(norm(X))
     a, t = o[:, 0] > 0.5, R > 0.5
-    p = torch.sigmoid(o[:, 1]).numpy().astype(np.float64)
-    e = end_scores(p, T.numpy())
-    i, last, other, n_other = 0, [], 0.0, 0
-    for ep in eps[k]:  # the transitions of one episode are consecutive, its death the last
-        q = p[i:i + len(ep["frames"]) - 4]
-        i += len(q)
-        last.append(1 - np.prod(1 - q[-K:]))
-        other, n_other = other + q[:-K].sum(), n_other + max(len(q) - K, 0)
+    episode = np.repeat(np.arange(len(eps[k])), [len(ep["frames"]) - 4 for ep in eps[k]])  # transitions in order
+    e = end_scores(torch.sigmoid(o[:, 1]).numpy(), T.numpy(), episode)
+    ne = e["near_real_ends"]
     return (f"achievements {int((a & t).sum())}/{int(a.sum())} of {int(t.sum())}; ends {e['ends']}, expected "
             f"{e['expected_ends']:.1f}, expected recall {e['expected_recall']:.3f}, precision "
-            f"{e['expected_precision']:.3f}, AUROC {e['auroc']:.3f}; an end in the last {K} steps "
-            f"{np.mean(last):.2f}, elsewhere {1000 * other / n_other:.2f} per 1,000 steps")
+            f"{e['expected_precision']:.3f}, AUROC {e['auroc']:.3f}; an end in the last {ne['window']} steps "
+            f"{ne['chance_per_end']:.2f}, elsewhere {ne['expected_ends_elsewhere_per_1000']:.2f} per 1,000 steps")
 
 
 def report(name, norm, mlp):

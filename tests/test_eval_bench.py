@@ -98,6 +98,14 @@ def test_end_scores_match_their_definitions():
     # a head that ranks every end first scores AUROC 1 whatever its scale; an inverted one 0
     assert end_scores(np.where(true, 0.02, 0.01), true)["auroc"] == 1.0
     assert end_scores(np.where(true, 0.01, 0.02), true)["auroc"] == 0.0
+    # per episode: the chance of a drawn end in the window up to each real end, not reaching into another episode
+    prob = np.array([0.1, 0.1, 0.5, 0.2, 0.2, 0.2, 0.0, 0.3])
+    true = np.array([0, 0, 1, 0, 0, 0, 0, 1], bool)
+    ne = end_scores(prob, true, episode=[0, 0, 0, 1, 1, 1, 1, 1], window=3)["near_real_ends"]
+    assert abs(ne["chance_per_end"] - np.mean([1 - 0.9 * 0.9 * 0.5, 1 - 0.8 * 1.0 * 0.7])) < 1e-12
+    assert abs(ne["expected_ends_elsewhere_per_1000"] - 1000 * np.mean([0.2, 0.2])) < 1e-9
+    assert abs(end_scores(prob, true, episode=[0] * 8, window=6)["near_real_ends"]["chance_per_end"] -
+               np.mean([1 - 0.9 * 0.9 * 0.5, 1 - 0.5 * 0.8 ** 3 * 0.7])) < 1e-12  # one episode: windows reach back
     empty = end_scores([0.1, 0.2], [False, False])
     assert empty["auroc"] is None and empty["expected_recall"] is None and empty["ends"] == 0
 

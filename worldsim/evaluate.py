@@ -125,12 +125,27 @@ def _precision_recall(pred, true):
             "positives": int(true.sum()), "predicted": int(pred.sum())}
 
 
-def end_scores(prob, true) -> dict:
+def end_scores(prob, true, episode=None, window: int = 6) -> dict:
     """The termination head scored as the env uses it, each step ending with its probability: the expected
     number of ends against the real count, the expected recall (mean probability on the real ends) and
     precision (the share of the expected ends that fall on real ones), and AUROC (how well the probability
-    ranks real ends above other steps; 0.5 is chance). Also precision/recall at a 0.5 threshold."""
+    ranks real ends above other steps; 0.5 is chance). Also precision/recall at a 0.5 threshold. With
+    `episode` (each step's episode, its steps consecutive and in order): the chance that an end is drawn in the
+    `window` steps up to each real end (Crafter's zombies strike every 6 steps, which the model's 4 frames
+    cannot time), and the expected ends per 1,000 of the other steps."""
     prob, true = np.asarray(prob, np.float64), np.asarray(true, bool)
+    near = None
+    if episode is not None:
+        episode = np.asarray(episode)
+        inside, chances = np.zeros(len(prob), bool), []
+        for i in np.flatnonzero(true):
+            lo = i
+            while lo > i - window + 1 and lo > 0 and episode[lo - 1] == episode[i]:
+                lo -= 1
+            inside[lo:i + 1] = True
+            chances.append(1 - np.prod(1 - prob[lo:i + 1]))
+        near = {"window": int(window), "chance_per_end": float(np.mean(chances)) if chances else None,
+                "expected_ends_elsewhere_per_1000": float(1000 * prob[~inside].mean()) if (~inside).any() else None}
     pos, neg = prob[true], prob[~true]
     auroc = None
     if len(pos) and len(neg):  # Mann-Whitney: P(end scored above non-end), ties half
@@ -140,7 +155,8 @@ def end_scores(prob, true) -> dict:
     return {"ends": int(true.sum()), "expected_ends": float(prob.sum()),
             "expected_recall": float(pos.mean()) if len(pos) else None,
             "expected_precision": float(pos.sum() / prob.sum()) if prob.sum() > 0 else None,
-            "auroc": auroc, "threshold_0.5": _precision_recall(prob > 0.5, true)}
+            "auroc": auroc, "threshold_0.5": _precision_recall(prob > 0.5, true),
+            **({"near_real_ends": near} if near is not None else {})}
 
 
 @torch.no_grad()
@@ -164,7 +180,7 @@ def heads_eval(cfg, bundle, eps) -> dict:
         term_prob += list(res.terminated_prob[:k])
     rew, term = transition_labels(eps, items, W)
     return {"head_transitions": len(items), "reward_head": _precision_recall(rew_pred, (rew > 0.5).numpy()),
-            "termination_head": end_scores(term_prob, term.numpy())}
+            "termination_head": end_scores(term_prob, term.numpy(), [e for e, _ in items])}
 
 
 @torch.no_grad()
@@ -273,6 +289,10 @@ def evaluate(cfg):
     print(f"  termination_head: {th['ends']} real ends, {th['expected_ends']:.2f} expected (each step ends with its "
           f"probability); expected recall {f(th['expected_recall'])}, expected precision "
           f"{f(th['expected_precision'])}, AUROC {f(th['auroc'])}; at threshold 0.5: {th['threshold_0.5']}")
+    if "near_real_ends" in th:
+        ne = th["near_real_ends"]
+        print(f"    an end drawn in the {ne['window']} steps up to a real end: chance {f(ne['chance_per_end'])}; "
+              f"expected ends elsewhere {f(ne['expected_ends_elsewhere_per_1000'])} per 1,000 steps")
     if cfg.following:
         result["following"] = following_eval(cfg, bundle, rng)
     if cfg.revisit and cfg.env == "minetest":

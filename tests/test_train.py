@@ -510,5 +510,7 @@ def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle
     changed = {k for k in old if not torch.equal(old[k], new[k])}
     assert changed and all(k.startswith(("head_norm", "heads_mlp")) for k in changed)
     assert Bundle(tmp_path / "copy").meta["trained"]["heads_refit"]["steps"] == 50
+    both = run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data=[{dataset},{dataset}]", "steps=5"])
+    assert both["transitions"] == 2 * info["transitions"] and len(both["test"]) == 1  # one collection given twice
     with pytest.raises(ValueError, match="no training episodes"):
         run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={tmp_path / 'nothing'}"])

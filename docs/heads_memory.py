@@ -1,6 +1,6 @@
 """Would a termination head with memory of the episode find Crafter's deaths better? (measured, not built)
 
-    python docs/heads_memory.py FEATURES   (FEATURES: the cache of `docs/heads_weights.py --cache`; about 4 minutes)
+    python docs/heads_memory.py FEATURES   (FEATURES: the cache of `docs/heads_weights.py --cache`; a few minutes)
 
 The shipped head reads one step's commit-pass features, and the model sees 4 frames, so it cannot time a zombie's
 blows (one every 6 steps). DIAMOND's reward/end model is recurrent over the episode. This trains a GRU (64 units)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from worldsim.data import load_episodes
 from worldsim.evaluate import end_scores
+from worldsim.heads import transitions
 
 torch.set_num_threads(2)
 torch.manual_seed(0)
@@ -28,15 +29,11 @@ SETS = {"detour_train": ("data/crafter_detour", "train"), "ends_train": ("data/c
         "heldout": ("data/crafter-heldout", "test")}
 
 
-def sequences(k):
-    """(features (L, dim), ends (L,)) per episode: its transitions are consecutive in the cache."""
+def sequences(k, W=4):
+    """(features (L, dim), ends (L,)) per episode, in the cache's order (`transitions`, the shipped model's W)."""
     X, _, T = feats[k]
-    out, i = [], 0
-    for ep in load_episodes(Path(SETS[k][0]), split=SETS[k][1]):
-        n = len(ep["frames"]) - 4
-        out.append((X[i:i + n], T[i:i + n].float()))
-        i += n
-    return out
+    episode = torch.tensor([e for e, _ in transitions(load_episodes(Path(SETS[k][0]), split=SETS[k][1]), W)])
+    return [(X[episode == e], T[episode == e].float()) for e in range(int(episode.max()) + 1)]
 
 
 class RecurrentEndHead(nn.Module):

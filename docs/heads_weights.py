@@ -19,13 +19,12 @@ import copy
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from worldsim.checkpoint import Bundle
 from worldsim.data import load_episodes
 from worldsim.evaluate import end_scores
-from worldsim.heads import commit_features, refit_heads
+from worldsim.heads import commit_features, refit_heads, transitions
 
 torch.set_num_threads(2)
 args = sys.argv[1:]
@@ -50,7 +49,7 @@ def score(norm, mlp, k):
     with torch.no_grad():
         o = mlp(norm(X))
     a, t = o[:, 0] > 0.5, R > 0.5
-    episode = np.repeat(np.arange(len(eps[k])), [len(ep["frames"]) - 4 for ep in eps[k]])  # transitions in order
+    episode = [e for e, _ in transitions(eps[k], b.dit.config.context_frames)]  # commit_features' order
     e = end_scores(torch.sigmoid(o[:, 1]).numpy(), T.numpy(), episode)
     ne = e["near_real_ends"]
     return (f"achievements {int((a & t).sum())}/{int(a.sum())} of {int(t.sum())}; ends {e['ends']}, expected "

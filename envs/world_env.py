@@ -20,7 +20,8 @@ OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index"}
 
 def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_size=None, default=None,
           guidance=None, tile_hold=None, quantize=None, detail_carry=None, carry_gate=None, reencode=None,
-          snap=None, certain=None, amp=None, view_memory=None, seed_floor=None, map_memory=None) -> gym.Space:
+          snap=None, certain=None, amp=None, view_memory=None, seed_floor=None, map_memory=None, new_ground=None,
+          terrain_floor=None) -> gym.Space:
     """Set up what both envs share (bundle, simulator, observation space, action meanings); returns the
     action space of one world."""
     from worldsim import DEFAULT_CRAFTER_BUNDLE
@@ -30,7 +31,7 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
                              tuple(frame_size) if frame_size is not None else None, guidance, tile_hold, quantize,
                              detail_carry=detail_carry, carry_gate=carry_gate, reencode=reencode, snap=snap,
                              certain=certain, amp=amp, view_memory=view_memory, seed_floor=seed_floor,
-                             map_memory=map_memory)
+                             map_memory=map_memory, new_ground=new_ground, terrain_floor=terrain_floor)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
     return _action_space(env.bundle.env["action_space"])
 
@@ -98,6 +99,11 @@ class WorldEnv(gym.Env):
     ``map_memory`` (top-down games whose bundle describes the map, ``env.map``): ground that scrolled out of
     view and back in shows what it showed before (``MapMemory`` in worldsim/simulator.py). Default: the
     bundle's (``inference.map_memory``).
+    ``new_ground="terrain"`` (with the map memory, nearest snap and a terrain prior in the bundle): ground a move
+    brings into view that no one has seen is drawn from the terrain prior, tile groups as often as real worlds
+    have them around such a view, instead of the model's likeliest tile (grass, into which an explorer's world
+    froze); ``terrain_floor=F`` draws only where the view's commonest tile group covers a share F. Defaults: the
+    bundle's (``decode.new_ground``, ``decode.terrain_floor``); ``"nearest"`` turns it off.
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
@@ -110,13 +116,14 @@ class WorldEnv(gym.Env):
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None,
-                 map_memory: bool | None = None):
+                 map_memory: bool | None = None, new_ground: str | None = None,
+                 terrain_floor: float | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), _threshold(termination_threshold)
         self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise, frame_size, default_bundle,
                                   guidance, tile_hold, quantize, detail_carry, carry_gate, reencode, snap, certain, amp,
-                                  view_memory, seed_floor, map_memory)
+                                  view_memory, seed_floor, map_memory, new_ground, terrain_floor)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window = None, 0, None
 
@@ -180,7 +187,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None,
-                 map_memory: bool | None = None, **kwargs):
+                 map_memory: bool | None = None, new_ground: str | None = None,
+                 terrain_floor: float | None = None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments for WorldVectorEnv: {sorted(kwargs)}")
         if render_mode not in (None, "rgb_array"):
@@ -190,7 +198,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise,
                                          frame_size, default_bundle, guidance, tile_hold, quantize,
                                          detail_carry, carry_gate, reencode, snap, certain, amp, view_memory,
-                                         seed_floor, map_memory)
+                                         seed_floor, map_memory, new_ground, terrain_floor)
         self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)

@@ -184,26 +184,33 @@ def test_shipped_default_model_needs_no_arguments():
 
 
 def test_shipped_crafter_map_memory_shows_the_ground_it_left():
-    """Walking 8 tiles left and 8 back on the shipped Crafter model (three seeded starts): with its map memory
-    (the bundle's default) every cell brought back into view from memory holds exactly the latent shown at that world place before,
-    and the view back at the start is closer to the first view than without the memory, which makes that
-    ground up again."""
+    """Walking 8 tiles left and back on the shipped Crafter model (three seeded starts): with its map memory
+    (the bundle's default) every cell brought back into view from memory holds exactly the latent shown at that
+    world place before, and the view back at the start is closer to the first view than without the memory,
+    which makes that ground up again. "Back" is as many steps right as the memory's position says the walk
+    left went (drawn ground can block a move, as in the game); the run without memory takes the same actions."""
     from worldsim.evaluate import psnr_np
 
-    back = {}
+    back, walks = {}, {}
     for mem in (True, False):
         scores = []
         for seed in (1, 2, 3):
-            env = gym.make("worldsim/Crafter-v0", **({} if mem else {"map_memory": False}))  # on by default
+            env = gym.make("worldsim/Crafter-v0", termination_threshold=2.0, **({} if mem else {"map_memory": False}))
             first, _ = env.reset(seed=seed)
             sim = env.unwrapped.sim
             assert (sim.map is not None) == mem
             shown, filled = {}, 0  # world place -> the latent shown there last (first: what the context showed)
             if mem:
+                col0 = int(sim.map.pos[0, 1])
                 for i, j in zip(*torch.nonzero(sim.map.at[0, ..., 0] > -2 ** 39, as_tuple=True)):
                     shown[tuple(sim.map.at[0, i, j].tolist())] = sim.map.z[0, i, j].clone()
-            for a in [1] * 8 + [2] * 8:
+            actions = walks.get(seed, [1] * 8 + [2] * 16)
+            done = []
+            for a in actions:
+                if mem and a == 2 and int(sim.map.pos[0, 1]) >= col0:
+                    break  # back where it started
                 obs = env.step(a)[0]
+                done.append(a)
                 if mem:
                     pos, z = sim.map.pos[0].tolist(), sim.prev[0]
                     for r, c in zip(*torch.nonzero(sim.map.filled[0], as_tuple=True)):
@@ -211,11 +218,44 @@ def test_shipped_crafter_map_memory_shows_the_ground_it_left():
                         filled += 1
                     for r, c in zip(*torch.nonzero(sim.map.cells, as_tuple=True)):
                         shown[(pos[0] + int(r), pos[1] + int(c))] = z[:, r, c].float().clone()
-            assert not mem or filled >= 7 * 6, filled  # most of the way back came from memory
+            if mem:
+                walks[seed] = done
+                assert int(sim.map.pos[0, 1]) == col0 and done.count(2) >= 3, done  # it went and came back
+                assert filled >= 7 * 3, filled  # the way back came from memory
             scores.append(psnr_np(obs[:49], first[:49]))  # the 9 x 7 map view, without the inventory
             env.close()
         back[mem] = np.mean(scores)
     assert back[True] > back[False] + 2, back
+
+
+def test_shipped_crafter_explorer_world_does_not_fill_with_one_tile():
+    """The shipped Crafter model under the scripted explorer: with new ground drawn from its terrain prior (the
+    bundle's default) the view keeps several kinds of tile and most steps change the frame, where with the
+    model's likeliest tile (new_ground="nearest") the world fills with grass and most steps change nothing.
+    Tile kinds: the codebook groups of the view's tokens (the entries every shown token is)."""
+    from worldsim.agents import make_agent
+    from worldsim.codebook import entry_index
+
+    seen = {}
+    for mode in ("terrain", "nearest"):
+        env = gym.make("worldsim/Crafter-v0", termination_threshold=2.0, **({} if mode == "terrain" else {"new_ground": mode}))
+        sim = env.unwrapped.sim
+        assert sim.new_ground == mode
+        agent = make_agent("explorer", env.action_space, seed=0)
+        obs, _ = env.reset(seed=0)
+        agent.reset()
+        still, kinds = 0, []
+        for t in range(400):
+            new = env.step(agent.act(obs))[0]
+            if t >= 200:
+                still += np.abs(new.astype(np.int16) - obs).mean() < 0.05
+                z = sim.prev[0, :, :7].flatten(1).T  # the 9 x 7 map view's tokens
+                kinds.append(len(sim.bundle.codebook_groups[entry_index(z, sim.bundle.codebook)].unique()))
+            obs = new
+        seen[mode] = (still / 200, float(np.mean(kinds)))
+        env.close()
+    assert seen["terrain"][0] < 0.5 < seen["nearest"][0], seen
+    assert seen["terrain"][1] > seen["nearest"][1] + 2, seen
 
 
 def test_shipped_crafter_bundle_holds_the_games_view_geometry():

@@ -1051,3 +1051,179 @@ def test_map_memory_rows_are_their_own(patch_bundle):
         assert held == 16  # only the context's view: one 4 x 4 grid
     finally:
         del patch_bundle.env["map"]
+
+
+def test_terrain_context_reads_the_neighbours_the_scroll_puts_beside_new_ground():
+    """terrain_context: for a scroll right (new column on the right) a new cell's neighbours are the cells to its
+    left (one and two in), the inward cell's neighbours above and below, and the new cell above it; for a scroll
+    up, the cells below it and the new cell to its left. Outside the view or on a fixed cell: none. The
+    histogram counts only the view's map cells that are not new."""
+    from worldsim.codebook import NEIGHBOURS, terrain_context
+    assert NEIGHBOURS == ((1, 0), (2, 0), (1, -1), (1, 1), (0, -1))
+    h, w, none = 4, 5, 99
+    g = torch.arange(h * w).view(1, h, w).repeat(2, 1, 1)
+    cells = torch.ones(h, w, dtype=torch.bool)
+    cells[1, 3] = False  # a fixed cell (the player's)
+    new = torch.zeros(2, h, w, dtype=torch.bool)
+    new[0, :, 4] = True  # row 0: scrolled right, the right column is new
+    new[1, 0, :] = True  # row 1: scrolled up, the top row is new
+    near, hist = terrain_context(g, new, cells, torch.tensor([[0, 1], [-1, 0]]), none)
+    assert near[0, 2, 4].tolist() == [g[0, 2, 3], g[0, 2, 2], none, g[0, 3, 3], g[0, 1, 4]]
+    assert near[0, 0, 4].tolist() == [g[0, 0, 3], g[0, 0, 2], none, none, none]
+    assert near[1, 0, 2].tolist() == [g[1, 1, 2], g[1, 2, 2], g[1, 1, 1], none, g[1, 0, 1]]
+    assert near[1, 0, 0].tolist()[2] == none and near[1, 0, 0].tolist()[4] == none
+    old = cells & ~new[0]
+    assert torch.allclose(hist[0].sum(), torch.tensor(1.0)) and (hist[0] > 0).sum() == old.sum()
+    assert hist[0, g[0, 0, 4]] == 0 and hist[0, g[0, 1, 3]] == 0 and hist[0, g[0, 0, 0]] == 1 / old.sum()
+
+
+class _NextAlong(torch.nn.Module):
+    """A stand-in prior with a rule to check the draw's mechanics by: each new cell is sure to be the group after
+    the one before it along the strip (group 0 where there is none)."""
+    groups = 6
+
+    def forward(self, near, hist):
+        prev = near[:, 4]
+        nxt = torch.where(prev == self.groups, 0, (prev + 1) % self.groups)
+        return torch.nn.functional.one_hot(nxt, self.groups).float() * 50
+
+
+def test_draw_terrain_draws_only_fresh_cells_one_after_the_other_along_the_strip():
+    """draw_terrain: the fresh cells of a scrolled row take entries of the groups the prior draws, cell after
+    cell along the strip, each seeing the one drawn before it (the rule above: 0, 1, 2, ...); the entry is the
+    drawn group's nearest to the model's estimate; other cells and rows keep z; a view under `floor` keeps z."""
+    from worldsim.codebook import draw_terrain
+    torch.manual_seed(0)
+    codebook = torch.randn(24, 3)
+    groups = torch.arange(24) % 6
+    h, w = 4, 4
+    z = codebook[torch.zeros(2, h, w, dtype=torch.long)].permute(0, 3, 1, 2).contiguous()  # one entry of group 0
+    estimate = z + 0.01 * torch.randn_like(z)
+    fresh = torch.zeros(2, h, w, dtype=torch.bool)
+    fresh[0, :, 3] = True  # row 0 scrolled right: a new right column
+    step = torch.tensor([[0, 1], [0, 0]])
+    cells = torch.ones(h, w, dtype=torch.bool)
+    out = draw_terrain(estimate, z, codebook, groups, _NextAlong(), torch.randn(2, h, w), fresh, step, cells)
+    idx = nearest(out.permute(0, 2, 3, 1).reshape(-1, 3), codebook)[1].view(2, h, w)
+    assert torch.equal(out[:, :, :, :3], z[:, :, :, :3]) and torch.equal(out[1], z[1])
+    # the first new cell has the view's cell above it outside the view (none: group 0), then 1, 2, 3
+    assert groups[idx[0, :, 3]].tolist() == [0, 1, 2, 3]
+    for r in range(h):  # within its group, the entry nearest the estimate
+        g = groups[idx[0, r, 3]]
+        d = (codebook - estimate[0, :, r, 3]).pow(2).sum(1).masked_fill(groups != g, float("inf"))
+        assert idx[0, r, 3] == d.argmin()
+    fresh[0, 0, 3] = False  # a held cell at the strip's start: the next cell follows its group (0 -> 1)
+    out = draw_terrain(estimate, z, codebook, groups, _NextAlong(), torch.randn(2, h, w), fresh, step, cells)
+    idx = nearest(out.permute(0, 2, 3, 1).reshape(-1, 3), codebook)[1].view(2, h, w)
+    assert groups[idx[0, :, 3]].tolist() == [0, 1, 2, 3] and torch.equal(out[0, :, 0, 3], z[0, :, 0, 3])
+    varied = z.clone()
+    varied[0, :, 0, :2] = codebook[[1, 2]].T  # 2 of the 12 old cells in other groups: 10/12 in the commonest
+    assert torch.equal(draw_terrain(estimate, varied, codebook, groups, _NextAlong(), torch.randn(2, h, w), fresh,
+                                    step, cells, floor=0.9), varied)
+    assert not torch.equal(draw_terrain(estimate, varied, codebook, groups, _NextAlong(), torch.randn(2, h, w),
+                                        fresh, step, cells, floor=0.8), varied)
+
+
+def test_terrain_prior_learns_the_odds_of_new_ground():
+    """fit_terrain_prior on examples where new ground copies its inward neighbour 70 % of the time and is
+    group 5 otherwise: the prior's probabilities come out near those odds (calibrated, not the likeliest
+    group every time, which is what froze the world into grass)."""
+    from worldsim.codebook import fit_terrain_prior
+    g = torch.Generator().manual_seed(0)
+    n, G = 20000, 6
+    inward = torch.randint(0, 5, (n,), generator=g)
+    y = torch.where(torch.rand(n, generator=g) < 0.7, inward, 5)
+    near = torch.stack([inward, torch.randint(0, G + 1, (n,), generator=g), torch.full((n,), G),
+                        torch.full((n,), G), torch.full((n,), G)], 1)
+    hist = torch.full((n, G), 1 / G)
+    prior, info = fit_terrain_prior(near, hist, y, G, steps=400, hidden=32)
+    assert info["held_accuracy"] > 0.6 and info["held_accuracy_inward"] < info["held_accuracy"] + 0.05
+    with torch.no_grad():
+        p = prior(near[:500], hist[:500]).softmax(-1)
+    assert abs(float(p[torch.arange(500), inward[:500]].mean()) - 0.7) < 0.05
+    assert abs(float(p[:, 5].mean()) - 0.3) < 0.05
+
+
+def test_map_memory_draws_only_ground_it_never_held():
+    """MapMemory.step's draw: called on a scroll with the cells it brought into view that the memory never held
+    (its result kept and remembered), not for ground it shows again, not on a blocked move."""
+    from worldsim.simulator import MapMemory
+    torch.manual_seed(0)
+    world = torch.randn(4, 30, 30)
+    mem = MapMemory(MAP, 17, 1, (4, 7, 7), "cpu")
+    start = _map_views(world, [10, 10])
+    mem.start([0], start[:, None], torch.zeros(1, 1, dtype=torch.long))
+    calls = []
+
+    def draw(z, fresh, step):
+        calls.append((fresh.clone(), step.clone()))
+        z = z.clone()
+        z[:, :, fresh[0]] = 55.0
+        return z
+    z = _map_views(world, [10, 11])
+    out = mem.step([0], z, start, torch.tensor([2]), draw=draw)  # right: the new column is unseen
+    assert len(calls) == 1 and calls[0][1].tolist() == [[0, 1]]
+    assert calls[0][0][0, :6, 6].all() and calls[0][0].sum() == 6 and (out[0, :, :6, 6] == 55.0).all()
+    back = mem.step([0], _map_views(world, [10, 10]), out, torch.tensor([1]), draw=draw)  # left: seen before
+    assert len(calls) == 1 and torch.equal(back[0, :, :6, 0], world[:, 10:16, 10])
+    again = mem.step([0], _map_views(world, [10, 11]), back, torch.tensor([2]), draw=draw)  # right: drawn before
+    assert len(calls) == 1 and (again[0, :, :6, 6] == 55.0).all()
+    mem.step([0], again + 0.01 * torch.randn_like(again), again, torch.tensor([2]), draw=draw)  # blocked
+    assert len(calls) == 1
+
+
+def test_new_ground_needs_map_memory_nearest_snap_and_a_terrain_prior(patch_bundle, tmp_path):
+    import shutil
+    shutil.copytree(patch_bundle.path, tmp_path / "p")
+    tokens = frame_tokens(patch_bundle.codec, patch_bundle.start_frames.numpy().reshape(-1, 32, 32, 3))
+    codebook = fit_codebook(tokens, 12)
+    groups = nearest(codebook, fit_codebook(codebook, 3))[1]
+    from worldsim.codebook import TerrainPrior
+    with_codebook(tmp_path / "p", codebook, {"entries": 12, "terrain": {"groups": 3, "hidden": 8}}, True,
+                  groups=groups, terrain=TerrainPrior(3, 8))
+    b = Bundle(tmp_path / "p")
+    assert b.terrain_prior is not None and b.token_head is None
+    b.env["map"] = {"region": [[0, 4], [0, 4]], "moves": {"1": [0, -1], "2": [0, 1]}, "fixed": []}
+    with pytest.raises(ValueError, match="new_ground must be"):
+        WorldSimulator(b, 1, new_ground="draw")
+    with pytest.raises(ValueError, match="terrain_floor must be"):
+        WorldSimulator(b, 1, terrain_floor=1.5)
+    with pytest.raises(ValueError, match="map_memory"):
+        WorldSimulator(b, 1, new_ground="terrain")
+    with pytest.raises(ValueError, match="map_memory"):
+        WorldSimulator(b, 1, new_ground="terrain", map_memory=True, snap=False)
+    sim = WorldSimulator(b, 1, new_ground="terrain", map_memory=True)
+    rng = np.random.default_rng(0)
+    shape = sim.latent_shape
+    sim.reset([0], rng.integers(0, 256, (1, W, 32, 32, 3), dtype=np.uint8), np.zeros((1, W - 1), np.int64),
+              rng.standard_normal((1, W, *shape)))
+    for a in (2, 2, 1, 2, 2, 2):
+        sim.step(np.array([a]), rng.standard_normal((1, *shape)), rng.standard_normal((1, *shape)))
+        tokens = sim.prev[0].flatten(1).T
+        assert (tokens[:, None] == codebook[None]).all(-1).any(1).all()
+    assert WorldSimulator(b, 1, map_memory=True).new_ground == "nearest"  # off unless asked for
+    plain = Bundle(patch_bundle.path)
+    plain.env["map"] = b.env["map"]
+    with pytest.raises(ValueError, match="terrain prior"):
+        WorldSimulator(plain, 1, new_ground="terrain", map_memory=True, snap=False)
+
+
+def test_keep_off_map_resnaps_the_players_sprites_off_the_map_cells():
+    """keep_off_map: a token of a fixed-only group (the player's sprites) on a map cell takes the entry of
+    another group nearest to the estimate; on a cell outside `cells` (the player's own) it stays, as do all
+    other tokens."""
+    from worldsim.codebook import keep_off_map
+    torch.manual_seed(0)
+    codebook = torch.randn(12, 3)
+    groups = torch.arange(12) % 4
+    z = codebook[torch.tensor([[[0, 1], [2, 3]]])].permute(0, 3, 1, 2).contiguous()  # groups 0 1 / 2 3
+    estimate = z + 0.01 * torch.randn_like(z)
+    cells = torch.ones(2, 2, dtype=torch.bool)
+    cells[1, 1] = False
+    out = keep_off_map(estimate, z, codebook, groups, torch.tensor([1, 3]), cells)
+    assert torch.equal(out[0, :, 0, 0], z[0, :, 0, 0]) and torch.equal(out[0, :, 1, 0], z[0, :, 1, 0])
+    assert torch.equal(out[0, :, 1, 1], z[0, :, 1, 1])  # group 3, but on the fixed cell
+    i = nearest(out[0, :, 0, 1][None], codebook)[1]
+    d = (codebook - estimate[0, :, 0, 1]).pow(2).sum(1).masked_fill((groups == 1) | (groups == 3), float("inf"))
+    assert i == d.argmin() and groups[i] not in (1, 3)
+    assert torch.equal(keep_off_map(estimate, z, codebook, groups, torch.tensor([], dtype=torch.long), cells), z)

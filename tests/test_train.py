@@ -476,6 +476,55 @@ def test_codebook_from_training_and_for_a_trained_bundle(bundle, dataset, tmp_pa
         run_job("codebook", [f"bundle={tmp_path / 'copy'}", f"data={small}", "entries=4"])
 
 
+def test_codebook_job_fits_the_terrain_prior_and_keeps_the_rest(bundle, dataset, tmp_path):
+    """`worldsim codebook refit=false terrain=true new_ground=terrain` adds the terrain prior, learnt from the
+    real scrolls of the episodes, to a bundle with a codebook and token head: codebook, head and weights stay
+    as they were, the bundle draws new ground from the prior by default, and the env's frames stay codebook
+    entries. A bundle without the game's map gets a clear error."""
+    import json
+    import shutil
+
+    import gymnasium as gym
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+
+    shutil.copytree(bundle, tmp_path / "b")
+    run_job("codebook", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "entries=16", "frames=40", "head=true",
+                         "groups=4", "head_windows=20", "head_steps=10", "head_hidden=16"])
+    before = Bundle(tmp_path / "b")
+    info = run_job("codebook", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "refit=false", "terrain=true",
+                                "terrain_steps=20", "terrain_hidden=16", "new_ground=terrain", "terrain_floor=0.5"])
+    b = Bundle(tmp_path / "b")
+    assert info["terrain"]["cells"] > 0 and info["terrain"]["groups"] == 4 and "head" in info
+    # groups shown only where the player stands: never on the other map cells of the training frames
+    assert all(0 <= g < 4 for g in info["terrain"]["fixed_only"])
+    assert b.terrain_fixed_only.tolist() == info["terrain"]["fixed_only"]
+    assert torch.equal(b.codebook, before.codebook) and torch.equal(b.codebook_groups, before.codebook_groups)
+    for k, v in before.token_head.state_dict().items():
+        assert torch.equal(b.token_head.state_dict()[k], v)
+    assert b.terrain_prior is not None and b.meta["decode"]["new_ground"] == "terrain"
+    assert b.meta["decode"]["terrain_floor"] == 0.5
+    for n in ("world_model.safetensors", "autoencoder.safetensors"):
+        assert (tmp_path / "b" / n).read_bytes() == (bundle / n).read_bytes()
+    env = gym.make("worldsim/Crafter-v0", bundle=str(tmp_path / "b"), map_memory=True)
+    env.reset(seed=0)
+    for a in (1, 1, 2, 3, 4, 4):
+        env.step(a)
+    sim = env.unwrapped.sim
+    assert sim.new_ground == "terrain" and sim.terrain_floor == 0.5
+    tokens = sim.prev[0].flatten(1).T
+    assert (tokens[:, None] == b.codebook[None]).all(-1).any(1).all()
+    env.close()
+    run_job("codebook", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "refit=false"])  # keeps what it carries
+    assert Bundle(tmp_path / "b").terrain_prior is not None and Bundle(tmp_path / "b").token_head is not None
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    del meta["env"]["map"]
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="env.map"):
+        run_job("codebook", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "refit=false", "terrain=true"])
+
+
 def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle, dataset, tmp_path):
     """`worldsim heads` refits the reward and termination heads on the commit-pass input of the frozen world model,
     stepped as the env steps (one feature row per transition after W real frames): after the refit the

@@ -52,14 +52,15 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
                 detail_carry: float | None = None, reencode: bool | None = None, snap: bool | str | None = None,
                 certain: float | None = None, rss_every: int = 0, amp: str | None = None,
                 view_memory: int | None = None, seed_floor: float | None = None,
-                map_memory: bool | None = None) -> dict:
+                map_memory: bool | None = None, new_ground: str | None = None,
+                terrain_floor: float | None = None) -> dict:
     import worldsim  # noqa: F401
 
     # termination_threshold 2: never end episodes, steady stepping
     kw = {"device": device, "termination_threshold": 2.0, "guidance": guidance, "tile_hold": tile_hold,
           "quantize": quantize, "detail_carry": detail_carry, "reencode": reencode, "snap": snap, "certain": certain,
           "amp": amp, "view_memory": view_memory, "seed_floor": seed_floor,
-          "map_memory": map_memory}
+          "map_memory": map_memory, "new_ground": new_ground, "terrain_floor": terrain_floor}
     if bundle:
         kw["bundle"] = bundle
     env_id = ENV_IDS[env_name][0]
@@ -84,7 +85,8 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
     return {"batch": batch, "guidance": sim.guidance, "tile_hold": sim.tile_hold, "quantize": sim.quantize or "fp32",
             "amp": sim.amp or "fp32", "detail_carry": sim.detail_carry, "reencode": sim.reencode, "snap": sim.snap,
             "certain": sim.certain, "view_memory": 0 if sim.memory is None else sim.memory.z.shape[1],
-            "seed_floor": sim.seed_floor, "map_memory": sim.map is not None,
+            "seed_floor": sim.seed_floor, "map_memory": sim.map is not None, "new_ground": sim.new_ground,
+            "terrain_floor": sim.terrain_floor,
             "steps_per_s": steps / dt,
             "env_steps_per_s": batch * steps / dt, "ms_per_step": 1000 * dt / steps, "rss_growth_mib": rss_mib() - rss0,
             **({"rss_every": rss_every, "rss_trace_mib": trace} if rss_every else {})}
@@ -121,7 +123,8 @@ def bench(cfg):
                                 cfg.get("quantize") if device == "cpu" else None, cfg.get("detail_carry"),
                                 cfg.get("reencode"), cfg.get("snap"), cfg.get("certain"),
                                 int(cfg.get("rss_every") or 0), cfg.get("amp"), cfg.get("view_memory"),
-                                cfg.get("seed_floor"), cfg.get("map_memory"))
+                                cfg.get("seed_floor"), cfg.get("map_memory"), cfg.get("new_ground"),
+                                cfg.get("terrain_floor"))
                 r["device"] = device
                 r["vs_real"] = r["env_steps_per_s"] / real
                 runs.setdefault((device, int(b)), []).append(r)

@@ -153,6 +153,16 @@ class Bundle:
             self.token_head = TokenHead(self.dit.config.dim, self.codebook.shape[1], head["groups"], head["hidden"])
             self.token_head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
             self.token_head.to(device).eval()
+        # the terrain prior (new_ground=terrain): new ground's tile groups from the view around it
+        self.terrain_prior = self.terrain_fixed_only = None
+        terrain = (self.meta.get("codebook") or {}).get("terrain")
+        if terrain and "groups" in tensors:
+            from worldsim.codebook import TerrainPrior
+            self.terrain_prior = TerrainPrior(terrain["groups"], terrain["hidden"])
+            self.terrain_prior.load_state_dict({k[len("terrain."):]: v for k, v in tensors.items()
+                                                if k.startswith("terrain.")})
+            self.terrain_prior.to(device).eval()
+            self.terrain_fixed_only = torch.tensor(terrain.get("fixed_only", []), dtype=torch.long, device=device)
 
 
 def _load_autoencoder(cfg: dict, weights: Path, device):

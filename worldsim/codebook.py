@@ -72,6 +72,22 @@ def fit_codebook(tokens: torch.Tensor, entries: int, iters: int = 15, seed: int 
     return codebook
 
 
+def entry_index(tokens: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(N,) the index of each token (N, C) that is exactly a codebook entry (a snapped one), found by a hash of
+    its values; nearest search for any other. Why: the nearest search is a distance to every entry, and the
+    terrain draw reads the groups of snapped frames every step (3 ms of a batch of 16 on this CPU)."""
+    cb = codebook.to(tokens.device).float()
+    probe = torch.linspace(1.0, 2.0, cb.shape[1], dtype=torch.float64, device=tokens.device)
+    keys = (cb.double() * probe).sum(-1)
+    order = keys.argsort()
+    pos = torch.searchsorted(keys[order], (tokens.double() * probe).sum(-1)).clamp(max=len(cb) - 1)
+    idx = order[pos]
+    other = ~(cb[idx] == tokens.float()).all(-1)
+    if bool(other.any()):
+        idx[other] = nearest(tokens[other].float(), cb)[1]
+    return idx
+
+
 def snap(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Latents (B, C, h, w): each token (the C channels at one grid cell) replaced by its nearest entry."""
     B, C, h, w = z.shape
@@ -163,6 +179,202 @@ def seed_snap(z: torch.Tensor, features: torch.Tensor, codebook: torch.Tensor, g
         seeded = unsure.any(1)
         idx[rows[seeded], j[seeded]] = d.argmin(1)[seeded]
     return codebook.to(z)[idx.reshape(-1)].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
+
+
+class TerrainPrior(nn.Module):
+    """The group of a cell of new ground given the ground around it: for top-down games whose view scrolls over
+    a map (Crafter), fitted on real frames' tile groups alone (`fit_terrain_prior`).
+
+    Why not the token head: it reads the world model's features, and in the model's own rollouts those come from
+    frames the model made. Where a rollout has filled the view with one tile (a grass field) the head is as sure
+    as the model that the next strip is more of it: on the shipped Crafter model it expects 0.17 other tiles in a
+    strip scrolled into a view of 95 % one group, where real frames bring 1.24 (README). A view of tile groups
+    looks the same whether the game or the model drew it, so a prior over groups keeps the real game's odds.
+    Inputs, per new cell: the groups of its neighbours NEIGHBOURS (toward the view's inside and the cell before
+    it along the new strip, `groups` meaning none: outside the view or the fixed cells) and the view's group
+    histogram (where it is: a biome, daylight or night)."""
+
+    def __init__(self, groups: int, hidden: int = 256, width: int = 32):
+        super().__init__()
+        self.groups = groups
+        self.embed = nn.Embedding(groups + 1, width)
+        self.net = nn.Sequential(nn.Linear(len(NEIGHBOURS) * width + groups, hidden), nn.GELU(),
+                                 nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, groups))
+
+    def forward(self, near: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:  # (N, 5) long, (N, G) -> (N, G)
+        return self.net(torch.cat([self.embed(near).flatten(1), hist.float()], -1))
+
+
+# a new cell's neighbours, as (steps inward, steps along the strip): inward one and two, the inward one's
+# neighbours before and after along the strip, the new cell before it along the strip
+NEIGHBOURS = ((1, 0), (2, 0), (1, -1), (1, 1), (0, -1))  # draw_terrain reads the last one as drawn
+
+
+def terrain_context(g: torch.Tensor, new: torch.Tensor, cells: torch.Tensor, step: torch.Tensor, none: int):
+    """Per row of view groups g (b, h, w) long, the cells each scroll brought into view new (b, h, w) bool, the
+    map cells of the view `cells` (h, w) bool and each row's scroll `step` (b, 2) [dy, dx] of the view's corner:
+    (near (b, h, w, 5) the neighbour groups of every cell as if it were new, none where outside the map cells,
+    hist (b, G) the share of each group among the view's map cells that are not new)."""
+    b, h, w = g.shape
+    inward = -step  # the old view lies opposite the move
+    along = step.flip(-1).abs()  # the strip runs across the move
+    rr, cc = torch.meshgrid(torch.arange(h, device=g.device), torch.arange(w, device=g.device), indexing="ij")
+    rows = torch.arange(b, device=g.device)[:, None, None]
+    near = []
+    for k_in, k_al in NEIGHBOURS:
+        r = rr + k_in * inward[:, 0, None, None] + k_al * along[:, 0, None, None]
+        c = cc + k_in * inward[:, 1, None, None] + k_al * along[:, 1, None, None]
+        inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+        r, c = r.clamp(0, h - 1), c.clamp(0, w - 1)
+        ok = inside & cells[r, c]
+        near.append(torch.where(ok, g[rows, r, c], none))
+    old = cells & ~new
+    hist = torch.zeros(b, none, device=g.device).scatter_add_(1, torch.where(old, g, 0).reshape(b, -1),
+                                                              old.reshape(b, -1).float())
+    return torch.stack(near, -1), hist / hist.sum(1, keepdim=True).clamp(min=1)
+
+
+def draw_terrain(estimate: torch.Tensor, z: torch.Tensor, codebook: torch.Tensor, groups: torch.Tensor,
+                 prior: TerrainPrior, noise: torch.Tensor, fresh: torch.Tensor, step: torch.Tensor,
+                 cells: torch.Tensor, floor: float = 0.0, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """z (b, C, h, w), snapped, with its `fresh` cells ((b, h, w) bool: ground a scroll brought into view that no
+    one has seen) drawn from the terrain prior, one cell after the other along the strip so each sees the one
+    drawn before it; a drawn group's entry is the one nearest to the model's `estimate` of that cell (which
+    carries its light). Only rows whose view (its map cells `cells` that are not new) has its commonest group
+    on at least a share `floor` are drawn; the others keep z. noise: (b, h, w) unit Gaussian, each draw's
+    uniform. step: (b, 2) each row's scroll. exclude: groups never drawn (the player's sprites)."""
+    b, C, h, w = z.shape
+    cb, groups = codebook.to(z.device).float(), groups.to(z.device)
+    none = prior.groups
+    rows = torch.nonzero(fresh.flatten(1).any(1))[:, 0]  # only rows with new ground are read
+    zr, fresh, step = z[rows], fresh[rows], step[rows]
+    idx = entry_index(zr.permute(0, 2, 3, 1).reshape(-1, C), cb).view(len(rows), h, w)
+    g = groups[idx]
+    near, hist = terrain_context(g, fresh, cells, step, none)
+    fresh = fresh & (hist.max(1).values >= floor)[:, None, None]
+    if not bool(fresh.any()):
+        return z
+    rb, r, c = torch.nonzero(fresh, as_tuple=True)
+    along = step.flip(-1).abs()[rb]
+    order = r * along[:, 0] + c * along[:, 1]  # position along the strip
+    pr, pc = r - along[:, 0], c - along[:, 1]  # the cell before it along the strip: NEIGHBOURS[4], read as drawn
+    before = (pr >= 0) & (pc >= 0) & cells[pr.clamp(min=0), pc.clamp(min=0)]
+    near = near[rb, r, c]
+    dist = torch.cdist(estimate[rows].permute(0, 2, 3, 1)[rb, r, c].float(), cb)
+    for k in order.unique().tolist():  # ascending
+        now = order == k
+        nb = near[now]
+        nb[:, 4] = torch.where(before[now], g[rb[now], pr[now].clamp(min=0), pc[now].clamp(min=0)], none)
+        p = prior(nb, hist[rb[now]]).softmax(-1)
+        if exclude is not None and len(exclude):
+            p[:, exclude.to(p.device)] = 0.0
+        drawn = draw_group(p, noise[rows][rb[now], r[now], c[now]])
+        idx[rb[now], r[now], c[now]] = dist[now].masked_fill(groups[None] != drawn[:, None], float("inf")).argmin(1)
+        g[rb[now], r[now], c[now]] = drawn
+    out = z.clone()
+    out[rows] = codebook.to(z)[idx.reshape(-1)].reshape(len(rows), h, w, C).permute(0, 3, 1, 2)
+    return out
+
+
+def keep_off_map(estimate: torch.Tensor, z: torch.Tensor, codebook: torch.Tensor, groups: torch.Tensor,
+                 fixed_only: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """z (b, C, h, w), snapped, with every token on the map cells `cells` ((h, w) bool) whose group is one of
+    `fixed_only` (groups real frames show only on the view's fixed cells: the player's own sprites) re-snapped
+    to the entry of another group nearest to the model's estimate. Why: over thousands of steps the model
+    sometimes draws a second player beside the first, which the map memory then keeps, and an explorer
+    strikes at it as at a wall (README)."""
+    b, C, h, w = z.shape
+    if not len(fixed_only):
+        return z
+    cb, groups = codebook.to(z.device).float(), groups.to(z.device)
+    tok = z.permute(0, 2, 3, 1)
+    idx = entry_index(tok.reshape(-1, C), cb).view(b, h, w)
+    bad = torch.isin(groups[idx], fixed_only.to(z.device)) & cells
+    if not bool(bad.any()):
+        return z
+    rb, r, c = torch.nonzero(bad, as_tuple=True)
+    d = torch.cdist(estimate.permute(0, 2, 3, 1)[rb, r, c].float(), cb)
+    d = d.masked_fill(torch.isin(groups, fixed_only.to(z.device))[None], float("inf"))
+    out = z.clone()
+    out[rb, :, r, c] = codebook.to(z)[d.argmin(1)]
+    return out
+
+
+def terrain_examples(codec, codebook: torch.Tensor, groups: torch.Tensor, episodes: list, map_desc: dict,
+                     n_actions: int):
+    """(near (N, 5), hist (N, G), group (N,), fixed_only) of every cell that a scroll of the real episodes
+    brought into the view: its neighbours and view as `terrain_context` gives them, and its real group (of the
+    nearest entry). Whether a move scrolled is decided as the simulator's map memory decides it
+    (`MapMemory.scrolled`). fixed_only: the groups the real frames show on the view's fixed cells (the
+    player) and never on its other map cells (the player's own sprites)."""
+    from worldsim.simulator import MapMemory
+
+    N, H, Y = [], [], []
+    none = int(groups.max()) + 1
+    on_fixed, on_map = torch.zeros(none), torch.zeros(none)
+    cb = codebook.float()
+    for ep in episodes:
+        frames = ep["frames"]
+        z = torch.cat([codec.encode(torch.as_tensor(frames[j:j + 256])) for j in range(0, len(frames), 256)])
+        T, C, h, w = z.shape
+        idx = nearest(z.permute(0, 2, 3, 1).reshape(-1, C).float(), cb)[1]
+        zs, g = cb[idx].view(T, h, w, C).permute(0, 3, 1, 2), groups[idx].view(T, h, w)
+        mem = MapMemory(map_desc, n_actions, T - 1, (C, h, w), "cpu")
+        fixed = torch.zeros(h, w, dtype=torch.bool)
+        for r, c in map_desc.get("fixed", []):
+            fixed[int(r), int(c)] = True
+        on_fixed += torch.bincount(g[:, fixed].reshape(-1), minlength=none)[:none].float()
+        on_map += torch.bincount(g[:, mem.cells].reshape(-1), minlength=none)[:none].float()
+        a = torch.as_tensor(np.asarray(ep["actions"]), dtype=torch.long).reshape(-1)[:T - 1]
+        moved = mem.scrolled(zs[1:], zs[:-1], a)
+        step = torch.where(moved[:, None], mem.move[a], 0)
+        r0, r1, c0, c1 = mem.region
+        last = mem.offset + step[:, None, None]
+        new = ~((last[..., 0] >= r0) & (last[..., 0] < r1) & (last[..., 1] >= c0) & (last[..., 1] < c1)) & mem.cells
+        keep = new.flatten(1).any(1)
+        if not bool(keep.any()):
+            continue
+        near, hist = terrain_context(g[1:][keep], new[keep], mem.cells, step[keep], none)
+        rb, r, c = torch.nonzero(new[keep], as_tuple=True)
+        N.append(near[rb, r, c])
+        H.append(hist[rb])
+        Y.append(g[1:][keep][rb, r, c])
+    if not N:
+        raise ValueError("no move in these episodes scrolled the view: the terrain prior has nothing to learn from")
+    return torch.cat(N), torch.cat(H), torch.cat(Y), torch.nonzero((on_fixed > 0) & (on_map == 0))[:, 0]
+
+
+def fit_terrain_prior(near: torch.Tensor, hist: torch.Tensor, y: torch.Tensor, groups: int, steps: int = 3000,
+                      hidden: int = 256, seed: int = 0, held_out: float = 0.1):
+    """Train a TerrainPrior on examples from `terrain_examples` (the last share `held_out` held out). Returns
+    (prior, info) with the held-out cross-entropy and accuracy beside guessing each cell as its inward
+    neighbour (how nearest snap grows a field)."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(y), generator=g)
+    near, hist, y = near[perm], hist[perm], y[perm]
+    n_held = max(1, int(len(y) * held_out))
+    n_train = len(y) - n_held
+    prior = TerrainPrior(groups, hidden)
+    opt = torch.optim.AdamW(prior.parameters(), 2e-3, weight_decay=0.01)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / warm, (steps - i) / max(1, steps - warm)))
+    for _ in range(steps):
+        i = torch.randint(n_train, (1024,), generator=g)
+        loss = nn.functional.cross_entropy(prior(near[i], hist[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    prior.eval()
+    with torch.no_grad():
+        logits = prior(near[n_train:], hist[n_train:])
+        held_y = y[n_train:]
+        info = {"groups": int(groups), "hidden": int(hidden), "steps": int(steps), "cells": int(n_train),
+                "held_cells": int(n_held),
+                "held_loss": round(float(nn.functional.cross_entropy(logits, held_y)), 4),
+                "held_accuracy": round(float((logits.argmax(-1) == held_y).float().mean()), 4),
+                "held_accuracy_inward": round(float((near[n_train:, 0] == held_y).float().mean()), 4)}
+    return prior, info
 
 
 def head_examples(bundle, episodes: list, windows: int, seed: int = 0, batch: int = 128):
@@ -267,9 +479,11 @@ def require_tiles(ae_cfg: dict, where: str) -> None:
 
 
 def with_codebook(path: Path, codebook: torch.Tensor, info: dict, snap_default: bool | str = True,
-                  head: TokenHead | None = None, groups: torch.Tensor | None = None) -> None:
-    """Rewrite bundle `path` atomically with `codebook.safetensors` (and the token head with its groups, when
-    given; info["head"] describes it) and `decode.snap` in its bundle.json."""
+                  head: TokenHead | None = None, groups: torch.Tensor | None = None,
+                  terrain: TerrainPrior | None = None, decode: dict | None = None) -> None:
+    """Rewrite bundle `path` atomically with `codebook.safetensors` (and the token head and the terrain prior
+    with their groups, when given; info["head"] and info["terrain"] describe them), `decode.snap` and any other
+    `decode` settings in its bundle.json."""
     path = Path(path)
     files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
     meta = json.loads(files["bundle.json"])
@@ -277,16 +491,25 @@ def with_codebook(path: Path, codebook: torch.Tensor, info: dict, snap_default: 
     C = meta["world_model"]["latent_channels"]
     if codebook.ndim != 2 or codebook.shape[1] != C:
         raise ValueError(f"codebook of shape {tuple(codebook.shape)} does not fit latents of {C} channels")
-    if (head is None) != ("head" not in info) or (head is None) != (groups is None):
-        raise ValueError("a token head comes with its groups and its description (info['head'])")
+    if (head is None) != ("head" not in info) or (terrain is None) != ("terrain" not in info):
+        raise ValueError("a token head or terrain prior comes with its description (info['head'], info['terrain'])")
+    if (head is not None or terrain is not None) != (groups is not None):
+        raise ValueError("a token head or terrain prior comes with the codebook's groups")
     if snap_default == "sample" and head is None:
         raise ValueError("snap=sample as the bundle's default needs the token head (head=true)")
-    meta.setdefault("decode", {})["snap"] = snap_default if snap_default == "sample" else bool(snap_default)
+    dec = meta.setdefault("decode", {})
+    dec["snap"] = snap_default if snap_default == "sample" else bool(snap_default)
+    dec.update(decode or {})
+    if dec.get("new_ground", "nearest") != "nearest" and terrain is None:
+        raise ValueError("new_ground=terrain as the bundle's default needs the terrain prior (terrain=true)")
     meta["codebook"] = info
     tensors = {"codebook": codebook.float()}
-    if head is not None:
+    if groups is not None:
         tensors["groups"] = groups.long()
+    if head is not None:
         tensors.update({f"head.{k}": v.float() for k, v in head.state_dict().items()})
+    if terrain is not None:
+        tensors.update({f"terrain.{k}": v.float() for k, v in terrain.state_dict().items()})
     files["bundle.json"] = json.dumps(meta, indent=1).encode()
     files["codebook.safetensors"] = tensors_bytes(tensors)
     write_dir_atomic(path, files)
@@ -309,12 +532,14 @@ def episode_latents(codec, episodes: list, windows: int, context: int, seed: int
 
 def codebook_job(cfg):
     """`worldsim codebook bundle=B data=D`: fit B's codebook on frames of D's training split, snap on; with
-    head=true also train the token head (snap=sample); refit=false keeps B's codebook and trains only the head."""
+    head=true also train the token head (snap=sample); refit=false keeps B's codebook (and its token head and
+    terrain prior, unless asked to train them again); terrain=true fits the terrain prior (new_ground=terrain)."""
     from worldsim.checkpoint import bundle_and_training_data
 
     path, b, eps = bundle_and_training_data(cfg.bundle, cfg.data)
     require_tiles(b.meta["autoencoder"], str(path))
     torch.manual_seed(cfg.seed)
+    head = groups = terrain = None
     if cfg.get("refit", True) or b.codebook is None:
         frames = np.concatenate([ep["frames"] for ep in eps])
         rng = np.random.default_rng(cfg.seed)
@@ -324,19 +549,48 @@ def codebook_job(cfg):
         dist, _ = nearest(tokens, codebook)
         info = {"entries": int(cfg.entries), "frames": int(len(pick)), "tokens": int(len(tokens)),
                 "data": str(cfg.data), "mean_distance": round(float(dist.mean()), 4)}
-    else:
+    else:  # the bundle's codebook, with what it carries
         codebook = b.codebook.float().cpu()
-        info = {k: v for k, v in (b.meta.get("codebook") or {}).items() if k != "head"}
-    head = groups = None
+        info = dict(b.meta.get("codebook") or {})
+        head, terrain = b.token_head, b.terrain_prior
+        groups = None if b.codebook_groups is None else b.codebook_groups.cpu()
     if cfg.get("head", False):
         lat = episode_latents(b.codec, eps, cfg.head_windows, b.dit.config.context_frames, cfg.seed)
-        head, groups, info["head"] = fit_token_head(b, codebook, lat, cfg.groups, cfg.head_windows, cfg.head_steps,
-                                                    cfg.head_hidden, cfg.seed)
+        head, new_groups, info["head"] = fit_token_head(b, codebook, lat, cfg.groups, cfg.head_windows,
+                                                        cfg.head_steps, cfg.head_hidden, cfg.seed)
         info["head"].update(certain=float(cfg.certain), data=str(cfg.data))
         print(f"token head: {info['head']['groups']} groups; held-out accuracy {info['head']['held_accuracy']:.3f} "
               f"(nearest entry of the one-step estimate: {info['head']['held_accuracy_nearest']:.3f})")
+        if groups is not None and not torch.equal(groups, new_groups) and not cfg.get("terrain", False):
+            terrain = None  # a prior over groups that are no longer these
+            info.pop("terrain", None)
+            print("the terrain prior was fitted on other groups and is left out: refit it with terrain=true")
+        groups = new_groups
+    if cfg.get("terrain", False):
+        if "map" not in b.env or b.dit.config.action_spec.get("type") != "discrete":
+            raise ValueError(f"{path}: the terrain prior learns the ground a scroll brings into view; it needs the "
+                             "game's map description (env.map in bundle.json, written by `worldsim collect` for "
+                             "Crafter) and discrete actions")
+        if groups is None:  # no token head: the same grouping of the codebook the head would use
+            n = min(cfg.groups, len(codebook))
+            groups = nearest(codebook, fit_codebook(codebook, n, 20, cfg.seed))[1]
+        near, hist, y, fixed_only = terrain_examples(b.codec, codebook, groups, eps, b.env["map"],
+                                                     b.dit.config.action_spec["n"])
+        terrain, info["terrain"] = fit_terrain_prior(near, hist, y, int(groups.max()) + 1, cfg.terrain_steps,
+                                                     cfg.terrain_hidden, cfg.seed)
+        info["terrain"].update(data=str(cfg.data), fixed_only=fixed_only.tolist())
+        t = info["terrain"]
+        print(f"terrain prior: {t['cells']} new cells of real scrolls; held-out accuracy {t['held_accuracy']:.3f} "
+              f"(the inward neighbour's group: {t['held_accuracy_inward']:.3f}), cross-entropy {t['held_loss']:.3f}")
+    decode = {k: cfg[k] for k in ("new_ground", "terrain_floor") if cfg.get(k) is not None}
+    if terrain is None and "new_ground" not in decode and (b.meta.get("decode") or {}).get("new_ground") == "terrain":
+        decode["new_ground"] = "nearest"  # its prior was fitted on groups of the codebook this job replaced
+        print("the bundle drew new ground from its terrain prior, which this codebook leaves out: new_ground=nearest")
+    if "terrain_floor" in decode:
+        decode["terrain_floor"] = float(decode["terrain_floor"])
     snap_default = cfg.snap if isinstance(cfg.snap, str) else bool(cfg.snap)
-    with_codebook(path, codebook, info, snap_default, head, groups)
+    with_codebook(path, codebook, info, snap_default, head, groups if head is not None or terrain is not None
+                  else None, terrain, decode)
     dist = f" (mean distance of a training token to its entry {info['mean_distance']:.3f})" if "mean_distance" in info else ""
     print(f"codebook of {len(codebook)} entries written to {path}{dist}; snap={snap_default}")
     return info

@@ -123,7 +123,8 @@ class Viewer:
               "detail_carry": cfg.get("detail_carry"), "carry_gate": cfg.get("carry_gate"),
               "reencode": cfg.get("reencode"), "snap": cfg.get("snap"),
               "certain": cfg.get("certain"), "amp": cfg.get("amp"), "view_memory": cfg.get("view_memory"),
-              "seed_floor": cfg.get("seed_floor"), "map_memory": cfg.get("map_memory")}
+              "seed_floor": cfg.get("seed_floor"), "map_memory": cfg.get("map_memory"),
+              "new_ground": cfg.get("new_ground"), "terrain_floor": cfg.get("terrain_floor")}
         if cfg.bundle:
             kw["bundle"] = cfg.bundle
         self.env = gym.make(env_id, **kw)

@@ -19,7 +19,7 @@ import torch
 
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
-from worldsim.codebook import CERTAIN, sample_snap, seed_snap, snap
+from worldsim.codebook import CERTAIN, draw_terrain, keep_off_map, sample_snap, seed_snap, snap
 from worldsim.diffusion import warps
 from worldsim.model import actions_to_tensor, camera_rotation, project_view, view_grid
 
@@ -43,6 +43,7 @@ def _load_bundle(path: str, device: str, stamp: tuple) -> Bundle:
 QUANTIZE = {None: None, "int8": "int8", "none": "fp32", "fp32": "fp32", False: "fp32"}
 AMP = {None: None, False: None, "none": None, "fp32": None, "bf16": "bf16"}
 # snap settings (bundle.json's decode.snap, or the env/eval/bench/play option) -> the mode
+NEW_GROUND = ("nearest", "terrain")
 SNAP_MODES = {False: False, True: "nearest", "false": False, "true": "nearest", "nearest": "nearest",
               "sample": "sample"}
 
@@ -90,7 +91,8 @@ class WorldSimulator:
                  guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
-                 view_memory: int | None = None, seed_floor: float | None = None, map_memory: bool | None = None):
+                 view_memory: int | None = None, seed_floor: float | None = None, map_memory: bool | None = None,
+                 new_ground: str | None = None, terrain_floor: float | None = None):
         # amp="bf16": every model pass (world model, autoencoder) under torch.autocast to bfloat16, the KV cache
         # and the sampler's arithmetic in fp32. For GPUs (tensor cores); on this project's CPU fp32 is faster
         amp = _mode(AMP, amp, f"amp must be bf16 or none (fp32), got {amp!r}")
@@ -226,6 +228,24 @@ class WorldSimulator:
                 raise ValueError("map_memory needs a tile autoencoder (one latent per tile of the game's grid, so a "
                                  "move scrolls the latents by whole cells); this bundle's is a VAE")
             self.map = MapMemory(bundle.env["map"], self.spec["n"], batch_size, self.latent_shape, self.device)
+        # new_ground: what the map memory puts on ground a scroll brings into view for the first time: the
+        # snapped sample ("nearest": the commonest tile where the model is unsure, so the world fills with grass)
+        # or a draw from the bundle's terrain prior ("terrain": tile groups as often as real maps have them
+        # around such a view; codebook.draw_terrain), with the player's sprites kept off the map (keep_off_map)
+        mode = dec.get("new_ground", "nearest") if new_ground is None else new_ground
+        if mode not in NEW_GROUND:
+            raise ValueError(f"new_ground must be one of {', '.join(NEW_GROUND)} (null: the bundle's), got {new_ground!r}")
+        if new_ground is None and (self.map is None or self.snap != "nearest"):
+            mode = "nearest"  # the bundle's default gives way to map_memory=false or another snap
+        self.new_ground = mode
+        self.terrain_floor = float(dec.get("terrain_floor", 0.0) if terrain_floor is None else terrain_floor)
+        if not 0 <= self.terrain_floor <= 1:
+            raise ValueError(f"terrain_floor must be in [0, 1] (a share of the view's cells; 0 = every new cell), "
+                             f"got {terrain_floor}")
+        if mode == "terrain" and (self.map is None or self.snap != "nearest" or bundle.terrain_prior is None):
+            raise ValueError("new_ground=terrain draws the ground the map memory has never held from the bundle's "
+                             "terrain prior and snaps the rest to the nearest entries: it needs map_memory, "
+                             "snap=true and a terrain prior (`worldsim codebook bundle=... refit=false terrain=true`)")
         self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
         self.shown = np.zeros((batch_size, H, W, 3), np.uint8)  # the frames last shown
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
@@ -295,6 +315,7 @@ class WorldSimulator:
         shown = {}
 
         def project(z, centre, features):
+            estimate = z  # the model's sample, before snap
             if self.snap == "sample":  # one draw per token from the caller's noise (its first channel)
                 b = self.bundle
                 z = sample_snap(z, features, b.codebook, b.codebook_groups, b.token_head, noise[:, 0], self.certain)
@@ -305,7 +326,15 @@ class WorldSimulator:
             elif self.snap:
                 z = snap(z, self.bundle.codebook)
             if self.map is not None:  # ground seen before, where the frame scrolled back to it
-                z = self.map.step(range(self.B), z, self.prev, a)
+                draw = None
+                if self.new_ground == "terrain":  # ground never seen: drawn from the terrain prior
+                    b = self.bundle
+                    z = keep_off_map(estimate, z, b.codebook, b.codebook_groups, b.terrain_fixed_only, self.map.cells)
+
+                    def draw(z, fresh, step):
+                        return draw_terrain(estimate, z, b.codebook, b.codebook_groups, b.terrain_prior, noise[:, 0],
+                                            fresh, step, self.map.cells, self.terrain_floor, b.terrain_fixed_only)
+                z = self.map.step(range(self.B), z, self.prev, a, draw=draw)
             if self.reencode:
                 shown["frames"] = self._show(z, centre, a)
                 z = self.codec.encode(torch.as_tensor(shown["frames"], device=self.device))
@@ -614,9 +643,12 @@ class MapMemory:
         stayed = (((zz - pp).pow(2).mean(-1).sqrt() >= STILL_RMS) & both).sum((1, 2))
         return (self.move[a] != 0).any(-1) & (moved <= stayed)
 
-    def step(self, rows, z: torch.Tensor, prev: torch.Tensor, a: torch.Tensor, fill: bool = True) -> torch.Tensor:
+    def step(self, rows, z: torch.Tensor, prev: torch.Tensor, a: torch.Tensor, fill: bool = True,
+             draw=None) -> torch.Tensor:
         """One step of the rows: move where z scrolled, put held latents into the cells it brought into view
-        (when `fill`), keep the result's map cells. Returns z with those cells filled."""
+        (when `fill`), keep the result's map cells. Returns z with those cells filled. `draw(z, cells, step)`, if
+        given, replaces the cells ((b, h, w) bool) the scroll (step: (b, 2)) brought into view that the memory
+        never held: ground nobody has seen yet (the simulator's new_ground=terrain)."""
         rows = torch.as_tensor(list(rows), dtype=torch.long, device=self.pos.device)
         moved = self.scrolled(z, prev, a)
         step = torch.where(moved[:, None], self.move[a], 0)
@@ -631,6 +663,9 @@ class MapMemory:
         use = held & new & fill
         self.filled[rows] = use
         z = torch.where(use[:, None], held_z.permute(0, 3, 1, 2).to(z.dtype), z)
+        fresh = new & ~held & self.cells & fill
+        if draw is not None and bool(fresh.any()):
+            z = draw(z, fresh, step)
         keep = self.cells.expand_as(use)
         s = slot[keep]
         r = rows[:, None, None].expand_as(use)[keep]

@@ -187,8 +187,8 @@ class TerrainPrior(nn.Module):
 
     Why not the token head: it reads the world model's features, and in the model's own rollouts those come from
     frames the model made. Where a rollout has filled the view with one tile (a grass field) the head is as sure
-    as the model that the next strip is more of it: on the shipped Crafter model it expects 0.17 other tiles in a
-    strip scrolled into a view of 95 % one group, where real frames bring 1.24 (README). A view of tile groups
+    as the model that the next strip is more of it: on the shipped Crafter model it expects 0.22 other tiles in a
+    strip scrolled into a view of 95 % one group, where real frames bring 1.22 (README, docs/terrain_stats.py). A view of tile groups
     looks the same whether the game or the model drew it, so a prior over groups keeps the real game's odds.
     Inputs, per new cell: the groups of its neighbours NEIGHBOURS (toward the view's inside and the cell before
     it along the new strip, `groups` meaning none: outside the view or the fixed cells) and the view's group

@@ -29,6 +29,10 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(res))
     assert res["windows"] == 4 and sorted(res["rollout_curve"], key=int) == ["1", "2", "3", "4"]
+    # the settings it ran with, the bundle's defaults resolved: the tiny bundle has no codebook or map memory
+    inf = res["inference"]
+    assert inf["snap"] is False and inf["map_memory"] is False and inf["new_ground"] == "nearest"
+    assert inf["sampling_steps"] == res["sampling_steps"]
     nf = res["next_frame_psnr"]
     assert nf["model"] == res["rollout_psnr"]["1"]["model"] and abs(nf["gain_db"] - (nf["model"] - nf["copy_last"])) < 1e-9
     assert 5 < nf["copy_last"] < 149 and 0 < nf["model"] < 149
@@ -132,6 +136,7 @@ def test_bench_reports_model_and_real_crafter(bundle, tmp_path):
     assert set(rows) == {1, 3} and all(r["device"] == "cpu" for r in rows.values())
     assert abs(rows[3]["env_steps_per_s"] - 3 * rows[3]["steps_per_s"]) < 1e-6
     assert json.loads(out.read_text())["model"][0]["batch"] == 1
+    assert rows[1]["new_ground"] == "nearest" and rows[1]["quantize"] == "fp32"  # its settings, resolved
     assert all(len(r["rss_trace_mib"]) == 3 and min(r["rss_trace_mib"]) > 0 for r in rows.values())  # every 2 of 6
 
 

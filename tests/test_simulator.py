@@ -1172,7 +1172,7 @@ def test_map_memory_draws_only_ground_it_never_held():
     assert len(calls) == 1
 
 
-def test_new_ground_needs_map_memory_nearest_snap_and_a_terrain_prior(patch_bundle, tmp_path):
+def test_new_ground_needs_map_memory_nearest_snap_and_a_terrain_prior(patch_bundle, tmp_path, monkeypatch):
     import shutil
     shutil.copytree(patch_bundle.path, tmp_path / "p")
     tokens = frame_tokens(patch_bundle.codec, patch_bundle.start_frames.numpy().reshape(-1, 32, 32, 3))
@@ -1192,7 +1192,17 @@ def test_new_ground_needs_map_memory_nearest_snap_and_a_terrain_prior(patch_bund
         WorldSimulator(b, 1, new_ground="terrain")
     with pytest.raises(ValueError, match="map_memory"):
         WorldSimulator(b, 1, new_ground="terrain", map_memory=True, snap=False)
+    import worldsim.simulator as simulator
+    drawn = []
+    plain = simulator.draw_terrain
+
+    def spy(*args, **kw):
+        drawn.append(int(args[6].sum()))  # the fresh cells
+        return plain(*args, **kw)
+    monkeypatch.setattr(simulator, "draw_terrain", spy)
     sim = WorldSimulator(b, 1, new_ground="terrain", map_memory=True)
+    # this untrained model's frames do not scroll; every move is taken as scrolled, so new ground comes in
+    monkeypatch.setattr(sim.map, "scrolled", lambda z, prev, a: (sim.map.move[a] != 0).any(-1))
     rng = np.random.default_rng(0)
     shape = sim.latent_shape
     sim.reset([0], rng.integers(0, 256, (1, W, 32, 32, 3), dtype=np.uint8), np.zeros((1, W - 1), np.int64),
@@ -1201,6 +1211,7 @@ def test_new_ground_needs_map_memory_nearest_snap_and_a_terrain_prior(patch_bund
         sim.step(np.array([a]), rng.standard_normal((1, *shape)), rng.standard_normal((1, *shape)))
         tokens = sim.prev[0].flatten(1).T
         assert (tokens[:, None] == codebook[None]).all(-1).any(1).all()
+    assert drawn == [4, 4, 4, 4], drawn  # each new column of 4 cells; not on the way back, nor on ground seen before
     assert WorldSimulator(b, 1, map_memory=True).new_ground == "nearest"  # off unless asked for
     plain = Bundle(patch_bundle.path)
     plain.env["map"] = b.env["map"]

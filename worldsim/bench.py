@@ -82,11 +82,7 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
     dt = time.perf_counter() - t0
     sim = env.unwrapped.sim  # the settings it ran with (bundle defaults resolved)
     env.close()
-    return {"batch": batch, "guidance": sim.guidance, "tile_hold": sim.tile_hold, "quantize": sim.quantize or "fp32",
-            "amp": sim.amp or "fp32", "detail_carry": sim.detail_carry, "reencode": sim.reencode, "snap": sim.snap,
-            "certain": sim.certain, "view_memory": 0 if sim.memory is None else sim.memory.z.shape[1],
-            "seed_floor": sim.seed_floor, "map_memory": sim.map is not None, "new_ground": sim.new_ground,
-            "terrain_floor": sim.terrain_floor,
+    return {"batch": batch, **sim.settings(),
             "steps_per_s": steps / dt,
             "env_steps_per_s": batch * steps / dt, "ms_per_step": 1000 * dt / steps, "rss_growth_mib": rss_mib() - rss0,
             **({"rss_every": rss_every, "rss_trace_mib": trace} if rss_every else {})}

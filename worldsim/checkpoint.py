@@ -145,11 +145,11 @@ class Bundle:
         tensors = load_file(cb) if cb.exists() else {}
         self.codebook = tensors["codebook"].to(device) if tensors else None
         # the token head (snap=sample): groups of entries and the head's weights, beside the codebook
-        self.codebook_groups = self.token_head = None
+        self.token_head = None
+        self.codebook_groups = tensors["groups"].to(device) if "groups" in tensors else None
         head = (self.meta.get("codebook") or {}).get("head")
         if head and "groups" in tensors:
             from worldsim.codebook import TokenHead
-            self.codebook_groups = tensors["groups"].to(device)
             self.token_head = TokenHead(self.dit.config.dim, self.codebook.shape[1], head["groups"], head["hidden"])
             self.token_head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
             self.token_head.to(device).eval()

@@ -251,6 +251,7 @@ def evaluate(cfg):
     result = {
         "env": cfg.env, "bundle": str(bundle.path), "windows": n, "episodes": len(eps), "context_frames": W,
         "sampling_steps": sim.steps,
+        "inference": sim.settings(),
         "next_frame_psnr": {"model": curve[1]["model"], "copy_last": curve[1]["copy_context"],
                             "gain_db": curve[1]["model"] - curve[1]["copy_context"],
                             "pooled": {"model": curve[1]["model_pooled"], "copy_last": curve[1]["copy_context_pooled"],

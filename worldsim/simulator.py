@@ -43,9 +43,10 @@ def _load_bundle(path: str, device: str, stamp: tuple) -> Bundle:
 QUANTIZE = {None: None, "int8": "int8", "none": "fp32", "fp32": "fp32", False: "fp32"}
 AMP = {None: None, False: None, "none": None, "fp32": None, "bf16": "bf16"}
 # snap settings (bundle.json's decode.snap, or the env/eval/bench/play option) -> the mode
-NEW_GROUND = ("nearest", "terrain")
 SNAP_MODES = {False: False, True: "nearest", "false": False, "true": "nearest", "nearest": "nearest",
               "sample": "sample"}
+# new_ground settings (bundle.json's decode.new_ground, or the option): what ground no one has seen shows
+NEW_GROUND = ("nearest", "terrain")
 
 
 def _mode(table: dict, value, error: str):
@@ -249,6 +250,15 @@ class WorldSimulator:
         self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
         self.shown = np.zeros((batch_size, H, W, 3), np.uint8)  # the frames last shown
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
+
+    def settings(self) -> dict:
+        """The inference settings this simulator runs with, bundle defaults resolved (for benches and evals)."""
+        return {"sampling_steps": self.steps, "guidance": self.guidance, "context_noise": self.context_noise,
+                "tile_hold": self.tile_hold, "quantize": self.quantize or "fp32", "amp": self.amp or "fp32",
+                "detail_carry": self.detail_carry, "reencode": self.reencode, "snap": self.snap,
+                "certain": self.certain, "view_memory": 0 if self.memory is None else self.memory.z.shape[1],
+                "seed_floor": self.seed_floor, "map_memory": self.map is not None, "new_ground": self.new_ground,
+                "terrain_floor": self.terrain_floor}
 
     def _t(self, a):
         return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)

@@ -52,9 +52,7 @@ for d in sys.argv[1:]:
         a = torch.as_tensor(np.asarray(ep["actions"]), dtype=torch.long).reshape(-1)[:T - 1]
         moved = mem.scrolled(zs[1:], zs[:-1], a)
         step = torch.where(moved[:, None], mem.move[a], 0)
-        r0, r1, c0, c1 = mem.region
-        last = mem.offset + step[:, None, None]
-        new = ~((last[..., 0] >= r0) & (last[..., 0] < r1) & (last[..., 1] >= c0) & (last[..., 1] < c1)) & mem.cells
+        new = mem.new_cells(step)
         for t in range(T):
             gv = g[t][view]
             shares.append(float((gv == gv.mode().values).float().mean()))

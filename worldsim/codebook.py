@@ -328,9 +328,7 @@ def terrain_examples(codec, codebook: torch.Tensor, groups: torch.Tensor, episod
         a = torch.as_tensor(np.asarray(ep["actions"]), dtype=torch.long).reshape(-1)[:T - 1]
         moved = mem.scrolled(zs[1:], zs[:-1], a)
         step = torch.where(moved[:, None], mem.move[a], 0)
-        r0, r1, c0, c1 = mem.region
-        last = mem.offset + step[:, None, None]
-        new = ~((last[..., 0] >= r0) & (last[..., 0] < r1) & (last[..., 1] >= c0) & (last[..., 1] < c1)) & mem.cells
+        new = mem.new_cells(step)
         keep = new.flatten(1).any(1)
         if not bool(keep.any()):
             continue

@@ -653,6 +653,13 @@ class MapMemory:
         stayed = (((zz - pp).pow(2).mean(-1).sqrt() >= STILL_RMS) & both).sum((1, 2))
         return (self.move[a] != 0).any(-1) & (moved <= stayed)
 
+    def new_cells(self, step: torch.Tensor) -> torch.Tensor:
+        """(b, h, w) the cells new to the view after each row's scroll `step` (b, 2): map cells whose place was
+        outside the last view's map region."""
+        last = self.offset + step[:, None, None]  # where each cell was in the last view's frame
+        r0, r1, c0, c1 = self.region
+        return ~((last[..., 0] >= r0) & (last[..., 0] < r1) & (last[..., 1] >= c0) & (last[..., 1] < c1)) & self.cells
+
     def step(self, rows, z: torch.Tensor, prev: torch.Tensor, a: torch.Tensor, fill: bool = True,
              draw=None) -> torch.Tensor:
         """One step of the rows: move where z scrolled, put held latents into the cells it brought into view
@@ -666,14 +673,11 @@ class MapMemory:
         world, slot = self._world(rows)
         held_z = self.z[rows[:, None, None], slot[..., 0], slot[..., 1]]  # (b, h, w, C)
         held = (self.at[rows[:, None, None], slot[..., 0], slot[..., 1]] == world).all(-1) & self.cells
-        # cells new to the view: their place was outside the last view's map region
-        last = self.offset + step[:, None, None]  # where each cell was in the last view's frame
-        r0, r1, c0, c1 = self.region
-        new = ~((last[..., 0] >= r0) & (last[..., 0] < r1) & (last[..., 1] >= c0) & (last[..., 1] < c1))
+        new = self.new_cells(step)
         use = held & new & fill
         self.filled[rows] = use
         z = torch.where(use[:, None], held_z.permute(0, 3, 1, 2).to(z.dtype), z)
-        fresh = new & ~held & self.cells & fill
+        fresh = new & ~held & fill
         if draw is not None and bool(fresh.any()):
             z = draw(z, fresh, step)
         keep = self.cells.expand_as(use)

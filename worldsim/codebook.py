@@ -353,17 +353,7 @@ def fit_terrain_prior(near: torch.Tensor, hist: torch.Tensor, y: torch.Tensor, g
     n_held = max(1, int(len(y) * held_out))
     n_train = len(y) - n_held
     prior = TerrainPrior(groups, hidden)
-    opt = torch.optim.AdamW(prior.parameters(), 2e-3, weight_decay=0.01)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / warm, (steps - i) / max(1, steps - warm)))
-    for _ in range(steps):
-        i = torch.randint(n_train, (1024,), generator=g)
-        loss = nn.functional.cross_entropy(prior(near[i], hist[i]), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    prior.eval()
+    fit_classifier(prior, (near, hist), y, n_train, steps, 1024, g)
     with torch.no_grad():
         logits = prior(near[n_train:], hist[n_train:])
         held_y = y[n_train:]
@@ -419,6 +409,25 @@ def require_plain(residual: bool, warp_action: str | None) -> None:
                          "(diffusion.residual) or warps (dit.warp_action)")
 
 
+def fit_classifier(model: nn.Module, inputs: tuple, y: torch.Tensor, n_train: int, steps: int, batch: int,
+                   g: torch.Generator) -> torch.Tensor:
+    """Train `model(*inputs) -> logits` with cross-entropy against y on the first n_train rows: AdamW, `steps`
+    batches of `batch` rows drawn with g, linear warm-up then linear decay to zero; leaves it in eval mode.
+    Returns the last batch's loss."""
+    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.01)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / warm, (steps - i) / max(1, steps - warm)))
+    for _ in range(steps):
+        idx = torch.randint(n_train, (batch,), generator=g)
+        loss = nn.functional.cross_entropy(model(*(x[idx] for x in inputs)), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    return loss
+
+
 def fit_token_head(bundle, codebook: torch.Tensor, episodes: list, groups: int = 128, windows: int = 10000,
                    steps: int = 1500, hidden: int = 256, seed: int = 0, held_out: float = 0.05):
     """Group the codebook (k-means of its entries) and train a TokenHead on `windows` windows of episodes
@@ -437,18 +446,8 @@ def fit_token_head(bundle, codebook: torch.Tensor, episodes: list, groups: int =
     n_held = len(y) // n_windows * max(1, round(n_windows * held_out))  # the last windows' tokens
     g = torch.Generator().manual_seed(seed)
     head = TokenHead(dit.config.dim, codebook.shape[1], groups, hidden)
-    opt = torch.optim.AdamW(head.parameters(), 2e-3, weight_decay=0.01)
-    warm = max(1, steps // 20)  # linear warm-up, then linear decay to zero
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / warm, (steps - i) / max(1, steps - warm)))
     n_train = len(y) - n_held
-    for _ in range(steps):
-        idx = torch.randint(n_train, (4096,), generator=g)
-        loss = nn.functional.cross_entropy(head(feats[idx], est[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    head.eval()
+    loss = fit_classifier(head, (feats, est), y, n_train, steps, 4096, g)
     with torch.no_grad():
         hf, he, hy = feats[n_train:], est[n_train:], y[n_train:]
         pred = head(hf, he).argmax(-1)

@@ -28,10 +28,10 @@ def transitions(episodes: list, W: int) -> list:
 
 
 @torch.no_grad()
-def step_transitions(sim, episodes: list, items: list, rng: np.random.Generator):
+def step_transitions(sim, episodes: list, items: list, rng: np.random.Generator, decode: bool = False):
     """Each transition of `items` stepped as the env steps it, sim.B at a time: the simulator starts from its W
-    real frames and takes the real action once (no decode). Yields (StepResult, how many of its rows are real:
-    the last batch is padded with copies of its last transition)."""
+    real frames and takes the real action once (decoded to frames only with `decode`). Yields (StepResult, how
+    many of its rows are real: the last batch is padded with copies of its last transition)."""
     W, B, shape = sim.dit.config.context_frames, sim.B, sim.latent_shape
     for i in range(0, len(items), B):
         chunk = items[i:i + B]
@@ -41,7 +41,7 @@ def step_transitions(sim, episodes: list, items: list, rng: np.random.Generator)
         ctx_a = stack_actions([index_actions(episodes[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
         act = stack_actions([index_actions(episodes[e]["actions"], s + W - 1) for e, s in chunk])
         sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)))
-        yield sim.step(act, rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)), decode=False), k
+        yield sim.step(act, rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)), decode=decode), k
 
 
 def transition_labels(episodes: list, items: list, W: int):

@@ -15,11 +15,18 @@ import worldsim  # noqa: F401  (registers the envs)
 from worldsim.agents import make_agent
 from worldsim.data import load_episodes
 
-real = {}
+real, do_tiles, do_pixels = {}, [], []
 for ep in load_episodes(pathlib.Path("data/crafter-heldout")):
-    change = np.abs(np.diff(ep["frames"].astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
-    for a, c in zip(np.asarray(ep["actions"]).reshape(-1), change):
+    frames = ep["frames"].astype(np.int16)
+    change = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))
+    for t, (a, c) in enumerate(zip(np.asarray(ep["actions"]).reshape(-1), change)):
         real.setdefault(int(a), []).append(c < 0.05)
+        if a == 5:  # "do": how much of the real map view changed, by tile (> 8 grey levels) and by pixel
+            d = np.abs(frames[t + 1, :49] - frames[t, :49]).max(-1)
+            do_tiles.append(int((d[:, :63].reshape(7, 7, 9, 7).max(axis=(1, 3)) > 8).sum()))
+            do_pixels.append(float((d > 0).mean()))
+print(f'real "do" steps: {len(do_tiles)}; {sum(n == 0 for n in do_tiles)} change no map tile by more than 8 grey '
+      f"levels; the median one changes {np.median(do_pixels):.2f} of the map view's pixels")
 env = gym.make("worldsim/Crafter-v0", termination_threshold=2.0, horizon=10 ** 6,
                **dict(a.split("=", 1) for a in sys.argv[1:]))
 names = env.unwrapped.action_meanings

@@ -20,7 +20,7 @@ import torch
 import worldsim  # noqa: F401  (registers the envs)
 from worldsim import DEFAULT_CRAFTER_BUNDLE
 from worldsim.agents import make_agent
-from worldsim.codebook import cell_features, entry_index, nearest
+from worldsim.codebook import cell_features, encode_frames, entry_index, nearest
 from worldsim.data import load_episodes
 from worldsim.diffusion import EDM
 from worldsim.simulator import MapMemory, load_bundle
@@ -43,8 +43,7 @@ shares = []
 for d in sys.argv[1:]:
     for ep in load_episodes(pathlib.Path(d)):
         with torch.no_grad():
-            z = torch.cat([b.codec.encode(torch.as_tensor(ep["frames"][j:j + 256]))
-                           for j in range(0, len(ep["frames"]), 256)])
+            z = encode_frames(b.codec, ep["frames"])
         T, C, h, w = z.shape
         idx = nearest(z.permute(0, 2, 3, 1).reshape(-1, C).float(), cb)[1]
         zs, g = cb[idx].view(T, h, w, C).permute(0, 3, 1, 2), G[idx].view(T, h, w)

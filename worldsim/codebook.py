@@ -268,7 +268,7 @@ def draw_terrain(estimate: torch.Tensor, z: torch.Tensor, codebook: torch.Tensor
         p = prior(nb, hist[rb[now]]).softmax(-1)
         if exclude is not None and len(exclude):
             p[:, exclude.to(p.device)] = 0.0
-        drawn = draw_group(p, noise[rows][rb[now], r[now], c[now]])
+        drawn = draw_group(p, noise[rows[rb[now]], r[now], c[now]])
         idx[rb[now], r[now], c[now]] = dist[now].masked_fill(groups[None] != drawn[:, None], float("inf")).argmin(1)
         g[rb[now], r[now], c[now]] = drawn
     out = z.clone()
@@ -314,8 +314,7 @@ def terrain_examples(codec, codebook: torch.Tensor, groups: torch.Tensor, episod
     on_fixed, on_map = torch.zeros(none), torch.zeros(none)
     cb = codebook.float()
     for ep in episodes:
-        frames = ep["frames"]
-        z = torch.cat([codec.encode(torch.as_tensor(frames[j:j + 256])) for j in range(0, len(frames), 256)])
+        z = encode_frames(codec, ep["frames"])
         T, C, h, w = z.shape
         idx = nearest(z.permute(0, 2, 3, 1).reshape(-1, C).float(), cb)[1]
         zs, g = cb[idx].view(T, h, w, C).permute(0, 3, 1, 2), groups[idx].view(T, h, w)
@@ -459,6 +458,11 @@ def fit_token_head(bundle, codebook: torch.Tensor, episodes: list, groups: int =
     return head, group_of, info
 
 
+def encode_frames(codec, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """Normalised latents (N, C, h, w) of uint8 frames (N, H, W, 3) under a bundle's codec, `batch` at a time."""
+    return torch.cat([codec.encode(torch.as_tensor(frames[i:i + batch])) for i in range(0, len(frames), batch)])
+
+
 def frame_tokens(codec, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
     """Normalised latent tokens (N * h * w, C) of uint8 frames (N, H, W, 3) under a bundle's codec."""
     out = []
@@ -519,8 +523,7 @@ def episode_latents(codec, episodes: list, windows: int, context: int, seed: int
     out, have = [], 0
     for i in order:
         ep = episodes[i]
-        out.append({"latents": torch.cat([codec.encode(torch.as_tensor(ep["frames"][j:j + 256]))
-                                          for j in range(0, len(ep["frames"]), 256)]), "actions": ep["actions"]})
+        out.append({"latents": encode_frames(codec, ep["frames"]), "actions": ep["actions"]})
         have += max(0, len(ep["frames"]) - context - 1)
         if have >= windows:
             break

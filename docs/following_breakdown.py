@@ -26,7 +26,11 @@ kw = dict(a.split("=", 1) for a in sys.argv[2:])
 cfg = load_config("eval", ["cache_dir=data/crafter-heldout"])
 W = b.dit.config.context_frames
 names = list(CRAFTER_PROBE)
-sim = WorldSimulator(b, len(names), 1, **{k: v if k == "snap" else float(v) for k, v in kw.items()})
+def value(v):  # true / false, a number, or a word (snap=sample, new_ground=nearest)
+    return {"true": True, "false": False}.get(v.lower(), float(v) if v.replace(".", "", 1).isdigit() else v)
+
+
+sim = WorldSimulator(b, len(names), 1, **{k: value(v) for k, v in kw.items()})
 rng = np.random.default_rng(0)
 player = np.zeros((64, 64), bool)
 player[21:28, 28:35] = True  # the player's tile: the centre of the 9x7 world view

@@ -404,6 +404,48 @@ def test_self_distillation_learns_the_real_frame_only_where_marked():
     torch.testing.assert_close(edm.denoised(x[:, -1], sigma, raw), z[:, -1])
 
 
+def test_changed_tokens_learn_the_real_frame_and_weigh_more():
+    """changed_tokens marks exactly the latent tokens that differ from the frame before; with change_real a
+    self-distilled student equal to its teacher is pulled toward the real frame on those tokens only (zero
+    loss when nothing changed), and change_weight scales their share of the plain denoising loss."""
+    import copy
+
+    torch.manual_seed(0)
+    teacher = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=2, heads=2,
+                                 context_frames=W), std=0.15)
+    student = copy.deepcopy(teacher)
+    B, T = 2, W + 1
+    still = torch.randn(1, 1, 4, 8, 8).expand(B, T, 4, 8, 8).clone()
+    moved = still.clone()
+    moved[0, -1, :, 2, 5] += 1.0  # one token of the last frame of row 0 changes
+    moved[1, 1, :, 0, 0] -= 0.05  # under the threshold: not a change
+    edm = EDM(EDMConfig())
+    changed = edm.changed_tokens(moved, 0.2)
+    assert changed.shape == (B, T, 8, 8) and changed.sum() == 1 and changed[0, -1, 2, 5]
+    assert not edm.changed_tokens(moved, 2.0).any()
+
+    acts = torch.randint(0, 17, (B, T))
+    has = torch.ones(B, T, dtype=torch.bool)
+    zeros = torch.zeros(B, T)
+
+    def distill(z, **kw):
+        return edm.distill_loss(student, teacher, 1.0, z, acts, has, zeros, zeros.bool(), has,
+                                generator=torch.Generator().manual_seed(5), **kw)[1]["distill"]
+
+    assert distill(still, change_real=True) == 0  # nothing changed: the teacher's target everywhere
+    assert distill(moved) == 0 and distill(moved, change_real=True) > 0
+    # the weights rescale to mean 1 over the batch, so the one changed token of 2 x 64 at weight 8 counts
+    # 8 / (1 + 7/128) times what it did (every other token has zero error)
+    w1, w8 = distill(moved, change_real=True), distill(moved, change_real=True, change_weight=8.0)
+    assert w8 == pytest.approx(w1 * 8 / (1 + 7 / 128), rel=1e-4)
+
+    def plain(w):
+        return edm.loss(student, moved, acts, has, zeros, zeros.bool(), has, generator=torch.Generator().manual_seed(3),
+                        teacher_forcing=True, change_weight=w)[1]["diffusion"]
+
+    assert plain(1.0) != plain(8.0)
+
+
 def test_tile_hold_keeps_unchanged_tiles_exactly(patch_bundle, random_bundle):
     b, rng = patch_bundle, np.random.default_rng(4)
     with pytest.raises(ValueError, match="patch autoencoder"):

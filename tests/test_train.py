@@ -355,10 +355,14 @@ def test_energy_training_resumes_logs_its_loss_and_is_recorded(bundle, dataset, 
 
 def test_still_weight_fine_tune_is_recorded_and_checked(bundle, dataset, tmp_path):
     """dit.still_weight draws windows that end on a still step (data.still_steps) more often: the run trains,
-    the bundle records the weight; zero, negative or infinite weights get a clear error."""
+    the bundle records the weight; zero, negative or infinite weights get a clear error. The same for
+    dit.change_weight / change_real, and for data=[D1,D2] (a second collection of another game: an error)."""
+    import shutil
+
     import pytest
 
     from worldsim.checkpoint import Bundle
+    from worldsim.data import load_episodes
 
     run = tmp_path / "still"
     tr = run_job("train", [f"data={dataset}", f"run={run}", *TINY_TRAIN, f"init={bundle}", "dit.still_weight=4",
@@ -378,9 +382,26 @@ def test_still_weight_fine_tune_is_recorded_and_checked(bundle, dataset, tmp_pat
     assert trained["still_threshold"] == 3.0
     assert trained["still_real"] and trained["distilled_guidance"] == Bundle(bundle).meta["trained"].get(
         "distilled_guidance", 1.0)
-    for bad, match in ((["dit.distill_guidance=1"], "still_real"), (["dit.still_real=true"], "distill_guidance")):
+    # changed tokens weighted and learning the real frame, on two collections at once: recorded; bad values and
+    # a collection of another game get clear errors
+    run = tmp_path / "change"
+    tr = run_job("train", [f"data=[{dataset},{dataset}]", f"run={run}", *TINY_TRAIN, f"init={bundle}",
+                           "dit.distill_guidance=1", "dit.change_real=true", "dit.change_weight=4", "dit.steps=2"])
+    assert len(tr.train_eps) == 2 * len(load_episodes(dataset, split="train", min_steps=1))
+    trained = Bundle(run / "bundle").meta["trained"]
+    assert trained["change_real"] and trained["change_weight"] == 4.0 and trained["change_threshold"] == 0.2
+    for bad, match in ((["dit.change_weight=0"], "change_weight"), (["dit.change_threshold=nan"], "change_threshold"),
+                       (["dit.change_real=true"], "distill_guidance"),
+                       (["dit.distill_guidance=1"], "still_real"), (["dit.still_real=true"], "distill_guidance")):
         with pytest.raises(ValueError, match=match):
             run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}", *bad])
+    other = tmp_path / "other"
+    shutil.copytree(dataset, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["env"]["action_space"]["n"] = 5
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="action_space"):
+        run_job("train", [f"data=[{dataset},{other}]", f"run={tmp_path / 'bad'}", *TINY_TRAIN, "dit.steps=1"])
 
 
 def test_ema_weights_ship_and_continue_across_a_resume(bundle, dataset, tmp_path):

@@ -32,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from worldsim.autoencoder import LatentCodec, ae_config, make_autoencoder, to_pixels, training_loss
-from worldsim.checkpoint import (Bundle, bundle_files, load_optimizer, optimizer_tensors, read_metadata,
+from worldsim.checkpoint import (Bundle, bundle_files, data_dirs, load_optimizer, optimizer_tensors, read_metadata,
                                  resolve_dir, tensors_bytes, write_dir_atomic)
 from worldsim.codebook import CERTAIN, fit_codebook, fit_token_head, require_plain, require_tiles, with_codebook
 from worldsim.data import WindowDataset, atomic_write_bytes, index_actions, load_episodes, load_manifest
@@ -61,10 +61,16 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.run = Path(cfg.run)
         self.run.mkdir(parents=True, exist_ok=True)
-        manifest = load_manifest(Path(cfg.data))
-        self.env_info = manifest["env"]
-        self.train_eps = load_episodes(Path(cfg.data), split="train", min_steps=1)
-        self.test_eps = load_episodes(Path(cfg.data), split="test", min_steps=1)
+        dirs = data_dirs(cfg.data)  # data=D or data=[D1,D2]: collections of one game, trained on together
+        self.env_info = load_manifest(dirs[0])["env"]
+        for d in dirs[1:]:
+            env = load_manifest(d)["env"]
+            for key in ("name", "frame_shape", "action_space"):
+                if env.get(key) != self.env_info.get(key):
+                    raise ValueError(f"data={d}: its {key} {env.get(key)} differs from {dirs[0]}'s "
+                                     f"{self.env_info.get(key)}; train on collections of one game together")
+        self.train_eps = [e for d in dirs for e in load_episodes(d, split="train", min_steps=1)]
+        self.test_eps = [e for d in dirs for e in load_episodes(d, split="test", min_steps=1)]
         if not self.train_eps:
             raise ValueError(f"no training episodes in {cfg.data}: run `worldsim collect out={cfg.data}` first")
         if cfg.precision not in ("auto", "fp32", "bf16"):
@@ -84,11 +90,13 @@ class Trainer:
         # still_real: in distillation, windows ending on a still step learn the real frame, not the teacher's;
         # with distill_guidance=1 (self-distillation) that corrects a distilled model there and keeps it elsewhere
         self.still_real = bool(cfg.dit.get("still_real", False))
+        self.change_real = bool(cfg.dit.get("change_real", False))
         if self.distill and (not cfg.get("init") or not math.isfinite(self.distill) or self.distill < 1
-                             or (self.distill == 1 and not self.still_real)):
+                             or (self.distill == 1 and not (self.still_real or self.change_real))):
             raise ValueError(f"dit.distill_guidance={cfg.dit.distill_guidance}: guidance distillation needs "
-                             "init=BUNDLE (the teacher) and a guidance scale > 1 (or 1 with dit.still_real=true: "
-                             "self-distillation with still windows learning the real frame)")
+                             "init=BUNDLE (the teacher) and a guidance scale > 1 (or 1 with dit.still_real=true "
+                             "or dit.change_real=true: self-distillation with still windows or changed tokens "
+                             "learning the real frame)")
         if self.still_real and not self.distill:
             raise ValueError("dit.still_real=true replaces the distillation teacher's target on still windows: "
                              "set dit.distill_guidance too (1 keeps the bundle's own guidance)")
@@ -113,6 +121,18 @@ class Trainer:
         if not (math.isfinite(self.still_threshold) and self.still_threshold > 0):
             raise ValueError(f"dit.still_threshold={cfg.dit.get('still_threshold')} must be a finite number > 0 "
                              "(grey levels of mean frame change under which an action's step counts as still)")
+        # tokens the real step changed: weighted in the loss; with change_real, the real frame's in distillation
+        self.change_weight = float(cfg.dit.get("change_weight", 1.0))
+        self.change_threshold = float(cfg.dit.get("change_threshold", 0.2))
+        if not (math.isfinite(self.change_weight) and self.change_weight > 0):
+            raise ValueError(f"dit.change_weight={cfg.dit.get('change_weight')} must be a finite number > 0 "
+                             "(1 = every token weighted alike)")
+        if not (math.isfinite(self.change_threshold) and self.change_threshold > 0):
+            raise ValueError(f"dit.change_threshold={cfg.dit.get('change_threshold')} must be a finite number > 0 "
+                             "(mean absolute latent change, normalised units, over which a token counts as changed)")
+        if self.change_real and not self.distill:
+            raise ValueError("dit.change_real=true replaces the distillation teacher's target on changed tokens: "
+                             "set dit.distill_guidance too (1 keeps the bundle's own guidance)")
         self.inherited = {}
         if cfg.get("init"):  # the bundle fixes the architecture: model/autoencoder presets are not used
             self._init_from_bundle(cfg.init)
@@ -347,6 +367,7 @@ class Trainer:
                                                              replacement=True, generator=gen)
         loader = torch.utils.data.DataLoader(ds, batch_size=c.batch_size, shuffle=sampler is None, sampler=sampler,
                                              drop_last=True, generator=gen)
+        change = {"change_weight": self.change_weight, "change_threshold": self.change_threshold}
         model = self.dit
         if self.cfg.compile and self.device.type == "cuda":
             model = torch.compile(self.dit)
@@ -363,7 +384,8 @@ class Trainer:
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
                     if self.teacher is not None:
                         loss, parts = self.edm.distill_loss(model, self.teacher, self.distill, *batch_args,
-                                                            real=b.get("still"))
+                                                            real=b.get("still"), change_real=self.change_real,
+                                                            **change)
                     elif K and self.rng.random() < c.rollout_prob:
                         k = int(self.rng.integers(1, K + 1))  # own frames as context: 1..K steps deep
                         args = [index_actions(a, np.s_[:, K - k:]) for a in batch_args]
@@ -374,7 +396,8 @@ class Trainer:
                     elif self.energy_prob and self.rng.random() < self.energy_prob:
                         loss, parts = self.edm.energy_loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args])
                     else:
-                        loss, parts = self.edm.loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args])
+                        loss, parts = self.edm.loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args],
+                                                    **change)
                 if self._update(self.opt_dit, self.dit, loss) and self.ema is not None:
                     self.ema.update_parameters(self.dit)
                 st["dit_step"] += 1
@@ -427,6 +450,11 @@ class Trainer:
                                                                                       if self.still_real else {}),
                                                                                    **({"still_threshold": self.still_threshold}
                                                                                       if self.still_threshold != 1 else {}),
+                                                                                   **({"change_weight": self.change_weight,
+                                                                                       "change_threshold": self.change_threshold}
+                                                                                      if self.change_weight != 1 else {}),
+                                                                                   **({"change_real": True}
+                                                                                      if self.change_real else {}),
                                                                                    **({"ema": self.ema_decay}
                                                                                       if self.ema is not None else {})},
                                     "decode": {**{k: float(self.cfg.get(k) or 0.0)

@@ -341,48 +341,6 @@ def terrain_examples(codec, codebook: torch.Tensor, groups: torch.Tensor, episod
     return torch.cat(N), torch.cat(H), torch.cat(Y), torch.nonzero((on_fixed > 0) & (on_map == 0))[:, 0]
 
 
-def passage_counts(codec, codebook: torch.Tensor, groups: torch.Tensor, episodes: list, map_desc: dict,
-                   n_actions: int) -> torch.Tensor:
-    """(G, 2) float: for each tile group, how many real moves of the episodes faced a cell of that group (the
-    cell next to the player's fixed cell in the move's direction, in the frame before the move) and how many
-    of them scrolled the view, decided as the map memory decides it (`MapMemory.scrolled`). A group real moves
-    never pass (water, stone, a tree, a cow) or always pass (grass, sand) is the game's rule, read from data."""
-    from worldsim.simulator import MapMemory
-
-    none = int(groups.max()) + 1
-    counts = torch.zeros(none, 2)
-    fixed = map_desc.get("fixed", [])
-    if len(fixed) != 1:
-        raise ValueError(f"passage counts need the player's one fixed cell (env.map fixed), got {fixed!r}")
-    cb = codebook.float()
-    for ep in episodes:
-        z = encode_frames(codec, ep["frames"])
-        T, C, h, w = z.shape
-        idx = nearest(z.permute(0, 2, 3, 1).reshape(-1, C).float(), cb)[1]
-        zs, g = cb[idx].view(T, h, w, C).permute(0, 3, 1, 2), groups[idx].view(T, h, w)
-        mem = MapMemory(map_desc, n_actions, T - 1, (C, h, w), "cpu")
-        a = torch.as_tensor(np.asarray(ep["actions"]), dtype=torch.long).reshape(-1)[:T - 1]
-        moved = mem.scrolled(zs[1:], zs[:-1], a)
-        target, ok = mem.target(a)
-        t = torch.nonzero(ok)[:, 0]
-        tg = g[:-1][t, target[t, 0], target[t, 1]]
-        counts[:, 0] += torch.bincount(tg, minlength=none)[:none].float()
-        counts[:, 1] += torch.bincount(tg[moved[t]], minlength=none)[:none].float()
-    return counts
-
-
-def passage_rule(counts: torch.Tensor, margin: float = 0.02, min_moves: int = 20) -> torch.Tensor:
-    """(G,) long from passage_counts: 0 where at most a share `margin` of at least `min_moves` real moves
-    passed a group's cell (blocked), 1 where at least 1 - margin did (passable), -1 where the data do not say."""
-    n, passed = counts[:, 0], counts[:, 1]
-    share = passed / n.clamp(min=1)
-    rule = torch.full((len(counts),), -1, dtype=torch.long)
-    sure = n >= min_moves
-    rule[sure & (share <= margin)] = 0
-    rule[sure & (share >= 1 - margin)] = 1
-    return rule
-
-
 def fit_terrain_prior(near: torch.Tensor, hist: torch.Tensor, y: torch.Tensor, groups: int, steps: int = 3000,
                       hidden: int = 256, seed: int = 0, held_out: float = 0.1):
     """Train a TerrainPrior on examples from `terrain_examples` (the last share `held_out` held out). Returns

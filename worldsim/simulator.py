@@ -19,8 +19,7 @@ import torch
 
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
-from worldsim.codebook import (CERTAIN, draw_terrain, entry_index, keep_off_map, passage_rule, sample_snap, seed_snap,
-                               snap)
+from worldsim.codebook import CERTAIN, draw_terrain, keep_off_map, sample_snap, seed_snap, snap
 from worldsim.diffusion import warps
 from worldsim.model import actions_to_tensor, camera_rotation, project_view, view_grid
 
@@ -94,7 +93,7 @@ class WorldSimulator:
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None, map_memory: bool | None = None,
-                 new_ground: str | None = None, terrain_floor: float | None = None, passage: bool | None = None):
+                 new_ground: str | None = None, terrain_floor: float | None = None):
         # amp="bf16": every model pass (world model, autoencoder) under torch.autocast to bfloat16, the KV cache
         # and the sampler's arithmetic in fp32. For GPUs (tensor cores); on this project's CPU fp32 is faster
         amp = _mode(AMP, amp, f"amp must be bf16 or none (fp32), got {amp!r}")
@@ -244,20 +243,6 @@ class WorldSimulator:
         if not 0 <= self.terrain_floor <= 1:
             raise ValueError(f"terrain_floor must be in [0, 1] (a share of the view's cells; 0 = every new cell), "
                              f"got {terrain_floor}")
-        # passage: a move whose faced cell is of a tile group real moves never pass (water, stone, a cow) shows no
-        # scroll, and one whose group they always pass (grass, sand) scrolls, whatever the model's frame did;
-        # the rule is read from real moves (`worldsim codebook ... passage=true`: codebook.passage_counts)
-        on = dec.get("passage", False) if passage is None else passage
-        if on not in (True, False):
-            raise ValueError(f"passage must be true or false (null: the bundle's), got {passage!r}")
-        counts = (bundle.meta.get("codebook") or {}).get("passage", {}).get("counts")
-        if on and (self.map is None or not self.snap or counts is None or bundle.codebook_groups is None):
-            if passage is None and self.map is None:
-                on = False  # the bundle's default gives way to map_memory=false
-            else:
-                raise ValueError("passage reads which tile groups real moves pass: it needs map_memory, snap and the "
-                                 "bundle's passage counts (`worldsim codebook bundle=... refit=false passage=true`)")
-        self.passage = passage_rule(torch.tensor(counts, dtype=torch.float32)).to(self.device) if on else None
         if mode == "terrain" and (self.map is None or self.snap != "nearest" or bundle.terrain_prior is None):
             raise ValueError("new_ground=terrain draws the ground the map memory has never held from the bundle's "
                              "terrain prior and snaps the rest to the nearest entries: it needs map_memory, "
@@ -273,7 +258,7 @@ class WorldSimulator:
                 "detail_carry": self.detail_carry, "reencode": self.reencode, "snap": self.snap,
                 "certain": self.certain, "view_memory": 0 if self.memory is None else self.memory.z.shape[1],
                 "seed_floor": self.seed_floor, "map_memory": self.map is not None, "new_ground": self.new_ground,
-                "terrain_floor": self.terrain_floor, "passage": self.passage is not None}
+                "terrain_floor": self.terrain_floor}
 
     def _t(self, a):
         return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)
@@ -359,13 +344,7 @@ class WorldSimulator:
                     def draw(z, fresh, step):
                         return draw_terrain(estimate, z, b.codebook, b.codebook_groups, b.terrain_prior, noise[:, 0],
                                             fresh, step, self.map.cells, self.terrain_floor, b.terrain_fixed_only)
-                force = None
-                if self.passage is not None:  # the tile group of the cell each move faces, in the last frame
-                    cell, ok = self.map.target(a)
-                    tok = self.prev[torch.arange(len(a), device=self.device), :, cell[:, 0], cell[:, 1]]
-                    g = self.bundle.codebook_groups[entry_index(tok, self.bundle.codebook)]
-                    force = torch.where(ok, self.passage[g], -1)
-                z = self.map.step(range(self.B), z, self.prev, a, draw=draw, force=force)
+                z = self.map.step(range(self.B), z, self.prev, a, draw=draw)
             if self.reencode:
                 shown["frames"] = self._show(z, centre, a)
                 z = self.codec.encode(torch.as_tensor(shown["frames"], device=self.device))
@@ -641,8 +620,6 @@ class MapMemory:
         self.cells[r0:r1, c0:c1] = True
         for r, c in fixed:
             self.cells[r, c] = False
-        # the player's cell, whose neighbour a move faces (`target`); (-1, -1) unless exactly one cell is fixed
-        self.player = torch.tensor(fixed[0] if len(fixed) == 1 else (-1, -1), dtype=torch.long, device=device)
         rr, cc = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
         self.offset = torch.stack([rr, cc], -1)  # (h, w, 2): a cell's place relative to the view's corner
         self.z = torch.zeros(batch, MAP_SIZE, MAP_SIZE, C, device=device)
@@ -676,15 +653,6 @@ class MapMemory:
         stayed = (((zz - pp).pow(2).mean(-1).sqrt() >= STILL_RMS) & both).sum((1, 2))
         return (self.move[a] != 0).any(-1) & (moved <= stayed)
 
-    def target(self, a: torch.Tensor):
-        """((b, 2) cell, (b,) bool) the cell each action's move faces, next to the player's fixed cell, and
-        whether there is one (a move action, a single fixed cell, the cell inside the view)."""
-        h, w = self.cells.shape
-        cell = self.player[None] + self.move[a]
-        ok = (self.move[a] != 0).any(-1) & (cell[:, 0] >= 0) & (cell[:, 0] < h) & (cell[:, 1] >= 0) & (cell[:, 1] < w)
-        ok = ok & bool(self.player[0] >= 0)
-        return cell.clamp(min=0).minimum(torch.tensor([h - 1, w - 1], device=cell.device)), ok
-
     def new_cells(self, step: torch.Tensor) -> torch.Tensor:
         """(b, h, w) the cells new to the view after each row's scroll `step` (b, 2): map cells whose place was
         outside the last view's map region."""
@@ -693,27 +661,13 @@ class MapMemory:
         return ~((last[..., 0] >= r0) & (last[..., 0] < r1) & (last[..., 1] >= c0) & (last[..., 1] < c1)) & self.cells
 
     def step(self, rows, z: torch.Tensor, prev: torch.Tensor, a: torch.Tensor, fill: bool = True,
-             draw=None, force: torch.Tensor | None = None) -> torch.Tensor:
+             draw=None) -> torch.Tensor:
         """One step of the rows: move where z scrolled, put held latents into the cells it brought into view
         (when `fill`), keep the result's map cells. Returns z with those cells filled. `draw(z, cells, step)`, if
         given, replaces the cells ((b, h, w) bool) the scroll (step: (b, 2)) brought into view that the memory
-        never held: ground nobody has seen yet (the simulator's new_ground=terrain).
-        force: (b,) long, 0 where the move must not scroll (its cell blocks), 1 where it must, -1 where the
-        model decides; a row forced against the model's frame shows the last frame's map cells, in place or
-        scrolled, and keeps only the model's fixed cells (the player, turned)."""
+        never held: ground nobody has seen yet (the simulator's new_ground=terrain)."""
         rows = torch.as_tensor(list(rows), dtype=torch.long, device=self.pos.device)
         moved = self.scrolled(z, prev, a)
-        if force is not None:
-            undo = (force >= 0) & (moved != (force == 1))
-            if bool(undo.any()):
-                moved = torch.where(force >= 0, force == 1, moved)
-                h, w = self.cells.shape
-                src = self.offset + torch.where(moved[:, None], self.move[a], 0)[:, None, None]
-                sr, sc = src[..., 0].clamp(0, h - 1), src[..., 1].clamp(0, w - 1)
-                b = torch.arange(len(a), device=z.device)[:, None, None]
-                inside = self.cells[sr, sc] & (src[..., 0] >= 0) & (src[..., 0] < h) & (src[..., 1] >= 0) & (src[..., 1] < w)
-                last = prev.permute(0, 2, 3, 1)[b, sr, sc].permute(0, 3, 1, 2).to(z.dtype)  # (b, C, h, w)
-                z = torch.where((undo[:, None, None] & self.cells & inside)[:, None], last, z)
         step = torch.where(moved[:, None], self.move[a], 0)
         self.pos[rows] += step
         world, slot = self._world(rows)

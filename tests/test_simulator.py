@@ -404,6 +404,19 @@ def test_self_distillation_learns_the_real_frame_only_where_marked():
     torch.testing.assert_close(edm.denoised(x[:, -1], sigma, raw), z[:, -1])
 
 
+def test_guidance_keeps_the_conditional_mean_when_asked():
+    """EDM.guide: free + g (cond - free); with guidance_keep_mean the result has cond's per-channel mean over
+    the frame and the same local differences, so guidance cannot push the whole frame's colour."""
+    torch.manual_seed(0)
+    free, cond = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8) + 0.5
+    plain = EDM(EDMConfig()).guide(free, cond, 2.0)
+    torch.testing.assert_close(plain, 2 * cond - free)
+    kept = EDM(EDMConfig(guidance_keep_mean=True)).guide(free, cond, 2.0)
+    torch.testing.assert_close(kept.mean(dim=(2, 3)), cond.mean(dim=(2, 3)))
+    torch.testing.assert_close(kept - kept.mean(dim=(2, 3), keepdim=True), plain - plain.mean(dim=(2, 3), keepdim=True))
+    assert not torch.allclose(kept.mean(dim=(2, 3)), plain.mean(dim=(2, 3)))
+
+
 def test_changed_tokens_learn_the_real_frame_and_weigh_more():
     """changed_tokens marks exactly the latent tokens that differ from the frame before; with change_real a
     self-distilled student equal to its teacher is pulled toward the real frame on those tokens only (zero

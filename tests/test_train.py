@@ -218,6 +218,22 @@ def test_guidance_distillation(bundle, dataset, tmp_path):
     before, after = (plain - guided).pow(2).mean().item(), (distilled - guided).pow(2).mean().item()
     assert after < 0.7 * before, (before, after)  # measured: 0.156 -> 0.082
 
+    # dit.teacher: another bundle (same autoencoder and normalisation) teaches the init's model; its guidance
+    # can keep the conditional frame's mean; a teacher reading other latents is refused
+    args = [f"data={dataset}", f"run={tmp_path / 't'}", *TINY_TRAIN, f"init={bundle}", "dit.distill_guidance=2",
+            "diffusion.guidance_keep_mean=true", "diffusion.action_dropout=0.5", "dit.steps=2"]
+    tr = run_job("train", [*args, f"dit.teacher={teacher_dir}"])
+    assert all(torch.equal(v, teacher.dit.state_dict()[k]) for k, v in tr.teacher.state_dict().items())
+    assert not all(torch.equal(v, Bundle(bundle).dit.state_dict()[k]) for k, v in tr.teacher.state_dict().items())
+    written = Bundle(tmp_path / "t" / "bundle")
+    assert written.meta["trained"]["teacher"] == str(teacher_dir) and written.edm.cfg.guidance_keep_mean
+    other = tmp_path / "other_teacher"
+    write_dir_atomic(other, bundle_files(randomize(src.ae, std=0.1), src.dit, edm_cfg,
+                                         (src.meta["latent_mean"], src.meta["latent_std"]), src.env,
+                                         src.start_frames, src.start_actions))
+    with pytest.raises(ValueError, match="autoencoder"):
+        run_job("train", [*args, f"dit.teacher={other}"])
+
 
 def test_warp_calibration_recovers_the_shift_per_unit():
     """calibrate_warp on frames whose view really moves by 1.5 px per unit of yaw and -0.7 px per unit of

@@ -43,6 +43,10 @@ class EDMConfig:
     # so the model also learns the action-free prediction that classifier-free guidance extrapolates from
     guidance: float = 1.0  # inference: classifier-free guidance on the action (1 = off; > 1 needs a model
     # trained with action_dropout > 0, and costs a second network pass per sampling step)
+    guidance_keep_mean: bool = False  # guidance > 1 (inference and distillation): the guided frame keeps the
+    # conditional prediction's per-channel mean over the frame, so guidance extrapolates the action's local effect
+    # (a scroll, the player's turn) and not a global colour shift: at guidance 2 the Crafter model's light stopped
+    # following dusk (README, "Light")
     residual: bool = False  # denoise the change from the previous frame's clean latent instead of the frame:
     # D = prev + c_skip (x - prev) + c_out F. The network's zero output is "copy the last frame" (with a warp input:
     # the last frame shifted by the camera), so a step where little changes comes out near-exact instead of
@@ -53,6 +57,15 @@ class EDM:
     def __init__(self, cfg: EDMConfig):
         self.cfg = cfg
         self._sigmas: dict[int, list[float]] = {}
+
+    def guide(self, free, cond, guidance: float):
+        """Classifier-free guidance on (B, C, h, w) predictions (denoised frames, or raw outputs at one input:
+        the skip term is the same in both and cancels): free + guidance (cond - free), with guidance_keep_mean
+        shifted back to cond's per-channel mean over the frame."""
+        out = free + guidance * (cond - free)
+        if self.cfg.guidance_keep_mean:
+            out = out - out.mean(dim=(-2, -1), keepdim=True) + cond.mean(dim=(-2, -1), keepdim=True)
+        return out
 
     # ---- preconditioning -----------------------------------------------------------------------
     def c_noise(self, sigma):
@@ -252,8 +265,8 @@ class EDM:
                                      prev=pv2, warped=wp2, outputs="frame")
             last["features"] = o.features[:B]
             raw, free = o.out.chunk(2)
-            d_free = self.denoised(x, sigma, free, centre_free)
-            return d_free + guidance * (self.denoised(x, sigma, raw, centre) - d_free)
+            return self.guide(self.denoised(x, sigma, free, centre_free), self.denoised(x, sigma, raw, centre),
+                              guidance)
 
         z = self.sample(denoise, noise, steps, centre)
         if project is not None:  # the latent the context keeps instead of the sample (the simulator's snap, re-encode)
@@ -364,7 +377,7 @@ class EDM:
                                torch.cat([has_action, free_has]),
                                prev=None if warp_in is None else batch_twice(warp_in)).out.float()
                 cond, free = both.chunk(2)
-                target = free[:, -1] + guidance * (cond[:, -1] - free[:, -1])
+                target = self.guide(free[:, -1], cond[:, -1], guidance)
             changed = self.changed_tokens(z[:, -2:], change_threshold)[:, -1] if change_real or change_weight != 1 else None
             if real is not None or change_real:  # these rows / tokens learn the real frame, not the teacher
                 use_real = torch.zeros(target.shape[0], 1, *target.shape[2:], dtype=torch.bool, device=dev)

@@ -185,7 +185,10 @@ class Trainer:
         """Take the autoencoder, world model and latent normalisation from a bundle."""
         from worldsim import ASSETS
 
-        path = ASSETS / init if (ASSETS / str(init) / "bundle.json").exists() else Path(init)
+        def resolve(name):  # a shipped bundle's name (crafter) or a path
+            return ASSETS / name if (ASSETS / str(name) / "bundle.json").exists() else Path(name)
+
+        path = resolve(init)
         b = Bundle(path, self.device)
         for key in ("frame_shape", "action_space"):
             if b.env[key] != self.env_info[key]:
@@ -193,15 +196,22 @@ class Trainer:
                                  f"{self.env_info[key]} ({self.cfg.data}); fine-tune on data of the same game")
         self.ae, self.dit = b.ae.train(), b.dit.train()
         if self.distill:  # the teacher is the bundle as it is, also when the student resumes from a checkpoint
-            if b.edm.cfg.action_dropout <= 0 and self.distill > 1:
-                raise ValueError(f"init={init}: guidance distillation needs a teacher trained with "
+            tb, tname = b, f"init={init}"
+            if self.cfg.dit.get("teacher"):  # another bundle teaches the init's model (same autoencoder)
+                tb, tname = Bundle(resolve(self.cfg.dit.teacher), self.device), f"dit.teacher={self.cfg.dit.teacher}"
+                norm = [(x.meta["latent_mean"], x.meta["latent_std"]) for x in (tb, b)]
+                if tensors_bytes(tb.ae.state_dict()) != tensors_bytes(b.ae.state_dict()) or norm[0] != norm[1]:
+                    raise ValueError(f"{tname}: the teacher's autoencoder or latent normalisation differs from "
+                                     f"init={init}'s; a teacher must read the student's latents")
+            if tb.edm.cfg.action_dropout <= 0 and self.distill > 1:
+                raise ValueError(f"{tname}: guidance distillation needs a teacher trained with "
                                  "diffusion.action_dropout > 0 (its action-free prediction)")
-            if self.edm_cfg.residual or b.edm.cfg.residual:
+            if self.edm_cfg.residual or tb.edm.cfg.residual:
                 raise ValueError("dit.distill_guidance: guidance distillation is not implemented for residual "
                                  "models (diffusion.residual)")
-            self.teacher = copy.deepcopy(b.dit).eval().requires_grad_(False)
+            self.teacher = copy.deepcopy(tb.dit).eval().requires_grad_(False)
             if self.distill == 1:  # self-distillation keeps the guidance the bundle had built in
-                self.distill_record = b.meta.get("trained", {}).get("distilled_guidance", 1.0)
+                self.distill_record = tb.meta.get("trained", {}).get("distilled_guidance", 1.0)
             self.edm_cfg.guidance = 1.0  # the bundle written at the end already has the guidance built in
         if self.edm_cfg.residual and not b.edm.cfg.residual:
             # its output meant the frame and now means the change from the last one: start that at zero
@@ -455,6 +465,8 @@ class Trainer:
                                                                                       if self.change_weight != 1 else {}),
                                                                                    **({"change_real": True}
                                                                                       if self.change_real else {}),
+                                                                                   **({"teacher": str(self.cfg.dit.teacher)}
+                                                                                      if self.distill and self.cfg.dit.get("teacher") else {}),
                                                                                    **({"ema": self.ema_decay}
                                                                                       if self.ema is not None else {})},
                                     "decode": {**{k: float(self.cfg.get(k) or 0.0)

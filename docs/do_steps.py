@@ -11,6 +11,7 @@ import pathlib
 import sys
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from worldsim import DEFAULT_CRAFTER_BUNDLE
 from worldsim.data import load_episodes
@@ -18,11 +19,7 @@ from worldsim.heads import step_transitions, transitions
 from worldsim.simulator import WorldSimulator, load_bundle
 
 
-def value(v):
-    return {"true": True, "false": False}.get(v.lower(), v if not v.replace(".", "", 1).isdigit() else float(v))
-
-
-kw = {k: value(v) for k, v in (a.split("=", 1) for a in sys.argv[1:])}
+kw = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[1:]))  # KEY=VALUE, typed
 b = load_bundle(str(kw.pop("bundle", DEFAULT_CRAFTER_BUNDLE)))
 eps = load_episodes(pathlib.Path("data/crafter-heldout"))
 W, B = 4, 32

@@ -11,6 +11,7 @@ import sys
 
 import gymnasium as gym
 import numpy as np
+from omegaconf import OmegaConf
 
 import worldsim  # noqa: F401  (registers the envs)
 from worldsim.agents import make_agent
@@ -22,7 +23,7 @@ if "--block" in args:
     block = int(args[i + 1])
     del args[i:i + 2]
 bundle, n, ks = args[0], int(args[1]), [int(k) for k in args[2].split(",")]
-kw = {k: {"true": True, "false": False}.get(v, v) for k, v in (a.split("=", 1) for a in args[3:])}
+kw = OmegaConf.to_container(OmegaConf.from_dotlist(args[3:]))  # KEY=VALUE, typed
 for k in ks:
     seed = 1000000 + 7919 * k
     env = gym.make("worldsim/Crafter-v0", bundle=bundle, termination_threshold=2.0, horizon=n + 1, **kw)

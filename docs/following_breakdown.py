@@ -15,6 +15,7 @@ from collections import Counter
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from worldsim.cli import load_config
 from worldsim.evaluate import CRAFTER_PROBE, distinct_outcome, probe_steps, psnr_np
@@ -22,15 +23,11 @@ from worldsim.simulator import WorldSimulator, load_bundle
 
 torch.set_num_threads(2)
 b = load_bundle(sys.argv[1] if len(sys.argv) > 1 else "worldsim/assets/crafter")
-kw = dict(a.split("=", 1) for a in sys.argv[2:])
+kw = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[2:]))  # KEY=VALUE, typed
 cfg = load_config("eval", ["cache_dir=data/crafter-heldout"])
 W = b.dit.config.context_frames
 names = list(CRAFTER_PROBE)
-def value(v):  # true / false, a number, or a word (snap=sample, new_ground=nearest)
-    return {"true": True, "false": False}.get(v.lower(), float(v) if v.replace(".", "", 1).isdigit() else v)
-
-
-sim = WorldSimulator(b, len(names), 1, **{k: value(v) for k, v in kw.items()})
+sim = WorldSimulator(b, len(names), 1, **kw)
 rng = np.random.default_rng(0)
 player = np.zeros((64, 64), bool)
 player[21:28, 28:35] = True  # the player's tile: the centre of the 9x7 world view

@@ -12,17 +12,14 @@ import pathlib
 import sys
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from worldsim import DEFAULT_CRAFTER_BUNDLE
 from worldsim.data import load_episodes
 from worldsim.simulator import WorldSimulator, load_bundle
 
 
-def value(v):
-    return {"true": True, "false": False}.get(v.lower(), float(v) if v.replace(".", "", 1).isdigit() else v)
-
-
-kw = {k: value(v) for k, v in (a.split("=", 1) for a in sys.argv[1:])}
+kw = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[1:]))  # KEY=VALUE, typed
 b = load_bundle(str(kw.pop("bundle", DEFAULT_CRAFTER_BUNDLE)))
 if kw.pop("keep_mean", False):
     b.edm.cfg.guidance_keep_mean = True

@@ -19,14 +19,10 @@ import time
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from worldsim import DEFAULT_CRAFTER_BUNDLE, DEFAULT_MINETEST_BUNDLE
 from worldsim.simulator import WorldSimulator, load_bundle
-
-
-def value(v):
-    return {"true": True, "false": False}.get(v.lower(), v if not v.replace(".", "", 1).isdigit() else float(v))
-
 
 torch.set_num_threads(2)
 game, settings = sys.argv[1], [a.split("=", 1) for a in sys.argv[2:] if "=" in a]
@@ -41,7 +37,7 @@ for B in (1, 16):
             bk.dit = b.dit.with_warp_kind(v).eval()
             sim = WorldSimulator(bk, B)
         else:
-            sim = WorldSimulator(b, B, **{k: value(v)})
+            sim = WorldSimulator(b, B, **OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}"])))
         rng = np.random.default_rng(0)
         idx = np.arange(B) % len(b.start_frames)
         acts = {k: v[idx].numpy() for k, v in b.start_actions.items()} if dict_actions else b.start_actions[idx].numpy()

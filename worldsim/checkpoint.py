@@ -171,18 +171,24 @@ def _load_autoencoder(cfg: dict, weights: Path, device):
     return ae.to(device).eval()
 
 
-__all__ = ["Bundle", "bundle_files", "load_optimizer", "optimizer_tensors", "read_metadata",
+__all__ = ["Bundle", "bundle_files", "bundle_path", "load_optimizer", "optimizer_tensors", "read_metadata",
            "resolve_dir", "tensors_bytes", "write_dir_atomic"]
+
+
+def bundle_path(name) -> Path:
+    """A shipped bundle's name (`crafter`, `minetest`) or a path, as a path."""
+    from worldsim import ASSETS
+
+    return ASSETS / name if (ASSETS / str(name) / "bundle.json").exists() else Path(name)
 
 
 def bundle_and_training_data(bundle: str, data) -> tuple[Path, "Bundle", list]:
     """For jobs that fit a part of a bundle on collections (`worldsim codebook`, `worldsim heads`): the bundle's
     path (a name of a shipped bundle, or a path), the Bundle, and the training episodes of `data` (one collect
     dir or a list of them), with clear errors for an empty collection or frames of another size."""
-    from worldsim import ASSETS
     from worldsim.data import load_episodes
 
-    path = ASSETS / bundle if (ASSETS / str(bundle) / "bundle.json").exists() else Path(bundle)
+    path = bundle_path(bundle)
     b = Bundle(path)
     eps = []
     for d in data_dirs(data):

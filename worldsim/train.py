@@ -32,8 +32,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from worldsim.autoencoder import LatentCodec, ae_config, make_autoencoder, to_pixels, training_loss
-from worldsim.checkpoint import (Bundle, bundle_files, data_dirs, load_optimizer, optimizer_tensors, read_metadata,
-                                 resolve_dir, tensors_bytes, write_dir_atomic)
+from worldsim.checkpoint import (Bundle, bundle_files, bundle_path, data_dirs, load_optimizer, optimizer_tensors,
+                                 read_metadata, resolve_dir, tensors_bytes, write_dir_atomic)
 from worldsim.codebook import CERTAIN, fit_codebook, fit_token_head, require_plain, require_tiles, with_codebook
 from worldsim.data import WindowDataset, atomic_write_bytes, index_actions, load_episodes, load_manifest
 from worldsim.diffusion import EDM, EDMConfig
@@ -183,12 +183,7 @@ class Trainer:
 
     def _init_from_bundle(self, init: str):
         """Take the autoencoder, world model and latent normalisation from a bundle."""
-        from worldsim import ASSETS
-
-        def resolve(name):  # a shipped bundle's name (crafter) or a path
-            return ASSETS / name if (ASSETS / str(name) / "bundle.json").exists() else Path(name)
-
-        path = resolve(init)
+        path = bundle_path(init)
         b = Bundle(path, self.device)
         for key in ("frame_shape", "action_space"):
             if b.env[key] != self.env_info[key]:
@@ -198,7 +193,7 @@ class Trainer:
         if self.distill:  # the teacher is the bundle as it is, also when the student resumes from a checkpoint
             tb, tname = b, f"init={init}"
             if self.cfg.dit.get("teacher"):  # another bundle teaches the init's model (same autoencoder)
-                tb, tname = Bundle(resolve(self.cfg.dit.teacher), self.device), f"dit.teacher={self.cfg.dit.teacher}"
+                tb, tname = Bundle(bundle_path(self.cfg.dit.teacher), self.device), f"dit.teacher={self.cfg.dit.teacher}"
                 norm = [(x.meta["latent_mean"], x.meta["latent_std"]) for x in (tb, b)]
                 if tensors_bytes(tb.ae.state_dict()) != tensors_bytes(b.ae.state_dict()) or norm[0] != norm[1]:
                     raise ValueError(f"{tname}: the teacher's autoencoder or latent normalisation differs from "

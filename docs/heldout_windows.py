@@ -22,5 +22,5 @@ def next_frame_batches(sim, eps, starts, rng):
         ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in ch])
         nxt = np.stack([eps[e]["frames"][s + W] for e, s in ch])
         act = np.array([eps[e]["actions"][s + W - 1] for e, s in ch])
-        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)))
+        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [s + W - 1 for _, s in ch])
         yield ctx, nxt, act, sim.step(act, rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)))

@@ -4,9 +4,11 @@ then falling toward night, darkest at step 210 of Crafter's 300-step day), then 
 the real actions; the mean brightness and saturation (max - min channel, per pixel) of the map view, model
 beside real, at 1, 20, 40, 60 and 80 steps on. Extra KEY=VALUE arguments go to WorldSimulator;
 bundle=PATH another bundle (e.g. the bundle files of commit 9eee827, with env.map added: map_memory=false);
-keep_mean=true runs its guidance with diffusion.guidance_keep_mean.
+keep_mean=true runs its guidance with diffusion.guidance_keep_mean. steps=N (> 80) goes on past the real frames,
+through night and dawn, driven by each episode's actions from its start again where its own run out, and prints
+every 20 steps the model's light beside Crafter's daylight at that step (1 day, 0 night; the game's formula).
 
-    python docs/light_follow.py [bundle=PATH] [KEY=VALUE ...]
+    python docs/light_follow.py [bundle=PATH] [steps=N] [KEY=VALUE ...]
 """
 import pathlib
 import sys
@@ -25,12 +27,13 @@ if kw.pop("keep_mean", False):
     b.edm.cfg.guidance_keep_mean = True
 eps = [e for e in load_episodes(pathlib.Path("data/crafter-heldout"))
        + load_episodes(pathlib.Path("data/crafter_ends"), split="test") if len(e["frames"]) >= 200]
-W, S, H = 4, 110, 80
+W, S, H = 4, 110, int(kw.pop("steps", 80))
 sim = WorldSimulator(b, len(eps), **kw)
 rng = np.random.default_rng(0)
 shape = sim.latent_shape
 sim.reset(list(range(len(eps))), np.stack([e["frames"][S - W:S] for e in eps]),
-          np.stack([np.asarray(e["actions"])[S - W:S - 1] for e in eps]), rng.standard_normal((len(eps), W, *shape)))
+          np.stack([np.asarray(e["actions"])[S - W:S - 1] for e in eps]), rng.standard_normal((len(eps), W, *shape)),
+          [S - 1] * len(eps))  # the game step of the last context frame (a model with a clock reads it)
 
 
 def light(f):  # mean brightness and saturation of the map view (the top 7 of 9 tile rows)
@@ -38,10 +41,19 @@ def light(f):  # mean brightness and saturation of the map view (the top 7 of 9 
     return v.mean(), (v.max(-1) - v.min(-1)).mean()
 
 
+def daylight(step):  # crafter.Env._update_time
+    return 1 - np.abs(np.cos(np.pi * ((step / 300) % 1 + 0.3))) ** 3
+
+
 print(f"{len(eps)} episodes of 200+ frames; from step {S}, model | real")
 for t in range(H):
-    a = np.array([int(np.asarray(e["actions"])[S - 1 + t]) for e in eps])
+    acts = [np.asarray(e["actions"]) for e in eps]
+    a = np.array([int(x[(S - 1 + t) % len(x)]) for x in acts])
     res = sim.step(a, rng.standard_normal((len(eps), *shape)), rng.standard_normal((len(eps), *shape)))
     if t + 1 in (1, 20, 40, 60, 80):
         (mb, ms), (rb, rs) = light(res.frames), light(np.stack([e["frames"][S + t] for e in eps]))
         print(f"+{t + 1:2d}: brightness {mb:5.1f} | {rb:5.1f}   saturation {ms:5.1f} | {rs:5.1f}", flush=True)
+    elif t + 1 > 80 and (t + 1) % 20 == 0:
+        mb, ms = light(res.frames)
+        print(f"+{t + 1:3d} (step {S + t}): brightness {mb:5.1f}   saturation {ms:5.1f}   "
+              f"game's daylight {daylight(S + t):.2f}", flush=True)

@@ -36,7 +36,7 @@ for i in range(0, 64, B):
     ctx = np.stack([eps[e]["frames"][s:s + W] for e, s in chunk])
     ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
     fut_a = stack_actions([index_actions(eps[e]["actions"], slice(s + W - 1, s + W + 31)) for e, s in chunk])
-    sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *sim.latent_shape)))
+    sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *sim.latent_shape)), [s + W - 1 for _, s in chunk])
     start, together = sim.map.pos.clone(), np.ones(B, bool)
     shown = ctx[:, -1]  # the frames the model showed last
     for h in range(32):

@@ -15,7 +15,7 @@ from worldsim.data import fit_frames, stack_actions
 from worldsim.envs.spaces import check_action as _check_action
 from worldsim.simulator import WorldSimulator, load_bundle
 
-OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index"}
+OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index", "clock"}
 
 
 def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_size=None, default=None,
@@ -63,7 +63,9 @@ class WorldEnv(gym.Env):
     with ``np_random``, or ``options={"start_index": i}``), or from a context the caller gives:
     ``{"context_frames": uint8 (T, H, W, 3), "context_actions": int (T-1,)}`` where
     ``context_actions[i]`` was taken between frame i and i+1 (the next ``step(a)`` applies ``a`` to the
-    last frame; T <= the model's ``context_frames``), or ``{"image": uint8 (H, W, 3)}``.
+    last frame; T <= the model's ``context_frames``), or ``{"image": uint8 (H, W, 3)}``; ``{"clock": n}``
+    says the last context frame is the game's step n (default T-1: a context that begins with the game, as
+    the shipped start states do), for models that read the game's clock (its day and night).
     All sampling noise comes from ``np_random``: the same seed, start and actions give the same frames.
     ``guidance=g`` (> 1) samples with classifier-free guidance on the action, for models trained with
     ``diffusion.action_dropout``: each denoising step runs the batch with and without its action (one
@@ -132,7 +134,7 @@ class WorldEnv(gym.Env):
         self._end_rng = _end_draws(self.np_random)
         frames, actions, info = _start(self, self.action_space, options, self.np_random)
         self.sim.reset([0], frames[None], stack_actions([actions]),
-                       self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)))
+                       self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)), [info["clock"]])
         self._obs, self._t = frames[-1].copy(), 0
         if self.render_mode == "human":
             self.render()
@@ -210,15 +212,15 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self._started = False
 
     def _reset_rows(self, rows, options=None):
-        frames, actions = [], []
+        frames, actions, clocks = [], [], []
         for i in rows:
-            f, a, _ = _start(self, self.single_action_space, options, self.rngs[i])
-            frames.append(f), actions.append(a)
+            f, a, info = _start(self, self.single_action_space, options, self.rngs[i])
+            frames.append(f), actions.append(a), clocks.append(info["clock"])
         lengths = {len(f) for f in frames}
         if len(lengths) != 1:  # default starts all have the same length; a given context is shared by all rows
             raise ValueError("all reset contexts of one call must have the same length")
         noise = np.stack([self.rngs[i].standard_normal((len(frames[0]), *self.sim.latent_shape)) for i in rows])
-        self.sim.reset(rows, np.stack(frames), stack_actions(actions), noise)
+        self.sim.reset(rows, np.stack(frames), stack_actions(actions), noise, clocks)
         for i, f in zip(rows, frames):
             self._obs[i], self._t[i] = f[-1], 0
 
@@ -315,11 +317,22 @@ def _ends(prob: np.ndarray, threshold: float | None, rngs: list) -> np.ndarray:
 
 
 def _start(env, action_space, options, rng):
-    """Context frames (T, H, W, 3), actions (T-1,) and info for a reset, from options or a shipped start."""
+    """Context frames (T, H, W, 3), actions (T-1,) and info for a reset, from options or a shipped start;
+    info["clock"] is the game step of the last context frame."""
     options = dict(options or {})
     unknown = set(options) - OPTION_KEYS
     if unknown:
         raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: {sorted(OPTION_KEYS)}")
+    frames, acts, info = _context(env, action_space, options, rng)
+    clock = options.get("clock", len(frames) - 1)
+    if not isinstance(clock, (int, np.integer)) or isinstance(clock, bool) or clock < len(frames) - 1:
+        raise ValueError(f"options['clock'] must be an integer >= {len(frames) - 1}: the game step of the last of the "
+                         f"{len(frames)} context frames (the first at step clock - {len(frames) - 1}); got {clock!r}")
+    return frames, acts, {**info, "clock": int(clock)}
+
+
+def _context(env, action_space, options, rng):
+    """_start's frames, actions and info, before the clock."""
     shape, W = env.sim.frame_shape, env.sim.window
     if "image" in options:
         if "context_frames" in options:

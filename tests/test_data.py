@@ -88,6 +88,7 @@ def test_window_dataset_marks_episode_starts(dataset):
     item = ds[0]
     assert item["has_action"].tolist() == [False, True, True, True]
     assert item["actions"][1:].tolist() == eps[0]["actions"][:3].tolist()
+    assert ds[5]["clock"].tolist() == [5, 6, 7, 8]  # each frame's step in its episode: the game's clock
     with pytest.raises(ValueError, match="no episode has"):
         WindowDataset(eps, 10_000)
 

@@ -52,7 +52,12 @@ def test_reset_from_context_and_image(env, dataset):
     W = env.unwrapped.sim.window
     obs, info = env.reset(seed=0, options={"context_frames": ep["frames"][:W], "context_actions": ep["actions"][:W - 1]})
     np.testing.assert_array_equal(obs, ep["frames"][W - 1])  # the next step continues from the last given frame
-    assert info["start"] == "context"
+    assert info["start"] == "context" and info["clock"] == W - 1  # by default the context began the game
+    obs, info = env.reset(seed=0, options={"context_frames": ep["frames"][5:5 + W],
+                                           "context_actions": ep["actions"][5:5 + W - 1], "clock": 5 + W - 1})
+    assert info["clock"] == 5 + W - 1 and env.unwrapped.sim.clock[0] == 5 + W - 1
+    env.step(0)
+    assert env.unwrapped.sim.clock[0] == 5 + W
     obs, info = env.reset(seed=0, options={"image": ep["frames"][5]})
     np.testing.assert_array_equal(obs, ep["frames"][5])
     assert env.step(4)[0].shape == (64, 64, 3)
@@ -67,6 +72,8 @@ def test_reset_from_context_and_image(env, dataset):
     ({"context_frames": np.zeros((2, 64, 64, 3), np.uint8), "context_actions": [17]}, "invalid action 17"),
     ({"image": np.zeros((64, 64), np.uint8)}, r"image'] must be a uint8 array of shape \(64, 64, 3\)"),
     ({"start_index": 99}, "out of range"),
+    ({"clock": -1}, r"clock'\] must be an integer >= \d"),
+    ({"image": np.zeros((64, 64, 3), np.uint8), "clock": 1.5}, r"clock'\] must be an integer >= 0"),
     ({"contxt_frames": 1}, "unknown reset option"),
 ])
 def test_bad_reset_options_get_clear_errors(env, options, match):

@@ -162,6 +162,7 @@ def test_following_probes_are_kept_on_disk_and_reprobed_when_stale_or_corrupt(tm
     first = evaluate.cached_probes(cfg, 4)
     assert len(first) == 2 and first[0][0].shape == (4, 64, 64, 3) and first[0][1].shape == (3,)
     assert set(first[0][3]) == set(evaluate.CRAFTER_PROBE)
+    assert [p[4] for p in first] == [5, 10]  # the game step of each context's last frame: probes every 5 steps
     real = evaluate._real_probes
 
     def no_probing(*a, **k):
@@ -169,8 +170,9 @@ def test_following_probes_are_kept_on_disk_and_reprobed_when_stale_or_corrupt(tm
 
     monkeypatch.setattr(evaluate, "_real_probes", no_probing)
     again = evaluate.cached_probes(cfg, 4)  # the same probes, from disk
-    for (c1, a1, _, o1), (c2, a2, _, o2) in zip(first, again):
+    for (c1, a1, _, o1, t1), (c2, a2, _, o2, t2) in zip(first, again):
         np.testing.assert_array_equal(c1, c2), np.testing.assert_array_equal(a1, a2)
+        assert t1 == t2
         assert all(np.array_equal(o1[n], o2[n]) for n in o1)
     monkeypatch.setattr(evaluate, "_real_probes", real)
     cfg3 = load_config("eval", [f"cache_dir={tmp_path}", "probes=3", "probe_every=5", "max_steps=40"])

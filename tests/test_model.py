@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import randomize
 
-from worldsim.model import (ActionEncoder, Rotary3D, WorldDiT, actions_to_tensor, rotate_view, shift_latents,
-                            space_to_spec)
+from worldsim.model import (ActionEncoder, ClockEncoder, Rotary3D, WorldDiT, actions_to_tensor, rotate_view,
+                            shift_latents, space_to_spec)
 
 SPEC = {"type": "discrete", "n": 5}
 
@@ -256,3 +256,25 @@ def test_warp_zoom_magnifies_the_view_about_its_centre_on_steps_with_its_key():
             m.with_warp_kind("rotation", zoom=bad)
     with pytest.raises(ValueError, match="warp_kind='rotation'"):
         m.with_warp_kind("shift", zoom={"forward": 1.1})
+
+
+def test_clock_input_starts_unread_is_periodic_and_required():
+    """with_clock adds the game's clock at zero weight (the same outputs as before); once trained (random
+    weights here) the outputs depend on the clock's phase only: a clock a day later gives the same numbers,
+    another time of day others; a model with a clock says so when called without one."""
+    m = tiny()
+    x, c, a, has = inputs(T=3)
+    mc = m.with_clock(300)
+    assert mc.config.clock_period == 300 and mc.clock_embed.embed.weight.abs().max() == 0
+    clock = torch.tensor([[40, 41, 42], [100, 101, 102]])
+    torch.testing.assert_close(mc(x, c, a, has, clock=clock).out, m(x, c, a, has).out)
+    mc = randomize(mc, seed=1).eval()
+    out = mc(x, c, a, has, clock=clock).out
+    torch.testing.assert_close(mc(x, c, a, has, clock=clock + 300 * 1000).out, out, rtol=1e-5, atol=1e-5)
+    assert (mc(x, c, a, has, clock=clock + 150).out - out).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="reads the game's clock"):
+        mc(x, c, a, has)
+    with pytest.raises(ValueError, match="already reads a clock"):
+        mc.with_clock(300)
+    with pytest.raises(ValueError, match="clock_period must be an integer"):
+        ClockEncoder(1, 8)

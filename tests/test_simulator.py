@@ -22,14 +22,14 @@ W = 3
 CAM = {"type": "dict", "keys": {"camera": {"type": "box", "dim": 2, "scale": 180.0}, "forward": {"type": "discrete", "n": 2}}}
 
 
-def _random_bundle(path, residual=False, ae="tiny", warp=False, warp_kind="shift"):
+def _random_bundle(path, residual=False, ae="tiny", warp=False, warp_kind="shift", clock=None):
     """A bundle with random (untrained) weights, written to disk and loaded back like the shipped one.
     warp: camera + forward actions, and a warp input that shifts (or turns: warp_kind) the previous frame by
-    the camera."""
+    the camera. clock: a day's length, for a model that reads the game's clock."""
     torch.manual_seed(0)
     ae = make_autoencoder(ae)
     spec = CAM if warp else {"type": "discrete", "n": 17}
-    dit = WorldDiT(spec, latent_channels=4, dim=32, depth=2, heads=2, context_frames=W)
+    dit = WorldDiT(spec, latent_channels=4, dim=32, depth=2, heads=2, context_frames=W, clock_period=clock)
     dit = randomize(dit.with_warp("camera", [[0.03, 0.0], [0.0, -0.05]], kind=warp_kind) if warp else dit, std=0.15)
     frames = torch.randint(0, 256, (2, W, 32, 32, 3), dtype=torch.uint8)
     env = {"name": "test", "frame_shape": [32, 32, 3], "action_space": spec,
@@ -55,13 +55,18 @@ def residual_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def clock_bundle(tmp_path_factory):
+    return _random_bundle(tmp_path_factory.mktemp("bundle") / "c", clock=30)
+
+
+@pytest.fixture(scope="module")
 def patch_bundle(tmp_path_factory):  # one latent per 8x8 tile: 32x32 frames, a 4x4 grid
     return _random_bundle(tmp_path_factory.mktemp("bundle") / "p", ae="patch8_tiny")
 
 
-def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None, keep=None):
+def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None, keep=None, clock=None):
     """Denoise the next frame by running the model over the whole history with the sliding-window mask.
-    keep: a dict that gets the last pass's features of the new frame."""
+    keep: a dict that gets the last pass's features of the new frame. clock: (1, T) every frame's game step."""
     edm: EDM = b.edm
     T = hist.shape[1] + 1
     a = actions_to_tensor(b.dit.config.action_spec, acts)
@@ -71,7 +76,7 @@ def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None, keep=Non
         seq = torch.cat([hist, x[:, None]], dim=1)
         sig = torch.cat([ctx_sig, sigma[:, None]], dim=1)
         inp, c_noise = edm.model_input(seq, sig)
-        out = b.dit(inp, c_noise, a, has)
+        out = b.dit(inp, c_noise, a, has, clock=clock)
         if keep is not None:
             keep["features"] = out.features[:, -1]
         return edm.denoised(x, sigma, out.out[:, -1], prev)
@@ -79,10 +84,11 @@ def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None, keep=Non
     return edm.sample(denoise, noise, steps, prev)
 
 
-@pytest.mark.parametrize("kind", ["plain", "residual", "one_context_frame"])
-def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bundle):
+@pytest.mark.parametrize("kind", ["plain", "residual", "one_context_frame", "clock"])
+def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bundle, clock_bundle):
     # one_context_frame: the window fills up over the first steps (cache slots masked until written)
-    b = residual_bundle if kind == "residual" else random_bundle
+    # clock: a model that reads the game's clock, started at game step 57 (its day is 30 steps)
+    b = {"residual": residual_bundle, "clock": clock_bundle}.get(kind, random_bundle)
     T = 1 if kind == "one_context_frame" else W
     prev = None
     sim = WorldSimulator(b, 1, sampling_steps=3)
@@ -91,7 +97,8 @@ def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bund
     ctx_frames = b.start_frames[:1, :T].numpy()
     ctx_actions = b.start_actions[:1, :T - 1].numpy()
     ctx_noise = rng.standard_normal((1, T, *shape))
-    z0 = sim.reset([0], ctx_frames, ctx_actions, ctx_noise)
+    clock = torch.arange(57 - T + 1, 58)[None] if kind == "clock" else None
+    z0 = sim.reset([0], ctx_frames, ctx_actions, ctx_noise, None if clock is None else [57])
     if b.edm.cfg.residual:  # the change is from the newest clean latent, not its context-noised copy
         prev = z0[:, -1]
     hist = z0 + sim.context_noise * torch.as_tensor(ctx_noise, dtype=torch.float32)  # committed context
@@ -104,12 +111,40 @@ def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bund
         res = sim.step(a, noise, cn, decode=False)
         acts = np.concatenate([acts, a[None]], axis=1)
         has = torch.cat([has, torch.ones(1, 1, dtype=torch.bool)], dim=1)
-        ref = full_recompute(b, hist, acts, has, torch.as_tensor(noise, dtype=torch.float32), 3, prev)
+        if clock is not None:
+            clock = torch.cat([clock, clock[:, -1:] + 1], dim=1)
+        ref = full_recompute(b, hist, acts, has, torch.as_tensor(noise, dtype=torch.float32), 3, prev, clock=clock)
         torch.testing.assert_close(res.latents, ref, rtol=1e-4, atol=1e-4)
         if prev is not None:
             prev = ref
         hist = torch.cat([hist, (res.latents + sim.context_noise * torch.as_tensor(cn, dtype=torch.float32))[:, None]], 1)
     assert sim.time > W  # the clock really went past the window
+    if clock is not None:
+        assert sim.clock[0] == clock[0, -1] == 57 + 2 * W + 2
+
+
+def test_the_game_clock_sets_the_time_of_day(clock_bundle):
+    """Rows started from the same context, noise and actions make the same frames a whole day (30 steps) apart
+    on the game's clock and other frames at another time of day; each row keeps its own clock, the default is
+    a context that begins with the game, and a clock before the context's first frame is refused."""
+    b = clock_bundle
+    sim = WorldSimulator(b, 3, sampling_steps=1)
+    rng = np.random.default_rng(0)
+    shape = sim.latent_shape
+    ctx = np.repeat(b.start_frames[:1].numpy(), 3, 0)
+    acts = np.repeat(b.start_actions[:1].numpy(), 3, 0)
+    noise = np.repeat(rng.standard_normal((1, W, *shape)), 3, 0)
+    sim.reset([0, 1, 2], ctx, acts, noise, [10, 40, 25])
+    for _ in range(4):
+        step = np.repeat(rng.standard_normal((1, *shape)), 3, 0)
+        res = sim.step(np.array([3, 3, 3]), step, step, decode=False)
+        torch.testing.assert_close(res.latents[0], res.latents[1], rtol=1e-5, atol=1e-5)
+        assert (res.latents[0] - res.latents[2]).abs().max() > 1e-3
+    assert sim.clock.tolist() == [14, 44, 29]
+    sim.reset([1], ctx[:1], acts[:1], noise[:1])
+    assert sim.clock.tolist() == [14, W - 1, 29]
+    with pytest.raises(ValueError, match="clock must give each"):
+        sim.reset([0], ctx[:1], acts[:1], noise[:1], [W - 2])
 
 
 def _rss_mb():

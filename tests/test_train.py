@@ -420,6 +420,43 @@ def test_still_weight_fine_tune_is_recorded_and_checked(bundle, dataset, tmp_pat
         run_job("train", [f"data=[{dataset},{other}]", f"run={tmp_path / 'bad'}", *TINY_TRAIN, "dit.steps=1"])
 
 
+def test_clock_fine_tune_adds_the_game_clock_resumes_and_ships(bundle, dataset, tmp_path):
+    """dit.clock_period=P on a bundle without a clock: the world model gains the clock input (zero at first, so
+    it starts as the bundle's model), trains it from each window's steps, resumes with it and ships it; a
+    bundle whose clock has another period is refused. Guidance distillation gives the student the clock too."""
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+    from worldsim.simulator import WorldSimulator
+
+    run = tmp_path / "clock"
+    args = [f"data={dataset}", f"run={run}", *TINY_TRAIN, f"init={bundle}", "dit.clock_period=30", "dit.lr=1e-2",
+            "diffusion.action_dropout=0.15"]
+    tr = run_job("train", [*args, "dit.steps=3", "dit.minutes=1e-6"])  # the time cap stops it after one step
+    assert tr.state["dit_step"] == 1
+    assert tr.dit.config.clock_period == 30 and tr.dit.clock_embed.embed.weight.abs().max() > 0
+    tr = run_job("train", [*args, "dit.steps=3"])  # resumed from the checkpoint, clock and all
+    assert tr.started_at["dit_step"] == 1 and tr.state["dit_step"] == 3
+    out = Bundle(run / "bundle")
+    assert out.meta["world_model"]["clock_period"] == 30 and out.dit.clock_embed is not None
+    torch.testing.assert_close(out.dit.clock_embed.embed.weight, tr.dit.clock_embed.embed.weight)
+    sim = WorldSimulator(out, 2, sampling_steps=1)
+    rng = np.random.default_rng(0)
+    shape = sim.latent_shape
+    noise = np.repeat(rng.standard_normal((1, sim.window, *shape)), 2, 0)
+    frames, acts = out.start_frames[:1].numpy().repeat(2, 0), out.start_actions[:1].numpy().repeat(2, 0)
+    sim.reset([0, 1], frames, acts, noise, [sim.window - 1, sim.window - 1 + 15])
+    step = np.repeat(rng.standard_normal((1, *shape)), 2, 0)
+    z = sim.step(np.array([1, 1]), step, step, decode=False).latents
+    assert (z[0] - z[1]).abs().max() > 1e-4  # noon and midnight of a 30-step day differ
+    with pytest.raises(ValueError, match="already reads a clock of period 30"):
+        run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={run / 'bundle'}",
+                          "dit.clock_period=20"])
+    run_job("train", [f"data={dataset}", f"run={tmp_path / 'dist'}", *TINY_TRAIN, f"init={bundle}",
+                      f"dit.teacher={run / 'bundle'}", "dit.distill_guidance=2", "dit.clock_period=30", "dit.steps=1"])
+    assert Bundle(tmp_path / "dist" / "bundle").dit.config.clock_period == 30
+
+
 def test_ema_weights_ship_and_continue_across_a_resume(bundle, dataset, tmp_path):
     """dit.ema: the bundle ships the moving average of the world model's weights, not the last step's, and
     records the decay; a run paused by its time cap goes on with the same average (its update count carries

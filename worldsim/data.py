@@ -196,7 +196,8 @@ class WindowDataset(torch.utils.data.Dataset):
     """Fixed-length windows of `length` frames cut from episodes, with the action that led to each frame.
 
     has_action[i] is False only for the first frame of an episode (nothing led to it); has_transition marks
-    frames whose reward/termination targets are real.
+    frames whose reward/termination targets are real; clock is each frame's index in its episode, the game's
+    step count when episodes start where the game does (as `worldsim collect` records them).
     """
 
     def __init__(self, episodes: list[dict], length: int, latents: list[torch.Tensor] | None = None,
@@ -235,6 +236,7 @@ class WindowDataset(torch.utils.data.Dataset):
             "reward": torch.as_tensor(np.where(valid, ep["rewards"][p], 0), dtype=torch.float32),
             "terminated": torch.as_tensor(np.where(valid, ep["terminated"][p], False)),
             "has_transition": torch.as_tensor(valid),
+            "clock": torch.arange(s, s + L),
         }
         if self.still is not None:
             item["still"] = torch.tensor(bool(self.still[e][s + L - 2]))

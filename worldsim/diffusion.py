@@ -162,8 +162,10 @@ class EDM:
         return (w / w.mean()).unsqueeze(-3)
 
     def loss(self, model, z, actions, has_action, reward, terminated, has_transition, generator=None,
-             teacher_forcing: bool | None = None, change_weight: float = 1.0, change_threshold: float = 0.2):
+             teacher_forcing: bool | None = None, change_weight: float = 1.0, change_threshold: float = 0.2,
+             clock=None):
         """z: (B, T, C, h, w) clean normalised latents. Returns total loss and its parts.
+        clock: int (B, T) each frame's step count since the game began (models with a clock).
         teacher_forcing: as in `sample_sigmas` (True: only the last frame is a target).
         change_weight: the loss of the tokens that changed from the frame before (changed_tokens at
         change_threshold) counts this many times: what a step does (a struck tree, an inventory count) is a
@@ -175,7 +177,7 @@ class EDM:
         x = z + self._bc(sigma, z) * noise
         inp, c_noise = self.model_input(x, sigma)
         warp_in = self.context_previous(z, generator) if warps(model) else None
-        out = model(inp, c_noise, actions, has_action, prev=warp_in)
+        out = model(inp, c_noise, actions, has_action, prev=warp_in, clock=clock)
         prev = self.residual_anchor(model, z, warp_in, actions, has_action)
         target = self.raw_target(z, x, sigma, prev)
         err = F.mse_loss(out.out.float(), target, reduction="none")
@@ -207,26 +209,27 @@ class EDM:
 
     # ---- cached inference: one definition for the simulator and for training on the model's own frames ----
     @torch.no_grad()
-    def prefill(self, model, cache, rows, z, actions, has_action, times, noise, level: float):
+    def prefill(self, model, cache, rows, z, actions, has_action, times, noise, level: float, clock=None):
         """Commit context latents z (b, T, C, h, w) into batch `rows` of a KV cache at `times`, each frame
-        context-noised (z + level * noise, as context always is). Returns the committed latents."""
+        context-noised (z + level * noise, as context always is). clock: int (b, T) the frames' game steps
+        (models with a clock). Returns the committed latents."""
         zc = z + level * noise
         inp, c_noise = self.model_input(zc, torch.full(z.shape[:2], level, device=z.device))
         out = model(inp, c_noise, actions, has_action, times=times, return_kv=True,
-                    prev=self.previous_frames(zc) if warps(model) else None)
+                    prev=self.previous_frames(zc) if warps(model) else None, clock=clock)
         cache.clear(rows)
         cache.write_frames(rows, out.kv, times.tolist())
         return zc
 
     @torch.no_grad()
     def step_cached(self, model, cache, t: int, a, prev, prev_ctx, noise, context_noise, level: float,
-                    steps: int | None = None, guidance: float = 1.0, project=None, fill=None):
+                    steps: int | None = None, guidance: float = 1.0, project=None, fill=None, clock=None):
         """One frame of a cached rollout at time t: sample it with the Euler sampler, every pass attending to
         the cache's window, then commit it lightly noised (context_noise * level) in one more pass.
         prev: (B, C, h, w) the newest clean latent; prev_ctx: the same as committed (a warp model reads it).
         fill: for a warp model, a function of its warp input (B, C, h, w) that returns the input to use (the
         simulator's view memory: cells taken from views it holds); every pass, and a residual model's centre,
-        then read that one.
+        then read that one. clock: int (B,) the new frame's game step (models with a clock).
         Returns (new latent, committed latent, the residual centre or None, the commit pass's ModelOutput:
         the heads read the committed frame)."""
         B = prev.shape[0]
@@ -250,19 +253,20 @@ class EDM:
         if guidance != 1.0:  # the batch twice, with and without its action: one pass, not two
             a2, has2 = batch_twice(a), torch.cat([has, ~has])
             pv2 = None if pv is None else batch_twice(pv)
+            clock2 = None if clock is None else torch.cat([clock, clock])
 
         last = {}  # the last sampling pass's features (the action-conditioned half), for `project`
 
         def denoise(x, sigma):
             inp, c_noise = self.model_input(x, sigma)
             if guidance == 1.0:
-                o = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv, warped=wp, outputs="frame")
+                o = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv, warped=wp, outputs="frame", clock=clock)
                 last["features"] = o.features
                 return self.denoised(x, sigma, o.out, centre)
             # classifier-free guidance: push past the action-free prediction, on the denoised frames (each half
             # has its own centre)
             o = model.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2, cache, t,
-                                     prev=pv2, warped=wp2, outputs="frame")
+                                     prev=pv2, warped=wp2, outputs="frame", clock=clock2)
             last["features"] = o.features[:B]
             raw, free = o.out.chunk(2)
             return self.guide(self.denoised(x, sigma, free, centre_free), self.denoised(x, sigma, raw, centre),
@@ -273,11 +277,12 @@ class EDM:
             z = project(z, centre, last["features"])
         zc = z + level * context_noise
         inp, c_noise = self.model_input(zc, torch.full((B,), level, device=z.device))
-        out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv, warped=wp, outputs="heads")
+        out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv, warped=wp, outputs="heads",
+                                   clock=clock)
         return z, zc, centre, out
 
     @torch.no_grad()
-    def rollout(self, model, z, actions, has_action, steps: int, generator=None):
+    def rollout(self, model, z, actions, has_action, steps: int, generator=None, clock=None):
         """Scheduled sampling on the model's own rollouts (Bengio et al. 2015): frames W .. W+steps-1 of each
         (B, W+steps+1, C, h, w) sequence are replaced by what the model generates from the real context
         z[:, :W] and the real actions, exactly as the simulator does (`prefill`, then `step_cached` with the
@@ -303,13 +308,15 @@ class EDM:
         cache = model.new_cache(B, (h // p) * (w // p), device=z.device, dtype=next(model.parameters()).dtype)
         gen = z.clone()
         zc = self.prefill(model, cache, list(range(B)), z[:, :W], at(slice(0, W)), has_action[:, :W], torch.arange(W),
-                          randn(B, W, C, h, w), c.context_noise)[:, -1]
+                          randn(B, W, C, h, w), c.context_noise, clock=None if clock is None else clock[:, :W])[:, -1]
         for t in range(W, W + steps):
             gen[:, t], zc, _, _ = self.step_cached(model, cache, t, at(t), gen[:, t - 1], zc, randn(B, C, h, w),
-                                                   randn(B, C, h, w), c.context_noise, guidance=c.guidance)
+                                                   randn(B, C, h, w), c.context_noise, guidance=c.guidance,
+                                                   clock=None if clock is None else clock[:, t])
         return gen
 
-    def energy_loss(self, model, z, actions, has_action, reward, terminated, has_transition, generator=None):
+    def energy_loss(self, model, z, actions, has_action, reward, terminated, has_transition, generator=None,
+                    clock=None):
         """Energy score of the one-step sampler (Gneiting & Raftery 2007): from the same near-clean context, the
         last frame is denoised twice from pure noise at sigma_max, as a 1-step simulator samples it, and
         ES = (|D1 - z| + |D2 - z|) / 2 - |D1 - D2| / 2, each norm over the whole frame's latent, as an RMS.
@@ -333,7 +340,7 @@ class EDM:
         inp, c_noise = self.model_input(xx, ss)
         warp_in = self.context_previous(z, generator) if warps(model) else None
         w2 = None if warp_in is None else batch_twice(warp_in)
-        out = model(inp, c_noise, a2, has2, prev=w2)
+        out = model(inp, c_noise, a2, has2, prev=w2, clock=None if clock is None else torch.cat([clock, clock]))
         prev = self.residual_anchor(model, torch.cat([z, z]), w2, a2, has2)
         d1, d2 = self.denoised(xx, ss, out.out.float(), prev)[:, -1].chunk(2)
         es = energy_score(d1, d2, z[:, -1])
@@ -343,7 +350,7 @@ class EDM:
 
     def distill_loss(self, model, teacher, guidance: float, z, actions, has_action, reward, terminated,
                      has_transition, generator=None, real=None, change_weight: float = 1.0,
-                     change_threshold: float = 0.2, change_real: bool = False):
+                     change_threshold: float = 0.2, change_real: bool = False, clock=None):
         """Guidance distillation (Meng et al. 2023, "On distillation of guided diffusion models"): the
         student's plain conditional prediction learns the teacher's guided one, free + g (cond - free), so
         inference gets guidance's action following from one network pass instead of a doubled batch.
@@ -369,13 +376,14 @@ class EDM:
         warp_in = self.context_previous(z, generator) if warps(model) or warps(teacher) else None
         with torch.no_grad():
             if guidance == 1:  # self-distillation: the teacher's own prediction, no action-free pass needed
-                target = teacher(inp, c_noise, actions, has_action, prev=warp_in).out.float()[:, -1]
+                target = teacher(inp, c_noise, actions, has_action, prev=warp_in, clock=clock).out.float()[:, -1]
             else:
                 free_has = has_action.clone()
                 free_has[:, -1] = False
                 both = teacher(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), batch_twice(actions),
                                torch.cat([has_action, free_has]),
-                               prev=None if warp_in is None else batch_twice(warp_in)).out.float()
+                               prev=None if warp_in is None else batch_twice(warp_in),
+                               clock=None if clock is None else torch.cat([clock, clock])).out.float()
                 cond, free = both.chunk(2)
                 target = self.guide(free[:, -1], cond[:, -1], guidance)
             changed = self.changed_tokens(z[:, -2:], change_threshold)[:, -1] if change_real or change_weight != 1 else None
@@ -387,7 +395,7 @@ class EDM:
                     use_real = use_real | changed.unsqueeze(1)
                 raw = self.raw_target(z[:, -1], x[:, -1], sigma[:, -1]).float()
                 target = torch.where(use_real, raw, target)
-        out = model(inp, c_noise, actions, has_action, prev=warp_in)
+        out = model(inp, c_noise, actions, has_action, prev=warp_in, clock=clock)
         err = F.mse_loss(out.out[:, -1].float(), target, reduction="none")
         if change_weight != 1:
             err = err * self.token_weights(changed, change_weight)

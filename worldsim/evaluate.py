@@ -227,7 +227,7 @@ def evaluate(cfg):
         ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
         fut = np.stack([eps[e]["frames"][s + W:s + W + H] for e, s in chunk])
         fut_a = stack_actions([index_actions(eps[e]["actions"], slice(s + W - 1, s + W - 1 + H)) for e, s in chunk])
-        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)))
+        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [s + W - 1 for _, s in chunk])
         if i == 0:
             strip_real = fut[: cfg.grid_rows]
         for h in range(H):
@@ -409,7 +409,7 @@ def _real_probes(cfg, W: int):
                             obs = env.step(back)[0]
                             frames += [outcomes[name], obs]  # the context of later probes stays true
                             acts += [pa, back]
-                    yield ctx, ctx_a, probe, outcomes
+                    yield ctx, ctx_a, probe, outcomes, len(frames) - 1  # the game step of ctx's last frame
                     made += 1
                     if made >= int(cfg.probes):
                         return
@@ -423,14 +423,16 @@ def _probe_key(cfg, W: int) -> str:
     return json.dumps({"W": W, **{k: _opt(cfg, k) if k == "max_steps" else cfg.get(k) for k in keys}}, sort_keys=True)
 
 
-def cached_probes(cfg, W: int) -> list:
-    """The real probes of `_real_probes`, kept in CACHE_DIR/following_probes.npz (keyed by the probe settings).
+def cached_probes(cfg, W: int, need_clock: bool = False) -> list:
+    """The real probes of `_real_probes`, kept in CACHE_DIR/following_probes.npz (keyed by the probe settings):
+    (context frames, context actions, probe, outcomes, the game step of the last context frame or None).
 
     Real Crafter did not replay the same probes from run to run (even with PYTHONHASHSEED=0): two runs of
     the same settings counted 430 and 444 outcomes and gave following figures 2 points apart with the same
     model. Probing once and keeping the probes on disk makes two models' figures comparable (Minetest's
     real-time probes take minutes to make as well). `probe_cache=false` probes afresh; an unreadable or
-    stale file is probed again, with a warning when unreadable."""
+    stale file is probed again, with a warning when unreadable. A file written before probes kept their game
+    step (clock) serves models without a clock; need_clock (a model with one) probes again then."""
     import warnings
 
     from worldsim.data import atomic_write_bytes
@@ -439,20 +441,22 @@ def cached_probes(cfg, W: int) -> list:
     if cfg.get("probe_cache", True) and path.exists():
         try:
             with np.load(path) as z:
-                if str(z["key"]) == key:
+                if str(z["key"]) == key and ("clock" in z.files or not need_clock):
                     n, probe = len(z["ctx"]), (CRAFTER_PROBE if cfg.env == "crafter"
                                                else _minetest_probe(float(cfg.turn_degrees)))
                     acts = z["action"] if "action" in z.files else \
                         {k[len("action$"):]: z[k] for k in z.files if k.startswith("action$")}
-                    return [(z["ctx"][i], index_actions(acts, i), probe, dict(zip(probe, z["outcomes"][i])))
-                            for i in range(n)]
+                    clock = z["clock"] if "clock" in z.files else [None] * n
+                    return [(z["ctx"][i], index_actions(acts, i), probe, dict(zip(probe, z["outcomes"][i])),
+                             None if clock[i] is None else int(clock[i])) for i in range(n)]
         except Exception as e:  # a damaged cache costs a new probe run, never the eval
             warnings.warn(f"following probe cache {path} unreadable ({e}); probing the real game again")
-    probes = [(c, stack_actions(a), p, o) for c, a, p, o in
+    probes = [(c, stack_actions(a), p, o, t) for c, a, p, o, t in
               tqdm(_real_probes(cfg, W), total=int(cfg.probes), desc="real probes")]
     if cfg.get("probe_cache", True) and probes:
         arrays = {"key": np.array(key), "ctx": np.stack([p[0] for p in probes]),
-                  "outcomes": np.stack([np.stack([p[3][n] for n in p[2]]) for p in probes])}
+                  "outcomes": np.stack([np.stack([p[3][n] for n in p[2]]) for p in probes]),
+                  "clock": np.array([p[4] for p in probes], np.int64)}
         a = stack_actions([p[1] for p in probes])
         arrays.update({f"action${k}": v for k, v in a.items()} if isinstance(a, dict) else {"action": a})
         atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
@@ -476,10 +480,11 @@ def probe_steps(cfg, sim, rng, names: list, W: int, desc: str | None = None):
     noise, so only the action differs. Yields (context frames, context actions, probe, the real outcomes
     (B, H, W, 3) uint8 in `names` order, the generated frames)."""
     B, shape = len(names), sim.latent_shape
-    probes = cached_probes(cfg, W)
-    for ctx, ctx_a, probe, outcomes in (tqdm(probes, desc=desc) if desc else probes):
+    probes = cached_probes(cfg, W, need_clock=bool(sim.dit.config.clock_period))
+    for ctx, ctx_a, probe, outcomes, clock in (tqdm(probes, desc=desc) if desc else probes):
         noise = rng.standard_normal((1, W, *shape)).repeat(B, 0)
-        sim.reset(range(B), np.repeat(ctx[None], B, 0), stack_actions([ctx_a] * B), noise)
+        sim.reset(range(B), np.repeat(ctx[None], B, 0), stack_actions([ctx_a] * B), noise,
+                  None if clock is None else [clock] * B)
         step_noise = rng.standard_normal((1, *shape)).repeat(B, 0)
         gen = sim.step(stack_actions([probe[n] for n in names]), step_noise, np.zeros((B, *shape))).frames
         yield ctx, ctx_a, probe, np.stack([outcomes[n] for n in names]), gen

@@ -71,6 +71,29 @@ class FourierFeatures(nn.Module):
         return torch.cat([x, ang.sin().flatten(-2), ang.cos().flatten(-2)], dim=-1)
 
 
+class ClockEncoder(nn.Module):
+    """A game's clock (its step count since the game began, per frame) -> one embedding per frame, periodic in
+    `period` steps: sin/cos of the day's phase at harmonics 1..n, then a linear map that starts at zero.
+    Why: a day-night cycle is a function of the clock that a few context frames cannot tell (how dark it is,
+    not whether dusk or dawn comes next; the flat middle of day and night gives no trend), and periodic
+    features carry it past the ends of the episodes trained on (README, "Light")."""
+
+    def __init__(self, period: int, dim: int, harmonics: int = 8):
+        super().__init__()
+        if not (isinstance(period, int) and period >= 2):
+            raise ValueError(f"clock_period must be an integer number of steps >= 2 (a day's length), got {period!r}")
+        self.period = period
+        self.register_buffer("harm", torch.arange(1, harmonics + 1, dtype=torch.float64), persistent=False)
+        self.embed = nn.Linear(2 * harmonics, dim)
+
+    def forward(self, clock: torch.Tensor) -> torch.Tensor:
+        """clock: int (B, T) steps -> (B, T, dim). The phase is taken exactly in integers first, so a clock
+        of millions of steps embeds as precisely as one of ten."""
+        phase = torch.remainder(clock.long(), self.period).double() * (2 * math.pi / self.period)
+        ang = phase[..., None] * self.harm.to(clock.device)
+        return self.embed(torch.cat([ang.sin(), ang.cos()], dim=-1).to(self.embed.weight.dtype))
+
+
 class ActionEncoder(nn.Module):
     """One embedding per frame from any supported action space; frames with no action get a learned null."""
 
@@ -341,7 +364,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
     def __init__(self, action_spec: dict, latent_channels: int = 4, patch_size: int = 2, dim: int = 256,
                  depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, context_frames: int = 4,
                  time_period: int = 4096, warp_action: str | None = None, warp_matrix: list | None = None,
-                 warp_kind: str = "shift", warp_zoom: dict | None = None):
+                 warp_kind: str = "shift", warp_zoom: dict | None = None, clock_period: int | None = None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
@@ -371,6 +394,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
         self.sigma_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.sigma_embed = TimestepEmbedding(256, dim)
         self.action_embed = ActionEncoder(action_spec, dim)
+        self.clock_embed = ClockEncoder(clock_period, dim) if clock_period else None
         self.rope = Rotary3D(dim // heads, time_period)
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(dim, C * p * p)
@@ -393,12 +417,20 @@ class WorldDiT(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.final.linear.bias)
         nn.init.normal_(self.sigma_embed.linear_1.weight, std=0.02)
         nn.init.normal_(self.sigma_embed.linear_2.weight, std=0.02)
+        if self.clock_embed is not None:  # the clock starts unread, so adding it to a trained model changes nothing
+            nn.init.zeros_(self.clock_embed.embed.weight)
 
     # ---- helpers ---------------------------------------------------------------------------------
-    def _cond(self, c_noise, actions, has_action):
+    def _cond(self, c_noise, actions, has_action, clock=None):
         B, T = has_action.shape
         s = self.sigma_embed(self.sigma_proj(c_noise.reshape(-1).float()).to(self.patch_in.weight.dtype))
-        return s.reshape(B, T, -1) + self.action_embed(actions, has_action)
+        c = s.reshape(B, T, -1) + self.action_embed(actions, has_action)
+        if self.clock_embed is not None:
+            if clock is None:
+                raise ValueError(f"this world model reads the game's clock (clock_period={self.config.clock_period}):"
+                                 " pass clock, each frame's step count since the game began")
+            c = c + self.clock_embed(torch.as_tensor(clock, device=c.device).reshape(B, T))
+        return c
 
     def _tokens(self, x):
         p = self.config.patch_size
@@ -458,6 +490,16 @@ class WorldDiT(ModelMixin, ConfigMixin):
         new.load_state_dict(self.state_dict())
         return new.train(self.training)
 
+    def with_clock(self, period: int) -> "WorldDiT":
+        """This model with the clock input added (ClockEncoder); its weights start at zero, so it computes
+        exactly what it did until training puts them to use."""
+        if self.config.clock_period:
+            raise ValueError(f"this world model already reads a clock (clock_period={self.config.clock_period})")
+        new = self._reconfigured(clock_period=int(period))
+        sd = {**self.state_dict(), **{f"clock_embed.{k}": v for k, v in new.clock_embed.state_dict().items()}}
+        new.load_state_dict(sd)
+        return new.train(self.training)
+
     def _reconfigured(self, **changes) -> "WorldDiT":
         """A new model (fresh weights) with this one's config but for `changes`, on its device; fp32 like every
         model here (load_state_dict keeps that)."""
@@ -474,12 +516,15 @@ class WorldDiT(ModelMixin, ConfigMixin):
             raise ValueError(f"latent grid {h}x{w} is not divisible by patch_size={p}")
 
     # ---- sequence forward: training, full recompute, cache prefill --------------------------------
-    def forward(self, x, c_noise, actions, has_action, times=None, return_kv: bool = False, prev=None) -> ModelOutput:
+    def forward(self, x, c_noise, actions, has_action, times=None, return_kv: bool = False, prev=None,
+                clock=None) -> ModelOutput:
         """x: (B, T, C, h, w) scaled noisy latents; c_noise: (B, T); actions: (B, T, ...); has_action: (B, T).
 
         times: int64 (T,) absolute frame indices (default 0..T-1); the attention window is `context_frames`.
         prev: (B, T, C, h, w) each frame's previous frame as context (normalised latent, context-noised),
         read only by a model with a warp input.
+        clock: int (B, T) each frame's step count since the game began, read only by a model with a clock
+        (clock_period).
         """
         B, T, C, h, w = x.shape
         self._check_size(h, w)
@@ -487,7 +532,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
         if times is None:
             times = torch.arange(T)
         tok = self.patch_in(self._tokens(self._with_warp(x, prev, actions, has_action)))
-        c = self._cond(c_noise, actions, has_action)
+        c = self._cond(c_noise, actions, has_action, clock)
         cos, sin = self.rope(times, h // p, w // p)
         mask = frame_causal_mask(T, tok.shape[2], self.config.context_frames, device=x.device)
         kvs = []
@@ -500,13 +545,14 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     # ---- cached forward: one new frame per call -------------------------------------------------------
     def forward_cached(self, x, c_noise, actions, has_action, cache: "KVCache", time: int,
-                       commit: bool = False, prev=None, warped=None, outputs: str = "all") -> ModelOutput:
+                       commit: bool = False, prev=None, warped=None, outputs: str = "all", clock=None) -> ModelOutput:
         """x: (B, C, h, w) one frame per batch element, attending to the cache's window and to itself.
 
         commit=True writes this frame's keys/values into the cache at `time` (after each layer has used
         the window it needs), so the next frame sees it as context. prev: (B, C, h, w) as in `forward`;
         warped: (B, C, h, w) a warp model's input already made from prev (the simulator's view memory builds
         it from the views it holds), used instead of warping prev.
+        clock: int (B,) the frame's step count since the game began (a model with clock_period).
         outputs: "all", or only what the caller reads: "frame" (a sampling pass: the output and the features,
         no heads) or "heads" (a commit pass: reward and termination, no output layer); what is left out is
         None. At batch 1 each of those small layers costs about as much in call overhead as in arithmetic.
@@ -519,7 +565,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
         tok = self.patch_in(self._tokens(self._with_warp(x[:, None], None if prev is None else prev[:, None], acts,
                                                          has_action[:, None],
                                                          None if warped is None else warped[:, None])))
-        c = self._cond(c_noise[:, None], acts, has_action[:, None])
+        c = self._cond(c_noise[:, None], acts, has_action[:, None], None if clock is None else clock[:, None])
         cos, sin = self._rope_at(time, h // p, w // p)
         if commit and B != cache.k.shape[1]:
             raise ValueError(f"a commit pass takes one row per cache row ({cache.k.shape[1]}), got {B}")

@@ -250,6 +250,8 @@ class WorldSimulator:
         self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
         self.shown = np.zeros((batch_size, H, W, 3), np.uint8)  # the frames last shown
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
+        # each row's game clock: the game's step count at its newest frame (a model with clock_period reads it)
+        self.clock = np.zeros(batch_size, np.int64)
 
     def settings(self) -> dict:
         """The inference settings this simulator runs with, bundle defaults resolved (for benches and evals)."""
@@ -267,16 +269,22 @@ class WorldSimulator:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
     @torch.no_grad()
-    def reset(self, rows, frames: np.ndarray, actions, context_noise: np.ndarray) -> torch.Tensor:
+    def reset(self, rows, frames: np.ndarray, actions, context_noise: np.ndarray, clock=None) -> torch.Tensor:
         with self._autocast():
-            return self._reset(rows, frames, actions, context_noise)
+            return self._reset(rows, frames, actions, context_noise, clock)
 
-    def _reset(self, rows, frames, actions, context_noise) -> torch.Tensor:
+    def _reset(self, rows, frames, actions, context_noise, clock=None) -> torch.Tensor:
         """reset's body (under autocast with amp): start batch rows from context frames (b, T, H, W, 3) uint8
-        and the T-1 actions between them. context_noise: (b, T, C, h, w) unit Gaussian. Returns the context's
-        normalised latents (b, T, C, h, w)."""
+        and the T-1 actions between them. context_noise: (b, T, C, h, w) unit Gaussian. clock: (b,) the game's
+        step count at each row's last context frame; default T-1, a context that begins with the game (as the
+        shipped start states do). Returns the context's normalised latents (b, T, C, h, w)."""
         rows = list(rows)
         b, T = frames.shape[:2]
+        clock = np.full(b, T - 1, np.int64) if clock is None else np.asarray(clock, np.int64).reshape(-1)
+        if clock.shape != (b,) or (clock < T - 1).any():
+            raise ValueError(f"clock must give each of the {b} rows the game step of its last context frame, at "
+                             f"least {T - 1} (the context's first frame is at step clock - {T - 1} >= 0); got {clock}")
+        self.clock[rows] = clock
         if sorted(rows) == list(range(self.B)):  # a full reset restarts the clock: same seed, same numbers
             self.time = T - 1
         z = self.codec.encode(torch.as_tensor(frames, device=self.device))
@@ -285,7 +293,9 @@ class WorldSimulator:
         has[:, 0] = False  # nothing is known of what led to the first context frame
         times = torch.arange(self.time - T + 1, self.time + 1)  # the context ends now
         acts = actions_to_tensor(self.spec, acts, self.device)
-        zc = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise), self.context_noise)
+        ctx_clock = torch.as_tensor(clock[:, None] - np.arange(T - 1, -1, -1), device=self.device)
+        zc = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise), self.context_noise,
+                              clock=ctx_clock)
         self.prev[rows] = z[:, -1]
         self.prev_ctx[rows] = zc[:, -1]
         if self.map is not None:  # the real context's ground, at the places its moves reach
@@ -357,9 +367,11 @@ class WorldSimulator:
         z, self.prev_ctx, prev, out = self.edm.step_cached(self.dit, self.cache, t, a, self.prev, self.prev_ctx,
                                                            noise, self._t(context_noise), self.context_noise,
                                                            self.steps, self.guidance,
-                                                           project=project if projects else None, fill=fill)
+                                                           project=project if projects else None, fill=fill,
+                                                           clock=torch.as_tensor(self.clock + 1, device=self.device))
         self.prev, self.prev_ctx = z.float(), self.prev_ctx.float()  # fp32 between steps, whatever amp computed in
         self.time = t
+        self.clock += 1
         frames = shown.get("frames")  # reencode decoded it already
         if frames is None and decode:
             frames = self._show(z, prev, a)

@@ -159,6 +159,12 @@ class Trainer:
         elif warp and self.dit.config.warp_action != warp:
             raise ValueError(f"dit.warp_action={warp!r}, but the world model already warps by "
                              f"{self.dit.config.warp_action!r}")
+        clock = cfg.dit.get("clock_period")
+        if clock and not self.dit.config.clock_period:  # before the optimizer and the resume: it adds an input
+            self.dit = self.dit.with_clock(int(clock))
+        elif clock and int(clock) != self.dit.config.clock_period:
+            raise ValueError(f"dit.clock_period={clock}, but the world model already reads a clock of period "
+                             f"{self.dit.config.clock_period}")
         kind, zoom = cfg.dit.get("warp_kind"), cfg.dit.get("warp_zoom")
         zoom = OmegaConf.to_container(zoom) if zoom else None
         if (kind and kind != self.dit.config.warp_kind) or (zoom and zoom != self.dit.config.warp_zoom):
@@ -390,19 +396,21 @@ class Trainer:
                     if self.teacher is not None:
                         loss, parts = self.edm.distill_loss(model, self.teacher, self.distill, *batch_args,
                                                             real=b.get("still"), change_real=self.change_real,
-                                                            **change)
+                                                            clock=b["clock"], **change)
                     elif K and self.rng.random() < c.rollout_prob:
                         k = int(self.rng.integers(1, K + 1))  # own frames as context: 1..K steps deep
                         args = [index_actions(a, np.s_[:, K - k:]) for a in batch_args]
-                        args[0] = self.edm.rollout(model, args[0], args[1], args[2], k)
+                        clock = b["clock"][:, K - k:]
+                        args[0] = self.edm.rollout(model, args[0], args[1], args[2], k, clock=clock)
                         loss, parts = self.edm.loss(model, *[index_actions(a, np.s_[:, k:]) for a in args],
-                                                    teacher_forcing=True)
+                                                    teacher_forcing=True, clock=clock[:, k:])
                         parts = {"rollout": parts.pop("diffusion"), **parts}
                     elif self.energy_prob and self.rng.random() < self.energy_prob:
-                        loss, parts = self.edm.energy_loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args])
+                        loss, parts = self.edm.energy_loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args],
+                                                           clock=b["clock"][:, K:])
                     else:
                         loss, parts = self.edm.loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args],
-                                                    **change)
+                                                    clock=b["clock"][:, K:], **change)
                 if self._update(self.opt_dit, self.dit, loss) and self.ema is not None:
                     self.ema.update_parameters(self.dit)
                 st["dit_step"] += 1

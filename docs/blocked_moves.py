@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from worldsim.cli import load_config
-from worldsim.data import index_actions, stack_actions
+from worldsim.data import episode_clock, index_actions, stack_actions
 from worldsim.evaluate import _opt, _sim_kw, _step_of, heldout_episodes, mse_np, psnr_of_mse, rollout_starts
 from worldsim.simulator import WorldSimulator, load_bundle
 
@@ -38,7 +38,7 @@ for i in range(0, len(starts) - B + 1, B):
     ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
     real = np.stack([eps[e]["frames"][s + W] for e, s in chunk])
     a = _step_of(stack_actions([index_actions(eps[e]["actions"], slice(s + W - 1, s + W)) for e, s in chunk]), 0)
-    sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [s + W - 1 for _, s in chunk])
+    sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [episode_clock(eps[e], s + W - 1) for e, s in chunk])
     gen = sim.step(a, rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape))).frames
     model += list(psnr_of_mse(mse_np(gen, real)))
     copy += list(psnr_of_mse(mse_np(ctx[:, -1], real)))

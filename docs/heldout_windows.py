@@ -1,7 +1,7 @@
 """The held-out next-frame windows the docs/ scripts share (imported by them, not run on its own)."""
 import numpy as np
 
-from worldsim.data import index_actions, stack_actions
+from worldsim.data import episode_clock, index_actions, stack_actions
 
 
 def next_frame_starts(eps, W: int, n: int = 256, stride: int = 4, seed: int = 0) -> list:
@@ -22,5 +22,5 @@ def next_frame_batches(sim, eps, starts, rng):
         ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in ch])
         nxt = np.stack([eps[e]["frames"][s + W] for e, s in ch])
         act = np.array([eps[e]["actions"][s + W - 1] for e, s in ch])
-        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [s + W - 1 for _, s in ch])
+        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [episode_clock(eps[e], s + W - 1) for e, s in ch])
         yield ctx, nxt, act, sim.step(act, rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)))

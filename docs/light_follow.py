@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from worldsim import DEFAULT_CRAFTER_BUNDLE
-from worldsim.data import load_episodes
+from worldsim.data import episode_clock, load_episodes
 from worldsim.simulator import WorldSimulator, load_bundle
 
 
@@ -33,7 +33,7 @@ rng = np.random.default_rng(0)
 shape = sim.latent_shape
 sim.reset(list(range(len(eps))), np.stack([e["frames"][S - W:S] for e in eps]),
           np.stack([np.asarray(e["actions"])[S - W:S - 1] for e in eps]), rng.standard_normal((len(eps), W, *shape)),
-          [S - 1] * len(eps))  # the game step of the last context frame (a model with a clock reads it)
+          [episode_clock(e, S - 1) for e in eps])  # the last context frame's game step (a model with a clock reads it)
 
 
 def light(f):  # mean brightness and saturation of the map view (the top 7 of 9 tile rows)

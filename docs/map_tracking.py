@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import map_overlap as mo  # noqa: E402  (the real positions, the same windows)
 
-from worldsim.data import index_actions, stack_actions  # noqa: E402
+from worldsim.data import episode_clock, index_actions, stack_actions  # noqa: E402
 from worldsim.evaluate import _step_of, rollout_starts  # noqa: E402
 from worldsim.simulator import WorldSimulator, load_bundle  # noqa: E402
 
@@ -36,7 +36,7 @@ for i in range(0, 64, B):
     ctx = np.stack([eps[e]["frames"][s:s + W] for e, s in chunk])
     ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
     fut_a = stack_actions([index_actions(eps[e]["actions"], slice(s + W - 1, s + W + 31)) for e, s in chunk])
-    sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *sim.latent_shape)), [s + W - 1 for _, s in chunk])
+    sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *sim.latent_shape)), [episode_clock(eps[e], s + W - 1) for e, s in chunk])
     start, together = sim.map.pos.clone(), np.ones(B, bool)
     shown = ctx[:, -1]  # the frames the model showed last
     for h in range(32):

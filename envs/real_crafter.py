@@ -49,6 +49,10 @@ class RealCrafterEnv(gym.Env):
 
     ``terminated`` is True when the player dies, ``truncated`` when ``length`` steps have passed.
     ``reset(seed=s)`` generates the world from seed ``s`` (world generation takes about a second).
+    ``reset(options={"clock": n})`` starts the new game at step n of its clock instead of 0: same world, the
+    light and the zombies of that time of day (Crafter's day is 300 steps; night falls from step 180 on), and
+    ``length`` steps still to run. Why: an explorer rarely lives through the night, so episodes that begin
+    with it are how a dataset gets dawns (README, "Light").
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -67,7 +71,14 @@ class RealCrafterEnv(gym.Env):
         world_seed = int(self.np_random.integers(2**31 - 1))
         self.game = crafter.Env(area=(64, 64), size=(self.size, self.size), length=self.length, seed=world_seed)
         self._obs = self.game.reset()
-        return self._obs, {"world_seed": world_seed}
+        clock = (options or {}).get("clock", 0)
+        if not isinstance(clock, (int, np.integer)) or isinstance(clock, bool) or clock < 0:
+            raise ValueError(f"options['clock'] must be a game step >= 0 to start at, got {clock!r}")
+        if clock:  # crafter.Env keeps its clock in _step; the light is set from it (_update_time), then drawn
+            self.game._step, self.game._length = int(clock), self.length + int(clock)
+            self.game._update_time()
+            self._obs = self.game.render()
+        return self._obs, {"world_seed": world_seed, "clock": int(clock)}
 
     def step(self, action):
         if self.game is None:

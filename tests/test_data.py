@@ -63,6 +63,37 @@ def test_collect_resumes_and_replaces_broken_files(tmp_path, capsys):
     assert len(json.loads((out / "manifest.json").read_text())["episodes"]) == 3
 
 
+def test_collect_can_start_each_game_later_on_its_clock(tmp_path):
+    """clock_start=[lo, hi]: each episode's game begins at a step drawn from the range (the same on a rerun),
+    kept in the episode and the manifest; the real game's light is that step's (night is darker than the same
+    world at step 0), its length still runs in full, and training windows read the clock from there."""
+
+    from worldsim.envs.real_crafter import RealCrafterEnv
+
+    out = tmp_path / "night"
+    run_job("collect", [f"out={out}", "episodes=2", "workers=1", "max_steps=6", "test_every=0",
+                        "clock_start=[200,220]"])
+    m = json.loads((out / "manifest.json").read_text())
+    starts = [e["clock_start"] for e in m["episodes"]]
+    assert all(200 <= c <= 220 for c in starts)
+    eps = load_episodes(out)
+    assert [int(ep["clock_start"]) for ep in eps] == starts
+    assert all(len(ep["frames"]) == 7 or ep["terminated"][-1] for ep in eps)  # max_steps counted from the start
+    assert WindowDataset(eps, 4)[1]["clock"].tolist() == [starts[0] + i for i in (1, 2, 3, 4)]
+    env = RealCrafterEnv()
+    day = env.reset(seed=3)[0]
+    night, info = env.reset(seed=3, options={"clock": 210})
+    def saturation(f):  # night greys the view: max - min channel per pixel of the map rows
+        f = f.astype(float)[:49]
+        return (f.max(-1) - f.min(-1)).mean()
+
+    assert info["clock"] == 210 and saturation(night) < saturation(day) / 2
+    with pytest.raises(ValueError, match="clock_start"):
+        run_job("collect", [f"out={tmp_path / 'bad'}", "episodes=1", "clock_start=[20,10]"])
+    with pytest.raises(ValueError, match="options\\['clock'\\]"):
+        env.reset(seed=3, options={"clock": -5})
+
+
 def test_scripted_explorer_covers_more_than_random(tmp_path):
     from worldsim.agents import make_agent
     from worldsim.envs.real_crafter import RealCrafterEnv

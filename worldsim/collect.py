@@ -38,7 +38,8 @@ def _rollout(job: dict) -> dict:
     env = _make_real_env(job["env"], size=job["size"], length=job["max_steps"])
     try:
         agent = make_agent(job["agent"], env.action_space, seed=job["world_seed"], detour=job.get("detour", 0.0))
-        obs, info = env.reset(seed=job["world_seed"])
+        clock = job.get("clock_start", 0)
+        obs, info = env.reset(seed=job["world_seed"], **({"options": {"clock": clock}} if clock else {}))
         agent.reset()
         frames, actions, rewards, terms = [obs], [], [], []
         achievements = {}
@@ -59,8 +60,10 @@ def _rollout(job: dict) -> dict:
         acts = np.array([int(a) for a in actions], np.int64)
         counts = action_counts(acts, env.action_space.n)
     path = Path(job["out"]) / job["file"]
-    write_episode(path, np.stack(frames), acts, rewards, terms, seed=job["world_seed"])
+    write_episode(path, np.stack(frames), acts, rewards, terms, seed=job["world_seed"],
+                  **({"clock_start": np.int64(clock)} if clock else {}))
     return {"file": job["file"], "index": job["index"], "split": job["split"], "seed": job["world_seed"],
+            **({"clock_start": int(clock)} if clock else {}),
             "agent": job["agent"], "detour": job.get("detour", 0.0), "steps": len(actions), "terminated": bool(terms[-1]),
             "return": float(np.sum(rewards)), "action_counts": counts,
             "achievements": {k: int(v) for k, v in achievements.items() if v}}
@@ -160,6 +163,13 @@ def collect(cfg) -> dict:
         raise ValueError(f"{root} holds {manifest['env'].get('name')!r} episodes, not {cfg.env!r}: choose another out=")
     manifest["env"] = info
     have = {e["index"]: e for e in manifest["episodes"] if _readable(episode_path(root, e["index"]))}
+    starts = cfg.get("clock_start")
+    if starts is not None:
+        starts = list(starts) if not isinstance(starts, int) else [starts, starts]
+        if cfg.env != "crafter" or len(starts) != 2 or not all(isinstance(v, int) for v in starts) \
+                or not 0 <= starts[0] <= starts[1]:
+            raise ValueError(f"clock_start={cfg.clock_start}: a Crafter game step, or a range [lo, hi] of them, to "
+                             f"start each episode's game at (env=crafter only)")
     jobs = []
     for i in range(cfg.episodes):
         split = "test" if cfg.test_every and i % cfg.test_every == cfg.test_every - 1 else "train"
@@ -172,6 +182,9 @@ def collect(cfg) -> dict:
                 continue
             jobs.append({"env": cfg.env, "size": size, "max_steps": cfg.max_steps, "agent": cfg.agent,
                          "detour": float(cfg.get("detour") or 0.0), "world_seed": seed, "index": i, "split": split,
+                         # drawn per episode from its seed, so a resumed job draws the same
+                         "clock_start": 0 if starts is None else int(np.random.default_rng(seed).integers(
+                             starts[0], starts[1] + 1)),
                          "out": str(root),
                          "file": str(episode_path(root, i).relative_to(root))})
     if have:

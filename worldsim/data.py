@@ -18,6 +18,7 @@ Each episode file holds, for an episode of T steps:
     terminated  bool    (T,)            True only on the step that ended the episode (death)
     seed        int64   ()              the world seed
     gui_open    bool    (T+1,)          optional (imported data): frames showing an inventory/menu screen
+    clock_start int64   ()              optional: the game's step at frames[0] (default 0: the game began there)
 
 An episode that reached its length limit is simply not terminated (truncated). Files are written to a
 temporary name and renamed, so a killed job never leaves a half-written episode under its final name;
@@ -181,6 +182,11 @@ def fit_frames(frames: np.ndarray, size) -> np.ndarray:
     return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def episode_clock(ep: dict, i=0):
+    """The game's step count at frame i of an episode (its clock_start, 0 by default, plus i)."""
+    return int(ep.get("clock_start", 0)) + i
+
+
 def still_steps(ep: dict, threshold: float = 1.0) -> np.ndarray:
     """(T,) bool: steps that took an action (not the null one: some key or value non-zero) yet left the frame
     unchanged (mean absolute change under `threshold` grey levels): Crafter's blocked moves and "do" on
@@ -196,8 +202,7 @@ class WindowDataset(torch.utils.data.Dataset):
     """Fixed-length windows of `length` frames cut from episodes, with the action that led to each frame.
 
     has_action[i] is False only for the first frame of an episode (nothing led to it); has_transition marks
-    frames whose reward/termination targets are real; clock is each frame's index in its episode, the game's
-    step count when episodes start where the game does (as `worldsim collect` records them).
+    frames whose reward/termination targets are real; clock is each frame's game step (episode_clock).
     """
 
     def __init__(self, episodes: list[dict], length: int, latents: list[torch.Tensor] | None = None,
@@ -236,7 +241,7 @@ class WindowDataset(torch.utils.data.Dataset):
             "reward": torch.as_tensor(np.where(valid, ep["rewards"][p], 0), dtype=torch.float32),
             "terminated": torch.as_tensor(np.where(valid, ep["terminated"][p], False)),
             "has_transition": torch.as_tensor(valid),
-            "clock": torch.arange(s, s + L),
+            "clock": torch.arange(s, s + L) + episode_clock(ep),
         }
         if self.still is not None:
             item["still"] = torch.tensor(bool(self.still[e][s + L - 2]))

@@ -42,7 +42,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from worldsim.data import index_actions, load_episodes, stack_actions
+from worldsim.data import episode_clock, index_actions, load_episodes, stack_actions
 from worldsim.simulator import WorldSimulator, load_bundle
 
 # per game: default horizons, held-out cache, stability rollout length and block, following probe actions
@@ -227,7 +227,7 @@ def evaluate(cfg):
         ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
         fut = np.stack([eps[e]["frames"][s + W:s + W + H] for e, s in chunk])
         fut_a = stack_actions([index_actions(eps[e]["actions"], slice(s + W - 1, s + W - 1 + H)) for e, s in chunk])
-        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [s + W - 1 for _, s in chunk])
+        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [episode_clock(eps[e], s + W - 1) for e, s in chunk])
         if i == 0:
             strip_real = fut[: cfg.grid_rows]
         for h in range(H):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.checkpoint import tensors_bytes, write_dir_atomic
-from worldsim.data import index_actions, stack_actions
+from worldsim.data import episode_clock, index_actions, stack_actions
 
 
 def transitions(episodes: list, W: int) -> list:
@@ -40,7 +40,7 @@ def step_transitions(sim, episodes: list, items: list, rng: np.random.Generator,
         ctx = np.stack([episodes[e]["frames"][s:s + W] for e, s in chunk])
         ctx_a = stack_actions([index_actions(episodes[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
         act = stack_actions([index_actions(episodes[e]["actions"], s + W - 1) for e, s in chunk])
-        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [s + W - 1 for _, s in chunk])
+        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [episode_clock(episodes[e], s + W - 1) for e, s in chunk])
         yield sim.step(act, rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)), decode=decode), k
 
 

@@ -9,6 +9,9 @@ through night and dawn, driven by each episode's actions from its start again wh
 every 20 steps the model's light beside Crafter's daylight at that step (1 day, 0 night; the game's formula).
 
     python docs/light_follow.py [bundle=PATH] [steps=N] [KEY=VALUE ...]
+
+Dawn: `data=data/crafter_dawn2 start=4 steps=40` takes the test episodes of 44 frames or more of a collection made
+with `clock_start` (games begun late in the night) from their frame 4 instead, and prints every 10 steps.
 """
 import pathlib
 import sys
@@ -25,9 +28,12 @@ kw = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[1:]))  # KEY=VALUE, 
 b = load_bundle(str(kw.pop("bundle", DEFAULT_CRAFTER_BUNDLE)))
 if kw.pop("keep_mean", False):
     b.edm.cfg.guidance_keep_mean = True
-eps = [e for e in load_episodes(pathlib.Path("data/crafter-heldout"))
-       + load_episodes(pathlib.Path("data/crafter_ends"), split="test") if len(e["frames"]) >= 200]
-W, S, H = 4, 110, int(kw.pop("steps", 80))
+W, S, H = 4, int(kw.pop("start", 110)), int(kw.pop("steps", 80))
+data = kw.pop("data", None)
+eps = (load_episodes(pathlib.Path(data), split="test") if data else
+       load_episodes(pathlib.Path("data/crafter-heldout")) + load_episodes(pathlib.Path("data/crafter_ends"), split="test"))
+eps = [e for e in eps if len(e["frames"]) >= (S + H if data else 200)]
+marks = range(10, H + 1, 10) if data else (1, 20, 40, 60, 80)
 sim = WorldSimulator(b, len(eps), **kw)
 rng = np.random.default_rng(0)
 shape = sim.latent_shape
@@ -45,14 +51,16 @@ def daylight(step):  # crafter.Env._update_time
     return 1 - np.abs(np.cos(np.pi * ((step / 300) % 1 + 0.3))) ** 3
 
 
-print(f"{len(eps)} episodes of 200+ frames; from step {S}, model | real")
+print(f"{len(eps)} episodes; from frame {S}, model | real")
 for t in range(H):
     acts = [np.asarray(e["actions"]) for e in eps]
     a = np.array([int(x[(S - 1 + t) % len(x)]) for x in acts])
     res = sim.step(a, rng.standard_normal((len(eps), *shape)), rng.standard_normal((len(eps), *shape)))
-    if t + 1 in (1, 20, 40, 60, 80):
+    if t + 1 in marks:
         (mb, ms), (rb, rs) = light(res.frames), light(np.stack([e["frames"][S + t] for e in eps]))
-        print(f"+{t + 1:2d}: brightness {mb:5.1f} | {rb:5.1f}   saturation {ms:5.1f} | {rs:5.1f}", flush=True)
+        day = np.mean([daylight(episode_clock(e, S + t)) for e in eps])
+        print(f"+{t + 1:2d}: brightness {mb:5.1f} | {rb:5.1f}   saturation {ms:5.1f} | {rs:5.1f}   "
+              f"game's daylight {day:.2f}", flush=True)
     elif t + 1 > 80 and (t + 1) % 20 == 0:
         mb, ms = light(res.frames)
         print(f"+{t + 1:3d} (step {S + t}): brightness {mb:5.1f}   saturation {ms:5.1f}   "

@@ -494,6 +494,38 @@ def test_changed_tokens_learn_the_real_frame_and_weigh_more():
     assert plain(1.0) != plain(8.0)
 
 
+def test_novel_tokens_are_changes_no_neighbour_explains():
+    """novel_tokens: a token that a one-cell scroll brought from the frame before is changed but not novel; one
+    that appears from nothing (an inventory count) is both; novel_weight lifts that token's share of both losses."""
+    import copy
+
+    torch.manual_seed(0)
+    B, T = 1, W + 1
+    base = torch.randn(1, 1, 4, 8, 8).expand(B, T, 4, 8, 8).clone()
+    z = base.clone()
+    z[:, -1] = torch.roll(base[:, -2], shifts=1, dims=-1)  # the last frame scrolled one cell right
+    edm = EDM(EDMConfig())
+    changed, novel = edm.changed_tokens(z, 0.2), edm.novel_tokens(z, 0.2)
+    assert changed.shape == novel.shape == (B, T, 8, 8)
+    # the scroll changes nearly every token and makes none novel, except the column that wrapped round
+    assert changed[0, -1].sum() > 40 and not novel[0, -1, :, 1:].any()
+    z[0, -1, :, 3, 4] += 3.0  # something appears
+    novel = edm.novel_tokens(z, 0.2)
+    assert novel[0, -1, 3, 4] and not novel[0, :-1].any()
+
+    teacher = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=2, heads=2,
+                                 context_frames=W), std=0.15)
+    student = copy.deepcopy(teacher)  # with change_real only the changed tokens have an error
+    acts, has = torch.randint(0, 17, (B, T)), torch.ones(B, T, dtype=torch.bool)
+    zeros = torch.zeros(B, T)
+    args = (z, acts, has, zeros, zeros.bool(), has)
+    plain = [edm.loss(student, *args, generator=torch.Generator().manual_seed(3), teacher_forcing=True,
+                      novel_weight=w)[1]["diffusion"] for w in (1.0, 20.0)]
+    dist = [edm.distill_loss(student, teacher, 1.0, *args, generator=torch.Generator().manual_seed(5),
+                             change_real=True, novel_weight=w)[1]["distill"] for w in (1.0, 20.0)]
+    assert plain[0] != plain[1] and 0 < dist[0] < dist[1]
+
+
 def test_tile_hold_keeps_unchanged_tiles_exactly(patch_bundle, random_bundle):
     b, rng = patch_bundle, np.random.default_rng(4)
     with pytest.raises(ValueError, match="patch autoencoder"):

@@ -155,6 +155,19 @@ class EDM:
         return torch.cat([torch.zeros_like(d[:, :1]), d], dim=1)
 
     @staticmethod
+    def novel_tokens(z, threshold: float):
+        """(B, T, h, w) bool: the tokens of each frame that differ by more than `threshold` (as changed_tokens)
+        from every token of the frame before in the 3 x 3 cells around theirs: what a step made (wood in the
+        inventory, a struck tree, a creature stepping in), not ground a scroll of one cell brought along,
+        which is most of changed_tokens on a move step. A window's first frame has none."""
+        a, b = z[:, :-1], z[:, 1:]
+        h, w = z.shape[-2:]
+        pad = F.pad(a.flatten(0, 1), (1, 1, 1, 1), mode="replicate").unflatten(0, a.shape[:2])
+        near = torch.stack([(b - pad[..., i:i + h, j:j + w]).abs().mean(dim=2) for i in range(3) for j in range(3)])
+        d = near.min(0).values > threshold
+        return torch.cat([torch.zeros_like(d[:, :1]), d], dim=1)
+
+    @staticmethod
     def token_weights(changed, weight: float):
         """Per-token loss weights (B, ..., 1, h, w): `weight` on changed tokens, 1 elsewhere, scaled to mean 1
         per batch so the learning rate means the same at every weight."""
@@ -163,13 +176,15 @@ class EDM:
 
     def loss(self, model, z, actions, has_action, reward, terminated, has_transition, generator=None,
              teacher_forcing: bool | None = None, change_weight: float = 1.0, change_threshold: float = 0.2,
-             clock=None):
+             clock=None, novel_weight: float = 1.0):
         """z: (B, T, C, h, w) clean normalised latents. Returns total loss and its parts.
         clock: int (B, T) each frame's step count since the game began (models with a clock).
         teacher_forcing: as in `sample_sigmas` (True: only the last frame is a target).
         change_weight: the loss of the tokens that changed from the frame before (changed_tokens at
         change_threshold) counts this many times: what a step does (a struck tree, an inventory count) is a
-        few tokens of a frame that mostly stays, and the mean loss would rather get the rest right."""
+        few tokens of a frame that mostly stays, and the mean loss would rather get the rest right.
+        novel_weight: the same for the novel tokens (novel_tokens), on top: on a move step nearly every map
+        token changed (the scroll), so change_weight alone hardly lifts an inventory count among them."""
         B, T = z.shape[:2]
         sigma, is_target = self.sample_sigmas(B, T, z.device, generator, teacher_forcing)
         has_action = self.drop_actions(has_action, generator)
@@ -183,6 +198,8 @@ class EDM:
         err = F.mse_loss(out.out.float(), target, reduction="none")
         if change_weight != 1:
             err = err * self.token_weights(self.changed_tokens(z, change_threshold), change_weight)
+        if novel_weight != 1:
+            err = err * self.token_weights(self.novel_tokens(z, change_threshold), novel_weight)
         per_frame = err.mean(dim=(2, 3, 4))
         diff = (per_frame * is_target).sum() / is_target.sum().clamp(min=1)
         rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)
@@ -350,7 +367,8 @@ class EDM:
 
     def distill_loss(self, model, teacher, guidance: float, z, actions, has_action, reward, terminated,
                      has_transition, generator=None, real=None, change_weight: float = 1.0,
-                     change_threshold: float = 0.2, change_real: bool = False, clock=None):
+                     change_threshold: float = 0.2, change_real: bool = False, clock=None,
+                     novel_weight: float = 1.0):
         """Guidance distillation (Meng et al. 2023, "On distillation of guided diffusion models"): the
         student's plain conditional prediction learns the teacher's guided one, free + g (cond - free), so
         inference gets guidance's action following from one network pass instead of a doubled batch.
@@ -359,7 +377,7 @@ class EDM:
         guidance elsewhere (plain denoising training would: it learns the unguided conditional mean).
         change_real: the tokens the real step changed (changed_tokens at change_threshold) learn the real frame
         too, where a teacher that never learnt an event (a struck tree's wood) would teach it to stay away;
-        change_weight weights them as in `loss`.
+        change_weight weights them as in `loss`, novel_weight the novel ones (novel_tokens) on top.
 
         Only the inference layout is trained: near-clean context (levels U(0, context_noise_max)) and the
         last frame the target, whose action alone the teacher's free pass hides, exactly as the simulator
@@ -399,6 +417,8 @@ class EDM:
         err = F.mse_loss(out.out[:, -1].float(), target, reduction="none")
         if change_weight != 1:
             err = err * self.token_weights(changed, change_weight)
+        if novel_weight != 1:
+            err = err * self.token_weights(self.novel_tokens(z[:, -2:], change_threshold)[:, -1], novel_weight)
         diff = err.mean()
         rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)
         return diff + rew + 0.1 * term, {"distill": diff.item(), "reward": rew.item(), "termination": term.item()}

@@ -130,6 +130,10 @@ class Trainer:
         if not (math.isfinite(self.change_threshold) and self.change_threshold > 0):
             raise ValueError(f"dit.change_threshold={cfg.dit.get('change_threshold')} must be a finite number > 0 "
                              "(mean absolute latent change, normalised units, over which a token counts as changed)")
+        self.novel_weight = float(cfg.dit.get("novel_weight", 1.0))
+        if not (math.isfinite(self.novel_weight) and self.novel_weight > 0):
+            raise ValueError(f"dit.novel_weight={cfg.dit.get('novel_weight')} must be a finite number > 0 "
+                             "(1 = novel tokens weighted like the rest)")
         if self.change_real and not self.distill:
             raise ValueError("dit.change_real=true replaces the distillation teacher's target on changed tokens: "
                              "set dit.distill_guidance too (1 keeps the bundle's own guidance)")
@@ -378,7 +382,8 @@ class Trainer:
                                                              replacement=True, generator=gen)
         loader = torch.utils.data.DataLoader(ds, batch_size=c.batch_size, shuffle=sampler is None, sampler=sampler,
                                              drop_last=True, generator=gen)
-        change = {"change_weight": self.change_weight, "change_threshold": self.change_threshold}
+        change = {"change_weight": self.change_weight, "change_threshold": self.change_threshold,
+                  "novel_weight": self.novel_weight}
         model = self.dit
         if self.cfg.compile and self.device.type == "cuda":
             model = torch.compile(self.dit)
@@ -468,6 +473,8 @@ class Trainer:
                                                                                       if self.change_weight != 1 else {}),
                                                                                    **({"change_real": True}
                                                                                       if self.change_real else {}),
+                                                                                   **({"novel_weight": self.novel_weight}
+                                                                                      if self.novel_weight != 1 else {}),
                                                                                    **({"teacher": str(self.cfg.dit.teacher)}
                                                                                       if self.distill and self.cfg.dit.get("teacher") else {}),
                                                                                    **({"ema": self.ema_decay}

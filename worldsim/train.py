@@ -473,7 +473,8 @@ class Trainer:
                                                                                       if self.change_weight != 1 else {}),
                                                                                    **({"change_real": True}
                                                                                       if self.change_real else {}),
-                                                                                   **({"novel_weight": self.novel_weight}
+                                                                                   **({"novel_weight": self.novel_weight,
+                                                                                       "change_threshold": self.change_threshold}
                                                                                       if self.novel_weight != 1 else {}),
                                                                                    **({"teacher": str(self.cfg.dit.teacher)}
                                                                                       if self.distill and self.cfg.dit.get("teacher") else {}),

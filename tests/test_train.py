@@ -640,3 +640,31 @@ def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle
     assert both["transitions"] == 2 * info["transitions"] and len(both["test"]) == 1  # one collection given twice
     with pytest.raises(ValueError, match="no training episodes"):
         run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={tmp_path / 'nothing'}"])
+
+
+def test_minutes_schedule_anneals_by_the_wall_clock(bundle, dataset, tmp_path):
+    """dit.schedule=minutes: the cosine decay follows whichever of dit.steps and the dit.minutes cap runs out
+    first, so a time-capped run ends at the floor rate however fast the hardware is; it needs dit.minutes."""
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+    from worldsim.train import cosine, schedule_progress
+
+    assert schedule_progress(10, 100, 30.0, 1.0, by_time=False) == 0.1
+    assert schedule_progress(10, 100, 30.0, 1.0, by_time=True) == 0.5  # half the minute gone: half way
+    assert schedule_progress(80, 100, 30.0, 1.0, by_time=True) == 0.8  # steps ahead of the clock
+    assert schedule_progress(10, 100, 600.0, 1.0, by_time=True) == 1.0
+    assert cosine(schedule_progress(10, 100, 600.0, 1.0, True), 1.0) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="dit.schedule"):
+        run_job("train", [f"data={dataset}", f"run={tmp_path / 'bad'}", *TINY_TRAIN, f"init={bundle}",
+                          "dit.schedule=minutes"])
+    run = tmp_path / "timed"
+    run_job("train", [f"data={dataset}", f"run={run}", *TINY_TRAIN, f"init={bundle}", "dit.schedule=minutes",
+                      "dit.minutes=5", "dit.steps=2"])
+    assert Bundle(run / "bundle").meta["trained"]["schedule"] == "minutes"
+    # the cap reached first: the schedule has run its course, so the run is done and writes its bundle
+    run = tmp_path / "capped"
+    tr = run_job("train", [f"data={dataset}", f"run={run}", *TINY_TRAIN, f"init={bundle}", "dit.schedule=minutes",
+                           "dit.minutes=0.0001", "dit.steps=100000"])
+    trained = Bundle(run / "bundle").meta["trained"]
+    assert 1 <= trained["dit_steps"] == tr.state["dit_step"] < 100000

@@ -52,6 +52,16 @@ def cosine(step: int, total: int, floor: float = 0.1) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
+def schedule_progress(step: int, steps: int, elapsed_s: float, minutes: float, by_time: bool) -> float:
+    """How far the learning-rate decay has gone, 0..1: by steps, or with `by_time` (dit.schedule=minutes) by
+    whichever of steps and the wall-clock cap runs out first. Why: on hardware whose speed is not known in
+    advance (a lent GPU) a run capped by minutes still ends annealed instead of stopping at a high rate."""
+    p = min(step, steps) / steps
+    if by_time and minutes:
+        p = max(p, min(1.0, elapsed_s / (60 * minutes)))
+    return p
+
+
 class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -130,6 +140,9 @@ class Trainer:
         if not (math.isfinite(self.change_threshold) and self.change_threshold > 0):
             raise ValueError(f"dit.change_threshold={cfg.dit.get('change_threshold')} must be a finite number > 0 "
                              "(mean absolute latent change, normalised units, over which a token counts as changed)")
+        self.schedule = str(cfg.dit.get("schedule", "steps"))
+        if self.schedule not in ("steps", "minutes") or (self.schedule == "minutes" and not cfg.dit.get("minutes")):
+            raise ValueError(f"dit.schedule={self.schedule} must be steps, or minutes together with dit.minutes > 0")
         self.novel_weight = float(cfg.dit.get("novel_weight", 1.0))
         if not (math.isfinite(self.novel_weight) and self.novel_weight > 0):
             raise ValueError(f"dit.novel_weight={cfg.dit.get('novel_weight')} must be a finite number > 0 "
@@ -393,8 +406,9 @@ class Trainer:
             for batch in loader:
                 b = {k: ({n: a.to(self.device) for n, a in v.items()} if isinstance(v, dict) else v.to(self.device))
                      for k, v in batch.items()}
+                prog = schedule_progress(st["dit_step"], c.steps, time.time() - t0, c.minutes, self.schedule == "minutes")
                 for g in self.opt_dit.param_groups:
-                    g["lr"] = c.lr * min(1.0, (st["dit_step"] + 1) / c.warmup) * cosine(st["dit_step"], c.steps)
+                    g["lr"] = c.lr * min(1.0, (st["dit_step"] + 1) / c.warmup) * cosine(prog, 1.0)
                 batch_args = (b["latents"], b["actions"], b["has_action"], b["reward"], b["terminated"],
                               b["has_transition"])
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
@@ -430,7 +444,8 @@ class Trainer:
             if c.minutes and time.time() - t0 > 60 * c.minutes:
                 break
         bar.close()
-        done = st["dit_step"] >= c.steps
+        # a minutes schedule has annealed to its floor when the cap is reached: that run is complete
+        done = st["dit_step"] >= c.steps or (self.schedule == "minutes" and time.time() - t0 > 60 * c.minutes)
         if done:
             st["stage"] = "done"
         self.save()
@@ -462,6 +477,8 @@ class Trainer:
                                                                                       if self.rollout_steps else {}),
                                                                                    **({"energy_prob": self.energy_prob}
                                                                                       if self.energy_prob else {}),
+                                                                                   **({"schedule": "minutes"}
+                                                                                      if self.schedule == "minutes" else {}),
                                                                                    **({"still_weight": self.still_weight}
                                                                                       if self.still_weight != 1 else {}),
                                                                                    **({"still_real": True}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Issue 3 on a lent GPU in one run of about 9 minutes: the GPU bench (bf16 and fp32), then the shipped Crafter
+# model fine-tuned with the self-distillation recipe and dit.novel_weight in several variants side by side
+# (the novel-token weight that teaches events without inventing them; README, Crafter: Novel tokens).
+# The training data is collected there (16 cores: the four collections the CPU runs used, same commands and
+# PYTHONHASHSEED), since 230 MB of episodes do not travel (64 MiB at most).
+#   here:   bash ../shared/device/wheels.sh                    (the wheels the device lacks, into .whl/)
+#   device: run(command="bash docs/device_train.sh", carry=[".whl"], timeout_s=560)
+# Back in $OUT: wm_nW.safetensors + the run's bundle.json per weight W (graft with docs/graft_world_model.py),
+# bench_gpu_*.json (one per batch-size set), logs.tgz. SMOKE=1 runs it small on a CPU (no install, no GPU).
+set -uo pipefail
+T0=$(date +%s)
+R=$PWD W=/tmp/w
+WEIGHTS=${WEIGHTS:-"1 5 10 20"}
+END=${END:-460}            # seconds after the start by which every training run has written its bundle
+mkdir -p $W/logs "$OUT"
+el() { echo $(( $(date +%s) - T0 )); }
+if [ "${SMOKE:-0}" = 1 ]; then
+  EPS=(8 8 4 4); BENCH="devices=[cpu] batch_sizes=[1,4] steps=5 warmup=2 real_steps=50"; EXTRA="dit.batch_size=4 threads=1"
+else
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site . || exit 1
+  export PYTHONPATH=/tmp/site
+  EPS=(320 320 96 128); BENCH="devices=[cuda] steps=30 warmup=10 real_steps=1000"; EXTRA="dit.batch_size=128 threads=3"
+fi
+export SDL_VIDEODRIVER=dummy PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 OMP_NUM_THREADS=3
+cd $W  # import the installed copy, not the source folder
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; python3 -c "import torch; print(torch.__version__)"; } \
+  > logs/machine.txt 2>&1
+ws() { python3 -m worldsim.cli "$@"; }
+# 1. the four collections, 15 worker processes in all, while the GPU bench runs
+c=0
+for spec in "crafter_detour 5 10000" "crafter_ends 5 30000" "crafter_dawn 2 50000 clock_start=[150,290]" \
+            "crafter_dawn2 3 60000 clock_start=[235,295]"; do
+  set -- $spec
+  PYTHONHASHSEED=0 ws collect out=$W/data/$1 episodes=${EPS[$c]} workers=$2 seed=$3 ${4:-} > logs/collect_$1.txt 2>&1 &
+  c=$((c + 1))
+done
+echo "[$(el) s] collecting"
+# each batch size set its own run: a run killed at its limit writes no JSON
+for spec in "bf16 1,256 40" "bf16 4096 45" "fp32 1,4096 45"; do
+  set -- $spec
+  amp=$([ $1 = fp32 ] && echo none || echo $1)
+  timeout $3 python3 -m worldsim.cli bench amp=$amp quantize=none "batch_sizes=[$2]" $BENCH \
+    out=$OUT/bench_gpu_$1_${2/,/_}.json > logs/bench_$1_${2/,/_}.txt 2>&1 || echo "bench $1 [$2] failed or timed out" >> logs/bench_$1_${2/,/_}.txt
+done
+echo "[$(el) s] bench done"; tail -n 12 logs/bench_*.txt
+wait
+echo "[$(el) s] collected"; tail -n 2 logs/collect_*.txt
+# 2. one fine-tune per novel-token weight, side by side on the one GPU; the cosine runs over the time left
+DATA="data=[$W/data/crafter_detour,$W/data/crafter_ends,$W/data/crafter_dawn,$W/data/crafter_dawn2]"
+MIN=$(python3 -c "print(round(max(0.2, ($END - $(el) - 75) / 60), 2))")
+echo "[$(el) s] training $WEIGHTS for $MIN minutes each"
+for w in $WEIGHTS; do
+  args=("$DATA" run=$W/runs/n$w init=crafter diffusion.action_dropout=0.15 diffusion.sampling_steps=1 dit.lr=2.5e-4
+        dit.warmup=100 dit.steps=200000 dit.minutes=$MIN dit.schedule=minutes dit.still_weight=2 dit.distill_guidance=1
+        dit.still_real=true dit.change_real=true dit.novel_weight=$w checkpoint_every=2000 log_every=100 $EXTRA)
+  # torch.compile has not run here before: if it fails, the same run again without it (it resumes)
+  ( timeout $((END + 20 - $(el))) python3 -m worldsim.cli train "${args[@]}" > logs/train_n$w.txt 2>&1 \
+    || { echo "RETRY compile=false" >> logs/train_n$w.txt;
+         timeout $((END + 20 - $(el))) python3 -m worldsim.cli train "${args[@]}" compile=false >> logs/train_n$w.txt 2>&1; }
+    # killed before its bundle: write one from the last checkpoint
+    [ -f runs/n$w/bundle/world_model.safetensors ] || timeout 45 python3 -m worldsim.cli train "${args[@]}" export_only=true \
+      >> logs/train_n$w.txt 2>&1 ) &
+done
+wait
+echo "[$(el) s] trained"
+for w in $WEIGHTS; do
+  tail -n 3 logs/train_n$w.txt
+  cp runs/n$w/bundle/world_model.safetensors $OUT/wm_n$w.safetensors && cp runs/n$w/bundle/bundle.json logs/bundle_n$w.json
+done
+tar czf $OUT/logs.tgz logs
+echo "[$(el) s] done"; ls -l $OUT

@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Issue 3's GPU figures (>= 50,000 env-steps/s batched, >= 500 at batch 1) in one run on a lent device machine.
-# Not run yet: no GPU has been lent to this project. Prepared so a session that gets one spends its minutes
-# measuring, not setting up.
+# Issue 3's GPU figures (>= 50,000 env-steps/s batched, >= 500 at batch 1) in one run of under 4 minutes on a lent
+# device machine, and where a step's time goes there (docs/step_profile.py under cProfile).
 #   here:   bash ../shared/device/wheels.sh                    (the wheels the device lacks, into .whl/)
-#   device: run(command="bash docs/device_bench.sh", carry=[".whl"], timeout_s=540)
-# It writes $OUT/bench_gpu_fp32.json and $OUT/bench_gpu_bf16.json (worldsim bench's JSON, real Crafter beside).
-set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-# the project itself (its envs/ and agents/ folders become worldsim.envs and worldsim.agents when installed)
-python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site .
-export PYTHONPATH=/tmp/site SDL_VIDEODRIVER=dummy
-cd /tmp  # import the installed copy, not the source folder
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-for amp in none bf16; do
-  name=$([ "$amp" = none ] && echo fp32 || echo bf16)
-  timeout 240 python3 -m worldsim.cli bench devices=[cuda] 'batch_sizes=[1,256,1024,4096]' steps=100 warmup=10 \
-    real_steps=1000 amp=$amp out="$OUT/bench_gpu_$name.json" || echo "bench amp=$amp failed or timed out"
-done
+#   device: run(command="bash docs/device_bench.sh", carry=[".whl"], timeout_s=240)
+# Each setting is its own run with its own time limit, its figures printed as it ends (a run killed at its limit
+# loses only its own); each log comes back in $OUT (NAME.txt).
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  && python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site . || exit 1
+export PYTHONPATH=/tmp/site SDL_VIDEODRIVER=dummy PYTHONUNBUFFERED=1
+R=$PWD; L=$OUT; mkdir -p /tmp/b; cd /tmp/b  # import the installed copy, not the source folder
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $L/machine.txt
+B="devices=[cuda] real_steps=300 quantize=none"
+run() {  # name, time limit, arguments
+  local name=$1 limit=$2; shift 2
+  timeout $limit "$@" > $L/$name.txt 2>&1 || echo "$name: failed or timed out after $limit s" >> $L/$name.txt
+  grep -h "^model\|^real\|ms/step\|timed out" $L/$name.txt | grep -v "^ " | head -4
+}
+run bf16_b1      40 python3 -m worldsim.cli bench $B amp=bf16 "batch_sizes=[1]" steps=100 warmup=10
+run bf16_b4096   60 python3 -m worldsim.cli bench $B amp=bf16 "batch_sizes=[256,4096]" steps=10 warmup=3
+run bf16_raw4096 45 python3 -m worldsim.cli bench $B amp=bf16 "batch_sizes=[4096]" steps=10 warmup=3 snap=false map_memory=false
+run prof_b1      30 python3 $R/docs/step_profile.py cuda 1 50 amp=bf16
+run prof_b1024   35 python3 $R/docs/step_profile.py cuda 1024 5 amp=bf16

@@ -8,6 +8,8 @@
 #   device: run(command="bash docs/device_train.sh", carry=[".whl"], timeout_s=560)
 # Back in $OUT: wm_nW.safetensors + the run's bundle.json per weight W (graft with docs/graft_world_model.py),
 # bench_gpu_*.json (one per batch-size set), logs.tgz. SMOKE=1 runs it small on a CPU (no install, no GPU).
+# Run once (2026-12-04, twenty-fifth session, one H200): 434 s, four fine-tunes of 2,812-2,990 steps; the bench part
+# timed out there (its batch sizes above 1 are slow: docs/device_bench.sh measures them on its own). README: the first GPU session.
 set -uo pipefail
 T0=$(date +%s)
 R=$PWD W=/tmp/w

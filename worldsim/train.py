@@ -401,6 +401,9 @@ class Trainer:
         if self.cfg.compile and self.device.type == "cuda":
             model = torch.compile(self.dit)
         t0 = time.time()
+
+        def capped():  # the stage's wall-clock cap (dit.minutes) reached
+            return bool(c.minutes) and time.time() - t0 > 60 * c.minutes
         bar = tqdm(total=c.steps, initial=st["dit_step"], desc="world model", unit="step")
         while st["dit_step"] < c.steps:
             for batch in loader:
@@ -439,13 +442,13 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
                 if st["dit_step"] % self.cfg.checkpoint_every == 0:
                     self.save()
-                if st["dit_step"] >= c.steps or (c.minutes and time.time() - t0 > 60 * c.minutes):
+                if st["dit_step"] >= c.steps or capped():
                     break
-            if c.minutes and time.time() - t0 > 60 * c.minutes:
+            if capped():
                 break
         bar.close()
         # a minutes schedule has annealed to its floor when the cap is reached: that run is complete
-        done = st["dit_step"] >= c.steps or (self.schedule == "minutes" and time.time() - t0 > 60 * c.minutes)
+        done = st["dit_step"] >= c.steps or (self.schedule == "minutes" and capped())
         if done:
             st["stage"] = "done"
         self.save()

@@ -12,7 +12,7 @@
 # timed out there (its batch sizes above 1 are slow: docs/device_bench.sh measures them on its own). README: the first GPU session.
 set -uo pipefail
 T0=$(date +%s)
-R=$PWD W=/tmp/w
+W=/tmp/w
 WEIGHTS=${WEIGHTS:-"1 5 10 20"}
 END=${END:-460}            # seconds after the start by which every training run has written its bundle
 mkdir -p $W/logs "$OUT"

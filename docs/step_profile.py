@@ -1,6 +1,7 @@
 """Where a learned-env step's time goes: `python docs/step_profile.py DEVICE BATCH [STEPS] [KEY=VALUE ...]` steps the
 shipped Crafter env (gymnasium.make / make_vec, random actions) under cProfile and prints the functions with the
-most cumulative time, the sync points among them (on CUDA a host read waits for the GPU). Extra KEY=VALUE
+most cumulative time and with the most time of their own (on CUDA a host read that waits for the GPU shows up
+as time in the call that reads). Extra KEY=VALUE
 arguments go to the env (e.g. amp=bf16 map_memory=false snap=false).
 
     python docs/step_profile.py cpu 16

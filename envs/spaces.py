@@ -48,3 +48,51 @@ def check_action(space: gym.Space, action, name: str = "action"):
 
 def _zero(space: gym.Space):
     return np.zeros(space.shape, space.dtype) if isinstance(space, gym.spaces.Box) else np.int64(0)
+
+
+def check_actions(space: gym.Space, actions, n: int, unstack):
+    """Validate a batch of n actions for n worlds of `space` and return them stacked as the model takes them.
+
+    Why not check_action per world: at batch 1,024 that loop cost 18 ms of a 236 ms step on an H200's host.
+    A well-formed batch (integer arrays in range, finite boxes in bounds) is checked with a few array
+    operations; anything else goes through check_action one world at a time (`unstack(actions, n)` gives
+    the n single actions), which raises the same error a single env would, or accepts what it accepts."""
+    fast = _batch(space, actions, n)
+    if fast is not None:
+        return fast
+    from worldsim.data import stack_actions
+
+    return stack_actions([check_action(space, a) for a in unstack(actions, n)])
+
+
+def _batch(space: gym.Space, actions, n: int):
+    """The batch as check_action would return it stacked, or None where it needs the per-world path."""
+    if isinstance(space, gym.spaces.Dict):
+        if not isinstance(actions, dict) or set(actions) - set(space.spaces):
+            return None
+        out = {}
+        for k, sub in space.spaces.items():
+            out[k] = _batch(sub, actions[k], n) if k in actions else np.stack([_zero(sub)] * n)
+            if out[k] is None:
+                return None
+        return out
+    if not isinstance(actions, np.ndarray):
+        return None
+    shape = (n, *space.shape)
+    if isinstance(space, gym.spaces.Box):
+        if actions.shape != shape or actions.dtype.kind not in "fiu":
+            return None
+        a = actions.astype(np.float32)
+        ok = np.isfinite(a).all() and (a >= space.low).all() and (a <= space.high).all()
+        return a if ok else None
+    if actions.shape != shape or actions.dtype.kind not in "iu":
+        return None
+    if isinstance(space, gym.spaces.Discrete):
+        lo, hi = int(space.start), int(space.start) + int(space.n)
+    elif isinstance(space, gym.spaces.MultiDiscrete):
+        lo, hi = space.start, space.start + space.nvec
+    elif isinstance(space, gym.spaces.MultiBinary):
+        lo, hi = 0, 2
+    else:
+        return None
+    return actions.copy() if ((actions >= lo) & (actions < hi)).all() else None  # dtype kept, as check_action keeps it

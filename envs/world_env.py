@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from worldsim.data import fit_frames, stack_actions
-from worldsim.envs.spaces import check_action as _check_action
+from worldsim.envs.spaces import check_action as _check_action, check_actions
 from worldsim.simulator import WorldSimulator, load_bundle
 
 OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index", "clock"}
@@ -244,10 +244,11 @@ class WorldVectorEnv(gym.vector.VectorEnv):
     def step(self, actions):
         if not self._started:
             raise RuntimeError("call reset() before step()")
-        actions = stack_actions([_check_action(self.single_action_space, a) for a in _unstack(actions, self.num_envs)])
-        shape = self.sim.latent_shape
-        noise = np.stack([r.standard_normal(shape) for r in self.rngs])
-        ctx = np.stack([r.standard_normal(shape) for r in self.rngs])
+        actions = check_actions(self.single_action_space, actions, self.num_envs, _unstack)
+        # each world draws from its own generator (its frames depend on its seed alone, not on the batch it is
+        # in), both draws in one call: the sampler's noise, then the context noise
+        draws = np.stack([r.standard_normal((2, *self.sim.latent_shape)) for r in self.rngs])
+        noise, ctx = draws[:, 0], draws[:, 1]
         res = self.sim.step(actions, noise, ctx)
         self._obs[:] = res.frames
         self._t += 1

@@ -132,6 +132,37 @@ def test_make_vec_is_native_and_matches_single_envs(bundle):
         venv.step(np.array([1, 2, 30]))
 
 
+def test_batched_action_check_agrees_with_one_world_at_a_time():
+    """The vector env checks a batch with array operations (check_actions); on every batch here it returns
+    what checking each world alone returns (same values, same dtype) or raises the same error."""
+    from worldsim.data import stack_actions
+    from worldsim.envs.spaces import check_action, check_actions
+    from worldsim.envs.world_env import _unstack
+
+    mt = gym.spaces.Dict({"forward": gym.spaces.Discrete(2), "hotbar": gym.spaces.MultiDiscrete([9]),
+                          "keys": gym.spaces.MultiBinary(3), "camera": gym.spaces.Box(-10, 10, (2,), np.float32)})
+    cases = [(gym.spaces.Discrete(17), a) for a in (np.array([0, 16, 3]), np.array([0, 17, 3]), np.array([-1, 1, 2]),
+                                                    np.array([1.0, 2.0, 3.0]), np.array([True, False, True]),
+                                                    np.array([1, 2], np.int32), np.array([[1], [2], [3]]))]
+    cases += [(mt, {"forward": np.array([1, 0, 1]), "camera": np.array([[0, 1], [10, -10], [2.5, 0]])}),
+              (mt, {"forward": np.array([1, 0, 1]), "camera": np.array([[0, 1], [11, 0], [0, 0]])}),
+              (mt, {"forward": np.array([1, 0, 1]), "camera": np.array([[0, np.nan], [0, 0], [0, 0]])}),
+              (mt, {"hotbar": np.array([[8], [0], [9]])}), (mt, {"keys": np.array([[1, 0, 1]] * 3)}),
+              (mt, {"keys": np.array([[1, 0, 2]] * 3)}), (mt, {"jump": np.array([1, 1, 1])}), (mt, {}),
+              (mt, [1, 2, 3])]
+    for space, acts in cases:
+        try:
+            want = stack_actions([check_action(space, a) for a in _unstack(acts, 3)])
+        except ValueError as e:
+            with pytest.raises(ValueError, match=__import__("re").escape(str(e))):
+                check_actions(space, acts, 3, _unstack)
+            continue
+        got = check_actions(space, acts, 3, _unstack)
+        for k in (want if isinstance(want, dict) else [None]):
+            w, g = (want[k], got[k]) if k else (want, got)
+            assert w.dtype == g.dtype and np.array_equal(w, g), (space, acts, k)
+
+
 def test_ends_are_drawn_with_the_heads_probability_without_touching_the_frames(bundle):
     """Default (no threshold): each step ends with the termination head's probability, drawn from a generator of
     its own, so a seed gives the same frames whether ends are drawn or not; a threshold ends deterministically."""

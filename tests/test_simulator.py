@@ -547,16 +547,16 @@ def test_tile_hold_keeps_unchanged_tiles_exactly(patch_bundle, random_bundle):
     tau = 0.5
     sim = WorldSimulator(b, 1, sampling_steps=1, tile_hold=tau)
     z0 = sim.reset([0], ctx, ctx_a, cn)[:, -1]
-    decoded = np.zeros((1, 32, 32, 3), np.uint8)  # stands for what the decoder made of the new latents
+    decoded = torch.zeros(1, 32, 32, 3, dtype=torch.uint8)  # stands for what the decoder made of the new latents
     step = torch.zeros_like(z0)
     step[:, :, 0, 0] = 0.6 * tau  # tile (0, 0) creeps by 0.6 tau a step (RMS over channels)
     jump = torch.zeros_like(z0)
     jump[:, :, 1, 1] = 2 * tau  # tile (1, 1) jumps at once
-    f1 = sim._hold(z0 + step + jump, decoded)
+    f1 = sim._hold(z0 + step + jump, decoded).numpy().copy()
     assert (f1[0, 8:16, 8:16] == 0).all()  # the jump: re-decoded
     f1[0, 8:16, 8:16] = ctx[0, -1, 8:16, 8:16]
     assert np.array_equal(f1[0], ctx[0, -1])  # every other tile, the creeping one included: held
-    f2 = sim._hold(z0 + 2 * step + jump, decoded)
+    f2 = sim._hold(z0 + 2 * step + jump, decoded).numpy()
     assert (f2[0, :8, :8] == 0).all()  # 1.2 tau from where it was decoded: re-decoded now
     assert np.array_equal(f2[0, 16:], ctx[0, -1, 16:])  # untouched tiles still held
 

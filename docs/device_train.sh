@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Issue 3 on a lent GPU in one run of about 9 minutes: the GPU bench (bf16 and fp32), then the shipped Crafter
-# model fine-tuned with the self-distillation recipe and dit.novel_weight in several variants side by side
+# Issue 3 on a lent GPU in one run of about 9 minutes: the shipped Crafter model fine-tuned with the self-distillation recipe and dit.novel_weight in several variants side by side
 # (the novel-token weight that teaches events without inventing them; README, Crafter: Novel tokens).
 # The training data is collected there (16 cores: the four collections the CPU runs used, same commands and
 # PYTHONHASHSEED), since 230 MB of episodes do not travel (64 MiB at most).
 #   here:   bash ../shared/device/wheels.sh                    (the wheels the device lacks, into .whl/)
 #   device: run(command="bash docs/device_train.sh", carry=[".whl"], timeout_s=560)
 # Back in $OUT: wm_nW.safetensors + the run's bundle.json per weight W (graft with docs/graft_world_model.py),
-# bench_gpu_*.json (one per batch-size set), logs.tgz. SMOKE=1 runs it small on a CPU (no install, no GPU).
-# Run once (2026-12-04, twenty-fifth session, one H200): 434 s, four fine-tunes of 2,812-2,990 steps; the bench part
-# timed out there (its batch sizes above 1 are slow: docs/device_bench.sh measures them on its own). README: the first GPU session.
+# logs.tgz. SMOKE=1 runs it small on a CPU (no install, no GPU).
+# Run once (2026-12-04, twenty-fifth session, one H200): 434 s, four fine-tunes of 2,812-2,990 steps. That run also
+# benched beside the collectors, which timed out above batch 1; the bench is docs/device_bench.sh's alone since.
+# README: the first GPU session.
 set -uo pipefail
 T0=$(date +%s)
 W=/tmp/w
@@ -18,19 +18,19 @@ END=${END:-460}            # seconds after the start by which every training run
 mkdir -p $W/logs "$OUT"
 el() { echo $(( $(date +%s) - T0 )); }
 if [ "${SMOKE:-0}" = 1 ]; then
-  EPS=(8 8 4 4); BENCH="devices=[cpu] batch_sizes=[1,4] steps=5 warmup=2 real_steps=50"; EXTRA="dit.batch_size=4 threads=1"
+  EPS=(8 8 4 4); EXTRA="dit.batch_size=4 threads=1"
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site . || exit 1
   export PYTHONPATH=/tmp/site
-  EPS=(320 320 96 128); BENCH="devices=[cuda] steps=30 warmup=10 real_steps=1000"; EXTRA="dit.batch_size=128 threads=3"
+  EPS=(320 320 96 128); EXTRA="dit.batch_size=128 threads=3"
 fi
 export SDL_VIDEODRIVER=dummy PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 OMP_NUM_THREADS=3
 cd $W  # import the installed copy, not the source folder
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; python3 -c "import torch; print(torch.__version__)"; } \
   > logs/machine.txt 2>&1
 ws() { python3 -m worldsim.cli "$@"; }
-# 1. the four collections, 15 worker processes in all, while the GPU bench runs
+# 1. the four collections, 15 worker processes in all
 c=0
 for spec in "crafter_detour 5 10000" "crafter_ends 5 30000" "crafter_dawn 2 50000 clock_start=[150,290]" \
             "crafter_dawn2 3 60000 clock_start=[235,295]"; do
@@ -39,14 +39,6 @@ for spec in "crafter_detour 5 10000" "crafter_ends 5 30000" "crafter_dawn 2 5000
   c=$((c + 1))
 done
 echo "[$(el) s] collecting"
-# each batch size set its own run: a run killed at its limit writes no JSON
-for spec in "bf16 1,256 40" "bf16 4096 45" "fp32 1,4096 45"; do
-  set -- $spec
-  amp=$([ $1 = fp32 ] && echo none || echo $1)
-  timeout $3 python3 -m worldsim.cli bench amp=$amp quantize=none "batch_sizes=[$2]" $BENCH \
-    out=$OUT/bench_gpu_$1_${2/,/_}.json > logs/bench_$1_${2/,/_}.txt 2>&1 || echo "bench $1 [$2] failed or timed out" >> logs/bench_$1_${2/,/_}.txt
-done
-echo "[$(el) s] bench done"; tail -n 12 logs/bench_*.txt
 wait
 echo "[$(el) s] collected"; tail -n 2 logs/collect_*.txt
 # 2. one fine-tune per novel-token weight, side by side on the one GPU; the cosine runs over the time left

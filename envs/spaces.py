@@ -5,6 +5,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from worldsim.data import stack_actions
+
 
 def check_action(space: gym.Space, action, name: str = "action"):
     """Validate one action and return it as the model takes it; a ValueError names what is wrong.
@@ -50,19 +52,30 @@ def _zero(space: gym.Space):
     return np.zeros(space.shape, space.dtype) if isinstance(space, gym.spaces.Box) else np.int64(0)
 
 
-def check_actions(space: gym.Space, actions, n: int, unstack):
+def check_actions(space: gym.Space, actions, n: int):
     """Validate a batch of n actions for n worlds of `space` and return them stacked as the model takes them.
 
     Why not check_action per world: at batch 1,024 that loop cost 18 ms of a 236 ms step on an H200's host.
     A well-formed batch (integer arrays in range, finite boxes in bounds) is checked with a few array
-    operations; anything else goes through check_action one world at a time (`unstack(actions, n)` gives
-    the n single actions), which raises the same error a single env would, or accepts what it accepts."""
+    operations; anything else goes through check_action one world at a time, which raises the same error a
+    single env would, or accepts what it accepts."""
     fast = _batch(space, actions, n)
     if fast is not None:
         return fast
-    from worldsim.data import stack_actions
-
     return stack_actions([check_action(space, a) for a in unstack(actions, n)])
+
+
+def unstack(actions, n: int) -> list:
+    """A batch of n actions (array, or Gymnasium's dict of batched arrays) -> n single actions."""
+    if isinstance(actions, dict):
+        bad = {k: np.shape(v) for k, v in actions.items() if np.shape(v)[:1] != (n,)}
+        if bad:
+            raise ValueError(f"expected {n} actions (one per env) under each key, got shapes {bad}")
+        return [{k: np.asarray(v)[i] for k, v in actions.items()} for i in range(n)]
+    arr = np.asarray(actions)
+    if arr.shape[:1] != (n,):
+        raise ValueError(f"expected {n} actions (one per env), got array of shape {arr.shape}")
+    return list(arr)
 
 
 def _batch(space: gym.Space, actions, n: int):

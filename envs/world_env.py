@@ -244,7 +244,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
     def step(self, actions):
         if not self._started:
             raise RuntimeError("call reset() before step()")
-        actions = check_actions(self.single_action_space, actions, self.num_envs, _unstack)
+        actions = check_actions(self.single_action_space, actions, self.num_envs)
         # each world draws from its own generator (its frames depend on its seed alone, not on the batch it is
         # in), both draws in one call: the sampler's noise, then the context noise
         draws = np.stack([r.standard_normal((2, *self.sim.latent_shape)) for r in self.rngs])
@@ -280,19 +280,6 @@ def _action_space(spec: dict) -> gym.Space:
     if kind == "box":
         return gym.spaces.Box(-spec["scale"], spec["scale"], (spec["dim"],), np.float32)
     return gym.spaces.Dict({k: _action_space(s) for k, s in spec["keys"].items()})
-
-
-def _unstack(actions, n: int) -> list:
-    """A batch of n actions (array, or Gymnasium's dict of batched arrays) -> n single actions."""
-    if isinstance(actions, dict):
-        bad = {k: np.shape(v) for k, v in actions.items() if np.shape(v)[:1] != (n,)}
-        if bad:
-            raise ValueError(f"expected {n} actions (one per env) under each key, got shapes {bad}")
-        return [{k: np.asarray(v)[i] for k, v in actions.items()} for i in range(n)]
-    arr = np.asarray(actions)
-    if arr.shape[:1] != (n,):
-        raise ValueError(f"expected {n} actions (one per env), got array of shape {arr.shape}")
-    return list(arr)
 
 
 def _threshold(t):

@@ -136,8 +136,7 @@ def test_batched_action_check_agrees_with_one_world_at_a_time():
     """The vector env checks a batch with array operations (check_actions); on every batch here it returns
     what checking each world alone returns (same values, same dtype) or raises the same error."""
     from worldsim.data import stack_actions
-    from worldsim.envs.spaces import check_action, check_actions
-    from worldsim.envs.world_env import _unstack
+    from worldsim.envs.spaces import check_action, check_actions, unstack
 
     mt = gym.spaces.Dict({"forward": gym.spaces.Discrete(2), "hotbar": gym.spaces.MultiDiscrete([9]),
                           "keys": gym.spaces.MultiBinary(3), "camera": gym.spaces.Box(-10, 10, (2,), np.float32)})
@@ -152,12 +151,12 @@ def test_batched_action_check_agrees_with_one_world_at_a_time():
               (mt, [1, 2, 3])]
     for space, acts in cases:
         try:
-            want = stack_actions([check_action(space, a) for a in _unstack(acts, 3)])
+            want = stack_actions([check_action(space, a) for a in unstack(acts, 3)])
         except ValueError as e:
             with pytest.raises(ValueError, match=__import__("re").escape(str(e))):
-                check_actions(space, acts, 3, _unstack)
+                check_actions(space, acts, 3)
             continue
-        got = check_actions(space, acts, 3, _unstack)
+        got = check_actions(space, acts, 3)
         for k in (want if isinstance(want, dict) else [None]):
             w, g = (want[k], got[k]) if k else (want, got)
             assert w.dtype == g.dtype and np.array_equal(w, g), (space, acts, k)

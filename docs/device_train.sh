@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 3 on a lent GPU in one run of about 9 minutes: the shipped Crafter model fine-tuned with the self-distillation recipe and dit.novel_weight in several variants side by side
+# Issue 3 on a lent GPU in one run of about 9 minutes: the shipped Crafter model fine-tuned with the
+# self-distillation recipe and dit.novel_weight in several variants side by side
 # (the novel-token weight that teaches events without inventing them; README, Crafter: Novel tokens).
 # The training data is collected there (16 cores: the four collections the CPU runs used, same commands and
 # PYTHONHASHSEED), since 230 MB of episodes do not travel (64 MiB at most).

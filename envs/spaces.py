@@ -1,5 +1,5 @@
-"""Validating one action against its Gymnasium space, shared by the learned envs and the real Minetest
-adapter, so both reject the same bad input with the same message."""
+"""Validating actions against their Gymnasium space, one (check_action) or a vector env's batch (check_actions),
+shared by the learned envs and the real Minetest adapter, so both reject the same bad input with the same message."""
 from __future__ import annotations
 
 import gymnasium as gym

@@ -6,7 +6,9 @@
 # PYTHONHASHSEED), since 230 MB of episodes do not travel (64 MiB at most).
 #   here:   bash ../shared/device/wheels.sh                    (the wheels the device lacks, into .whl/)
 #   device: run(command="bash docs/device_train.sh", carry=[".whl"], timeout_s=560)
-# Back in $OUT: wm_nW.safetensors + the run's bundle.json per weight W (graft with docs/graft_world_model.py),
+# CLOCK="5" adds, per weight listed, a run nWc that also reads the game's clock (dit.clock_period=300, README:
+# The game's clock as an input): the dawn collections train it to bring the day back, which no CPU run could.
+# Back in $OUT: wm_<run>.safetensors + the run's bundle.json per run (graft with docs/graft_world_model.py),
 # logs.tgz. SMOKE=1 runs it small on a CPU (no install, no GPU).
 # Run once (2026-12-04, twenty-fifth session, one H200): 434 s, four fine-tunes of 2,812-2,990 steps. That run also
 # benched beside the collectors, which timed out above batch 1; the bench is docs/device_bench.sh's alone since.
@@ -15,6 +17,8 @@ set -uo pipefail
 T0=$(date +%s)
 W=/tmp/w
 WEIGHTS=${WEIGHTS:-"1 5 10 20"}
+CLOCK=${CLOCK:-""}         # weights that also run with the clock, as run nWc
+RUNS=""; for w in $WEIGHTS; do RUNS="$RUNS n$w"; done; for w in $CLOCK; do RUNS="$RUNS n${w}c"; done
 END=${END:-460}            # seconds after the start by which every training run has written its bundle
 mkdir -p $W/logs "$OUT"
 el() { echo $(( $(date +%s) - T0 )); }
@@ -42,27 +46,29 @@ done
 echo "[$(el) s] collecting"
 wait
 echo "[$(el) s] collected"; tail -n 2 logs/collect_*.txt
-# 2. one fine-tune per novel-token weight, side by side on the one GPU; the cosine runs over the time left
+# 2. one fine-tune per run (novel-token weight, with or without the clock), side by side on the one GPU; the
+#    cosine runs over the time left
 DATA="data=[$W/data/crafter_detour,$W/data/crafter_ends,$W/data/crafter_dawn,$W/data/crafter_dawn2]"
 MIN=$(python3 -c "print(round(max(0.2, ($END - $(el) - 75) / 60), 2))")
-echo "[$(el) s] training $WEIGHTS for $MIN minutes each"
-for w in $WEIGHTS; do
-  args=("$DATA" run=$W/runs/n$w init=crafter diffusion.action_dropout=0.15 diffusion.sampling_steps=1 dit.lr=2.5e-4
+echo "[$(el) s] training$RUNS for $MIN minutes each"
+for r in $RUNS; do
+  w=${r#n}; w=${w%c}; clock=(); [ "$r" = "n${w}c" ] && clock=(dit.clock_period=300)
+  args=("$DATA" run=$W/runs/$r init=crafter diffusion.action_dropout=0.15 diffusion.sampling_steps=1 dit.lr=2.5e-4
         dit.warmup=100 dit.steps=200000 dit.minutes=$MIN dit.schedule=minutes dit.still_weight=2 dit.distill_guidance=1
-        dit.still_real=true dit.change_real=true dit.novel_weight=$w checkpoint_every=2000 log_every=100 $EXTRA)
+        dit.still_real=true dit.change_real=true dit.novel_weight=$w checkpoint_every=2000 log_every=100 "${clock[@]}" $EXTRA)
   # torch.compile has not run here before: if it fails, the same run again without it (it resumes)
-  ( timeout $((END + 20 - $(el))) python3 -m worldsim.cli train "${args[@]}" > logs/train_n$w.txt 2>&1 \
-    || { echo "RETRY compile=false" >> logs/train_n$w.txt;
-         timeout $((END + 20 - $(el))) python3 -m worldsim.cli train "${args[@]}" compile=false >> logs/train_n$w.txt 2>&1; }
+  ( timeout $((END + 20 - $(el))) python3 -m worldsim.cli train "${args[@]}" > logs/train_$r.txt 2>&1 \
+    || { echo "RETRY compile=false" >> logs/train_$r.txt;
+         timeout $((END + 20 - $(el))) python3 -m worldsim.cli train "${args[@]}" compile=false >> logs/train_$r.txt 2>&1; }
     # killed before its bundle: write one from the last checkpoint
-    [ -f runs/n$w/bundle/world_model.safetensors ] || timeout 45 python3 -m worldsim.cli train "${args[@]}" export_only=true \
-      >> logs/train_n$w.txt 2>&1 ) &
+    [ -f runs/$r/bundle/world_model.safetensors ] || timeout 45 python3 -m worldsim.cli train "${args[@]}" export_only=true \
+      >> logs/train_$r.txt 2>&1 ) &
 done
 wait
 echo "[$(el) s] trained"
-for w in $WEIGHTS; do
-  tail -n 3 logs/train_n$w.txt
-  cp runs/n$w/bundle/world_model.safetensors $OUT/wm_n$w.safetensors && cp runs/n$w/bundle/bundle.json logs/bundle_n$w.json
+for r in $RUNS; do
+  tail -n 3 logs/train_$r.txt
+  cp runs/$r/bundle/world_model.safetensors $OUT/wm_$r.safetensors && cp runs/$r/bundle/bundle.json logs/bundle_$r.json
 done
 tar czf $OUT/logs.tgz logs
 echo "[$(el) s] done"; ls -l $OUT

@@ -640,6 +640,63 @@ def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle
     assert both["transitions"] == 2 * info["transitions"] and len(both["test"]) == 1  # one collection given twice
     with pytest.raises(ValueError, match="no training episodes"):
         run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={tmp_path / 'nothing'}"])
+    with pytest.raises(ValueError, match="steps must be positive, or 0 with calibrate=true"):
+        run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={dataset}", "steps=0"])
+
+
+def test_termination_calibration_matches_the_count_and_keeps_the_ranking(bundle, dataset, tmp_path):
+    """Platt scaling folded into the last layer: an over-confident termination head (its logit tripled and
+    shifted) expects as many ends as there are on the features it is fit on (the optimum of the shift makes
+    the probabilities sum to the count), ranks them as before, and the folded layer computes a * logit + b.
+    `worldsim heads steps=0 calibrate=true` does it on the test splits and changes only that layer's row."""
+    import shutil
+
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+    from worldsim.data import load_episodes
+    from worldsim.data import load_manifest, read_episode, write_episode
+    from worldsim.heads import calibrate_termination, commit_features, head_counts
+
+    b = Bundle(bundle)
+    eps = load_episodes(dataset, split="train")
+    for ep in eps:
+        ep["terminated"] = np.zeros(len(ep["actions"]), bool)
+        ep["terminated"][-1] = True
+    feats, rewards, ends = commit_features(b, eps, batch=16)
+    last = b.dit.heads_mlp[-1]
+    with torch.no_grad():
+        last.weight[1] = 3 * last.weight[1] + 0.1 * torch.randn(last.weight.shape[1], generator=torch.Generator().manual_seed(0))
+        last.bias[1] = 3 * last.bias[1] + 2.0  # over-confident and too likely
+        z = b.dit.heads_mlp(b.dit.head_norm(feats))[:, 1]
+    before = head_counts(b, feats, rewards, ends)["termination"]
+    assert before["expected_ends"] > 2 * len(eps), before
+    cal = calibrate_termination(b, feats, ends)
+    after = head_counts(b, feats, rewards, ends)["termination"]
+    assert after["expected_ends"] == pytest.approx(len(eps), rel=1e-3) and cal["ends"] == len(eps)
+    assert after["auroc"] == pytest.approx(before["auroc"])
+    with torch.no_grad():
+        folded = b.dit.heads_mlp(b.dit.head_norm(feats))
+    assert torch.allclose(folded[:, 1], cal["scale"] * z + cal["shift"], atol=1e-4)
+    with pytest.raises(ValueError, match="needs both ends and other steps"):
+        calibrate_termination(b, feats, torch.zeros_like(ends))
+
+    with pytest.raises(ValueError, match="no training episodes"):
+        run_job("heads", [f"bundle={bundle}", f"data={tmp_path / 'nothing'}", "steps=0", "calibrate=true"])
+    shutil.copytree(dataset, tmp_path / "data")  # its test episodes end in a death, as real Crafter's do
+    for e in load_manifest(tmp_path / "data")["episodes"]:
+        if e.get("split") == "test":
+            ep = read_episode(tmp_path / "data" / e["file"])
+            ep["terminated"][-1] = True
+            write_episode(tmp_path / "data" / e["file"], ep["frames"], ep["actions"], ep["rewards"], ep["terminated"], ep["seed"])
+    shutil.copytree(bundle, tmp_path / "copy")
+    info = run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={tmp_path / 'data'}", "steps=0", "calibrate=true"])
+    assert "transitions" not in info and info["calibration"]["ends"] >= 1
+    old, new = load_file(bundle / "world_model.safetensors"), load_file(tmp_path / "copy" / "world_model.safetensors")
+    assert {k for k in old if not torch.equal(old[k], new[k])} <= {"heads_mlp.2.weight", "heads_mlp.2.bias"}
+    assert torch.equal(old["heads_mlp.2.weight"][0], new["heads_mlp.2.weight"][0])  # the reward row as it was
+    meta = Bundle(tmp_path / "copy").meta["trained"]
+    assert "heads_calibrated" in meta and meta.get("heads_refit") == Bundle(bundle).meta["trained"].get("heads_refit")
 
 
 def test_minutes_schedule_anneals_by_the_wall_clock(bundle, dataset, tmp_path):

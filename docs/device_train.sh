@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Issue 3 on a lent GPU in one run of about 9 minutes: the shipped Crafter model fine-tuned with the
+# Issue 3 on a lent GPU in one run of under 10 minutes: the shipped Crafter model fine-tuned with the
 # self-distillation recipe and dit.novel_weight in several variants side by side
 # (the novel-token weight that teaches events without inventing them; README, Crafter: Novel tokens).
 # The training data is collected there (16 cores: the four collections the CPU runs used, same commands and
 # PYTHONHASHSEED), since 230 MB of episodes do not travel (64 MiB at most).
 #   here:   bash ../shared/device/wheels.sh                    (the wheels the device lacks, into .whl/)
-#   device: run(command="bash docs/device_train.sh", carry=[".whl"], timeout_s=560)
+#   device: run(command="WEIGHTS=5 CLOCK=5 bash docs/device_train.sh", carry=[".whl"], timeout_s=595)
 # CLOCK="5" adds, per weight listed, a run nWc that also reads the game's clock (dit.clock_period=300, README:
 # The game's clock as an input): the dawn collections train it to bring the day back, which no CPU run could.
+# Then (HEADS=1, the default) each run is grafted into the shipped bundle and its heads are refit and calibrated
+# there (`worldsim heads ... calibrate=true device=cuda`: two hours of this CPU for one model), until HEADS_END s.
 # Back in $OUT: wm_<run>.safetensors + the run's bundle.json per run (graft with docs/graft_world_model.py),
-# logs.tgz. SMOKE=1 runs it small on a CPU (no install, no GPU).
+# wm_<run>_heads.safetensors where the heads' refit finished in time, logs.tgz (logs/bundle_<run>_heads.json is that
+# model's whole bundle.json: with wm_<run>_heads.safetensors as world_model.safetensors in a copy of the shipped
+# bundle it is the model to evaluate). SMOKE=1 runs it small on a CPU (no install, no GPU): with WEIGHTS=5 CLOCK=5
+# END=130, 508 s on the 2-core EPYC (2026-12-04), the heads' refits 411 s of it.
 # Run once (2026-12-04, twenty-fifth session, one H200): 434 s, four fine-tunes of 2,812-2,990 steps. That run also
 # benched beside the collectors, which timed out above batch 1; the bench is docs/device_bench.sh's alone since.
 # README: the first GPU session.
@@ -19,16 +24,19 @@ W=/tmp/w
 WEIGHTS=${WEIGHTS:-"1 5 10 20"}
 CLOCK=${CLOCK:-""}         # weights that also run with the clock, as run nWc
 RUNS=""; for w in $WEIGHTS; do RUNS="$RUNS n$w"; done; for w in $CLOCK; do RUNS="$RUNS n${w}c"; done
-END=${END:-460}            # seconds after the start by which every training run has written its bundle
+END=${END:-420}            # seconds after the start by which every training run has written its bundle
+HEADS=${HEADS:-1}
+HEADS_END=${HEADS_END:-575}  # seconds after the start by which the heads' refits are stopped
+REPO=$(pwd)
 mkdir -p $W/logs "$OUT"
 el() { echo $(( $(date +%s) - T0 )); }
 if [ "${SMOKE:-0}" = 1 ]; then
-  EPS=(8 8 4 4); EXTRA="dit.batch_size=4 threads=1"
+  EPS=(8 8 4 4); EXTRA="dit.batch_size=4 threads=1"; HEADS_EXTRA="batch_size=16 steps=200"
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site . || exit 1
   export PYTHONPATH=/tmp/site
-  EPS=(320 320 96 128); EXTRA="dit.batch_size=128 threads=3"
+  EPS=(320 320 96 128); EXTRA="dit.batch_size=128 threads=3"; HEADS_EXTRA="device=cuda batch_size=512"
 fi
 export SDL_VIDEODRIVER=dummy PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 OMP_NUM_THREADS=3
 cd $W  # import the installed copy, not the source folder
@@ -70,5 +78,19 @@ for r in $RUNS; do
   tail -n 3 logs/train_$r.txt
   cp runs/$r/bundle/world_model.safetensors $OUT/wm_$r.safetensors && cp runs/$r/bundle/bundle.json logs/bundle_$r.json
 done
+# 3. each run in the shipped bundle's setting (snap, map memory, terrain prior), its heads refit on what they read
+#    there and the termination head calibrated on the test splits (README: Reward and termination heads)
+if [ "$HEADS" = 1 ]; then
+  echo "[$(el) s] heads"
+  for r in $RUNS; do
+    ( python3 "$REPO/docs/graft_world_model.py" runs/$r/bundle runs/${r}_ship > logs/heads_$r.txt 2>&1 \
+      && timeout $((HEADS_END - $(el))) python3 -m worldsim.cli heads bundle=runs/${r}_ship \
+           "data=[$W/data/crafter_detour,$W/data/crafter_ends]" calibrate=true $HEADS_EXTRA >> logs/heads_$r.txt 2>&1 \
+      && cp runs/${r}_ship/world_model.safetensors $OUT/wm_${r}_heads.safetensors \
+      && cp runs/${r}_ship/bundle.json logs/bundle_${r}_heads.json ) &
+  done
+  wait
+  echo "[$(el) s] heads done"; for r in $RUNS; do tail -n 1 logs/heads_$r.txt; done
+fi
 tar czf $OUT/logs.tgz logs
 echo "[$(el) s] done"; ls -l $OUT

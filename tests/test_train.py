@@ -690,7 +690,8 @@ def test_termination_calibration_matches_the_count_and_keeps_the_ranking(bundle,
             ep["terminated"][-1] = True
             write_episode(tmp_path / "data" / e["file"], ep["frames"], ep["actions"], ep["rewards"], ep["terminated"], ep["seed"])
     shutil.copytree(bundle, tmp_path / "copy")
-    info = run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={tmp_path / 'data'}", "steps=0", "calibrate=true"])
+    info = run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={tmp_path / 'data'}", "steps=0", "calibrate=true",
+                            "device=auto", "batch_size=8"])  # auto: this CPU (a GPU where there is one)
     assert "transitions" not in info and info["calibration"]["ends"] >= 1
     old, new = load_file(bundle / "world_model.safetensors"), load_file(tmp_path / "copy" / "world_model.safetensors")
     assert {k for k in old if not torch.equal(old[k], new[k])} <= {"heads_mlp.2.weight", "heads_mlp.2.bias"}

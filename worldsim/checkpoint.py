@@ -182,14 +182,14 @@ def bundle_path(name) -> Path:
     return ASSETS / name if (ASSETS / str(name) / "bundle.json").exists() else Path(name)
 
 
-def bundle_and_training_data(bundle: str, data) -> tuple[Path, "Bundle", list]:
+def bundle_and_training_data(bundle: str, data, device: str = "cpu") -> tuple[Path, "Bundle", list]:
     """For jobs that fit a part of a bundle on collections (`worldsim codebook`, `worldsim heads`): the bundle's
     path (a name of a shipped bundle, or a path), the Bundle, and the training episodes of `data` (one collect
     dir or a list of them), with clear errors for an empty collection or frames of another size."""
     from worldsim.data import load_episodes
 
     path = bundle_path(bundle)
-    b = Bundle(path)
+    b = Bundle(path, device)
     eps = []
     for d in data_dirs(data):
         part = load_episodes(d, split="train")

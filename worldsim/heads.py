@@ -157,16 +157,21 @@ def heads_job(cfg):
     steps, calibrate = int(cfg.steps), bool(cfg.get("calibrate", False))
     if steps < 0 or (steps == 0 and not calibrate):
         raise ValueError(f"heads: steps must be positive, or 0 with calibrate=true (calibrate only); got {steps}")
-    path, b, train = bundle_and_training_data(cfg.bundle, cfg.data)
+    device = str(cfg.get("device", "cpu"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch = int(cfg.get("batch_size", 64))
+    path, b, train = bundle_and_training_data(cfg.bundle, cfg.data, device)
     torch.manual_seed(cfg.seed)
-    tests = {str(d): commit_features(b, eps, seed=cfg.seed + 1 + i)
+    tests = {str(d): commit_features(b, eps, batch=batch, seed=cfg.seed + 1 + i)
              for i, d in enumerate(data_dirs(cfg.data)) if (eps := load_episodes(d, split="test"))}
     if calibrate and not tests:
         raise ValueError(f"calibrate=true fits on the test splits, and none of {[str(d) for d in data_dirs(cfg.data)]} has one")
+    tr = commit_features(b, train, batch=batch, seed=cfg.seed) if steps > 0 else None
+    b.dit.cpu()  # the features are on the host; the heads are small (on a GPU only the features are worth it)
     before = {d: head_counts(b, *te) for d, te in tests.items()}
     meta_key, info = "heads_refit", {}
     if steps > 0:
-        tr = commit_features(b, train, seed=cfg.seed)
         info = refit_heads(b, *tr, steps=steps, lr=float(cfg.lr), seed=int(cfg.seed),
                            achievement_weight=float(cfg.achievement_weight), end_weight=float(cfg.end_weight))
         info.update(transitions=len(tr[0]), ends=int(tr[2].sum()))

@@ -148,6 +148,11 @@ def test_bench_rounds_report_medians_and_the_ratio_within_each_round(bundle):
     per = r["per_round"]
     assert len(per["env_steps_per_s"]) == len(per["vs_real"]) == 3
     assert all(abs(v - e / real) < 1e-9 for v, e, real in zip(per["vs_real"], per["env_steps_per_s"], reals))
+    # both CPU inference paths in every round: one row each, with its setting
+    both = run_job("bench", [f"bundle={bundle}", "steps=2", "warmup=1", "batch_sizes=[1]", "real_steps=20", "rounds=2",
+                             "quantize=[none,int8]"])
+    assert sorted(r["quantize"] for r in both["model"]) == ["fp32", "int8"]
+    assert all(len(r["per_round"]["env_steps_per_s"]) == 2 for r in both["model"])
     assert r["env_steps_per_s"] == float(np.median(per["env_steps_per_s"]))
     assert r["vs_real"] == float(np.median(per["vs_real"]))
 

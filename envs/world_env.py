@@ -177,6 +177,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
 
     Autoreset follows Gymnasium's default (NEXT_STEP): after a sub-env ends, the next ``step`` resets it
     to a default start and returns its first observation with reward 0; its action is ignored.
+    ``reset(options=...)`` takes WorldEnv's options, for every world, or a list of them, one per world (each its
+    own context; contexts of one call have the same length).
     """
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP, "render_fps": 15}
@@ -214,7 +216,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
     def _reset_rows(self, rows, options=None):
         frames, actions, clocks = [], [], []
         for i in rows:
-            f, a, info = _start(self, self.single_action_space, options, self.rngs[i])
+            f, a, info = _start(self, self.single_action_space, options[i] if isinstance(options, list) else options,
+                                self.rngs[i])
             frames.append(f), actions.append(a), clocks.append(info["clock"])
         lengths = {len(f) for f in frames}
         if len(lengths) != 1:  # default starts all have the same length; a given context is shared by all rows
@@ -233,6 +236,11 @@ class WorldVectorEnv(gym.vector.VectorEnv):
             seeds = list(seed)
             if len(seeds) != self.num_envs:
                 raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+        if isinstance(options, (list, tuple)):
+            if len(options) != self.num_envs:
+                raise ValueError(f"got {len(options)} reset options for {self.num_envs} envs (one dict per env, or one "
+                                 "dict for all)")
+            options = list(options)
         if seed is not None or not self._started:
             self.rngs = [np.random.default_rng(s) for s in seeds]
             self.end_rngs = [_end_draws(r) for r in self.rngs]
@@ -245,8 +253,10 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         if not self._started:
             raise RuntimeError("call reset() before step()")
         actions = check_actions(self.single_action_space, actions, self.num_envs)
-        # each world draws from its own generator (its frames depend on its seed alone, not on the batch it is
-        # in), both draws in one call: the sampler's noise, then the context noise
+        # each world draws from its own generator (its noise depends on its seed alone, not on the batch it is
+        # in), both draws in one call: the sampler's noise, then the context noise. Its frames can still differ
+        # with the batch beside it: int8's activation scale spans the batch, and fp32 sums may round otherwise
+        # (README: Batch and reproducibility)
         draws = np.stack([r.standard_normal((2, *self.sim.latent_shape)) for r in self.rngs])
         noise, ctx = draws[:, 0], draws[:, 1]
         res = self.sim.step(actions, noise, ctx)

@@ -52,13 +52,7 @@ def _rollout(job: dict) -> dict:
                 break
     finally:
         env.close()
-    if isinstance(env.action_space, gym.spaces.Dict):
-        acts = {k: np.stack([np.asarray(a[k]) for a in actions]).astype(np.float32 if k == "camera" else np.int64)
-                for k in env.action_space.spaces}
-        counts = action_counts(acts)
-    else:
-        acts = np.array([int(a) for a in actions], np.int64)
-        counts = action_counts(acts, env.action_space.n)
+    acts, counts = episode_actions(actions, env.action_space)
     path = Path(job["out"]) / job["file"]
     write_episode(path, np.stack(frames), acts, rewards, terms, seed=job["world_seed"],
                   **({"clock_start": np.int64(clock)} if clock else {}))
@@ -67,6 +61,17 @@ def _rollout(job: dict) -> dict:
             "agent": job["agent"], "detour": job.get("detour", 0.0), "steps": len(actions), "terminated": bool(terms[-1]),
             "return": float(np.sum(rewards)), "action_counts": counts,
             "achievements": {k: int(v) for k, v in achievements.items() if v}}
+
+
+def episode_actions(actions: list, space: gym.Space):
+    """One episode's actions as stored (an int64 array, or per-key arrays for a Dict space: camera float32) and
+    their counts (`action_counts`)."""
+    if isinstance(space, gym.spaces.Dict):
+        acts = {k: np.stack([np.asarray(a[k]) for a in actions]).astype(np.float32 if k == "camera" else np.int64)
+                for k in space.spaces}
+        return acts, action_counts(acts)
+    acts = np.array([int(a) for a in actions], np.int64)
+    return acts, action_counts(acts, space.n)
 
 
 def action_counts(acts, n: int = 0):

@@ -1,0 +1,134 @@
+"""`worldsim rollout`: episodes the learned env generates, written to disk as `worldsim collect` writes real ones.
+
+For rollouts to keep: a robotics team's synthetic data, an agent's imagined experience, a model's worlds beside
+the collection it was trained on. `batch_size` worlds are stepped as one batch through the native vector env
+(`gym.make_vec`), each driven by an agent, or by the recorded actions of an episode (`agent=replay`), from the
+model's shipped start states or from the first frames of recorded episodes (`context=DIR`). Files and manifest
+have collect's format, plus `source` in the manifest (the bundle and the settings it ran with), so every tool
+that reads a collection reads them. Episode i uses seed + i for its world's noise, its start and its agent,
+whatever batch it ran in, so a killed job resumes (episodes on disk are kept) with the same episodes.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from tqdm import tqdm
+
+from worldsim.collect import episode_actions, print_histograms
+from worldsim.data import (episode_clock, episode_path, index_actions, load_episodes, load_manifest, read_episode,
+                           save_manifest, stack_actions, write_episode)
+
+ENV_IDS = {"crafter": "worldsim/Crafter-v0", "minetest": "worldsim/Minetest-v0"}
+
+
+def _on_disk(root: Path, entries: dict, i: int) -> bool:
+    if i not in entries:
+        return False
+    try:
+        read_episode(root / entries[i]["file"])
+        return True
+    except (ValueError, FileNotFoundError) as e:
+        print(f"warning: {e}; generating it again")
+        return False
+
+
+def rollout(cfg) -> dict:
+    import torch
+
+    import worldsim  # noqa: F401  (registers the envs)
+    from worldsim.agents import AGENTS, make_agent
+
+    if cfg.env not in ENV_IDS:
+        raise ValueError(f"unknown env {cfg.env!r} for rollout; choose one of {sorted(ENV_IDS)}")
+    episodes, steps, B = int(cfg.episodes), int(cfg.steps), int(cfg.batch_size)
+    if episodes < 1 or steps < 1 or B < 1:
+        raise ValueError(f"episodes, steps and batch_size must be >= 1; got {episodes}, {steps}, {B}")
+    replay = cfg.agent == "replay"
+    if not replay and cfg.agent not in AGENTS:
+        raise ValueError(f"unknown agent {cfg.agent!r}; choose replay or one of {sorted(AGENTS)}")
+    if replay and not cfg.context:
+        raise ValueError("agent=replay drives each world with a recorded episode's actions: give context=DIR")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    venv = gym.make_vec(ENV_IDS[cfg.env], num_envs=B, device=cfg.device, horizon=steps,
+                        termination_threshold=cfg.termination_threshold,
+                        **({"bundle": str(cfg.bundle)} if cfg.bundle else {}))
+    env = venv.unwrapped
+    space, W = venv.single_action_space, env.sim.window
+    recorded = []
+    if cfg.context:
+        recorded = [ep for ep in load_episodes(cfg.context) if len(ep["frames"]) > W]
+        if not recorded:
+            raise ValueError(f"{cfg.context}: no readable episode with more than the model's {W} context frames")
+        shape = tuple(recorded[0]["frames"].shape[1:])
+        if shape != tuple(env.sim.frame_shape):
+            raise ValueError(f"{cfg.context}: frames of shape {shape}, the model's are {tuple(env.sim.frame_shape)}")
+
+    root = Path(cfg.out if cfg.out is not None else f"rollouts/{cfg.env}")
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(root)
+    info = {**env.bundle.env, "frame_shape": list(env.sim.frame_shape)}
+    if manifest["env"] and manifest["env"].get("name") != info.get("name"):
+        raise ValueError(f"{root} holds {manifest['env'].get('name')!r} episodes, not {info.get('name')!r}: choose another out=")
+    manifest["env"] = info
+    manifest["source"] = {"bundle": str(env.bundle.path), "settings": env.sim.settings(), "agent": cfg.agent,
+                          "context": str(cfg.context) if cfg.context else None}
+    have = {e["index"]: e for e in manifest["episodes"]}
+    have = {i: e for i, e in have.items() if _on_disk(root, have, i)}
+    todo = [i for i in range(episodes) if i not in have]
+    if have:
+        print(f"resuming: {len(have)} episodes already on disk, {len(todo)} to generate")
+    manifest["episodes"] = sorted(have.values(), key=lambda e: e["index"])
+    save_manifest(root, manifest)
+
+    t0, made = time.time(), 0
+    with tqdm(total=len(todo), desc="rollout", unit="ep") as bar:
+        for k in range(0, len(todo), B):
+            chunk = todo[k:k + B]
+            rows = chunk + [chunk[-1]] * (B - len(chunk))  # a short last batch: the spare worlds repeat one, unwritten
+            starts = [recorded[i % len(recorded)] for i in rows] if recorded else None
+            options = None if starts is None else [
+                {"context_frames": ep["frames"][:W], "context_actions": index_actions(ep["actions"], slice(0, W - 1)),
+                 "clock": episode_clock(ep, W - 1)} for ep in starts]
+            obs, _ = venv.reset(seed=[int(cfg.seed) + i for i in rows], options=options)
+            agents = None if replay else [make_agent(cfg.agent, space, seed=int(cfg.seed) + i) for i in rows]
+            for a in agents or []:
+                a.reset()
+            limit = [min(steps, len(ep["frames"]) - W) if replay else steps for ep in (starts or [None] * B)]
+            frames, acts = [[f] for f in obs], [[] for _ in rows]
+            rewards, ends = [[] for _ in rows], [[] for _ in rows]
+            live = np.ones(B, bool)
+            for t in range(max(limit)):
+                act = [index_actions(starts[r]["actions"], W - 1 + min(t, limit[r] - 1)) if replay
+                       else agents[r].act(obs[r]) for r in range(B)]
+                obs, rew, term, trunc, _ = venv.step(stack_actions(act))
+                for r in np.flatnonzero(live):
+                    frames[r].append(obs[r]), acts[r].append(act[r]), rewards[r].append(float(rew[r]))
+                    ends[r].append(bool(term[r]))
+                    if term[r] or trunc[r] or len(acts[r]) >= limit[r]:
+                        live[r] = False
+                if not live.any():
+                    break
+            for r, i in enumerate(chunk):
+                a, counts = episode_actions(acts[r], space)
+                clock = episode_clock(starts[r], W - 1) if starts else 0
+                path = episode_path(root, i)
+                write_episode(path, np.stack(frames[r]), a, rewards[r], ends[r], seed=int(cfg.seed) + i,
+                              **({"clock_start": np.int64(clock)} if clock else {}))
+                have[i] = {"file": str(path.relative_to(root)), "index": i, "seed": int(cfg.seed) + i,
+                           "split": "test" if cfg.test_every and i % cfg.test_every == cfg.test_every - 1 else "train",
+                           **({"clock_start": int(clock)} if clock else {}),
+                           "agent": cfg.agent, "steps": len(acts[r]), "terminated": bool(ends[r][-1]),
+                           "return": float(np.sum(rewards[r])), "action_counts": counts, "achievements": {}}
+                made += len(acts[r])
+            manifest["episodes"] = sorted(have.values(), key=lambda e: e["index"])
+            save_manifest(root, manifest)
+            bar.update(len(chunk))
+            bar.set_postfix(steps=made, env_steps_per_s=f"{made / (time.time() - t0):.0f}")
+    venv.close()
+    print_histograms(manifest, info.get("action_meanings"))
+    print(f"written to {root}")
+    return manifest

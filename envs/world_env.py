@@ -52,7 +52,9 @@ class WorldEnv(gym.Env):
       do not depend on it: ends in Crafter are chancy (a zombie's next blow), a one-step world model draws the
       likeliest frame, and a threshold of 0.5 would never end an episode (README: Reward and termination
       heads). ``termination_threshold=x`` ends when the probability exceeds x instead (deterministic; 2.0
-      never ends).
+      never ends). ``reward_floor=f`` gives 0 where the reward head's value is smaller than f in size: in the
+      model's own rollouts the head returns many small values that add up (README: Reward floor). Default:
+      the bundle's (``inference.reward_floor``; 0 gives every value).
 
     With the Minetest bundle (``worldsim/Minetest-v0``) the spaces are those of ``worldsim/RealMinetest-v0``:
     MineRL 1.0's ``Dict`` of keys + ``camera`` and ``Box(0, 255, (96, 128, 3), uint8)``; keys left out of
@@ -119,13 +121,14 @@ class WorldEnv(gym.Env):
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None,
                  map_memory: bool | None = None, new_ground: str | None = None,
-                 terrain_floor: float | None = None):
+                 terrain_floor: float | None = None, reward_floor: float | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), _threshold(termination_threshold)
         self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise, frame_size, default_bundle,
                                   guidance, tile_hold, quantize, detail_carry, carry_gate, reencode, snap, certain, amp,
                                   view_memory, seed_floor, map_memory, new_ground, terrain_floor)
+        self.reward_floor = _reward_floor(reward_floor, self.bundle)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window = None, 0, None
 
@@ -152,7 +155,8 @@ class WorldEnv(gym.Env):
         truncated = self._t >= self.horizon
         if self.render_mode == "human":
             self.render()
-        return self._obs.copy(), float(res.reward[0]), terminated, truncated, {"terminated_prob": float(res.terminated_prob[0])}
+        reward = float(_floored(res.reward, self.reward_floor)[0])
+        return self._obs.copy(), reward, terminated, truncated, {"terminated_prob": float(res.terminated_prob[0])}
 
     def render(self):
         if self._obs is None:
@@ -192,7 +196,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None,
                  map_memory: bool | None = None, new_ground: str | None = None,
-                 terrain_floor: float | None = None, **kwargs):
+                 terrain_floor: float | None = None, reward_floor: float | None = None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments for WorldVectorEnv: {sorted(kwargs)}")
         if render_mode not in (None, "rgb_array"):
@@ -203,6 +207,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                                          frame_size, default_bundle, guidance, tile_hold, quantize,
                                          detail_carry, carry_gate, reencode, snap, certain, amp, view_memory,
                                          seed_floor, map_memory, new_ground, terrain_floor)
+        self.reward_floor = _reward_floor(reward_floor, self.bundle)
         self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -262,7 +267,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         res = self.sim.step(actions, noise, ctx)
         self._obs[:] = res.frames
         self._t += 1
-        rewards = res.reward.astype(np.float64)
+        rewards = _floored(res.reward, self.reward_floor)
         terminated = _ends(res.terminated_prob, self.threshold, self.end_rngs)
         truncated = self._t >= self.horizon
         resetting = np.flatnonzero(self._autoreset)
@@ -299,6 +304,24 @@ def _threshold(t):
     if np.isnan(t):
         raise ValueError("termination_threshold must be a number or None (draw ends with the head's probability)")
     return t
+
+
+def _reward_floor(floor, bundle) -> float:
+    """The env's reward floor: the argument, else the bundle's `inference.reward_floor`, else 0 (every value)."""
+    given = (bundle.meta.get("inference") or {}).get("reward_floor", 0.0) if floor is None else floor
+    try:
+        floor = float(given)
+    except (TypeError, ValueError):
+        floor = float("nan")
+    if isinstance(given, bool) or not np.isfinite(floor) or floor < 0:
+        raise ValueError(f"reward_floor must be a number >= 0 (0: every reward the head gives), got {given!r}")
+    return floor
+
+
+def _floored(reward: np.ndarray, floor: float) -> np.ndarray:
+    """The reward head's values as float64, those under `floor` in size set to 0."""
+    reward = np.asarray(reward, np.float64)
+    return np.where(np.abs(reward) < floor, 0.0, reward) if floor > 0 else reward
 
 
 def _end_draws(rng: np.random.Generator) -> np.random.Generator:

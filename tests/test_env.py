@@ -191,6 +191,37 @@ def test_ends_are_drawn_with_the_heads_probability_without_touching_the_frames(b
         WorldEnv(bundle=bundle, termination_threshold=float("nan"))
 
 
+def test_reward_floor_zeroes_small_head_values_and_nothing_else(bundle, tmp_path):
+    """reward_floor=f: the reward head's values under f in size become 0, the others and the frames stay; the
+    default comes from the bundle's inference.reward_floor; bad floors get a clear error."""
+    import json
+    import shutil
+
+    def run(env):
+        env.reset(seed=4)
+        steps = [env.step(a) for a in [1, 2, 3, 4, 5, 0] * 3]
+        return np.stack([s[0] for s in steps]), np.array([s[1] for s in steps])
+
+    frames, raw = run(WorldEnv(bundle=bundle))
+    assert np.abs(raw).max() > 0
+    f = float(np.median(np.abs(raw)))
+    frames_f, floored = run(WorldEnv(bundle=bundle, reward_floor=f))
+    assert np.array_equal(frames, frames_f)
+    assert np.array_equal(floored, np.where(np.abs(raw) < f, 0.0, raw)) and (floored == 0).sum() > (raw == 0).sum()
+    venv = WorldVectorEnv(num_envs=2, bundle=bundle, reward_floor=1e9)
+    venv.reset(seed=0)
+    assert not venv.step(np.array([1, 2]))[1].any()
+    shutil.copytree(bundle, tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    meta["inference"] = {**(meta.get("inference") or {}), "reward_floor": 1e9}
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(meta))
+    assert not run(WorldEnv(bundle=tmp_path / "b"))[1].any()  # the bundle's default
+    assert np.array_equal(run(WorldEnv(bundle=tmp_path / "b", reward_floor=0))[1], raw)
+    for bad in (-0.1, float("nan"), "high", True):
+        with pytest.raises(ValueError, match="reward_floor must be a number >= 0"):
+            WorldEnv(bundle=bundle, reward_floor=bad)
+
+
 def test_vector_autoreset_next_step(bundle):
     # threshold -1: every step "terminates", so every other step is an autoreset step
     venv = WorldVectorEnv(num_envs=2, bundle=bundle, termination_threshold=-1.0)

@@ -54,7 +54,7 @@ def rollout(cfg) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     venv = gym.make_vec(ENV_IDS[cfg.env], num_envs=B, device=cfg.device, horizon=steps,
-                        termination_threshold=cfg.termination_threshold,
+                        termination_threshold=cfg.termination_threshold, reward_floor=cfg.get("reward_floor"),
                         **({"bundle": str(cfg.bundle)} if cfg.bundle else {}))
     env = venv.unwrapped
     space, W = venv.single_action_space, env.sim.window

@@ -91,7 +91,7 @@ def _readable(path: Path) -> bool:
         return True
     except (ValueError, FileNotFoundError) as e:
         if path.exists():
-            print(f"warning: {e}; collecting it again")
+            print(f"warning: {e}; making it again")
         return False
 
 

@@ -17,22 +17,11 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from worldsim.collect import episode_actions, print_histograms
-from worldsim.data import (episode_clock, episode_path, index_actions, load_episodes, load_manifest, read_episode,
-                           save_manifest, stack_actions, write_episode)
+from worldsim.collect import _readable, episode_actions, print_histograms
+from worldsim.data import (episode_clock, episode_path, index_actions, load_episodes, load_manifest, save_manifest,
+                           stack_actions, write_episode)
 
 ENV_IDS = {"crafter": "worldsim/Crafter-v0", "minetest": "worldsim/Minetest-v0"}
-
-
-def _on_disk(root: Path, entries: dict, i: int) -> bool:
-    if i not in entries:
-        return False
-    try:
-        read_episode(root / entries[i]["file"])
-        return True
-    except (ValueError, FileNotFoundError) as e:
-        print(f"warning: {e}; generating it again")
-        return False
 
 
 def rollout(cfg) -> dict:
@@ -76,8 +65,7 @@ def rollout(cfg) -> dict:
     manifest["env"] = info
     manifest["source"] = {"bundle": str(env.bundle.path), "settings": env.sim.settings(), "agent": cfg.agent,
                           "context": str(cfg.context) if cfg.context else None}
-    have = {e["index"]: e for e in manifest["episodes"]}
-    have = {i: e for i, e in have.items() if _on_disk(root, have, i)}
+    have = {e["index"]: e for e in manifest["episodes"] if _readable(root / e["file"])}
     todo = [i for i in range(episodes) if i not in have]
     if have:
         print(f"resuming: {len(have)} episodes already on disk, {len(todo)} to generate")

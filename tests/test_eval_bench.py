@@ -82,6 +82,9 @@ def test_eval_writes_figures_beside_baselines(bundle, dataset, tmp_path):
     real_change = np.concatenate([np.abs(np.diff(ep["frames"].astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
                                   for ep in eps])
     assert st["real_reference"]["frozen_share"] == float((real_change < 0.05).mean())
+    real_return = 1000 * sum(ep["rewards"].sum() for ep in eps) / sum(len(ep["rewards"]) for ep in eps)
+    assert abs(st["real_reference"]["return_per_1000"] - real_return) < 1e-6  # the env's rewards beside the real ones
+    assert all(np.isfinite(b["return_per_1000"]) for b in st["blocks"])
     assert all(b["rss_mib"] > 100 for b in st["blocks"])  # resident memory per block (torch alone is more)
     assert imageio.imread(tmp_path / "strip.png").shape == (2 * 64, 2 * 3 * 66, 3)
     assert (tmp_path / "stab.png").stat().st_size > 1000

@@ -640,10 +640,11 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     agent.reset()
     frames = np.full((steps, *obs.shape), 0, np.uint8)  # written now, so filling it does not grow the RSS
     end_prob = np.zeros(steps)  # the termination head's probability each step: how often the env would end
+    rewards = np.zeros(steps)  # the env's rewards (the reward floor applied): the return an agent would see
     rss = []  # resident memory at the end of each block: the env's memory must stay flat
     t0 = time.perf_counter()
     for t in tqdm(range(steps), desc="stability rollout", unit="step"):
-        obs, _, _, _, info = env.step(agent.act(obs))
+        obs, rewards[t], _, _, info = env.step(agent.act(obs))
         frames[t], end_prob[t] = obs, info["terminated_prob"]
         if (t + 1) % block == 0 or t + 1 == steps:
             rss.append(rss_mib())
@@ -660,24 +661,27 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     ref_frozen = float((np.concatenate(real_change) < 0.05).mean())
     ref_spread = float(real_ref.reshape(len(real_ref), -1, 3).std(axis=1).mean())
     ref_ends = 1000 * sum(int(ep["terminated"].sum()) for ep in eps) / sum(len(ep["terminated"]) for ep in eps)
+    ref_return = 1000 * sum(float(ep["rewards"].sum()) for ep in eps) / sum(len(ep["rewards"]) for ep in eps)
     blocks = []
     for s in range(0, steps, block):
         sl = slice(s, min(s + block, steps))
         blocks.append({"steps": [s + 1, sl.stop], "nn_psnr": float(nn[sl].mean()), "change": float(change[sl].mean()),
                        "spread": float(spread[sl].mean()), "frozen_share": float((change[sl] < 0.05).mean()),
                        "expected_ends_per_1000": float(end_prob[sl].mean() * 1000),
+                       "return_per_1000": float(rewards[sl].mean() * 1000),
                        "rss_mib": rss[len(blocks)]})
     res = {"steps": steps, "block": block, "steps_per_s": sps, "blocks": blocks,
            "real_reference": {"nn_psnr": float(ref_nn.mean()), "change": float(ref_change), "spread": ref_spread,
-                              "frozen_share": ref_frozen, "ends_per_1000": ref_ends},
+                              "frozen_share": ref_frozen, "ends_per_1000": ref_ends, "return_per_1000": ref_return},
            "bank_frames": len(bank)}
     print(f"stability over {steps} steps (per {block}; real held-out frames: nn-PSNR {ref_nn.mean():.2f} dB, "
-          f"change {ref_change:.2f}, spread {ref_spread:.1f}, frozen {100 * ref_frozen:.1f}%, ends {ref_ends:.1f} per "
-          f"1000 steps):")
+          f"change {ref_change:.2f}, spread {ref_spread:.1f}, frozen {100 * ref_frozen:.1f}%, ends {ref_ends:.1f} and "
+          f"return {ref_return:.1f} per 1000 steps):")
     for b in blocks:
         print(f"  steps {b['steps'][0]:>6d}-{b['steps'][1]:<6d} nn-PSNR {b['nn_psnr']:6.2f} dB  change {b['change']:5.2f}  "
               f"spread {b['spread']:5.1f}  frozen {100 * b['frozen_share']:4.1f}%  expected ends "
-              f"{b['expected_ends_per_1000']:5.2f} per 1000  RSS {b['rss_mib']:.1f} MiB")
+              f"{b['expected_ends_per_1000']:5.2f} per 1000  return {b['return_per_1000']:6.1f} per 1000  "
+              f"RSS {b['rss_mib']:.1f} MiB")
     if cfg.stability_strip:
         _strip(frames, block, cfg.stability_strip)
         res["strip"] = str(cfg.stability_strip)

@@ -63,6 +63,11 @@ def _rollout(job: dict) -> dict:
             "achievements": {k: int(v) for k, v in achievements.items() if v}}
 
 
+def split_of(index: int, test_every: int) -> str:
+    """Every test_every-th episode index goes to the held-out "test" split (0: none)."""
+    return "test" if test_every and index % test_every == test_every - 1 else "train"
+
+
 def episode_actions(actions: list, space: gym.Space):
     """One episode's actions as stored (an int64 array, or per-key arrays for a Dict space: camera float32) and
     their counts (`action_counts`)."""
@@ -177,7 +182,7 @@ def collect(cfg) -> dict:
                              f"start each episode's game at (env=crafter only)")
     jobs = []
     for i in range(cfg.episodes):
-        split = "test" if cfg.test_every and i % cfg.test_every == cfg.test_every - 1 else "train"
+        split = split_of(i, cfg.test_every)
         seed = int(cfg.seed) + i
         if i not in have:
             # on disk but not in the manifest (killed job)

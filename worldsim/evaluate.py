@@ -626,13 +626,13 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
 
     import worldsim  # noqa: F401  (registers the envs)
     from worldsim.agents import make_agent
-    from worldsim.bench import rss_mib
+    from worldsim.bench import ENV_IDS, rss_mib
 
     rng = np.random.default_rng(cfg.seed + 1)
     half = len(eps) // 2 or 1
     bank = _frame_bank(eps[:half], int(cfg.bank_frames), rng)  # real frames the measure compares against
     real_ref = _frame_bank(eps[half:] or eps, int(cfg.bank_frames) // 4, rng)
-    env_id = {"crafter": "worldsim/Crafter-v0", "minetest": "worldsim/Minetest-v0"}[cfg.env]
+    env_id = ENV_IDS[cfg.env][0]
     env = gym.make(env_id, bundle=str(bundle.path), device=cfg.device, sampling_steps=cfg.sampling_steps,
                    **_sim_kw(cfg), termination_threshold=2.0, horizon=steps + 1)  # one unbroken rollout
     agent = make_agent("explorer", env.action_space, seed=cfg.seed)

@@ -5,8 +5,9 @@ the collection it was trained on. `batch_size` worlds are stepped as one batch t
 (`gym.make_vec`), each driven by an agent, or by the recorded actions of an episode (`agent=replay`), from the
 model's shipped start states or from the first frames of recorded episodes (`context=DIR`). Files and manifest
 have collect's format, plus `source` in the manifest (the bundle and the settings it ran with), so every tool
-that reads a collection reads them. Episode i uses seed + i for its world's noise, its start and its agent,
-whatever batch it ran in, so a killed job resumes (episodes on disk are kept) with the same episodes.
+that reads a collection reads them. Episode i uses seed + i for its world's noise, its start and its agent, so
+a killed job resumes (episodes on disk are kept) with the episodes it would have made, up to the batch's effect
+on the frames (with int8 a world's frames depend on its batch-mates: README, Batch and reproducibility).
 """
 from __future__ import annotations
 
@@ -17,12 +18,10 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from worldsim.collect import _readable, episode_actions, print_histograms
+from worldsim.bench import ENV_IDS
+from worldsim.collect import _readable, episode_actions, print_histograms, split_of
 from worldsim.data import (episode_clock, episode_path, index_actions, load_episodes, load_manifest, save_manifest,
                            stack_actions, write_episode)
-
-ENV_IDS = {"crafter": "worldsim/Crafter-v0", "minetest": "worldsim/Minetest-v0"}
-
 
 def rollout(cfg) -> dict:
     import torch
@@ -42,7 +41,7 @@ def rollout(cfg) -> dict:
         raise ValueError("agent=replay drives each world with a recorded episode's actions: give context=DIR")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    venv = gym.make_vec(ENV_IDS[cfg.env], num_envs=B, device=cfg.device, horizon=steps,
+    venv = gym.make_vec(ENV_IDS[cfg.env][0], num_envs=B, device=cfg.device, horizon=steps,
                         termination_threshold=cfg.termination_threshold, reward_floor=cfg.get("reward_floor"),
                         **({"bundle": str(cfg.bundle)} if cfg.bundle else {}))
     env = venv.unwrapped
@@ -107,7 +106,7 @@ def rollout(cfg) -> dict:
                 write_episode(path, np.stack(frames[r]), a, rewards[r], ends[r], seed=int(cfg.seed) + i,
                               **({"clock_start": np.int64(clock)} if clock else {}))
                 have[i] = {"file": str(path.relative_to(root)), "index": i, "seed": int(cfg.seed) + i,
-                           "split": "test" if cfg.test_every and i % cfg.test_every == cfg.test_every - 1 else "train",
+                           "split": split_of(i, cfg.test_every),
                            **({"clock_start": int(clock)} if clock else {}),
                            "agent": cfg.agent, "steps": len(acts[r]), "terminated": bool(ends[r][-1]),
                            "return": float(np.sum(rewards[r])), "action_counts": counts, "achievements": {}}

@@ -13,8 +13,10 @@ from gymnasium.vector.utils import batch_space
 
 from worldsim.data import fit_frames, stack_actions
 from worldsim.envs.spaces import check_action as _check_action, check_actions
+from worldsim.model import spec_to_space
 from worldsim.simulator import WorldSimulator, load_bundle
 
+NO_DEFAULT = "required"  # worldsim/World-v0's default_bundle: bundle= must be given
 OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index", "clock"}
 
 
@@ -26,6 +28,9 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
     action space of one world."""
     from worldsim import DEFAULT_CRAFTER_BUNDLE
 
+    if bundle is None and default == NO_DEFAULT:
+        raise ValueError("worldsim/World-v0 runs a model you trained: gym.make('worldsim/World-v0', "
+                         "bundle='runs/<run>/bundle') (the bundle `worldsim train` wrote)")
     env.bundle = load_bundle(str(bundle or default or DEFAULT_CRAFTER_BUNDLE), device)
     env.sim = WorldSimulator(env.bundle, batch_size, sampling_steps, context_noise,
                              tuple(frame_size) if frame_size is not None else None, guidance, tile_hold, quantize,
@@ -33,7 +38,7 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
                              certain=certain, amp=amp, view_memory=view_memory, seed_floor=seed_floor,
                              map_memory=map_memory, new_ground=new_ground, terrain_floor=terrain_floor)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
-    return _action_space(env.bundle.env["action_space"])
+    return spec_to_space(env.bundle.env["action_space"])
 
 
 class WorldEnv(gym.Env):
@@ -55,6 +60,10 @@ class WorldEnv(gym.Env):
       never ends). ``reward_floor=f`` gives 0 where the reward head's value is smaller than f in size: in the
       model's own rollouts the head returns many small values that add up (README: Reward floor). Default:
       the bundle's (``inference.reward_floor``; 0 gives every value).
+
+    ``worldsim/World-v0`` is the same env for a bundle you trained (``bundle=`` required), e.g. on your own
+    Gymnasium env (``worldsim collect env=gym:<id>``): the spaces are the source env's (a Box's bounds
+    included), the frames its rendered frames at the collected size.
 
     With the Minetest bundle (``worldsim/Minetest-v0``) the spaces are those of ``worldsim/RealMinetest-v0``:
     MineRL 1.0's ``Dict`` of keys + ``camera`` and ``Box(0, 255, (96, 128, 3), uint8)``; keys left out of
@@ -282,19 +291,6 @@ class WorldVectorEnv(gym.vector.VectorEnv):
 
 
 # ---- shared helpers ------------------------------------------------------------------------------------
-
-
-def _action_space(spec: dict) -> gym.Space:
-    kind = spec["type"]
-    if kind == "discrete":
-        return gym.spaces.Discrete(spec["n"])
-    if kind == "multi_binary":
-        return gym.spaces.MultiBinary(spec["n"])
-    if kind == "multi_discrete":
-        return gym.spaces.MultiDiscrete(spec["nvec"])
-    if kind == "box":
-        return gym.spaces.Box(-spec["scale"], spec["scale"], (spec["dim"],), np.float32)
-    return gym.spaces.Dict({k: _action_space(s) for k, s in spec["keys"].items()})
 
 
 def _threshold(t):

@@ -98,7 +98,7 @@ def bundle_files(ae, dit, edm_cfg: EDMConfig, latent_stats: tuple[float, float],
     if isinstance(start_actions, dict):
         acts = {f"action${k}": v.contiguous() for k, v in start_actions.items()}
     else:
-        acts = {"actions": start_actions.to(torch.int64)}
+        acts = {"actions": start_actions if start_actions.is_floating_point() else start_actions.to(torch.int64)}
     meta = {"format": BUNDLE_FORMAT, "autoencoder": ae_config(ae), "world_model": dict(dit.config),
             "diffusion": asdict(edm_cfg), "latent_mean": latent_stats[0], "latent_std": latent_stats[1],
             "env": env_info, **(extra or {})}

@@ -16,6 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from worldsim.data import episode_path, load_manifest, num_steps, read_episode, save_manifest, write_episode
+from worldsim.envs.gym_source import is_gym_source
+from worldsim.model import space_to_spec, spec_to_space
 
 ENVS = {"crafter": "worldsim.envs.real_crafter:RealCrafterEnv",
         "minetest": "worldsim.envs.real_minetest:RealMinetestEnv"}
@@ -25,8 +27,13 @@ CAMERA_BINS = np.array([-np.inf, -20, -10, -5, -2, -0.5, 0.5, 2, 5, 10, 20, np.i
 
 
 def _make_real_env(name: str, **kw):
+    from worldsim.envs.gym_source import GymImageEnv, is_gym_source
+
+    if is_gym_source(name):  # any Gymnasium env, seen as frames (train on your own environment)
+        return GymImageEnv(name, **kw)
     if name not in ENVS:
-        raise ValueError(f"unknown env {name!r} for collect; choose one of {sorted(ENVS)}")
+        raise ValueError(f"unknown env {name!r} for collect; choose one of {sorted(ENVS)}, or gym:<env id> for any "
+                         f"Gymnasium environment")
     mod, cls = ENVS[name].split(":")
     return getattr(__import__(mod, fromlist=[cls]), cls)(**kw)
 
@@ -69,24 +76,43 @@ def split_of(index: int, test_every: int) -> str:
 
 
 def episode_actions(actions: list, space: gym.Space):
-    """One episode's actions as stored (an int64 array, or per-key arrays for a Dict space: camera float32) and
-    their counts (`action_counts`)."""
+    """One episode's actions as stored (an array: int64, float32 for a Box; or per-key arrays for a Dict space)
+    and their counts (`action_counts`)."""
     if isinstance(space, gym.spaces.Dict):
-        acts = {k: np.stack([np.asarray(a[k]) for a in actions]).astype(np.float32 if k == "camera" else np.int64)
-                for k in space.spaces}
+        acts = {k: np.stack([np.asarray(a[k]) for a in actions]).astype(
+            np.float32 if isinstance(sub, gym.spaces.Box) else np.int64) for k, sub in space.spaces.items()}
         return acts, action_counts(acts)
-    acts = np.array([int(a) for a in actions], np.int64)
-    return acts, action_counts(acts, space.n)
+    if isinstance(space, gym.spaces.Discrete):
+        acts = np.array([int(a) for a in actions], np.int64)
+    else:
+        acts = np.stack([np.asarray(a) for a in actions]).astype(
+            np.float32 if isinstance(space, gym.spaces.Box) else np.int64)
+    return acts, action_counts(acts, space)
 
 
-def action_counts(acts, n: int = 0):
-    """Per-action counts (Discrete, n actions), or per-key presses and binned camera deltas (Dict) of one
-    episode."""
+BOX_BINS = 8  # histogram bins per component of a Box action, between its bounds
+
+
+def action_counts(acts, space=0):
+    """One episode's action counts: per action (Discrete; `space` its space or its n), per key presses and binned
+    camera deltas (Dict, MineRL), per component (MultiDiscrete, MultiBinary), or per component a histogram of
+    BOX_BINS bins between the bounds (Box)."""
     if isinstance(acts, dict):
-        counts = {k: int(v.sum()) for k, v in acts.items() if k != "camera"}
-        counts.update({f"camera.{axis}": np.histogram(acts["camera"][:, i], CAMERA_BINS)[0].tolist()
-                       for i, axis in enumerate(("pitch", "yaw"))})
+        counts = {k: int(v.sum()) for k, v in acts.items() if k != "camera" and v.dtype.kind in "iub"}
+        if "camera" in acts:
+            counts.update({f"camera.{axis}": np.histogram(acts["camera"][:, i], CAMERA_BINS)[0].tolist()
+                           for i, axis in enumerate(("pitch", "yaw"))})
         return counts
+    if isinstance(space, gym.spaces.Box):
+        edges = np.linspace(float(np.min(space.low)), float(np.max(space.high)), BOX_BINS + 1)
+        return {"box": [np.histogram(np.clip(acts[:, i], edges[0], edges[-1]), edges)[0].tolist()
+                        for i in range(acts.shape[1])], "edges": edges.tolist()}
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return {"components": [np.bincount(acts[:, i], minlength=int(n)).tolist()
+                               for i, n in enumerate(np.ravel(space.nvec))]}
+    if isinstance(space, gym.spaces.MultiBinary):
+        return {"pressed": acts.reshape(len(acts), -1).sum(0).astype(int).tolist()}
+    n = int(space.n) if isinstance(space, gym.spaces.Discrete) else int(space)
     return np.bincount(acts.ravel(), minlength=n).tolist()
 
 
@@ -100,7 +126,7 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _entry_from_file(root: Path, index: int, seed: int, split: str, n_actions: int) -> dict | None:
+def _entry_from_file(root: Path, index: int, seed: int, split: str, space: gym.Space) -> dict | None:
     path = episode_path(root, index)
     if not path.exists():
         return None
@@ -110,7 +136,7 @@ def _entry_from_file(root: Path, index: int, seed: int, split: str, n_actions: i
         print(f"warning: {e}; collecting it again")
         return None
     acts = ep["actions"]
-    counts = action_counts(acts, n_actions)
+    counts = action_counts(acts, space)
     steps = num_steps(acts)
     return {"file": str(path.relative_to(root)), "index": index, "split": split, "seed": ep["seed"], "agent": "?",
             "steps": steps, "terminated": bool(ep["terminated"][-1]) if steps else False,
@@ -118,28 +144,43 @@ def _entry_from_file(root: Path, index: int, seed: int, split: str, n_actions: i
 
 
 def print_histograms(manifest: dict, action_names=None) -> None:
-    """Action histogram (per action, or per key and camera bin for Dict actions) and achievements."""
+    """Action histogram (per action; per key and camera bin for MineRL's Dict; per component for other spaces)
+    and achievements."""
     eps = manifest["episodes"]
     total = max(sum(e["steps"] for e in eps), 1)
     print(f"\n{len(eps)} episodes, {total} steps, {sum(e['terminated'] for e in eps)} deaths")
-    if eps and isinstance(eps[0]["action_counts"], dict):
-        keys = [k for k in eps[0]["action_counts"] if not k.startswith("camera.")]
-        print("keys (share of steps held):")
-        for k in keys:
-            c = sum(e["action_counts"].get(k, 0) for e in eps)
-            print(f"  {k:<20s} {c:>8d} {100 * c / total:5.1f}% {'#' * int(60 * c / total)}")
+
+    def bars(title, names, counts, of=total):
+        print(title)
+        for name, c in zip(names, counts):
+            print(f"  {name:<20s} {int(c):>8d} {100 * c / of:5.1f}% {'#' * int(60 * c / of)}")
+
+    first = eps[0]["action_counts"] if eps else []
+    if isinstance(first, dict) and "box" in first:  # Box: per component, bins between the bounds
+        edges = first["edges"]
+        names = [f"{a:+.3g}..{b:+.3g}" for a, b in zip(edges[:-1], edges[1:])]
+        for i in range(len(first["box"])):
+            bars(f"action[{i}] (share of steps per bin):", names, np.sum([e["action_counts"]["box"][i] for e in eps], 0))
+    elif isinstance(first, dict) and "components" in first:  # MultiDiscrete
+        for i in range(len(first["components"])):
+            hist = np.sum([e["action_counts"]["components"][i] for e in eps], 0)
+            bars(f"action[{i}]:", [str(v) for v in range(len(hist))], hist)
+    elif isinstance(first, dict) and "pressed" in first:  # MultiBinary
+        hist = np.sum([e["action_counts"]["pressed"] for e in eps], 0)
+        bars("action bits (share of steps set):", [f"bit {i}" for i in range(len(hist))], hist)
+    elif isinstance(first, dict):  # MineRL Dict: keys held, camera deltas binned
+        keys = [k for k in first if not k.startswith("camera.")]
+        bars("keys (share of steps held):", keys, [sum(e["action_counts"].get(k, 0) for e in eps) for k in keys])
         edges = [f"< {b:g}" if a == -np.inf else f"> {a:g}" if b == np.inf else f"{a:g}..{b:g}"
                  for a, b in zip(CAMERA_BINS[:-1], CAMERA_BINS[1:])]
         for axis in ("pitch", "yaw"):
-            hist = np.sum([e["action_counts"][f"camera.{axis}"] for e in eps], axis=0)
-            print(f"camera {axis} per tick (degrees):")
-            for edge, c in zip(edges, hist):
-                print(f"  {edge:<20s} {int(c):>8d} {100 * c / total:5.1f}% {'#' * int(60 * c / total)}")
+            if f"camera.{axis}" in first:
+                bars(f"camera {axis} per tick (degrees):", edges,
+                     np.sum([e["action_counts"][f"camera.{axis}"] for e in eps], axis=0))
     else:
-        counts = np.sum([e["action_counts"] for e in eps], axis=0) if eps else np.zeros(len(action_names))
-        print("actions:")
-        for name, c in zip(action_names, counts):
-            print(f"  {name:<20s} {int(c):>8d} {100 * c / total:5.1f}% {'#' * int(60 * c / total)}")
+        counts = np.sum([e["action_counts"] for e in eps], axis=0) if eps else np.zeros(len(action_names or []))
+        names = list(action_names) if action_names else [str(i) for i in range(len(counts))]
+        bars("actions:", names, counts)
     ach = collections.Counter()
     for e in eps:
         ach.update(e.get("achievements", {}).keys())
@@ -148,10 +189,17 @@ def print_histograms(manifest: dict, action_names=None) -> None:
         print(f"  {name:<20s} {c:>6d} {'#' * int(40 * c / max(len(eps), 1))}")
 
 
-def env_info(name: str, size) -> dict:
-    """The manifest's description of a source game: frame shape and action space spec (what train reads)."""
-    from worldsim.model import space_to_spec
-
+def env_info(name: str, size, seed: int = 0) -> dict:
+    """The manifest's description of a source game: frame shape and action space spec (what train reads). A
+    Gymnasium source (gym:<id>) is made and reset once (with `seed`) to learn its frame size."""
+    if is_gym_source(name):
+        env = _make_real_env(name, size=size)
+        try:
+            env.reset(seed=seed)
+            return {"name": name, "frame_shape": [*env.size, 3], "native_frame_shape": [*env.native_shape, 3],
+                    "action_space": space_to_spec(env.action_space), "action_meanings": env.action_meanings()}
+        finally:
+            env.close()
     if name == "crafter":
         from worldsim.envs.real_crafter import ACTION_MEANINGS, view_geometry
         return {"name": name, "frame_shape": [size, size, 3], "action_space": {"type": "discrete", "n": 17},
@@ -159,14 +207,23 @@ def env_info(name: str, size) -> dict:
     if name == "minetest":
         from worldsim.envs import minerl_actions
         return {"name": name, "frame_shape": [*size, 3], "action_space": space_to_spec(minerl_actions.action_space())}
-    raise ValueError(f"unknown env {name!r} for collect; choose one of {sorted(ENVS)}")
+    raise ValueError(f"unknown env {name!r} for collect; choose one of {sorted(ENVS)}, or gym:<env id> for any "
+                     f"Gymnasium environment")
 
 
 def collect(cfg) -> dict:
     size = cfg.size if cfg.size is not None else DEFAULT_SIZE.get(cfg.env)
-    size = list(size) if not isinstance(size, int) else size
-    info = env_info(cfg.env, size)
-    root = Path(cfg.out if cfg.out is not None else f"data/{cfg.env}")
+    size = list(size) if size is not None and not isinstance(size, int) else size
+    info = env_info(cfg.env, size, int(cfg.seed))
+    if is_gym_source(cfg.env):
+        size = info["frame_shape"][:2]  # fixed now, so every worker's frames match the manifest
+    agent = cfg.get("agent") or ("random" if is_gym_source(cfg.env) else "explorer")
+    if agent == "explorer" and is_gym_source(cfg.env):
+        raise ValueError(f"agent=explorer is the scripted explorer of Crafter and Minetest; for env={cfg.env} use "
+                         f"agent=random or your own policy, agent=<module>:<Class> (Class(action_space, seed=...) "
+                         f"with act(obs) -> action and reset())")
+    default_out = f"data/{cfg.env[len('gym:'):].replace(':', '_')}" if is_gym_source(cfg.env) else f"data/{cfg.env}"
+    root = Path(cfg.out if cfg.out is not None else default_out)
     root.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(root)
     if manifest["env"] and manifest["env"].get("name") != cfg.env:
@@ -186,11 +243,11 @@ def collect(cfg) -> dict:
         seed = int(cfg.seed) + i
         if i not in have:
             # on disk but not in the manifest (killed job)
-            entry = _entry_from_file(root, i, seed, split, info["action_space"].get("n", 0))
+            entry = _entry_from_file(root, i, seed, split, spec_to_space(info["action_space"]))
             if entry is not None:
                 have[i] = entry
                 continue
-            jobs.append({"env": cfg.env, "size": size, "max_steps": cfg.max_steps, "agent": cfg.agent,
+            jobs.append({"env": cfg.env, "size": size, "max_steps": cfg.max_steps, "agent": agent,
                          "detour": float(cfg.get("detour") or 0.0), "world_seed": seed, "index": i, "split": split,
                          # drawn per episode from its seed, so a resumed job draws the same
                          "clock_start": 0 if starts is None else int(np.random.default_rng(seed).integers(

@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from worldsim.data import episode_clock, index_actions, load_episodes, stack_actions
+from worldsim.envs.gym_source import is_gym_source
 from worldsim.simulator import WorldSimulator, load_bundle
 
 # per game: default horizons, held-out cache, stability rollout length and block, following probe actions
@@ -51,13 +52,28 @@ ENVS = {
                 "stability_block": 1000, "episodes": 16, "max_steps": 400, "differ": 0.0},
     "minetest": {"horizons": [1, 2, 4, 8, 16, 32], "cache_dir": "data/minetest-heldout", "stability_steps": 2000,
                  "stability_block": 200, "episodes": 4, "max_steps": 400, "differ": 1.0},
+    # any Gymnasium env (env=gym:<id>): held-out episodes from a random agent (or data=D's test split)
+    "gym": {"horizons": [1, 2, 4, 8, 16, 32], "cache_dir": None, "stability_steps": 2000, "stability_block": 200,
+            "episodes": 16, "max_steps": 500, "differ": 0.0},
 }
+
+
+def _game(env: str) -> str:
+    """ENVS's key for an env name: crafter, minetest, or gym for any gym:<id> source."""
+    if is_gym_source(env):
+        return "gym"
+    if env not in ENVS:
+        raise ValueError(f"unknown env {env!r}; available: crafter, minetest, or gym:<env id> (a model you trained "
+                         f"on a Gymnasium env, bundle=...)")
+    return env
 
 
 def _opt(cfg, key):
     """A config value, or the game's default when it is null."""
     v = cfg.get(key)
-    return ENVS[cfg.env][key] if v is None else v
+    if v is None and key == "cache_dir" and is_gym_source(cfg.env):
+        return f"data/{cfg.env[len('gym:'):].replace(':', '_')}-heldout"
+    return ENVS[_game(cfg.env)][key] if v is None else v
 
 
 def _sim_kw(cfg) -> dict:
@@ -102,7 +118,7 @@ def phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return (dy - h if dy > h // 2 else dy), (dx - w if dx > w // 2 else dx)
 
 
-def heldout_episodes(cfg):
+def heldout_episodes(cfg, size=None):
     if cfg.data:
         eps = load_episodes(Path(cfg.data), split="test")
         if not eps:
@@ -112,8 +128,9 @@ def heldout_episodes(cfg):
 
     out = Path(_opt(cfg, "cache_dir"))
     collect(OmegaConf.create({"env": cfg.env, "out": str(out), "episodes": _opt(cfg, "episodes"),
-                              "workers": cfg.workers, "max_steps": _opt(cfg, "max_steps"), "agent": "explorer",
-                              "detour": 0.0, "seed": cfg.seed, "test_every": 1, "size": None}))
+                              "workers": cfg.workers, "max_steps": _opt(cfg, "max_steps"), "agent": None,
+                              "detour": 0.0, "seed": cfg.seed, "test_every": 1,
+                              "size": None if size is None else list(size)}))
     return load_episodes(out, split="test")
 
 
@@ -172,15 +189,29 @@ def heads_eval(cfg, bundle, eps) -> dict:
     W = bundle.dit.config.context_frames
     items = transitions(eps, W)
     if not items:
-        return {"head_transitions": 0, "reward_head": _precision_recall([], []), "termination_head": end_scores([], [])}
+        return {"head_transitions": 0, "reward_head": _precision_recall([], []), "reward_values": reward_scores([], []),
+                "termination_head": end_scores([], [])}
     sim = WorldSimulator(bundle, min(int(cfg.batch_size), len(items)), cfg.sampling_steps, **_sim_kw(cfg))
     rew_pred, term_prob = [], []
     for res, k in step_transitions(sim, eps, items, np.random.default_rng(int(cfg.seed) + 1)):
-        rew_pred += list(res.reward[:k] > 0.5)
+        rew_pred += list(res.reward[:k])
         term_prob += list(res.terminated_prob[:k])
     rew, term = transition_labels(eps, items, W)
-    return {"head_transitions": len(items), "reward_head": _precision_recall(rew_pred, (rew > 0.5).numpy()),
+    rew, rew_pred = rew.numpy().astype(np.float64), np.asarray(rew_pred, np.float64)
+    return {"head_transitions": len(items), "reward_head": _precision_recall(rew_pred > 0.5, rew > 0.5),
+            "reward_values": reward_scores(rew_pred, rew),
             "termination_head": end_scores(term_prob, term.numpy(), [e for e, _ in items])}
+
+
+def reward_scores(pred, true) -> dict:
+    """The reward head as a regression, for games whose rewards are dense (Pendulum's cost every step) rather
+    than rare events: mean squared error beside the held-out rewards' own variance (the error of always giving
+    their mean, a baseline that already knows it), and the correlation of predicted and real rewards."""
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    if not len(true):
+        return {"mse": None, "mean_baseline_mse": None, "correlation": None}
+    corr = float(np.corrcoef(pred, true)[0, 1]) if pred.std() > 0 and true.std() > 0 else None
+    return {"mse": float(((pred - true) ** 2).mean()), "mean_baseline_mse": float(true.var()), "correlation": corr}
 
 
 @torch.no_grad()
@@ -195,16 +226,19 @@ def rollout_starts(eps, W: int, H: int, stride: int, n: int, rng: np.random.Gene
 
 
 def evaluate(cfg):
-    if cfg.env not in ENVS:
-        raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENVS)}")
+    game = _game(cfg.env)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     from worldsim import DEFAULT_CRAFTER_BUNDLE, DEFAULT_MINETEST_BUNDLE
 
-    default = {"crafter": DEFAULT_CRAFTER_BUNDLE, "minetest": DEFAULT_MINETEST_BUNDLE}[cfg.env]
+    if game == "gym" and not cfg.bundle:
+        raise ValueError(f"env={cfg.env}: give the bundle you trained on it, bundle=runs/<run>/bundle")
+    default = {"crafter": DEFAULT_CRAFTER_BUNDLE, "minetest": DEFAULT_MINETEST_BUNDLE}.get(game)
     bundle = load_bundle(str(cfg.bundle or default), cfg.device)
-    eps = heldout_episodes(cfg)
+    if game == "gym" and bundle.env.get("name") != cfg.env:
+        raise ValueError(f"bundle {bundle.path} was trained on {bundle.env.get('name')!r}, not {cfg.env!r}")
+    eps = heldout_episodes(cfg, bundle.env["frame_shape"][:2] if game == "gym" else None)
     W = bundle.dit.config.context_frames
     horizons = list(_opt(cfg, "horizons"))
     H = max(horizons)
@@ -282,11 +316,15 @@ def evaluate(cfg):
         c = curve[h]
         print(f"  {h:>3d}: {c['model']:6.2f} | {c['copy_context']:6.2f} | {c['mean_frame']:6.2f}    "
               f"{c['model_pooled']:6.2f} | {c['copy_context_pooled']:6.2f} | {c['mean_frame_pooled']:6.2f}")
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"
     print(f"heads, on every held-out transition after {W} real frames ({result['head_transitions']}), read from the "
           f"frame the model makes: ")
     print(f"  reward_head: {result['reward_head']}")
+    rv = result["reward_values"]
+    if rv["mse"] is not None:
+        print(f"  reward values: MSE {rv['mse']:.4g} (always the held-out mean: {rv['mean_baseline_mse']:.4g}), "
+              f"correlation {f(rv['correlation'])}")
     th = result["termination_head"]
-    f = lambda v: "n/a" if v is None else f"{v:.3f}"
     print(f"  termination_head: {th['ends']} real ends, {th['expected_ends']:.2f} expected (each step ends with its "
           f"probability); expected recall {f(th['expected_recall'])}, expected precision "
           f"{f(th['expected_precision'])}, AUROC {f(th['auroc'])}; at threshold 0.5: {th['threshold_0.5']}")
@@ -365,21 +403,51 @@ def _minetest_probe(deg: float) -> dict:
     return out
 
 
-def _real_probes(cfg, W: int):
+def _gym_probe(spec: dict) -> dict | None:
+    """Probe actions for a Gymnasium source's action space: every action of a Discrete space (up to 32), the
+    low end, the middle and the high end of a Box; None where following is not defined (other spaces)."""
+    from worldsim.model import spec_to_space
+
+    space = spec_to_space(spec)
+    if spec["type"] == "discrete" and spec["n"] <= 32:
+        return {f"a{i}": i for i in range(spec["n"])}
+    if spec["type"] == "box":
+        return {"low": space.low.copy(), "middle": ((space.low + space.high) / 2).astype(np.float32),
+                "high": space.high.copy()}
+    return None
+
+
+def probe_actions(cfg, env_info: dict | None = None) -> dict | None:
+    """{name: action} of the following probe: Crafter's noop and moves, Minetest's four turns, or a Gymnasium
+    source's (`_gym_probe`, from the bundle's `env_info`)."""
+    if cfg.env == "crafter":
+        return CRAFTER_PROBE
+    if cfg.env == "minetest":
+        return _minetest_probe(float(cfg.turn_degrees))
+    return _gym_probe(env_info["action_space"])
+
+
+def _real_probes(cfg, W: int, env_info: dict | None = None):
     """Yield (context frames (W,H,W,3), context actions, {name: action}, {name: real outcome frame}) from
-    held-out real games driven by the explorer, one probe every `probe_every` steps."""
+    held-out real games driven by the explorer (a Gymnasium source: a random agent), one probe every
+    `probe_every` steps."""
     from worldsim.agents import make_agent
 
+    probe = probe_actions(cfg, env_info)
     if cfg.env == "crafter":
         from worldsim.envs.real_crafter import RealCrafterEnv
-        env, probe = RealCrafterEnv(), CRAFTER_PROBE
-    else:
+        env = RealCrafterEnv()
+    elif cfg.env == "minetest":
         from worldsim.envs.real_minetest import RealMinetestEnv
-        env, probe = RealMinetestEnv(), _minetest_probe(float(cfg.turn_degrees))
+        env = RealMinetestEnv()
+    else:
+        from worldsim.envs.gym_source import GymImageEnv
+        env = GymImageEnv(cfg.env, size=env_info["frame_shape"][:2])
     try:
         made, ep = 0, 0
         while True:
-            agent = make_agent("explorer", env.action_space, seed=cfg.seed + ep)
+            agent = make_agent("random" if is_gym_source(cfg.env) else "explorer", env.action_space,
+                               seed=cfg.seed + ep)
             obs, _ = env.reset(seed=int(cfg.seed) + 7919 * ep)
             agent.reset()
             frames, acts = [obs], []
@@ -390,7 +458,7 @@ def _real_probes(cfg, W: int):
                 if term or trunc:
                     break
                 if len(frames) >= W and t % int(cfg.probe_every) == int(cfg.probe_every) - 1:
-                    if cfg.env != "crafter":
+                    if cfg.env == "minetest":
                         # Minetest runs on in real time and keeps momentum: the probes are taken one after
                         # another, so a moving player would make each later outcome differ by its drift, not
                         # only by its turn (outcomes then looked more and more unlike any prediction, in
@@ -403,6 +471,8 @@ def _real_probes(cfg, W: int):
                     for name, pa in probe.items():
                         if cfg.env == "crafter":  # a clone of the running game takes the action
                             outcomes[name] = copy.deepcopy(env.game).step(pa)[0]
+                        elif is_gym_source(cfg.env):
+                            outcomes[name] = env.clone().step(pa)[0]
                         else:  # turn, grab, turn back (the game runs on in real time meanwhile)
                             outcomes[name] = env.step(pa)[0]
                             back = dict(pa, camera=-pa["camera"])
@@ -423,7 +493,7 @@ def _probe_key(cfg, W: int) -> str:
     return json.dumps({"W": W, **{k: _opt(cfg, k) if k == "max_steps" else cfg.get(k) for k in keys}}, sort_keys=True)
 
 
-def cached_probes(cfg, W: int, need_clock: bool = False) -> list:
+def cached_probes(cfg, W: int, need_clock: bool = False, env_info: dict | None = None) -> list:
     """The real probes of `_real_probes`, kept in CACHE_DIR/following_probes.npz (keyed by the probe settings):
     (context frames, context actions, probe, outcomes, the game step of the last context frame or None).
 
@@ -442,8 +512,7 @@ def cached_probes(cfg, W: int, need_clock: bool = False) -> list:
         try:
             with np.load(path) as z:
                 if str(z["key"]) == key and ("clock" in z.files or not need_clock):
-                    n, probe = len(z["ctx"]), (CRAFTER_PROBE if cfg.env == "crafter"
-                                               else _minetest_probe(float(cfg.turn_degrees)))
+                    n, probe = len(z["ctx"]), probe_actions(cfg, env_info)
                     acts = z["action"] if "action" in z.files else \
                         {k[len("action$"):]: z[k] for k in z.files if k.startswith("action$")}
                     clock = z["clock"] if "clock" in z.files else [None] * n
@@ -452,7 +521,7 @@ def cached_probes(cfg, W: int, need_clock: bool = False) -> list:
         except Exception as e:  # a damaged cache costs a new probe run, never the eval
             warnings.warn(f"following probe cache {path} unreadable ({e}); probing the real game again")
     probes = [(c, stack_actions(a), p, o, t) for c, a, p, o, t in
-              tqdm(_real_probes(cfg, W), total=int(cfg.probes), desc="real probes")]
+              tqdm(_real_probes(cfg, W, env_info), total=int(cfg.probes), desc="real probes")]
     if cfg.get("probe_cache", True) and probes:
         arrays = {"key": np.array(key), "ctx": np.stack([p[0] for p in probes]),
                   "outcomes": np.stack([np.stack([p[3][n] for n in p[2]]) for p in probes]),
@@ -480,7 +549,7 @@ def probe_steps(cfg, sim, rng, names: list, W: int, desc: str | None = None):
     noise, so only the action differs. Yields (context frames, context actions, probe, the real outcomes
     (B, H, W, 3) uint8 in `names` order, the generated frames)."""
     B, shape = len(names), sim.latent_shape
-    probes = cached_probes(cfg, W, need_clock=bool(sim.dit.config.clock_period))
+    probes = cached_probes(cfg, W, need_clock=bool(sim.dit.config.clock_period), env_info=sim.bundle.env)
     for ctx, ctx_a, probe, outcomes, clock in (tqdm(probes, desc=desc) if desc else probes):
         noise = rng.standard_normal((1, W, *shape)).repeat(B, 0)
         sim.reset(range(B), np.repeat(ctx[None], B, 0), stack_actions([ctx_a] * B), noise,
@@ -500,7 +569,12 @@ def following_eval(cfg, bundle, rng) -> dict:
     """Share of probe actions whose generated frame is closest (PSNR) to that action's real outcome."""
     W = bundle.dit.config.context_frames
     differ = float(_opt(cfg, "differ"))
-    names = list(CRAFTER_PROBE if cfg.env == "crafter" else _minetest_probe(1.0))
+    probe = probe_actions(cfg, bundle.env)
+    if probe is None:
+        print(f"action following: not defined for the action space {bundle.env['action_space']['type']} (Discrete "
+              f"and Box only)")
+        return {"accuracy": None, "counted": 0, "probes": 0, "skipped": "action space"}
+    names = list(probe)
     sim = WorldSimulator(bundle, len(names), cfg.sampling_steps, **_sim_kw(cfg))
     hits = {n: 0 for n in names}
     counted = {n: 0 for n in names}
@@ -632,10 +706,10 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     half = len(eps) // 2 or 1
     bank = _frame_bank(eps[:half], int(cfg.bank_frames), rng)  # real frames the measure compares against
     real_ref = _frame_bank(eps[half:] or eps, int(cfg.bank_frames) // 4, rng)
-    env_id = ENV_IDS[cfg.env][0]
+    env_id = "worldsim/World-v0" if is_gym_source(cfg.env) else ENV_IDS[cfg.env][0]
     env = gym.make(env_id, bundle=str(bundle.path), device=cfg.device, sampling_steps=cfg.sampling_steps,
                    **_sim_kw(cfg), termination_threshold=2.0, horizon=steps + 1)  # one unbroken rollout
-    agent = make_agent("explorer", env.action_space, seed=cfg.seed)
+    agent = make_agent("random" if is_gym_source(cfg.env) else "explorer", env.action_space, seed=cfg.seed)
     obs, _ = env.reset(seed=int(cfg.seed))
     agent.reset()
     frames = np.full((steps, *obs.shape), 0, np.uint8)  # written now, so filling it does not grow the RSS

@@ -78,6 +78,7 @@ def refit_heads(bundle, feats, rewards, terminated, steps: int = 3000, lr: float
     achievements the shipped heads found at about their precision, where 1 found fewer and 3 was less precise
     (README, docs/heads_weights.py). Returns the loss at the end."""
     dit = bundle.dit
+    rewards = rewards / float(bundle.env.get("reward_scale", 1.0))  # the head learns rewards / the bundle's scale
     params = list(dit.head_norm.parameters()) + list(dit.heads_mlp.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -141,7 +142,7 @@ def head_counts(bundle, feats, rewards, terminated) -> dict:
 
     with torch.no_grad():
         o = bundle.dit.heads_mlp(bundle.dit.head_norm(feats))
-    p, t = o[:, 0] > 0.5, rewards > 0.5
+    p, t = o[:, 0] * float(bundle.env.get("reward_scale", 1.0)) > 0.5, rewards > 0.5
     return {"achievements": int(t.sum()), "reward_predicted": int(p.sum()), "reward_right": int((p & t).sum()),
             "termination": end_scores(torch.sigmoid(o[:, 1]).numpy(), terminated.numpy())}
 

@@ -41,11 +41,33 @@ def space_to_spec(space: gym.Space) -> dict:
     if isinstance(space, gym.spaces.MultiDiscrete):
         return {"type": "multi_discrete", "nvec": [int(n) for n in np.ravel(space.nvec)]}
     if isinstance(space, gym.spaces.Box):
-        return {"type": "box", "dim": int(np.prod(space.shape)),
-                "scale": float(np.max(np.abs(np.concatenate([space.low.ravel(), space.high.ravel()]))))}
+        low, high = space.low.ravel().astype(float), space.high.ravel().astype(float)
+        scale = float(np.max(np.abs(np.concatenate([low, high]))))
+        spec = {"type": "box", "dim": int(np.prod(space.shape)), "scale": scale}
+        if not (np.all(low == -scale) and np.all(high == scale)):  # bounds kept where they are not +-scale
+            spec.update(low=low.tolist(), high=high.tolist())
+        return spec
     if isinstance(space, gym.spaces.Dict):
         return {"type": "dict", "keys": {k: space_to_spec(s) for k, s in space.spaces.items()}}
     raise TypeError(f"unsupported action space {space!r}: use Discrete, MultiBinary, MultiDiscrete, Box or Dict")
+
+
+def spec_to_space(spec: dict) -> gym.Space:
+    """The Gymnasium action space a spec describes (space_to_spec's inverse; a Box is 1-D, as the model takes it)."""
+    kind = spec["type"]
+    if kind == "discrete":
+        return gym.spaces.Discrete(spec["n"])
+    if kind == "multi_binary":
+        return gym.spaces.MultiBinary(spec["n"])
+    if kind == "multi_discrete":
+        return gym.spaces.MultiDiscrete(spec["nvec"])
+    if kind == "box":
+        s = spec["scale"]
+        return gym.spaces.Box(np.array(spec.get("low", [-s] * spec["dim"]), np.float32),
+                              np.array(spec.get("high", [s] * spec["dim"]), np.float32), (spec["dim"],), np.float32)
+    if kind == "dict":
+        return gym.spaces.Dict({k: spec_to_space(v) for k, v in spec["keys"].items()})
+    raise ValueError(f"unknown action spec type {kind!r}")
 
 
 def actions_to_tensor(spec: dict, actions, device=None):

@@ -81,6 +81,23 @@ class FrameWindow:
         self.pg.display.quit()
 
 
+def number_keys(space, env: str) -> dict:
+    """Keyboard play of a Gymnasium source: keys 1-9 and 0 are actions 0-9 of a Discrete space."""
+    import gymnasium as gym
+    import pygame
+
+    if not isinstance(space, gym.spaces.Discrete) or space.n > 10:
+        raise ValueError(f"env={env}: keyboard play takes a Discrete space of up to 10 actions (keys 1-9, 0), not "
+                         f"{space}; let an agent drive: agent=random or agent=<module>:<Class>")
+    return {getattr(pygame, f"K_{(i + 1) % 10}"): i for i in range(int(space.n))}
+
+
+def number_help(n: int, meanings) -> list[str]:
+    names = [f"{(i + 1) % 10}: {meanings[i] if i < len(meanings) else f'action {i}'}" for i in range(n)]
+    rows = ["keys " + "   ".join(names[:5])] + (["     " + "   ".join(names[5:])] if n > 5 else [])
+    return rows + ["held key = its action; none held: action 0", "ENTER reset  . pause  H help  ESC quit"]
+
+
 # env name -> (learned env id, real env id, default scale)
 ENVS = {"crafter": ("worldsim/Crafter-v0", "worldsim/RealCrafter-v0", 8),
         "minetest": ("worldsim/Minetest-v0", "worldsim/RealMinetest-v0", 5)}
@@ -106,14 +123,19 @@ class Viewer:
         from worldsim.agents import make_agent
         from worldsim.agents.keyboard import HELP, MINETEST_HELP, KeyboardAgent, MouseKeyboardAgent
 
-        if cfg.env not in ENVS:
-            raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENVS)}")
-        env_id, real_id, default_scale = ENVS[cfg.env]
+        from worldsim.envs.gym_source import GymImageEnv, is_gym_source
+
+        gym_source = is_gym_source(cfg.env)  # a model you trained on a Gymnasium env (worldsim/World-v0)
+        if not gym_source and cfg.env not in ENVS:
+            raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENVS)}, or gym:<env id> with bundle=")
+        if gym_source and not cfg.bundle:
+            raise ValueError(f"env={cfg.env}: give the bundle you trained on it, bundle=runs/<run>/bundle")
+        env_id, real_id, default_scale = ENVS.get(cfg.env, ("worldsim/World-v0", None, 6))
         self.cfg, self.headless = cfg, not has_display()
         self.record, self.agent_name, self.max_steps = cfg.record, cfg.agent, int(cfg.steps)
         if self.headless:
             self.record = self.record or "worldsim_play.mp4"
-            self.agent_name = self.agent_name or "explorer"
+            self.agent_name = self.agent_name or ("random" if gym_source else "explorer")
             self.max_steps = self.max_steps or int(cfg.headless_steps)
             print(f"no display found (DISPLAY is not set): the {self.agent_name} agent plays {self.max_steps} steps "
                   f"and the video is written to {self.record}")
@@ -128,17 +150,24 @@ class Viewer:
         if cfg.bundle:
             kw["bundle"] = cfg.bundle
         self.env = gym.make(env_id, **kw)
-        self.real = gym.make(real_id) if cfg.compare else None
-        self.real_name = "real " + real_id.split("/Real")[1].split("-")[0]
+        if gym_source:  # the real game at the model's frame size
+            self.real = GymImageEnv(cfg.env, size=self.env.observation_space.shape[:2]) if cfg.compare else None
+            self.real_name = "real " + cfg.env[len("gym:"):]
+        else:
+            self.real = gym.make(real_id) if cfg.compare else None
+            self.real_name = "real " + real_id.split("/Real")[1].split("-")[0]
         self.meanings = self.env.unwrapped.action_meanings
         self.mouse = isinstance(self.env.action_space, gym.spaces.Dict)  # first person: mouse look
         self.win = FrameWindow(self.env.observation_space.shape[:2], cfg.scale or default_scale, "worldsim play",
                                panels=2 if self.real else 1, hud=True)
+        self.help = MINETEST_HELP if self.mouse else HELP
         if self.agent_name:
             self.agent = make_agent(self.agent_name, self.env.action_space, seed=cfg.seed)
+        elif gym_source:
+            self.agent = KeyboardAgent(number_keys(self.env.action_space, cfg.env))
+            self.help = number_help(self.env.action_space.n, self.meanings)
         else:
             self.agent = MouseKeyboardAgent() if self.mouse else KeyboardAgent()
-        self.help = MINETEST_HELP if self.mouse else HELP
         self.grab(self.mouse and not self.agent_name)
         self.writer = (imageio.get_writer(self.record, fps=cfg.fps, codec="libx264", quality=7, macro_block_size=8)
                        if self.record else None)

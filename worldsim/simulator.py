@@ -108,6 +108,7 @@ class WorldSimulator:
             mode = (bundle.meta.get("inference") or {}).get("quantize") if bundle.dit.device.type == "cpu" else None
         quantize = "int8" if mode == "int8" else None
         self.bundle, self.B, self.quantize = bundle, batch_size, quantize
+        self.reward_scale = float(bundle.env.get("reward_scale", 1.0))  # the reward head learns rewards / this
         self.dit = int8_world_model(bundle) if quantize == "int8" else bundle.dit
         self.edm, self.codec = bundle.edm, bundle.codec
         self.spec = self.dit.config.action_spec
@@ -379,7 +380,8 @@ class WorldSimulator:
             frames = self._show(z, prev, a)
         if self.memory is not None:  # the frame shown is what detail carry moves on
             self.memory.push(range(self.B), self.prev_ctx, self.shown if self.detail_carry > 0 else None)
-        return StepResult(None if frames is None else _host(frames), z, out.reward.float().cpu().numpy(), torch.sigmoid(out.term_logit).float().cpu().numpy(),
+        return StepResult(None if frames is None else _host(frames), z, out.reward.float().cpu().numpy() * self.reward_scale,
+                          torch.sigmoid(out.term_logit).float().cpu().numpy(),
                           out.features.mean(1).float())
 
     def _show(self, z, centre, a):

@@ -83,6 +83,10 @@ class Trainer:
         self.test_eps = [e for d in dirs for e in load_episodes(d, split="test", min_steps=1)]
         if not self.train_eps:
             raise ValueError(f"no training episodes in {cfg.data}: run `worldsim collect out={cfg.data}` first")
+        # The reward head learns rewards / reward_scale (the env multiplies back): a game whose rewards reach
+        # -16 a step (Pendulum) would otherwise make the reward loss dwarf the denoising loss in the shared
+        # trunk. Games whose rewards stay within [-1, 1] (Crafter) keep scale 1, and their bundles omit it.
+        self.reward_scale = max(1.0, max(float(np.abs(e["rewards"]).max(initial=0.0)) for e in self.train_eps))
         if cfg.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
         # bf16 autocast on GPU by default; on CPU fp32 is faster
@@ -213,6 +217,7 @@ class Trainer:
                 raise ValueError(f"init={init}: the bundle's {key} {b.env[key]} differs from the data's "
                                  f"{self.env_info[key]} ({self.cfg.data}); fine-tune on data of the same game")
         self.ae, self.dit = b.ae.train(), b.dit.train()
+        self.reward_scale = float(b.env.get("reward_scale", 1.0))  # its heads' scale, whatever the new data's
         if self.distill:  # the teacher is the bundle as it is, also when the student resumes from a checkpoint
             tb, tname = b, f"init={init}"
             if self.cfg.dit.get("teacher"):  # another bundle teaches the init's model (same autoencoder)
@@ -412,6 +417,8 @@ class Trainer:
                 prog = schedule_progress(st["dit_step"], c.steps, time.time() - t0, c.minutes, self.schedule == "minutes")
                 for g in self.opt_dit.param_groups:
                     g["lr"] = c.lr * min(1.0, (st["dit_step"] + 1) / c.warmup) * cosine(prog, 1.0)
+                if self.reward_scale != 1.0:
+                    b["reward"] = b["reward"] / self.reward_scale
                 batch_args = (b["latents"], b["actions"], b["has_action"], b["reward"], b["terminated"],
                               b["has_transition"])
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
@@ -471,7 +478,8 @@ class Trainer:
             actions = torch.as_tensor(np.stack(actions))
         dit = self.dit if self.ema is None or not int(self.ema.n_averaged) else self.ema.module
         files = bundle_files(self.ae, dit, self.edm_cfg, (self.state["latent_mean"], self.state["latent_std"]),
-                             self.env_info, torch.stack(frames), actions,
+                             {**self.env_info, **({"reward_scale": self.reward_scale} if self.reward_scale != 1 else {})},
+                             torch.stack(frames), actions,
                              extra={"metrics": self.state["metrics"], "trained": {"ae_steps": self.state["ae_step"],
                                                                                    "dit_steps": self.state["dit_step"],
                                                                                    **({"distilled_guidance": self.distill_record}

@@ -1,0 +1,177 @@
+"""Your own environment: any Gymnasium env as a source of episodes (`worldsim collect env=gym:<id>`), trained
+and run as `worldsim/World-v0`, on real Gymnasium classic-control games: CartPole (Discrete actions, ends) and
+Pendulum (a Box action, dense rewards down to -16 a step)."""
+import json
+import shutil
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import TINY_TRAIN
+from gymnasium.utils.env_checker import check_env
+
+import worldsim  # noqa: F401  (registers the envs)
+from worldsim.cli import run_job
+from worldsim.data import load_episodes, load_manifest, read_episode
+from worldsim.envs.gym_source import GymImageEnv
+
+
+def test_frames_seeding_and_clone():
+    env = GymImageEnv("gym:CartPole-v1")
+    obs, _ = env.reset(seed=3)
+    # 600 x 400 rendered -> 64 high, the aspect kept
+    assert obs.shape == (64, 96, 3) and obs.dtype == np.uint8 and env.native_shape == [400, 600]
+    assert env.observation_space.shape == (64, 96, 3)
+    ref = GymImageEnv("gym:CartPole-v1")
+    assert np.array_equal(ref.reset(seed=3)[0], obs)  # seeded
+    for _ in range(4):
+        assert np.array_equal(env.step(1)[0], ref.step(1)[0])
+    twin = env.clone()
+    for _ in range(4):
+        twin.step(0)  # the copy runs its own game...
+    for _ in range(3):  # ...and the original goes on as if it had not been copied
+        assert np.array_equal(env.step(1)[0], ref.step(1)[0])
+    assert not np.array_equal(twin.render(), env.render())
+    assert GymImageEnv("gym:CartPole-v1", size=[32, 48]).reset(seed=0)[0].shape == (32, 48, 3)
+    for e in (env, ref, twin):
+        e.close()
+
+
+def test_bad_sources_get_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="NoSuchGame-v0"):
+        GymImageEnv("gym:NoSuchGame-v0")
+    with pytest.raises(ValueError, match="gym:<env id>"):
+        GymImageEnv("gym:")
+    with pytest.raises(ValueError, match="unknown env 'atari'.*gym:<env id>"):
+        run_job("collect", ["env=atari", f"out={tmp_path / 'a'}", "episodes=1"])
+    # the Crafter / Minetest explorer does not fit another game; a random agent or your own does
+    with pytest.raises(ValueError, match="agent=explorer"):
+        run_job("collect", ["env=gym:CartPole-v1", f"out={tmp_path / 'c'}", "episodes=1", "agent=explorer"])
+    with pytest.raises(ValueError, match="cannot import 'Nope'"):
+        from worldsim.agents import make_agent
+        make_agent("worldsim.agents:Nope", gym.spaces.Discrete(2))
+    with pytest.raises(ValueError, match="bundle="):
+        gym.make("worldsim/World-v0")
+
+
+def test_collect_discrete_with_your_own_agent_class(tmp_path):
+    out = tmp_path / "cartpole"
+    m = run_job("collect", ["env=gym:CartPole-v1", f"out={out}", "episodes=3", "workers=1", "max_steps=50",
+                            "agent=worldsim.agents.random_agent:RandomAgent"])
+    assert m["env"]["name"] == "gym:CartPole-v1" and m["env"]["frame_shape"] == [64, 96, 3]
+    assert m["env"]["native_frame_shape"] == [400, 600, 3]
+    assert m["env"]["action_space"] == {"type": "discrete", "n": 2}
+    for e in m["episodes"]:
+        ep = read_episode(out / e["file"])
+        assert ep["frames"].shape[1:] == (64, 96, 3) and ep["actions"].dtype == np.int64
+        assert sum(e["action_counts"]) == e["steps"] == len(ep["actions"])
+        assert e["agent"] == "worldsim.agents.random_agent:RandomAgent"
+        # a random CartPole episode ends when the pole falls, long before 50 steps
+        assert e["terminated"] and ep["terminated"][-1] and not ep["terminated"][:-1].any()
+    again = run_job("collect", ["env=gym:CartPole-v1", f"out={out}", "episodes=3", "workers=1", "max_steps=50"])
+    assert [e["steps"] for e in again["episodes"]] == [e["steps"] for e in m["episodes"]]  # resumed, kept
+
+
+@pytest.fixture(scope="module")
+def pendulum(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "pendulum"
+    run_job("collect", ["env=gym:Pendulum-v1", f"out={out}", "episodes=4", "workers=2", "max_steps=30",
+                        "test_every=2"])
+    run = tmp_path_factory.mktemp("run")
+    run_job("train", [f"data={out}", f"run={run}", *TINY_TRAIN])
+    return out, run / "bundle"
+
+
+def test_box_actions_collected_as_floats(pendulum):
+    out, _ = pendulum
+    m = load_manifest(out)
+    assert m["env"]["action_space"] == {"type": "box", "dim": 1, "scale": 2.0}
+    for e in m["episodes"]:
+        ep = read_episode(out / e["file"])
+        a = ep["actions"]
+        assert a.shape == (30, 1) and a.dtype == np.float32 and np.all(np.abs(a) <= 2)
+        assert not np.allclose(a, np.round(a))  # torques kept as drawn, not rounded to integers
+        assert sum(e["action_counts"]["box"][0]) == e["steps"] == 30
+        assert ep["rewards"].min() < -1  # Pendulum's cost: why rewards are scaled for the head
+
+
+def test_world_env_on_your_own_game(pendulum, tmp_path):
+    out, bundle = pendulum
+    meta = json.loads((bundle / "bundle.json").read_text())
+    train = load_episodes(out, split="train")
+    scale = max(float(np.abs(e["rewards"]).max()) for e in train)
+    assert meta["env"]["reward_scale"] == pytest.approx(scale) and scale > 1
+    env = gym.make("worldsim/World-v0", bundle=str(bundle))
+    real = GymImageEnv("gym:Pendulum-v1")
+    assert env.action_space == real.action_space  # Box(-2, 2, (1,)): an agent switches with one line
+    assert env.observation_space == gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    check_env(env.unwrapped, skip_render_check=True)
+    with pytest.raises(ValueError, match="outside"):
+        env.reset(seed=0)
+        env.step(np.array([3.0], np.float32))
+    # the env gives the reward head's value times the bundle's scale: the same bundle without the scale
+    # gives the same steps 1/scale as much
+    unscaled = tmp_path / "unscaled"
+    shutil.copytree(bundle, unscaled)
+    meta["env"].pop("reward_scale")
+    (unscaled / "bundle.json").write_text(json.dumps(meta))
+    rewards = []
+    for b in (bundle, unscaled):
+        e = gym.make("worldsim/World-v0", bundle=str(b))
+        e.reset(seed=5)
+        rewards.append([e.step(np.array([t / 4], np.float32))[1] for t in range(-3, 3)])
+    assert np.allclose(rewards[0], np.array(rewards[1]) * scale, rtol=1e-4)
+    venv = gym.make_vec("worldsim/World-v0", num_envs=3, bundle=str(bundle))
+    obs, _ = venv.reset(seed=0)
+    obs, r, term, trunc, _ = venv.step(np.array([[-2.0], [0.0], [2.0]], np.float32))
+    assert obs.shape == (3, 64, 64, 3) and r.shape == (3,)
+
+
+def test_eval_on_your_own_game(pendulum, tmp_path):
+    out, bundle = pendulum
+    res = run_job("eval", ["env=gym:Pendulum-v1", f"bundle={bundle}", f"data={out}", "windows=4", "horizons=[1,2]",
+                           "batch_size=2", "probes=3", "probe_every=4", "stability_steps=20", "stability_block=10",
+                           "bank_frames=20", f"cache_dir={tmp_path}", f"out={tmp_path / 'eval.json'}"])
+    assert res["env"] == "gym:Pendulum-v1" and set(res["rollout_psnr"]) == {"1", "2"}
+    # the probes' torques (low, middle, high) draw different arrows on the real frames: they are counted
+    fol = res["following"]
+    assert fol["counted"] > 0 and set(fol["per_action"]) == {"low", "middle", "high"}
+    rv = res["reward_values"]  # dense rewards scored as values, beside always giving their mean
+    assert rv["mse"] is not None and rv["mean_baseline_mse"] > 0
+    assert [b["steps"] for b in res["stability"]["blocks"]] == [[1, 10], [11, 20]]
+    with pytest.raises(ValueError, match="bundle=runs"):
+        run_job("eval", ["env=gym:Pendulum-v1", f"data={out}"])
+    with pytest.raises(ValueError, match="trained on 'gym:Pendulum-v1', not 'gym:CartPole-v1'"):
+        run_job("eval", ["env=gym:CartPole-v1", f"bundle={bundle}", f"data={out}"])
+
+
+def test_play_your_own_game(pendulum, tmp_path):
+    _, bundle = pendulum
+    video = tmp_path / "play.mp4"
+    res = run_job("play", ["env=gym:Pendulum-v1", f"bundle={bundle}", "agent=random", "compare=true", "steps=6",
+                           f"record={video}"])
+    assert res["steps"] == 6 and video.stat().st_size > 0
+    # the keyboard drives Discrete spaces (keys 1-9, 0); a torque needs an agent, and says so
+    with pytest.raises(ValueError, match="agent=random"):
+        run_job("play", ["env=gym:Pendulum-v1", f"bundle={bundle}", "steps=2"])
+    with pytest.raises(ValueError, match="bundle="):
+        run_job("play", ["env=gym:Pendulum-v1"])
+
+
+def test_number_keys_pick_discrete_actions():
+    import pygame
+
+    from worldsim.agents.keyboard import KeyboardAgent
+    from worldsim.play import number_help, number_keys
+
+    agent = KeyboardAgent(number_keys(gym.spaces.Discrete(3), "gym:Acrobot-v1"))
+    agent.handle(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_3))
+    assert agent.act() == 2
+    agent.handle(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_9))  # no action 8 in a space of 3: ignored
+    assert agent.act() == 2
+    agent.handle(pygame.event.Event(pygame.KEYUP, key=pygame.K_3))
+    assert agent.act() == 0
+    assert number_keys(gym.spaces.Discrete(10), "x")[pygame.K_0] == 9
+    assert "2: push_right" in number_help(2, ["push_left", "push_right"])[0]
+    with pytest.raises(ValueError, match="up to 10 actions"):
+        number_keys(gym.spaces.Discrete(11), "gym:x")

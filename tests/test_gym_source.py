@@ -175,3 +175,24 @@ def test_number_keys_pick_discrete_actions():
     assert "2: push_right" in number_help(2, ["push_left", "push_right"])[0]
     with pytest.raises(ValueError, match="up to 10 actions"):
         number_keys(gym.spaces.Discrete(11), "gym:x")
+
+
+def test_rollout_your_own_game(pendulum, tmp_path):
+    data, bundle = pendulum
+    m = run_job("rollout", ["env=gym:Pendulum-v1", f"bundle={bundle}", "episodes=3", "steps=5", "batch_size=2",
+                            f"out={tmp_path / 'r'}", "termination_threshold=2.0"])
+    assert m["source"]["agent"] == "random" and m["env"]["name"] == "gym:Pendulum-v1"
+    for e in m["episodes"]:
+        ep = read_episode(tmp_path / "r" / e["file"])
+        assert ep["actions"].shape == (5, 1) and ep["actions"].dtype == np.float32
+        assert ep["frames"].shape == (6, 64, 64, 3)
+    # the model's version of recorded episodes: their first frames, then their recorded torques
+    m = run_job("rollout", ["env=gym:Pendulum-v1", f"bundle={bundle}", "episodes=2", "steps=5", "batch_size=2",
+                            "agent=replay", f"context={data}", f"out={tmp_path / 'replay'}", "termination_threshold=2.0"])
+    recorded = load_episodes(data)
+    W = json.loads((bundle / "bundle.json").read_text())["world_model"]["context_frames"]
+    for i, e in enumerate(m["episodes"]):
+        ep = read_episode(tmp_path / "replay" / e["file"])
+        assert np.array_equal(ep["actions"], recorded[i]["actions"][W - 1:W + 4])
+    with pytest.raises(ValueError, match="agent=explorer"):
+        run_job("rollout", ["env=gym:Pendulum-v1", f"bundle={bundle}", "agent=explorer", f"out={tmp_path / 'x'}"])

@@ -22,6 +22,7 @@ from worldsim.bench import ENV_IDS
 from worldsim.collect import _readable, episode_actions, print_histograms, split_of
 from worldsim.data import (episode_clock, episode_path, index_actions, load_episodes, load_manifest, save_manifest,
                            stack_actions, write_episode)
+from worldsim.envs.gym_source import is_gym_source
 
 def rollout(cfg) -> dict:
     import torch
@@ -29,19 +30,27 @@ def rollout(cfg) -> dict:
     import worldsim  # noqa: F401  (registers the envs)
     from worldsim.agents import AGENTS, make_agent
 
-    if cfg.env not in ENV_IDS:
-        raise ValueError(f"unknown env {cfg.env!r} for rollout; choose one of {sorted(ENV_IDS)}")
+    gym_source = is_gym_source(cfg.env)  # a model you trained on a Gymnasium env: worldsim/World-v0
+    if not gym_source and cfg.env not in ENV_IDS:
+        raise ValueError(f"unknown env {cfg.env!r} for rollout; choose one of {sorted(ENV_IDS)}, or gym:<env id> "
+                         f"with bundle=")
+    if gym_source and not cfg.bundle:
+        raise ValueError(f"env={cfg.env}: give the bundle you trained on it, bundle=runs/<run>/bundle")
     episodes, steps, B = int(cfg.episodes), int(cfg.steps), int(cfg.batch_size)
     if episodes < 1 or steps < 1 or B < 1:
         raise ValueError(f"episodes, steps and batch_size must be >= 1; got {episodes}, {steps}, {B}")
-    replay = cfg.agent == "replay"
-    if not replay and cfg.agent not in AGENTS:
-        raise ValueError(f"unknown agent {cfg.agent!r}; choose replay or one of {sorted(AGENTS)}")
+    agent_name = cfg.agent or ("random" if gym_source else "explorer")
+    replay = agent_name == "replay"
+    if not replay and agent_name not in AGENTS and ":" not in agent_name:
+        raise ValueError(f"unknown agent {agent_name!r}; choose replay, one of {sorted(AGENTS)} or module:Class")
+    if agent_name == "explorer" and gym_source:
+        raise ValueError(f"agent=explorer is the scripted explorer of Crafter and Minetest; for env={cfg.env} use "
+                         f"agent=random, replay or your own policy, agent=<module>:<Class>")
     if replay and not cfg.context:
         raise ValueError("agent=replay drives each world with a recorded episode's actions: give context=DIR")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    venv = gym.make_vec(ENV_IDS[cfg.env][0], num_envs=B, device=cfg.device, horizon=steps,
+    venv = gym.make_vec("worldsim/World-v0" if gym_source else ENV_IDS[cfg.env][0], num_envs=B, device=cfg.device, horizon=steps,
                         termination_threshold=cfg.termination_threshold, reward_floor=cfg.get("reward_floor"),
                         **({"bundle": str(cfg.bundle)} if cfg.bundle else {}))
     env = venv.unwrapped
@@ -55,14 +64,15 @@ def rollout(cfg) -> dict:
         if shape != tuple(env.sim.frame_shape):
             raise ValueError(f"{cfg.context}: frames of shape {shape}, the model's are {tuple(env.sim.frame_shape)}")
 
-    root = Path(cfg.out if cfg.out is not None else f"rollouts/{cfg.env}")
+    root = Path(cfg.out if cfg.out is not None else
+                f"rollouts/{cfg.env[len('gym:'):].replace(':', '_') if gym_source else cfg.env}")
     root.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(root)
     info = {**env.bundle.env, "frame_shape": list(env.sim.frame_shape)}
     if manifest["env"] and manifest["env"].get("name") != info.get("name"):
         raise ValueError(f"{root} holds {manifest['env'].get('name')!r} episodes, not {info.get('name')!r}: choose another out=")
     manifest["env"] = info
-    manifest["source"] = {"bundle": str(env.bundle.path), "settings": env.sim.settings(), "agent": cfg.agent,
+    manifest["source"] = {"bundle": str(env.bundle.path), "settings": env.sim.settings(), "agent": agent_name,
                           "context": str(cfg.context) if cfg.context else None}
     have = {e["index"]: e for e in manifest["episodes"] if _readable(root / e["file"])}
     todo = [i for i in range(episodes) if i not in have]
@@ -81,7 +91,7 @@ def rollout(cfg) -> dict:
                 {"context_frames": ep["frames"][:W], "context_actions": index_actions(ep["actions"], slice(0, W - 1)),
                  "clock": episode_clock(ep, W - 1)} for ep in starts]
             obs, _ = venv.reset(seed=[int(cfg.seed) + i for i in rows], options=options)
-            agents = None if replay else [make_agent(cfg.agent, space, seed=int(cfg.seed) + i) for i in rows]
+            agents = None if replay else [make_agent(agent_name, space, seed=int(cfg.seed) + i) for i in rows]
             for a in agents or []:
                 a.reset()
             limit = [min(steps, len(ep["frames"]) - W) if replay else steps for ep in (starts or [None] * B)]
@@ -108,7 +118,7 @@ def rollout(cfg) -> dict:
                 have[i] = {"file": str(path.relative_to(root)), "index": i, "seed": int(cfg.seed) + i,
                            "split": split_of(i, cfg.test_every),
                            **({"clock_start": int(clock)} if clock else {}),
-                           "agent": cfg.agent, "steps": len(acts[r]), "terminated": bool(ends[r][-1]),
+                           "agent": agent_name, "steps": len(acts[r]), "terminated": bool(ends[r][-1]),
                            "return": float(np.sum(rewards[r])), "action_counts": counts, "achievements": {}}
                 made += len(acts[r])
             manifest["episodes"] = sorted(have.values(), key=lambda e: e["index"])

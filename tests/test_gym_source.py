@@ -196,3 +196,11 @@ def test_rollout_your_own_game(pendulum, tmp_path):
         assert np.array_equal(ep["actions"], recorded[i]["actions"][W - 1:W + 4])
     with pytest.raises(ValueError, match="agent=explorer"):
         run_job("rollout", ["env=gym:Pendulum-v1", f"bundle={bundle}", "agent=explorer", f"out={tmp_path / 'x'}"])
+
+
+def test_bench_your_own_game(pendulum):
+    _, bundle = pendulum
+    res = run_job("bench", ["env=gym:Pendulum-v1", f"bundle={bundle}", "batch_sizes=[1,2]", "steps=3", "warmup=1",
+                            "real_steps=20", "devices=[cpu]"])
+    assert res["real_gym:Pendulum-v1_steps_per_s"] > 0  # the real env, rendered at the model's frame size
+    assert [r["batch"] for r in res["model"]] == [1, 2] and all(r["env_steps_per_s"] > 0 for r in res["model"])

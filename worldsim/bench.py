@@ -22,11 +22,14 @@ ENV_IDS = {"crafter": ("worldsim/Crafter-v0", "worldsim/RealCrafter-v0"),
            "minetest": ("worldsim/Minetest-v0", "worldsim/RealMinetest-v0")}
 
 
-def bench_real(env_name: str, steps: int, latency_trials: int = 0) -> tuple[float, dict | None]:
-    """Steps/s of the real game; for Minetest also its action-to-frame latency (see measure_latency)."""
+def bench_real(env_name: str, steps: int, latency_trials: int = 0, size=None) -> tuple[float, dict | None]:
+    """Steps/s of the real game (a Gymnasium source: rendered and resized to `size`, as collect sees it); for
+    Minetest also its action-to-frame latency (see measure_latency)."""
     import worldsim  # noqa: F401
+    from worldsim.envs.gym_source import GymImageEnv, is_gym_source
 
-    env = gym.make(ENV_IDS[env_name][1], disable_env_checker=True)
+    env = (GymImageEnv(env_name, size=size) if is_gym_source(env_name)
+           else gym.make(ENV_IDS[env_name][1], disable_env_checker=True))
     env.reset(seed=0)
     env.action_space.seed(0)
     t, n, latency = 0.0, 0, None
@@ -63,7 +66,7 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
           "map_memory": map_memory, "new_ground": new_ground, "terrain_floor": terrain_floor}
     if bundle:
         kw["bundle"] = bundle
-    env_id = ENV_IDS[env_name][0]
+    env_id = "worldsim/World-v0" if env_name.startswith("gym:") else ENV_IDS[env_name][0]
     env = (gym.make(env_id, **kw) if batch == 1 else gym.make_vec(env_id, num_envs=batch, **kw))
     env.reset(seed=0)
     env.action_space.seed(0)
@@ -94,10 +97,20 @@ def bench(cfg):
     hw = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
           "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     print(f"hardware: {hw}")
-    if cfg.env not in ENV_IDS:
-        raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENV_IDS)}")
-    game = cfg.env.capitalize()
-    steps_real = int(cfg.real_steps) if cfg.env == "crafter" else min(int(cfg.real_steps), 200)  # real time
+    from worldsim.envs.gym_source import is_gym_source
+
+    size = None
+    if is_gym_source(cfg.env):  # a model you trained on a Gymnasium env, beside that env at the model's frame size
+        if not cfg.bundle:
+            raise ValueError(f"env={cfg.env}: give the bundle you trained on it, bundle=runs/<run>/bundle")
+        from worldsim.checkpoint import bundle_path
+        size = json.loads((bundle_path(cfg.bundle) / "bundle.json").read_text())["env"]["frame_shape"][:2]
+        game = cfg.env[len("gym:"):]
+    elif cfg.env not in ENV_IDS:
+        raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENV_IDS)}, or gym:<env id> with bundle=")
+    else:
+        game = cfg.env.capitalize()
+    steps_real = min(int(cfg.real_steps), 200) if cfg.env == "minetest" else int(cfg.real_steps)  # real time
     rounds = int(cfg.get("rounds") or 1)
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {cfg.rounds}")
@@ -112,7 +125,7 @@ def bench(cfg):
         raise ValueError("quantize=[] names no setting; give int8, none, null or a list of them")
     reals, runs, latency = [], {}, None
     for k in range(rounds):
-        real, lat = bench_real(cfg.env, steps_real, int(cfg.latency_trials) if k == 0 else 0)
+        real, lat = bench_real(cfg.env, steps_real, int(cfg.latency_trials) if k == 0 else 0, size)
         latency, tag = latency or lat, f" (round {k + 1} of {rounds})" if rounds > 1 else ""
         reals.append(real)
         print(f"real {game} (1 process): {real:8.1f} steps/s{tag}")

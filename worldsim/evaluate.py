@@ -570,10 +570,21 @@ def following_eval(cfg, bundle, rng) -> dict:
     W = bundle.dit.config.context_frames
     differ = float(_opt(cfg, "differ"))
     probe = probe_actions(cfg, bundle.env)
-    if probe is None:
-        print(f"action following: not defined for the action space {bundle.env['action_space']['type']} (Discrete "
-              f"and Box only)")
-        return {"accuracy": None, "counted": 0, "probes": 0, "skipped": "action space"}
+    skipped = None if probe is not None else \
+        f"not defined for the action space {bundle.env['action_space']['type']} (Discrete and Box only)"
+    if is_gym_source(cfg.env) and skipped is None:  # real outcomes need a copy of the running env
+        from worldsim.envs.gym_source import GymImageEnv
+        env = GymImageEnv(cfg.env, size=bundle.env["frame_shape"][:2])
+        try:
+            env.reset(seed=int(cfg.seed))
+            env.clone().close()
+        except ValueError as e:
+            skipped = str(e)
+        finally:
+            env.close()
+    if skipped:
+        print(f"action following: skipped, {skipped}")
+        return {"accuracy": None, "counted": 0, "probes": 0, "skipped": skipped}
     names = list(probe)
     sim = WorldSimulator(bundle, len(names), cfg.sampling_steps, **_sim_kw(cfg))
     hits = {n: 0 for n in names}

@@ -204,3 +204,27 @@ def test_bench_your_own_game(pendulum):
                             "real_steps=20", "devices=[cpu]"])
     assert res["real_gym:Pendulum-v1_steps_per_s"] > 0  # the real env, rendered at the model's frame size
     assert [r["batch"] for r in res["model"]] == [1, 2] and all(r["env_steps_per_s"] > 0 for r in res["model"])
+
+
+def test_every_action_space_is_stored_and_counted(capsys):
+    from worldsim.collect import episode_actions, print_histograms
+    from worldsim.model import space_to_spec, spec_to_space
+
+    spaces = {"multi_discrete": gym.spaces.MultiDiscrete([3, 2]), "multi_binary": gym.spaces.MultiBinary(4),
+              "box": gym.spaces.Box(np.array([-1, 0], np.float32), np.array([1, 5], np.float32)),
+              "dict": gym.spaces.Dict({"jump": gym.spaces.Discrete(2), "steer": gym.spaces.Box(-1, 1, (1,))})}
+    for name, space in spaces.items():
+        space.seed(0)
+        acts, counts = episode_actions([space.sample() for _ in range(7)], space)
+        if name == "dict":
+            assert acts["steer"].dtype == np.float32 and acts["jump"].dtype == np.int64 and counts["jump"] <= 7
+        elif name == "box":
+            assert acts.dtype == np.float32 and acts.shape == (7, 2)
+            assert [sum(h) for h in counts["box"]] == [7, 7] and counts["edges"][0] == -1 and counts["edges"][-1] == 5
+        else:
+            assert acts.dtype == np.int64 and acts.shape == (7, 2 if name == "multi_discrete" else 4)
+        print_histograms({"episodes": [{"steps": 7, "terminated": False, "action_counts": counts}]})
+        # the learned env's space is the source's, bounds included (an asymmetric Box keeps its own)
+        assert spec_to_space(space_to_spec(space)) == space
+    out = capsys.readouterr().out
+    assert "action[1]" in out and "bit 3" in out and "jump" in out

@@ -158,6 +158,10 @@ class Trainer:
         if cfg.get("init"):  # the bundle fixes the architecture: model/autoencoder presets are not used
             self._init_from_bundle(cfg.init)
         else:
+            if cfg.autoencoder.preset.startswith("tile7") and self.env_info.get("name") != "crafter":
+                warnings.warn(f"autoencoder={cfg.autoencoder.preset} cuts frames into Crafter's 7-pixel tiles; for "
+                              f"{self.env_info.get('name')!r} frames autoencoder=patch8 model=small_p1 (8-pixel "
+                              f"patches, one token each) is the general choice")
             ae_kw = {k: v for k, v in cfg.autoencoder.items() if k != "preset"}  # preset fields overridden
             self.ae = make_autoencoder(cfg.autoencoder.preset, frame_shape=self.env_info["frame_shape"],
                                        **ae_kw).to(self.device)

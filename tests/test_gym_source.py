@@ -70,6 +70,16 @@ def test_collect_discrete_with_your_own_agent_class(tmp_path):
         assert e["terminated"] and ep["terminated"][-1] and not ep["terminated"][:-1].any()
     again = run_job("collect", ["env=gym:CartPole-v1", f"out={out}", "episodes=3", "workers=1", "max_steps=50"])
     assert [e["steps"] for e in again["episodes"]] == [e["steps"] for e in m["episodes"]]  # resumed, kept
+    # gymnasium.make's keyword arguments reach the workers and stay in the manifest (Sutton and Barto's
+    # reward: 0 each step, -1 when the pole falls)
+    kw = "env_kwargs={sutton_barto_reward: true}"
+    sb = run_job("collect", ["env=gym:CartPole-v1", f"out={tmp_path / 'sb'}", "episodes=2", "workers=1", kw])
+    assert sb["env"]["make_kwargs"] == {"sutton_barto_reward": True}
+    for e in sb["episodes"]:
+        r = read_episode(tmp_path / "sb" / e["file"])["rewards"]
+        assert r[-1] == -1 and not r[:-1].any()
+    with pytest.raises(ValueError, match="env_kwargs"):  # the same folder with other settings: refused
+        run_job("collect", ["env=gym:CartPole-v1", f"out={tmp_path / 'sb'}", "episodes=3", "workers=1"])
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,14 @@ ENV_IDS = {"crafter": ("worldsim/Crafter-v0", "worldsim/RealCrafter-v0"),
            "minetest": ("worldsim/Minetest-v0", "worldsim/RealMinetest-v0")}
 
 
-def bench_real(env_name: str, steps: int, latency_trials: int = 0, size=None) -> tuple[float, dict | None]:
+def bench_real(env_name: str, steps: int, latency_trials: int = 0, size=None,
+               make_kwargs: dict | None = None) -> tuple[float, dict | None]:
     """Steps/s of the real game (a Gymnasium source: rendered and resized to `size`, as collect sees it); for
     Minetest also its action-to-frame latency (see measure_latency)."""
     import worldsim  # noqa: F401
     from worldsim.envs.gym_source import GymImageEnv, is_gym_source
 
-    env = (GymImageEnv(env_name, size=size) if is_gym_source(env_name)
+    env = (GymImageEnv(env_name, size=size, **(make_kwargs or {})) if is_gym_source(env_name)
            else gym.make(ENV_IDS[env_name][1], disable_env_checker=True))
     env.reset(seed=0)
     env.action_space.seed(0)
@@ -99,12 +100,13 @@ def bench(cfg):
     print(f"hardware: {hw}")
     from worldsim.envs.gym_source import is_gym_source
 
-    size = None
+    size, make_kwargs = None, None
     if is_gym_source(cfg.env):  # a model you trained on a Gymnasium env, beside that env at the model's frame size
         if not cfg.bundle:
             raise ValueError(f"env={cfg.env}: give the bundle you trained on it, bundle=runs/<run>/bundle")
         from worldsim.checkpoint import bundle_path
-        size = json.loads((bundle_path(cfg.bundle) / "bundle.json").read_text())["env"]["frame_shape"][:2]
+        source = json.loads((bundle_path(cfg.bundle) / "bundle.json").read_text())["env"]
+        size, make_kwargs = source["frame_shape"][:2], source.get("make_kwargs")
         game = cfg.env[len("gym:"):]
     elif cfg.env not in ENV_IDS:
         raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENV_IDS)}, or gym:<env id> with bundle=")
@@ -125,7 +127,7 @@ def bench(cfg):
         raise ValueError("quantize=[] names no setting; give int8, none, null or a list of them")
     reals, runs, latency = [], {}, None
     for k in range(rounds):
-        real, lat = bench_real(cfg.env, steps_real, int(cfg.latency_trials) if k == 0 else 0, size)
+        real, lat = bench_real(cfg.env, steps_real, int(cfg.latency_trials) if k == 0 else 0, size, make_kwargs)
         latency, tag = latency or lat, f" (round {k + 1} of {rounds})" if rounds > 1 else ""
         reals.append(real)
         print(f"real {game} (1 process): {real:8.1f} steps/s{tag}")

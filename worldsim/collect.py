@@ -42,7 +42,7 @@ def _rollout(job: dict) -> dict:
     """Worker: one episode in the real game, written atomically. Returns its manifest entry."""
     from worldsim.agents import make_agent
 
-    env = _make_real_env(job["env"], size=job["size"], length=job["max_steps"])
+    env = _make_real_env(job["env"], size=job["size"], length=job["max_steps"], **job.get("env_kwargs", {}))
     try:
         agent = make_agent(job["agent"], env.action_space, seed=job["world_seed"], detour=job.get("detour", 0.0))
         clock = job.get("clock_start", 0)
@@ -189,15 +189,19 @@ def print_histograms(manifest: dict, action_names=None) -> None:
         print(f"  {name:<20s} {c:>6d} {'#' * int(40 * c / max(len(eps), 1))}")
 
 
-def env_info(name: str, size, seed: int = 0) -> dict:
+def env_info(name: str, size, seed: int = 0, make_kwargs: dict | None = None) -> dict:
     """The manifest's description of a source game: frame shape and action space spec (what train reads). A
-    Gymnasium source (gym:<id>) is made and reset once (with `seed`) to learn its frame size."""
+    Gymnasium source (gym:<id>) is made and reset once (with `seed`) to learn its frame size; the keyword
+    arguments it is made with (`make_kwargs`) are kept, so eval, bench and play make the same game."""
+    if make_kwargs and not is_gym_source(name):
+        raise ValueError(f"env_kwargs are gymnasium.make's keyword arguments for a gym:<env id> source, not {name!r}")
     if is_gym_source(name):
-        env = _make_real_env(name, size=size)
+        env = _make_real_env(name, size=size, **(make_kwargs or {}))
         try:
             env.reset(seed=seed)
             return {"name": name, "frame_shape": [*env.size, 3], "native_frame_shape": [*env.native_shape, 3],
-                    "action_space": space_to_spec(env.action_space), "action_meanings": env.action_meanings()}
+                    "action_space": space_to_spec(env.action_space), "action_meanings": env.action_meanings(),
+                    **({"make_kwargs": dict(make_kwargs)} if make_kwargs else {})}
         finally:
             env.close()
     if name == "crafter":
@@ -214,7 +218,10 @@ def env_info(name: str, size, seed: int = 0) -> dict:
 def collect(cfg) -> dict:
     size = cfg.size if cfg.size is not None else DEFAULT_SIZE.get(cfg.env)
     size = list(size) if size is not None and not isinstance(size, int) else size
-    info = env_info(cfg.env, size, int(cfg.seed))
+    from omegaconf import OmegaConf
+
+    make_kwargs = OmegaConf.to_container(cfg.env_kwargs) if cfg.get("env_kwargs") else {}
+    info = env_info(cfg.env, size, int(cfg.seed), make_kwargs)
     if is_gym_source(cfg.env):
         size = info["frame_shape"][:2]  # fixed now, so every worker's frames match the manifest
     agent = cfg.get("agent") or ("random" if is_gym_source(cfg.env) else "explorer")
@@ -228,6 +235,9 @@ def collect(cfg) -> dict:
     manifest = load_manifest(root)
     if manifest["env"] and manifest["env"].get("name") != cfg.env:
         raise ValueError(f"{root} holds {manifest['env'].get('name')!r} episodes, not {cfg.env!r}: choose another out=")
+    if manifest["env"] and manifest["env"].get("make_kwargs", {}) != make_kwargs:
+        raise ValueError(f"{root} holds episodes made with env_kwargs={manifest['env'].get('make_kwargs', {})}, not "
+                         f"{make_kwargs}: choose another out=")
     manifest["env"] = info
     have = {e["index"]: e for e in manifest["episodes"] if _readable(episode_path(root, e["index"]))}
     starts = cfg.get("clock_start")
@@ -247,7 +257,7 @@ def collect(cfg) -> dict:
             if entry is not None:
                 have[i] = entry
                 continue
-            jobs.append({"env": cfg.env, "size": size, "max_steps": cfg.max_steps, "agent": agent,
+            jobs.append({"env": cfg.env, "env_kwargs": make_kwargs, "size": size, "max_steps": cfg.max_steps, "agent": agent,
                          "detour": float(cfg.get("detour") or 0.0), "world_seed": seed, "index": i, "split": split,
                          # drawn per episode from its seed, so a resumed job draws the same
                          "clock_start": 0 if starts is None else int(np.random.default_rng(seed).integers(

@@ -118,7 +118,7 @@ def phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return (dy - h if dy > h // 2 else dy), (dx - w if dx > w // 2 else dx)
 
 
-def heldout_episodes(cfg, size=None):
+def heldout_episodes(cfg, size=None, make_kwargs=None):
     if cfg.data:
         eps = load_episodes(Path(cfg.data), split="test")
         if not eps:
@@ -130,7 +130,7 @@ def heldout_episodes(cfg, size=None):
     collect(OmegaConf.create({"env": cfg.env, "out": str(out), "episodes": _opt(cfg, "episodes"),
                               "workers": cfg.workers, "max_steps": _opt(cfg, "max_steps"), "agent": None,
                               "detour": 0.0, "seed": cfg.seed, "test_every": 1,
-                              "size": None if size is None else list(size)}))
+                              "size": None if size is None else list(size), "env_kwargs": make_kwargs or {}}))
     return load_episodes(out, split="test")
 
 
@@ -238,7 +238,7 @@ def evaluate(cfg):
     bundle = load_bundle(str(cfg.bundle or default), cfg.device)
     if game == "gym" and bundle.env.get("name") != cfg.env:
         raise ValueError(f"bundle {bundle.path} was trained on {bundle.env.get('name')!r}, not {cfg.env!r}")
-    eps = heldout_episodes(cfg, bundle.env["frame_shape"][:2] if game == "gym" else None)
+    eps = heldout_episodes(cfg, bundle.env["frame_shape"][:2] if game == "gym" else None, bundle.env.get("make_kwargs"))
     W = bundle.dit.config.context_frames
     horizons = list(_opt(cfg, "horizons"))
     H = max(horizons)
@@ -442,7 +442,7 @@ def _real_probes(cfg, W: int, env_info: dict | None = None):
         env = RealMinetestEnv()
     else:
         from worldsim.envs.gym_source import GymImageEnv
-        env = GymImageEnv(cfg.env, size=env_info["frame_shape"][:2])
+        env = GymImageEnv(cfg.env, size=env_info["frame_shape"][:2], **env_info.get("make_kwargs", {}))
     try:
         made, ep = 0, 0
         while True:
@@ -574,7 +574,7 @@ def following_eval(cfg, bundle, rng) -> dict:
         f"not defined for the action space {bundle.env['action_space']['type']} (Discrete and Box only)"
     if is_gym_source(cfg.env) and skipped is None:  # real outcomes need a copy of the running env
         from worldsim.envs.gym_source import GymImageEnv
-        env = GymImageEnv(cfg.env, size=bundle.env["frame_shape"][:2])
+        env = GymImageEnv(cfg.env, size=bundle.env["frame_shape"][:2], **bundle.env.get("make_kwargs", {}))
         try:
             env.reset(seed=int(cfg.seed))
             env.clone().close()

@@ -151,7 +151,9 @@ class Viewer:
             kw["bundle"] = cfg.bundle
         self.env = gym.make(env_id, **kw)
         if gym_source:  # the real game at the model's frame size
-            self.real = GymImageEnv(cfg.env, size=self.env.observation_space.shape[:2]) if cfg.compare else None
+            source = self.env.unwrapped.bundle.env
+            self.real = (GymImageEnv(cfg.env, size=source["frame_shape"][:2], **source.get("make_kwargs", {}))
+                         if cfg.compare else None)
             self.real_name = "real " + cfg.env[len("gym:"):]
         else:
             self.real = gym.make(real_id) if cfg.compare else None

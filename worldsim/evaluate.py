@@ -28,7 +28,9 @@
   would end the rollout) beside the real episodes' deaths per 1,000 steps; a strip of frames at regular steps.
 
 Held-out episodes come from `data` (its "test" split), or are collected fresh from world seeds far from any
-used in training (`seed`), with the scripted explorer.
+used in training (`seed`), with the scripted explorer. `env=gym:<id>` evaluates a model trained on any
+Gymnasium env (`bundle=` required) the same way: a random agent collects and drives, following probes every
+Discrete action (a Box: its low, middle and high) from a copy of the running env.
 """
 from __future__ import annotations
 

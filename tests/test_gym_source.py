@@ -238,3 +238,40 @@ def test_every_action_space_is_stored_and_counted(capsys):
         assert spec_to_space(space_to_spec(space)) == space
     out = capsys.readouterr().out
     assert "action[1]" in out and "bit 3" in out and "jump" in out
+
+
+class _PixelEnv(gym.Env):
+    """An env whose observations are already RGB images (as Atari's are), and that cannot render."""
+
+    observation_space = gym.spaces.Box(0, 255, (30, 40, 3), np.uint8)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += int(action) + 1
+        return self._obs(), 0.0, False, False, {}
+
+    def _obs(self):
+        img = np.zeros((30, 40, 3), np.uint8)
+        img[:, (self.t * 4) % 40:(self.t * 4) % 40 + 4] = 255  # a bar that moves by the action
+        return img
+
+    def render(self):
+        raise AssertionError("frames of an image-observation env come from its observations")
+
+
+def test_image_observations_are_the_frames():
+    gym.register(id="worldsim_test/Pixels-v0", entry_point=_PixelEnv)
+    env = GymImageEnv("gym:worldsim_test/Pixels-v0", size=[30, 40])
+    obs, _ = env.reset(seed=0)
+    assert env.from_obs and (obs[:, :4] == 255).all() and (obs[:, 4:] == 0).all()
+    assert np.array_equal(env.step(2)[0][:, 12:16], np.full((30, 4, 3), 255, np.uint8))  # moved by 3 steps
+    # 64 high; 64 * 4 / 3 = 85.3 wide, to the nearest multiple of 8 (the patch autoencoder's) = 88
+    assert GymImageEnv("gym:worldsim_test/Pixels-v0").reset(seed=0)[0].shape == (64, 88, 3)

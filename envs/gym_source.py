@@ -22,8 +22,17 @@ PREFIX = "gym:"
 DEFAULT_HEIGHT = 64  # the default frame height; the width keeps the env's aspect, in multiples of 8 (patch8)
 
 
+LEARNED_ID = "worldsim/World-v0"  # the learned env of a bundle trained on a gym source
+
+
 def is_gym_source(name) -> bool:
     return isinstance(name, str) and name.startswith(PREFIX)
+
+
+def need_bundle(name, bundle) -> None:
+    """A learned gym:<id> world is one you trained: the clear error where a job names no bundle for it."""
+    if is_gym_source(name) and not bundle:
+        raise ValueError(f"env={name}: give the bundle you trained on it, bundle=runs/<run>/bundle")
 
 
 def env_id(name: str) -> str:

@@ -22,6 +22,13 @@ ENV_IDS = {"crafter": ("worldsim/Crafter-v0", "worldsim/RealCrafter-v0"),
            "minetest": ("worldsim/Minetest-v0", "worldsim/RealMinetest-v0")}
 
 
+def learned_env_id(env: str) -> str:
+    """The learned env's Gymnasium id for a game name: the shipped worlds', or worldsim/World-v0 for gym:<id>."""
+    from worldsim.envs.gym_source import LEARNED_ID, is_gym_source
+
+    return LEARNED_ID if is_gym_source(env) else ENV_IDS[env][0]
+
+
 def bench_real(env_name: str, steps: int, latency_trials: int = 0, size=None,
                make_kwargs: dict | None = None) -> tuple[float, dict | None]:
     """Steps/s of the real game (a Gymnasium source: rendered and resized to `size`, as collect sees it); for
@@ -67,7 +74,7 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
           "map_memory": map_memory, "new_ground": new_ground, "terrain_floor": terrain_floor}
     if bundle:
         kw["bundle"] = bundle
-    env_id = "worldsim/World-v0" if env_name.startswith("gym:") else ENV_IDS[env_name][0]
+    env_id = learned_env_id(env_name)
     env = (gym.make(env_id, **kw) if batch == 1 else gym.make_vec(env_id, num_envs=batch, **kw))
     env.reset(seed=0)
     env.action_space.seed(0)
@@ -98,12 +105,11 @@ def bench(cfg):
     hw = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
           "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     print(f"hardware: {hw}")
-    from worldsim.envs.gym_source import is_gym_source
+    from worldsim.envs.gym_source import is_gym_source, need_bundle
 
     size, make_kwargs = None, None
+    need_bundle(cfg.env, cfg.bundle)
     if is_gym_source(cfg.env):  # a model you trained on a Gymnasium env, beside that env at the model's frame size
-        if not cfg.bundle:
-            raise ValueError(f"env={cfg.env}: give the bundle you trained on it, bundle=runs/<run>/bundle")
         from worldsim.checkpoint import bundle_path
         source = json.loads((bundle_path(cfg.bundle) / "bundle.json").read_text())["env"]
         size, make_kwargs = source["frame_shape"][:2], source.get("make_kwargs")

@@ -150,10 +150,10 @@ def print_histograms(manifest: dict, action_names=None) -> None:
     total = max(sum(e["steps"] for e in eps), 1)
     print(f"\n{len(eps)} episodes, {total} steps, {sum(e['terminated'] for e in eps)} deaths")
 
-    def bars(title, names, counts, of=total):
+    def bars(title, names, counts):
         print(title)
         for name, c in zip(names, counts):
-            print(f"  {name:<20s} {int(c):>8d} {100 * c / of:5.1f}% {'#' * int(60 * c / of)}")
+            print(f"  {name:<20s} {int(c):>8d} {100 * c / total:5.1f}% {'#' * int(60 * c / total)}")
 
     first = eps[0]["action_counts"] if eps else []
     if isinstance(first, dict) and "box" in first:  # Box: per component, bins between the bounds

@@ -45,7 +45,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from worldsim.data import episode_clock, index_actions, load_episodes, stack_actions
-from worldsim.envs.gym_source import is_gym_source
+from worldsim.envs.gym_source import is_gym_source, need_bundle
 from worldsim.simulator import WorldSimulator, load_bundle
 
 # per game: default horizons, held-out cache, stability rollout length and block, following probe actions
@@ -234,8 +234,7 @@ def evaluate(cfg):
         torch.set_num_threads(int(cfg.threads))
     from worldsim import DEFAULT_CRAFTER_BUNDLE, DEFAULT_MINETEST_BUNDLE
 
-    if game == "gym" and not cfg.bundle:
-        raise ValueError(f"env={cfg.env}: give the bundle you trained on it, bundle=runs/<run>/bundle")
+    need_bundle(cfg.env, cfg.bundle)
     default = {"crafter": DEFAULT_CRAFTER_BUNDLE, "minetest": DEFAULT_MINETEST_BUNDLE}.get(game)
     bundle = load_bundle(str(cfg.bundle or default), cfg.device)
     if game == "gym" and bundle.env.get("name") != cfg.env:
@@ -713,13 +712,13 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
 
     import worldsim  # noqa: F401  (registers the envs)
     from worldsim.agents import make_agent
-    from worldsim.bench import ENV_IDS, rss_mib
+    from worldsim.bench import learned_env_id, rss_mib
 
     rng = np.random.default_rng(cfg.seed + 1)
     half = len(eps) // 2 or 1
     bank = _frame_bank(eps[:half], int(cfg.bank_frames), rng)  # real frames the measure compares against
     real_ref = _frame_bank(eps[half:] or eps, int(cfg.bank_frames) // 4, rng)
-    env_id = "worldsim/World-v0" if is_gym_source(cfg.env) else ENV_IDS[cfg.env][0]
+    env_id = learned_env_id(cfg.env)
     env = gym.make(env_id, bundle=str(bundle.path), device=cfg.device, sampling_steps=cfg.sampling_steps,
                    **_sim_kw(cfg), termination_threshold=2.0, horizon=steps + 1)  # one unbroken rollout
     agent = make_agent("random" if is_gym_source(cfg.env) else "explorer", env.action_space, seed=cfg.seed)

@@ -123,14 +123,13 @@ class Viewer:
         from worldsim.agents import make_agent
         from worldsim.agents.keyboard import HELP, MINETEST_HELP, KeyboardAgent, MouseKeyboardAgent
 
-        from worldsim.envs.gym_source import GymImageEnv, is_gym_source
+        from worldsim.envs.gym_source import LEARNED_ID, GymImageEnv, is_gym_source, need_bundle
 
         gym_source = is_gym_source(cfg.env)  # a model you trained on a Gymnasium env (worldsim/World-v0)
         if not gym_source and cfg.env not in ENVS:
             raise ValueError(f"unknown env {cfg.env!r}; available: {', '.join(ENVS)}, or gym:<env id> with bundle=")
-        if gym_source and not cfg.bundle:
-            raise ValueError(f"env={cfg.env}: give the bundle you trained on it, bundle=runs/<run>/bundle")
-        env_id, real_id, default_scale = ENVS.get(cfg.env, ("worldsim/World-v0", None, 6))
+        need_bundle(cfg.env, cfg.bundle)
+        env_id, real_id, default_scale = ENVS.get(cfg.env, (LEARNED_ID, None, 6))
         self.cfg, self.headless = cfg, not has_display()
         self.record, self.agent_name, self.max_steps = cfg.record, cfg.agent, int(cfg.steps)
         if self.headless:

@@ -18,11 +18,11 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from worldsim.bench import ENV_IDS
+from worldsim.bench import ENV_IDS, learned_env_id
 from worldsim.collect import _readable, episode_actions, print_histograms, split_of
 from worldsim.data import (episode_clock, episode_path, index_actions, load_episodes, load_manifest, save_manifest,
                            stack_actions, write_episode)
-from worldsim.envs.gym_source import is_gym_source
+from worldsim.envs.gym_source import is_gym_source, need_bundle
 
 def rollout(cfg) -> dict:
     import torch
@@ -34,8 +34,7 @@ def rollout(cfg) -> dict:
     if not gym_source and cfg.env not in ENV_IDS:
         raise ValueError(f"unknown env {cfg.env!r} for rollout; choose one of {sorted(ENV_IDS)}, or gym:<env id> "
                          f"with bundle=")
-    if gym_source and not cfg.bundle:
-        raise ValueError(f"env={cfg.env}: give the bundle you trained on it, bundle=runs/<run>/bundle")
+    need_bundle(cfg.env, cfg.bundle)
     episodes, steps, B = int(cfg.episodes), int(cfg.steps), int(cfg.batch_size)
     if episodes < 1 or steps < 1 or B < 1:
         raise ValueError(f"episodes, steps and batch_size must be >= 1; got {episodes}, {steps}, {B}")
@@ -50,7 +49,7 @@ def rollout(cfg) -> dict:
         raise ValueError("agent=replay drives each world with a recorded episode's actions: give context=DIR")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    venv = gym.make_vec("worldsim/World-v0" if gym_source else ENV_IDS[cfg.env][0], num_envs=B, device=cfg.device, horizon=steps,
+    venv = gym.make_vec(learned_env_id(cfg.env), num_envs=B, device=cfg.device, horizon=steps,
                         termination_threshold=cfg.termination_threshold, reward_floor=cfg.get("reward_floor"),
                         **({"bundle": str(cfg.bundle)} if cfg.bundle else {}))
     env = venv.unwrapped

@@ -29,6 +29,11 @@ def is_gym_source(name) -> bool:
     return isinstance(name, str) and name.startswith(PREFIX)
 
 
+def folder_name(name: str) -> str:
+    """A game name as a default folder name: `gym:CartPole-v1` -> `CartPole-v1`, `gym:m:Id-v0` -> `m_Id-v0`."""
+    return name[len(PREFIX):].replace(":", "_") if is_gym_source(name) else name
+
+
 def need_bundle(name, bundle) -> None:
     """A learned gym:<id> world is one you trained: the clear error where a job names no bundle for it."""
     if is_gym_source(name) and not bundle:

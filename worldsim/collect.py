@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from worldsim.data import episode_path, load_manifest, num_steps, read_episode, save_manifest, write_episode
-from worldsim.envs.gym_source import is_gym_source
+from worldsim.envs.gym_source import folder_name, is_gym_source
 from worldsim.model import space_to_spec, spec_to_space
 
 ENVS = {"crafter": "worldsim.envs.real_crafter:RealCrafterEnv",
@@ -229,8 +229,7 @@ def collect(cfg) -> dict:
         raise ValueError(f"agent=explorer is the scripted explorer of Crafter and Minetest; for env={cfg.env} use "
                          f"agent=random or your own policy, agent=<module>:<Class> (Class(action_space, seed=...) "
                          f"with act(obs) -> action and reset())")
-    default_out = f"data/{cfg.env[len('gym:'):].replace(':', '_')}" if is_gym_source(cfg.env) else f"data/{cfg.env}"
-    root = Path(cfg.out if cfg.out is not None else default_out)
+    root = Path(cfg.out if cfg.out is not None else f"data/{folder_name(cfg.env)}")
     root.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(root)
     if manifest["env"] and manifest["env"].get("name") != cfg.env:

@@ -45,7 +45,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from worldsim.data import episode_clock, index_actions, load_episodes, stack_actions
-from worldsim.envs.gym_source import is_gym_source, need_bundle
+from worldsim.envs.gym_source import folder_name, is_gym_source, need_bundle
 from worldsim.simulator import WorldSimulator, load_bundle
 
 # per game: default horizons, held-out cache, stability rollout length and block, following probe actions
@@ -74,7 +74,7 @@ def _opt(cfg, key):
     """A config value, or the game's default when it is null."""
     v = cfg.get(key)
     if v is None and key == "cache_dir" and is_gym_source(cfg.env):
-        return f"data/{cfg.env[len('gym:'):].replace(':', '_')}-heldout"
+        return f"data/{folder_name(cfg.env)}-heldout"
     return ENVS[_game(cfg.env)][key] if v is None else v
 
 

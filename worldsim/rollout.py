@@ -22,7 +22,7 @@ from worldsim.bench import ENV_IDS, learned_env_id
 from worldsim.collect import _readable, episode_actions, print_histograms, split_of
 from worldsim.data import (episode_clock, episode_path, index_actions, load_episodes, load_manifest, save_manifest,
                            stack_actions, write_episode)
-from worldsim.envs.gym_source import is_gym_source, need_bundle
+from worldsim.envs.gym_source import folder_name, is_gym_source, need_bundle
 
 def rollout(cfg) -> dict:
     import torch
@@ -63,8 +63,7 @@ def rollout(cfg) -> dict:
         if shape != tuple(env.sim.frame_shape):
             raise ValueError(f"{cfg.context}: frames of shape {shape}, the model's are {tuple(env.sim.frame_shape)}")
 
-    root = Path(cfg.out if cfg.out is not None else
-                f"rollouts/{cfg.env[len('gym:'):].replace(':', '_') if gym_source else cfg.env}")
+    root = Path(cfg.out if cfg.out is not None else f"rollouts/{folder_name(cfg.env)}")
     root.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(root)
     info = {**env.bundle.env, "frame_shape": list(env.sim.frame_shape)}

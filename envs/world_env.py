@@ -4,14 +4,19 @@ Both talk to the model only through `WorldSimulator`; agents and the viewer talk
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
+from safetensors.torch import load_file
 
-from worldsim.data import fit_frames, stack_actions
+from worldsim.checkpoint import read_metadata, tensors_bytes
+from worldsim.data import atomic_write_bytes, fit_frames, stack_actions
 from worldsim.envs.spaces import check_action as _check_action, check_actions
 from worldsim.model import spec_to_space
 from worldsim.simulator import WorldSimulator, load_bundle
@@ -39,6 +44,86 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
                              map_memory=map_memory, new_ground=new_ground, terrain_floor=terrain_floor)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
     return spec_to_space(env.bundle.env["action_space"])
+
+
+@dataclass(frozen=True)
+class WorldState:
+    """One learned world's saved state: ``env.unwrapped.get_state()``, or ``get_state(i)`` of a vector env.
+
+    It holds what the world's next steps depend on: the model's window of recent frames (its KV cache), the
+    newest latents and frames shown, the game clock, the map or view memory, the step count, whether the
+    episode had ended, and the world's random generators. ``set_state`` makes a world continue from it,
+    in the same env or another of the same bundle and settings, any number of times: the same actions then
+    give the same frames, rewards and ends (with ``seed=`` the noise is new instead). Planning (try each
+    action, or many futures, from one state) and counterfactual rollouts (go back and act otherwise) use it;
+    one vector env steps all the branches in one batched pass. A state is read-only; about 2.5 MiB for the
+    shipped Crafter model (``nbytes``).
+    """
+    sim: dict
+    obs: np.ndarray
+    steps: int
+    done: bool
+    rng: np.random.Generator
+    end_rng: np.random.Generator
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.sim["cache"], *self.sim["tensors"].values()]
+        return int(sum(t.numel() * t.element_size() for t in tensors) + self.obs.nbytes)
+
+    def save(self, path: str | Path) -> None:
+        """Write the state to one safetensors file (tensors, and the rest as JSON in its metadata), atomically."""
+        tensors = {f"tensor.{k}": v for k, v in self.sim["tensors"].items()}
+        tensors.update({"cache.k": self.sim["cache"][0], "cache.v": self.sim["cache"][1],
+                        "cache.valid": self.sim["cache"][2], "obs": torch.from_numpy(self.obs)})
+        meta = {"format": STATE_FORMAT, "fingerprint": self.sim["fingerprint"], "time": self.sim["time"],
+                "clock": self.sim["clock"], "steps": self.steps, "done": self.done,
+                "rng": _generator_json(self.rng), "end_rng": _generator_json(self.end_rng)}
+        data = tensors_bytes(tensors, meta)
+        atomic_write_bytes(Path(path), lambda f: f.write(data))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "WorldState":
+        """A state `save` wrote; a clear error for any other file."""
+        path = Path(path)
+        try:
+            meta = read_metadata(path)
+            tensors = load_file(path)
+        except Exception as e:  # safetensors raises its own errors for a truncated or foreign file
+            raise ValueError(f"{path} is not a saved worldsim state ({type(e).__name__}: {e})") from None
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path} is not a saved worldsim state (format {meta.get('format')!r}, "
+                             f"expected {STATE_FORMAT!r})")
+        sim = {"fingerprint": meta["fingerprint"], "time": int(meta["time"]), "clock": int(meta["clock"]),
+               "cache": (tensors["cache.k"], tensors["cache.v"], tensors["cache.valid"]),
+               "tensors": {k[len("tensor."):]: v for k, v in tensors.items() if k.startswith("tensor.")}}
+        return cls(sim, tensors["obs"].numpy(), int(meta["steps"]), bool(meta["done"]),
+                   _generator(meta["rng"]), _generator(meta["end_rng"]))
+
+
+STATE_FORMAT = "worldsim-state/1"
+
+
+def _generator_json(g: np.random.Generator) -> dict:
+    """A generator as JSON: its bit generator's state and its seed sequence (`reset` spawns the end generator
+    from it), so a loaded one draws and spawns as the saved one would."""
+    ss = g.bit_generator.seed_seq
+    return {"state": g.bit_generator.state, "entropy": ss.entropy, "spawn_key": list(ss.spawn_key),
+            "pool_size": ss.pool_size, "n_children_spawned": ss.n_children_spawned}
+
+
+def _generator(d: dict) -> np.random.Generator:
+    ss = np.random.SeedSequence(d["entropy"], spawn_key=tuple(d["spawn_key"]), pool_size=d["pool_size"],
+                                n_children_spawned=d["n_children_spawned"])
+    bits = getattr(np.random, d["state"]["bit_generator"])(ss)
+    bits.state = d["state"]
+    return np.random.Generator(bits)
+
+
+def _check_state(state):
+    if not isinstance(state, WorldState):
+        raise TypeError(f"set_state takes a WorldState (from get_state()), got {type(state).__name__}")
+    return state
 
 
 class WorldEnv(gym.Env):
@@ -78,6 +163,9 @@ class WorldEnv(gym.Env):
     says the last context frame is the game's step n (default T-1: a context that begins with the game, as
     the shipped start states do), for models that read the game's clock (its day and night).
     All sampling noise comes from ``np_random``: the same seed, start and actions give the same frames.
+    ``get_state()`` saves the world (a ``WorldState``) and ``set_state(state)`` goes back to it: the same
+    actions then give the same frames (planning, counterfactual rollouts; ``WorldVectorEnv.set_state``
+    branches one state into many worlds stepped together).
     ``guidance=g`` (> 1) samples with classifier-free guidance on the action, for models trained with
     ``diffusion.action_dropout``: each denoising step runs the batch with and without its action (one
     stacked pass). Default: the bundle's (the shipped Crafter model has guidance 2 distilled into one pass: 1).
@@ -139,7 +227,29 @@ class WorldEnv(gym.Env):
                                   view_memory, seed_floor, map_memory, new_ground, terrain_floor)
         self.reward_floor = _reward_floor(reward_floor, self.bundle)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
-        self._obs, self._t, self._window = None, 0, None
+        self._obs, self._t, self._window, self._done = None, 0, None, False
+
+    def get_state(self) -> WorldState:
+        """This world's state now (see WorldState): ``set_state`` continues from it."""
+        if self._obs is None:
+            raise RuntimeError("call reset() before get_state(): there is no world yet")
+        return WorldState(self.sim.row_state(0), self._obs.copy(), int(self._t), bool(self._done),
+                          copy.deepcopy(self.np_random), copy.deepcopy(self._end_rng))
+
+    def set_state(self, state: WorldState, seed: int | None = None):
+        """Continue from a saved state (this env's or another's of the same bundle and settings); returns its
+        observation. ``seed``: new sampling noise from this seed instead of the state's own generators."""
+        state = _check_state(state)
+        self.sim.load_rows([0], [state.sim])
+        self._obs, self._t, self._done = state.obs.copy(), state.steps, state.done
+        if seed is None:
+            self.np_random, self._end_rng = copy.deepcopy(state.rng), copy.deepcopy(state.end_rng)
+        else:
+            self.np_random = np.random.default_rng(seed)
+            self._end_rng = _end_draws(self.np_random)
+        if self.render_mode == "human":
+            self.render()
+        return self._obs.copy()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -147,7 +257,7 @@ class WorldEnv(gym.Env):
         frames, actions, info = _start(self, self.action_space, options, self.np_random)
         self.sim.reset([0], frames[None], stack_actions([actions]),
                        self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)), [info["clock"]])
-        self._obs, self._t = frames[-1].copy(), 0
+        self._obs, self._t, self._done = frames[-1].copy(), 0, False
         if self.render_mode == "human":
             self.render()
         return self._obs.copy(), info
@@ -162,6 +272,7 @@ class WorldEnv(gym.Env):
         self._obs, self._t = res.frames[0], self._t + 1
         terminated = bool(_ends(res.terminated_prob, self.threshold, [self._end_rng])[0])
         truncated = self._t >= self.horizon
+        self._done = terminated or truncated
         if self.render_mode == "human":
             self.render()
         reward = float(_floored(res.reward, self.reward_floor)[0])
@@ -192,6 +303,10 @@ class WorldVectorEnv(gym.vector.VectorEnv):
     to a default start and returns its first observation with reward 0; its action is ignored.
     ``reset(options=...)`` takes WorldEnv's options, for every world, or a list of them, one per world (each its
     own context; contexts of one call have the same length).
+    ``get_state(i)`` saves world i (a ``WorldState``); ``set_state(state, indices)`` puts a state (one for all, or
+    one per index) into those worlds: from one state, one batched ``step`` tries a different action in each
+    world (with the state's own noise in every one, so they differ by the action alone), or with ``seed=`` draws
+    different futures of the same action.
     """
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP, "render_fps": 15}
@@ -240,6 +355,43 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.sim.reset(rows, np.stack(frames), stack_actions(actions), noise, clocks)
         for i, f in zip(rows, frames):
             self._obs[i], self._t[i] = f[-1], 0
+
+    def get_state(self, index: int = 0) -> WorldState:
+        """World `index`'s state now (see WorldState)."""
+        if not self._started:
+            raise RuntimeError("call reset() before get_state(): there are no worlds yet")
+        index = int(index)
+        if not 0 <= index < self.num_envs:
+            raise IndexError(f"world {index} is out of range for {self.num_envs} worlds")
+        return WorldState(self.sim.row_state(index), self._obs[index].copy(), int(self._t[index]),
+                          bool(self._autoreset[index]), copy.deepcopy(self.rngs[index]),
+                          copy.deepcopy(self.end_rngs[index]))
+
+    def set_state(self, state: WorldState | list[WorldState], indices=None, seed: int | list[int] | None = None):
+        """Worlds `indices` (default: all) continue from saved states: one state for all of them, or a list, one
+        per index. seed: new sampling noise instead of each state's own generators (an int gives world k of
+        the indices seed + k, or a list one seed each). A world saved after its episode ended resets at the
+        next step, as autoreset would have. Returns the observations of all worlds."""
+        indices = list(range(self.num_envs)) if indices is None else [int(i) for i in np.atleast_1d(indices)]
+        states = [_check_state(s) for s in state] if isinstance(state, (list, tuple)) else [_check_state(state)] * len(indices)
+        if len(states) != len(indices):
+            raise ValueError(f"{len(states)} states for {len(indices)} worlds (give one state, or one per index)")
+        if not self._started and sorted(indices) != list(range(self.num_envs)):
+            raise RuntimeError("call reset() first, or set the state of every world")
+        seeds = [None] * len(indices) if seed is None else (
+            [int(seed) + k for k in range(len(indices))] if isinstance(seed, (int, np.integer)) else list(seed))
+        if len(seeds) != len(indices):
+            raise ValueError(f"{len(seeds)} seeds for {len(indices)} worlds")
+        self.sim.load_rows(indices, [s.sim for s in states])
+        for i, s, sd in zip(indices, states, seeds):
+            self._obs[i], self._t[i], self._autoreset[i] = s.obs, s.steps, s.done
+            if sd is None:
+                self.rngs[i], self.end_rngs[i] = copy.deepcopy(s.rng), copy.deepcopy(s.end_rng)
+            else:
+                self.rngs[i] = np.random.default_rng(sd)
+                self.end_rngs[i] = _end_draws(self.rngs[i])
+        self._started = True
+        return self._obs.copy()
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
         if seed is None:

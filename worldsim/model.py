@@ -282,6 +282,11 @@ class Rotary3D(nn.Module):
         ], dim=-1).reshape(T * h * w, -1)
         return ang.cos(), ang.sin()
 
+    def time_shift(self, delta: int):
+        """cos, sin (1, head_dim/2) that move a rotated key from time t to t + delta: its time pairs turn by
+        delta's angles, its row, column and unrotated pairs stay (row 0, column 0 rotate by nothing)."""
+        return self(torch.tensor([int(delta)]), 1, 1)
+
 
 def frame_causal_mask(T: int, N: int, window: int, device=None) -> torch.Tensor:
     """Boolean (T*N, T*N): a token of frame i may attend to frames i-window .. i (all their tokens)."""
@@ -690,6 +695,34 @@ class KVCache:
                 self.k[layer, rows, :, d] = k[:, :, s].to(self.k.dtype)
                 self.v[layer, rows, :, d] = v[:, :, s].to(self.v.dtype)
             self.mark(int(t), rows)
+
+    def row(self, row: int):
+        """Copies of one batch row's window (the ring slots, not the scratch slot): keys, values (depth, heads,
+        window * N, head_dim) and which slots hold a frame (window,)."""
+        span = slice(0, self.window * self.N)
+        return self.k[:, row, :, span].clone(), self.v[:, row, :, span].clone(), self.valid[row, :self.window].clone()
+
+    def load_row(self, row: int, k, v, valid, shift: int = 0, rotate=None):
+        """Put `row`'s window back from `row()`'s copies, saved when the batch's clock was `shift` frames behind
+        now. Why a shift: the ring slot of a frame is its time mod window and its keys carry its absolute time
+        (rotary), and the batch shares one clock, so a state saved at another time is moved forward: each slot
+        to its frame's new time, each key turned by `rotate` = (cos, sin) of the shift (Rotary3D.time_shift).
+        Attention reads only time differences, so the moved window attends as it did."""
+        W, N = self.window, self.N
+        if k.shape != (self.k.shape[0], self.k.shape[2], W * N, self.k.shape[4]) or valid.shape != (W,):
+            raise ValueError(f"a saved window of shape {tuple(k.shape)} does not fit this cache "
+                             f"({self.k.shape[0]} layers, {self.k.shape[2]} heads, {W} frames of {N} tokens)")
+        if shift % W:
+            old = torch.tensor([(j - shift) % W for j in range(W)])  # new slot j holds the frame of old slot j - shift
+            k, v = (x.unflatten(2, (W, N))[:, :, old].flatten(2, 3) for x in (k, v))
+            valid = valid[old]
+        if shift and rotate is not None:
+            k = apply_rope(k, *rotate)
+        span = slice(0, W * N)
+        self.k[:, row, :, span] = k.to(self.k.dtype)
+        self.v[:, row, :, span] = v.to(self.v.dtype)
+        self.valid[row, :W] = valid
+        self._mask = None
 
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2

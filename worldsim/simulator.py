@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +89,8 @@ class StepResult:
 
 
 class WorldSimulator:
+    ROW = ("prev", "prev_ctx", "shown_z", "shown")  # per-row tensors (batch first) a saved row state copies
+
     def __init__(self, bundle: Bundle, batch_size: int, sampling_steps: int | None = None,
                  context_noise: float | None = None, frame_size: tuple[int, int] | None = None,
                  guidance: float | None = None, tile_hold: float | None = None, quantize: str | None = None,
@@ -255,6 +259,9 @@ class WorldSimulator:
         self.time = -1  # absolute time of the newest committed frame (one clock for the whole batch)
         # each row's game clock: the game's step count at its newest frame (a model with clock_period reads it)
         self.clock = np.zeros(batch_size, np.int64)
+        # what a saved row state is valid for: this bundle (its bundle.json) run with these settings
+        key = json.dumps([bundle.meta, self.settings(), self.frame_shape], sort_keys=True, default=str)
+        self.fingerprint = hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def settings(self) -> dict:
         """The inference settings this simulator runs with, bundle defaults resolved (for benches and evals)."""
@@ -312,6 +319,52 @@ class WorldSimulator:
                     self.memory.turn(rows, {k: v[:, i] for k, v in acts.items()})
                 self.memory.push(rows, zc[:, i].float(), frames[:, i])
         return z
+
+    def row_state(self, row: int) -> dict:
+        """A copy of everything row `row`'s next steps depend on: the KV cache's window, the newest latents, the
+        frames shown, the game clock and the map or view memory, with the batch's clock (`time`) it was saved
+        at. `load_rows` puts it back, into this row or another, in this simulator or another of the same bundle
+        and settings. Why: planning and counterfactual rollouts branch one world into many and go back to it."""
+        if not 0 <= row < self.B:
+            raise IndexError(f"row {row} is out of range for a batch of {self.B}")
+        tensors = {name: getattr(self, name)[row].clone() for name in self.ROW}
+        for part in ("map", "memory"):
+            held = getattr(self, part)
+            if held is not None:
+                tensors.update({f"{part}.{name}": getattr(held, name)[row].clone() for name in held.ROW})
+        return {"fingerprint": self.fingerprint, "time": int(self.time), "clock": int(self.clock[row]),
+                "cache": self.cache.row(row), "tensors": tensors}
+
+    @torch.no_grad()
+    def load_rows(self, rows, states: list[dict]):
+        """Rows `rows` continue from saved row states (`row_state`), one per row. Loading every row from states
+        of one time sets the batch's clock to it, so the steps that follow are the saved world's own, bit for
+        bit (same batch); otherwise each state's window is moved to the batch's clock (KVCache.load_row), which
+        attends the same up to float rounding."""
+        rows = [int(r) for r in rows]
+        if len(rows) != len(states):
+            raise ValueError(f"{len(states)} saved states for {len(rows)} rows")
+        if any(not 0 <= r < self.B for r in rows) or len(set(rows)) != len(rows):
+            raise IndexError(f"rows {rows} must be distinct and in 0..{self.B - 1}")
+        for st in states:
+            if not isinstance(st, dict) or st.get("fingerprint") != self.fingerprint:
+                raise ValueError("this state was saved from another bundle or with other inference settings "
+                                 f"(fingerprint {st.get('fingerprint') if isinstance(st, dict) else None!r}, this "
+                                 f"simulator's {self.fingerprint!r}: the bundle's bundle.json and settings() must match)")
+        times = {st["time"] for st in states}
+        if sorted(rows) == list(range(self.B)) and len(times) == 1:
+            self.time = times.pop()
+        rope = self.dit.rope
+        for r, st in zip(rows, states):
+            shift = self.time - st["time"]
+            self.cache.load_row(r, *st["cache"], shift=shift, rotate=rope.time_shift(shift) if shift else None)
+            self.clock[r] = st["clock"]
+            for name, value in st["tensors"].items():
+                part, _, attr = name.rpartition(".")
+                held = getattr(self, part) if part else self
+                if held is None or not hasattr(held, attr):
+                    raise ValueError(f"saved state holds {name!r}, which this simulator does not keep")
+                getattr(held, attr)[r] = value.to(getattr(held, attr).device)
 
     @torch.no_grad()
     def step(self, actions, noise: np.ndarray, context_noise: np.ndarray, decode: bool = True) -> StepResult:
@@ -477,6 +530,8 @@ class ViewMemory:
     Constant memory: a ring of `frames` entries per row (the shipped Minetest model: 32 latents of 24 KiB
     and frames of 36 KiB, about 1.9 MiB per row)."""
 
+    ROW = ("z", "shown", "seen_at", "age", "count", "angles", "still")  # per-row state (a saved row state's)
+
     def __init__(self, dit, batch: int, frames: int, shape: tuple, frame_shape: tuple, device):
         spec, cfg = dit.config.action_spec, dit.config
         if cfg.warp_kind != "rotation" or spec.get("type") != "dict":
@@ -621,6 +676,8 @@ class MapMemory:
     cells), not from the model. Constant memory: MAP_SIZE^2 latents per row, each with the world position it
     holds, so a torus slot holding another place is not shown (the shipped Crafter model: 4,096 x 16 floats
     and 4,096 positions, 320 KiB per row)."""
+
+    ROW = ("z", "at", "pos", "filled")  # per-row state (a saved row state's)
 
     def __init__(self, desc: dict, n_actions: int, batch: int, shape: tuple, device):
         C, h, w = shape

@@ -43,6 +43,7 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
                              certain=certain, amp=amp, view_memory=view_memory, seed_floor=seed_floor,
                              map_memory=map_memory, new_ground=new_ground, terrain_floor=terrain_floor)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
+    env.context_frames = env.sim.window  # the most frames a reset's options["context_frames"] may give
     return spec_to_space(env.bundle.env["action_space"])
 
 
@@ -159,8 +160,8 @@ class WorldEnv(gym.Env):
     with ``np_random``, or ``options={"start_index": i}``), or from a context the caller gives:
     ``{"context_frames": uint8 (T, H, W, 3), "context_actions": int (T-1,)}`` where
     ``context_actions[i]`` was taken between frame i and i+1 (the next ``step(a)`` applies ``a`` to the
-    last frame; T <= the model's ``context_frames``), or ``{"image": uint8 (H, W, 3)}``; ``{"clock": n}``
-    says the last context frame is the game's step n (default T-1: a context that begins with the game, as
+    last frame; T <= ``env.unwrapped.context_frames``, the model's window), or ``{"image": uint8 (H, W, 3)}``;
+    ``{"clock": n}`` says the last context frame is the game's step n (default T-1: a context that begins with the game, as
     the shipped start states do), for models that read the game's clock (its day and night).
     All sampling noise comes from ``np_random``: the same seed, start and actions give the same frames.
     ``get_state()`` saves the world (a ``WorldState``) and ``set_state(state)`` goes back to it: the same
@@ -373,7 +374,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         the indices seed + k, or a list one seed each). A world saved after its episode ended resets at the
         next step, as autoreset would have. Returns the observations of all worlds."""
         indices = list(range(self.num_envs)) if indices is None else [int(i) for i in np.atleast_1d(indices)]
-        states = [_check_state(s) for s in state] if isinstance(state, (list, tuple)) else [_check_state(state)] * len(indices)
+        many = isinstance(state, (list, tuple))
+        states = [_check_state(s) for s in state] if many else [_check_state(state)] * len(indices)
         if len(states) != len(indices):
             raise ValueError(f"{len(states)} states for {len(indices)} worlds (give one state, or one per index)")
         if not self._started and sorted(indices) != list(range(self.num_envs)):

@@ -221,3 +221,30 @@ def test_state_saved_to_disk_continues_the_same(bundle, tmp_path):
         WorldState.load(tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="not a saved worldsim state"):
         WorldState.load(bundle / "world_model.safetensors")
+
+
+def test_lookahead_agent_scores_each_action_by_its_branch(bundle):
+    """The planning agent's scores (one batched step of every action from the saved world) equal stepping one
+    env from the same state with each action in turn: reward less the chance of the end."""
+    from worldsim.agents.lookahead import LookaheadAgent
+
+    real = gym.make("worldsim/RealCrafter-v0")
+    agent = LookaheadAgent(real.action_space, seed=0, bundle=str(bundle), quantize="none", death_cost=3.0)
+    obs, _ = real.reset(seed=0)
+    agent.reset()
+    for _ in range(agent.model.context_frames):  # the context fills up to the model's window, then slides
+        obs = real.step(agent.act(obs))[0]
+    assert len(agent.frames) == agent.model.context_frames and len(agent.actions) == agent.model.context_frames
+    agent.observe(obs)
+    scores = agent.scores()
+    state = agent.model.get_state()  # the world the branches started from
+    single = WorldEnv(bundle=bundle, termination_threshold=2.0, quantize="none")
+    want = []
+    for a in range(agent.n):
+        single.set_state(state)
+        _, r, _, _, info = single.step(a)
+        want.append(r - 3.0 * info["terminated_prob"])
+    np.testing.assert_allclose(scores, want, atol=1e-4)
+    assert agent.choose(scores) in np.flatnonzero(scores >= scores.max() - 1e-9)
+    assert len({agent.choose(np.zeros(agent.n)) for _ in range(50)}) > 1  # ties: broken at random
+    real.close()

@@ -638,6 +638,11 @@ def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle
     assert Bundle(tmp_path / "copy").meta["trained"]["heads_refit"]["steps"] == 50
     both = run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data=[{dataset},{dataset}]", "steps=5"])
     assert both["transitions"] == 2 * info["transitions"] and len(both["test"]) == 1  # one collection given twice
+    capped = run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data=[{dataset},{dataset}]", "steps=5", "max_transitions=7"])
+    assert capped["transitions"] == 14 and capped["test"][str(dataset)]["transitions"] == 7  # per collection and split
+    assert len(commit_features(b, eps, batch=16, max_transitions=5)[0]) == 5
+    with pytest.raises(ValueError, match="max_transitions must be a whole number"):
+        run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={dataset}", "max_transitions=0"])
     with pytest.raises(ValueError, match="no training episodes"):
         run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={tmp_path / 'nothing'}"])
     with pytest.raises(ValueError, match="steps must be positive, or 0 with calibrate=true"):

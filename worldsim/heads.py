@@ -51,19 +51,23 @@ def transition_labels(episodes: list, items: list, W: int):
 
 
 @torch.no_grad()
-def commit_features(bundle, episodes: list, batch: int = 64, seed: int = 0):
+def commit_features(bundle, episodes: list, batch: int = 64, seed: int = 0, max_transitions: int | None = None):
     """Every transition of the episodes that has W real frames before it, stepped as the env steps it
     (`step_transitions`); the heads' input is taken from the commit pass, which reads the frame the model made
     (not the real one). Returns (features (N, dim), real rewards (N,), real terminated (N,)).
     Why the model's frame: heads refit on the real entered frame (a first version of this job) found 21 of 24
     held-out ends there, but stepped through the model 1 of 16, with 30 false ends in 2,832 steps (the model
-    seldom draws the vanishing heart), so the heads learn from what they will read."""
+    seldom draws the vanishing heart), so the heads learn from what they will read.
+    max_transitions: at most that many, a sample drawn with `seed` (each costs a reset and a step)."""
     from worldsim.simulator import WorldSimulator
 
     W = bundle.dit.config.context_frames
     items = transitions(episodes, W)
     if not items:
         raise ValueError(f"no episode is longer than the world model's context ({W} frames) plus one step")
+    if max_transitions is not None and len(items) > max_transitions:
+        keep = np.sort(np.random.default_rng(seed).choice(len(items), int(max_transitions), replace=False))
+        items = [items[i] for i in keep]
     sim = WorldSimulator(bundle, min(batch, len(items)))
     feats = [res.head_input[:k].cpu() for res, k in step_transitions(sim, episodes, items, np.random.default_rng(seed))]
     return (torch.cat(feats), *transition_labels(episodes, items, W))
@@ -162,13 +166,23 @@ def heads_job(cfg):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     batch = int(cfg.get("batch_size", 64))
+    cap = cfg.get("max_transitions")
+    if cap is not None and (isinstance(cap, bool) or int(cap) < 1):
+        raise ValueError(f"heads: max_transitions must be a whole number >= 1 (per collection and split) or null, got {cap!r}")
+    cap = None if cap is None else int(cap)
     path, b, train = bundle_and_training_data(cfg.bundle, cfg.data, device)
     torch.manual_seed(cfg.seed)
-    tests = {str(d): commit_features(b, eps, batch=batch, seed=cfg.seed + 1 + i)
+    tests = {str(d): commit_features(b, eps, batch=batch, seed=cfg.seed + 1 + i, max_transitions=cap)
              for i, d in enumerate(data_dirs(cfg.data)) if (eps := load_episodes(d, split="test"))}
     if calibrate and not tests:
         raise ValueError(f"calibrate=true fits on the test splits, and none of {[str(d) for d in data_dirs(cfg.data)]} has one")
-    tr = commit_features(b, train, batch=batch, seed=cfg.seed) if steps > 0 else None
+    tr = None
+    if steps > 0 and cap is None:
+        tr = commit_features(b, train, batch=batch, seed=cfg.seed)
+    elif steps > 0:  # capped per collection, so a small new one (an agent's exploits) is not drowned by a large one
+        parts = [commit_features(b, load_episodes(d, split="train"), batch=batch, seed=cfg.seed + 100 + i,
+                                 max_transitions=cap) for i, d in enumerate(data_dirs(cfg.data))]
+        tr = tuple(torch.cat(x) for x in zip(*parts))
     b.dit.cpu()  # the features are on the host; the heads are small (on a GPU only the features are worth it)
     before = {d: head_counts(b, *te) for d, te in tests.items()}
     meta_key, info = "heads_refit", {}

@@ -2,14 +2,18 @@
 random agent and by worldsim.agents.lookahead.LookaheadAgent (the shipped model, every action tried from the real
 frames each step), on the same world seeds (README: Save, branch and go back).
 
-    python docs/lookahead_real_crafter.py EPISODES [futures=1 horizon=1 ...] [out=FILE.json]
+    python docs/lookahead_real_crafter.py EPISODES [bundle=B futures=1 horizon=1 ...] [out=FILE.json]
 
 Prints and writes, per agent: the mean return (Crafter's reward: +1 per achievement unlocked, +-0.1 per
 health point), achievements unlocked per episode, episode length, and the time per step.
 """
 import json
+import os
 import sys
 import time
+
+if os.environ.get("PYTHONHASHSEED") != "0":  # Crafter's world generation depends on it: the same worlds every run
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
 
 import gymnasium as gym
 import numpy as np
@@ -23,7 +27,18 @@ torch.set_num_threads(2)
 episodes = int(sys.argv[1])
 kw = dict(a.split("=", 1) for a in sys.argv[2:])
 out = kw.pop("out", None)
-kw = {k: float(v) if "." in v else int(v) for k, v in kw.items()}
+
+
+def value(v: str):
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
+
+
+kw = {k: value(v) for k, v in kw.items()}
 MAX_STEPS = 1000  # Crafter's own limit is 10,000; the random agent dies long before either
 
 

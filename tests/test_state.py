@@ -228,6 +228,8 @@ def test_lookahead_agent_scores_each_action_by_its_branch(bundle):
     env from the same state with each action in turn: reward less the chance of the end."""
     from worldsim.agents.lookahead import LookaheadAgent
 
+    with pytest.raises(ValueError, match="every action of a Discrete space"):
+        LookaheadAgent(gym.spaces.Box(-1, 1, (2,)), bundle=str(bundle))
     real = gym.make("worldsim/RealCrafter-v0")
     agent = LookaheadAgent(real.action_space, seed=0, bundle=str(bundle), quantize="none", death_cost=3.0)
     obs, _ = real.reset(seed=0)

@@ -607,6 +607,7 @@ def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle
     stepped as the env steps (one feature row per transition after W real frames): after the refit the
     termination head separates the training ends from the other steps, and the job rewrites the bundle with
     every other weight as it was."""
+    import copy
     import shutil
 
     import pytest
@@ -627,6 +628,20 @@ def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle
     e = c["termination"]  # ends ranked above every other step, and about as many expected as there are
     assert e["ends"] == len(eps) and e["auroc"] > 0.95 and 0.5 * len(eps) < e["expected_ends"] < 2 * len(eps), e
 
+    with torch.no_grad():
+        before = torch.sigmoid(b.dit.heads_mlp(b.dit.head_norm(feats[0]))[:, 1])
+    # a reward at every end to learn, and labels that say no step ends: only keep_termination holds the head
+    relabelled = (feats[0], torch.where(feats[2], 1.0, 0.0), torch.zeros_like(feats[2]))
+    moved = copy.deepcopy(b)
+    refit_heads(moved, *relabelled, steps=300)
+    with torch.no_grad():
+        assert (torch.sigmoid(moved.dit.heads_mlp(moved.dit.head_norm(feats[0]))[:, 1]) - before).abs().max() > 0.2
+    refit_heads(b, *relabelled, steps=300, keep_termination=True)
+    with torch.no_grad():
+        o = b.dit.heads_mlp(b.dit.head_norm(feats[0]))
+    assert (torch.sigmoid(o[:, 1]) - before).abs().max() < 0.05  # the termination head kept
+    assert o[feats[2], 0].mean() > 0.5 > o[~feats[2], 0].abs().mean()  # while the reward head learned the ends
+
     shutil.copytree(bundle, tmp_path / "copy")
     info = run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={dataset}", "steps=50", "end_weight=3"])
     assert info["end_weight"] == 3.0 and info["achievement_weight"] == 2.0  # 2: configs/heads.yaml
@@ -637,6 +652,7 @@ def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle
     assert changed and all(k.startswith(("head_norm", "heads_mlp")) for k in changed)
     assert Bundle(tmp_path / "copy").meta["trained"]["heads_refit"]["steps"] == 50
     both = run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data=[{dataset},{dataset}]", "steps=5"])
+    assert Bundle(tmp_path / "copy").meta["trained"]["heads_refit"]["previous"]["steps"] == 50  # the refit before
     assert both["transitions"] == 2 * info["transitions"] and len(both["test"]) == 1  # one collection given twice
     capped = run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data=[{dataset},{dataset}]", "steps=5", "max_transitions=7"])
     assert capped["transitions"] == 14 and capped["test"][str(dataset)]["transitions"] == 7  # per collection and split

@@ -74,15 +74,20 @@ def commit_features(bundle, episodes: list, batch: int = 64, seed: int = 0, max_
 
 
 def refit_heads(bundle, feats, rewards, terminated, steps: int = 3000, lr: float = 1e-3, seed: int = 0,
-                achievement_weight: float = 2.0, end_weight: float = 1.0) -> dict:
+                achievement_weight: float = 2.0, end_weight: float = 1.0, keep_termination: bool = False) -> dict:
     """Train the bundle's world model's head_norm and heads_mlp (in place) on commit-pass features: reward MSE
     with achievements (|reward| > 0.5) weighted `achievement_weight`, plus termination BCE with ends weighted
     `end_weight`, both at full weight. Why ends 1: the env draws each step's end from the probability, so it
     must be calibrated (a weight w inflates the odds w times). Achievements 2: on held-out episodes twice the
     achievements the shipped heads found at about their precision, where 1 found fewer and 3 was less precise
-    (README, docs/heads_weights.py). Returns the loss at the end."""
+    (README, docs/heads_weights.py). keep_termination: the termination output learns the bundle's own
+    probabilities on these features instead of the real ends, so a reward refit (on an agent's exploits, say)
+    keeps the termination head as it was where the two share layers. Returns the loss at the end."""
     dit = bundle.dit
     rewards = rewards / float(bundle.env.get("reward_scale", 1.0))  # the head learns rewards / the bundle's scale
+    if keep_termination:
+        with torch.no_grad():
+            kept = torch.sigmoid(dit.heads_mlp(dit.head_norm(feats))[:, 1])
     params = list(dit.head_norm.parameters()) + list(dit.heads_mlp.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -94,15 +99,17 @@ def refit_heads(bundle, feats, rewards, terminated, steps: int = 3000, lr: float
             idx = torch.randint(len(feats), (512,), generator=g)
             o = dit.heads_mlp(dit.head_norm(feats[idx]))
             w = 1 + (achievement_weight - 1) * (rewards[idx].abs() > 0.5).float()
-            loss = (F.mse_loss(o[:, 0], rewards[idx], reduction="none") * w).mean() + \
+            ends = F.binary_cross_entropy_with_logits(o[:, 1], kept[idx]) if keep_termination else \
                 F.binary_cross_entropy_with_logits(o[:, 1], terminated[idx].float(), pos_weight=pos)
+            loss = (F.mse_loss(o[:, 0], rewards[idx], reduction="none") * w).mean() + ends
             opt.zero_grad()
             loss.backward()
             opt.step()
     for p in params:
         p.requires_grad_(False)
     return {"steps": int(steps), "lr": float(lr), "achievement_weight": float(achievement_weight),
-            "end_weight": float(end_weight), "last_loss": round(float(loss.detach()), 4)}
+            "end_weight": float(end_weight), "keep_termination": bool(keep_termination),
+            "last_loss": round(float(loss.detach()), 4)}
 
 
 def calibrate_termination(bundle, feats, terminated) -> dict:
@@ -188,7 +195,8 @@ def heads_job(cfg):
     meta_key, info = "heads_refit", {}
     if steps > 0:
         info = refit_heads(b, *tr, steps=steps, lr=float(cfg.lr), seed=int(cfg.seed),
-                           achievement_weight=float(cfg.achievement_weight), end_weight=float(cfg.end_weight))
+                           achievement_weight=float(cfg.achievement_weight), end_weight=float(cfg.end_weight),
+                           keep_termination=bool(cfg.get("keep_termination", False)))
         info.update(transitions=len(tr[0]), ends=int(tr[2].sum()))
     else:
         meta_key = "heads_calibrated"
@@ -205,7 +213,10 @@ def heads_job(cfg):
         print(f"{d} test split ({len(te[0])} transitions):\n  before {before[d]}\n  after  {info['test'][d]['after']}")
     files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
     meta = json.loads(files["bundle.json"])
-    meta.setdefault("trained", {})[meta_key] = info
+    trained = meta.setdefault("trained", {})
+    if meta_key in trained:  # a bundle refit again keeps the record of the refit before (nested)
+        info["previous"] = trained[meta_key]
+    trained[meta_key] = info
     files["bundle.json"] = json.dumps(meta, indent=1).encode()
     files["world_model.safetensors"] = tensors_bytes(b.dit.state_dict())
     write_dir_atomic(path, files)

@@ -706,7 +706,8 @@ class KVCache:
         """Put `row`'s window back from `row()`'s copies, saved when the batch's clock was `shift` frames behind
         now. Why a shift: the ring slot of a frame is its time mod window and its keys carry its absolute time
         (rotary), and the batch shares one clock, so a state saved at another time is moved forward: each slot
-        to its frame's new time, each key turned by `rotate` = (cos, sin) of the shift (Rotary3D.time_shift).
+        to its frame's new time, each key turned by `rotate` = (cos, sin) of the shift (Rotary3D.time_shift;
+        None: keys as saved, for a shift of 0).
         Attention reads only time differences, so the moved window attends as it did."""
         W, N = self.window, self.N
         if k.shape != (self.k.shape[0], self.k.shape[2], W * N, self.k.shape[4]) or valid.shape != (W,):
@@ -716,7 +717,7 @@ class KVCache:
             old = torch.tensor([(j - shift) % W for j in range(W)])  # new slot j holds the frame of old slot j - shift
             k, v = (x.unflatten(2, (W, N))[:, :, old].flatten(2, 3) for x in (k, v))
             valid = valid[old]
-        if shift and rotate is not None:
+        if rotate is not None:
             k = apply_rope(k, *rotate)
         span = slice(0, W * N)
         self.k[:, row, :, span] = k.to(self.k.dtype)

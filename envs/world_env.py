@@ -380,10 +380,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"{len(states)} states for {len(indices)} worlds (give one state, or one per index)")
         if not self._started and sorted(indices) != list(range(self.num_envs)):
             raise RuntimeError("call reset() first, or set the state of every world")
-        seeds = [None] * len(indices) if seed is None else (
-            [int(seed) + k for k in range(len(indices))] if isinstance(seed, (int, np.integer)) else list(seed))
-        if len(seeds) != len(indices):
-            raise ValueError(f"{len(seeds)} seeds for {len(indices)} worlds")
+        seeds = _seeds(seed, len(indices))
         self.sim.load_rows(indices, [s.sim for s in states])
         for i, s, sd in zip(indices, states, seeds):
             self._obs[i], self._t[i], self._autoreset[i] = s.obs, s.steps, s.done
@@ -396,14 +393,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         return self._obs.copy()
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
-        if seed is None:
-            seeds = [None] * self.num_envs
-        elif isinstance(seed, (int, np.integer)):
-            seeds = [int(seed) + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+        seeds = _seeds(seed, self.num_envs)
         if isinstance(options, (list, tuple)):
             if len(options) != self.num_envs:
                 raise ValueError(f"got {len(options)} reset options for {self.num_envs} envs (one dict per env, or one "
@@ -445,6 +435,18 @@ class WorldVectorEnv(gym.vector.VectorEnv):
 
 
 # ---- shared helpers ------------------------------------------------------------------------------------
+
+
+def _seeds(seed, n: int) -> list:
+    """One seed per world: None for none, an int s for s, s + 1, ..., or a list of n."""
+    if seed is None:
+        return [None] * n
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + i for i in range(n)]
+    seeds = list(seed)
+    if len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} seeds for {n} worlds")
+    return seeds
 
 
 def _threshold(t):

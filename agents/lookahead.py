@@ -42,8 +42,7 @@ class LookaheadAgent:
 
     def reset(self):
         self.frames: list[np.ndarray] = []
-        self.actions: list[int] = []
-        self.steps = 0  # the game's step count at the newest frame
+        self.actions: list[int] = []  # one per frame seen after the first: its count is the game's step
 
     def observe(self, obs):
         """Add the newest frame to the context (the last `context_frames` frames seen)."""
@@ -58,7 +57,7 @@ class LookaheadAgent:
         acts = self.actions[len(self.actions) - len(self.frames) + 1:] if len(self.frames) > 1 else []
         self.model.reset(seed=int(self.rng.integers(2 ** 31)),
                          options={"context_frames": np.stack(self.frames), "context_actions": np.array(acts, np.int64),
-                                  "clock": max(self.steps, len(self.frames) - 1)})
+                                  "clock": len(self.actions)})
         self.branches.set_state(self.model.get_state())
         value = np.zeros(len(self.first))
         alive = np.ones(len(self.first))
@@ -79,5 +78,4 @@ class LookaheadAgent:
         self.observe(obs)
         a = self.choose(self.scores())
         self.actions.append(a)
-        self.steps += 1
         return a

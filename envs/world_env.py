@@ -72,6 +72,14 @@ class WorldState:
         tensors = [*self.sim["cache"], *self.sim["tensors"].values()]
         return int(sum(t.numel() * t.element_size() for t in tensors) + self.obs.nbytes)
 
+    def generators(self, seed: int | None = None) -> tuple[np.random.Generator, np.random.Generator]:
+        """The noise and end generators a world continues with: copies of the saved ones (so the state can be
+        gone back to again), or with `seed` new ones from it."""
+        if seed is None:
+            return copy.deepcopy(self.rng), copy.deepcopy(self.end_rng)
+        rng = np.random.default_rng(seed)
+        return rng, _end_draws(rng)
+
     def save(self, path: str | Path) -> None:
         """Write the state to one safetensors file (tensors, and the rest as JSON in its metadata), atomically."""
         tensors = {f"tensor.{k}": v for k, v in self.sim["tensors"].items()}
@@ -243,11 +251,7 @@ class WorldEnv(gym.Env):
         state = _check_state(state)
         self.sim.load_rows([0], [state.sim])
         self._obs, self._t, self._done = state.obs.copy(), state.steps, state.done
-        if seed is None:
-            self.np_random, self._end_rng = copy.deepcopy(state.rng), copy.deepcopy(state.end_rng)
-        else:
-            self.np_random = np.random.default_rng(seed)
-            self._end_rng = _end_draws(self.np_random)
+        self.np_random, self._end_rng = state.generators(seed)
         if self.render_mode == "human":
             self.render()
         return self._obs.copy()
@@ -384,11 +388,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.sim.load_rows(indices, [s.sim for s in states])
         for i, s, sd in zip(indices, states, seeds):
             self._obs[i], self._t[i], self._autoreset[i] = s.obs, s.steps, s.done
-            if sd is None:
-                self.rngs[i], self.end_rngs[i] = copy.deepcopy(s.rng), copy.deepcopy(s.end_rng)
-            else:
-                self.rngs[i] = np.random.default_rng(sd)
-                self.end_rngs[i] = _end_draws(self.rngs[i])
+            self.rngs[i], self.end_rngs[i] = s.generators(sd)
         self._started = True
         return self._obs.copy()
 

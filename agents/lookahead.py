@@ -15,6 +15,8 @@ agent=worldsim.agents.lookahead:LookaheadAgent`` collects with it.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from worldsim.data import fit_frames
@@ -43,6 +45,15 @@ class LookaheadAgent:
     def reset(self):
         self.frames: list[np.ndarray] = []
         self.actions: list[int] = []  # one per frame seen after the first: its count is the game's step
+        self.events = None  # the real episode's event counts, where the game tells them (observe_info)
+
+    def observe_info(self, info: dict):
+        """The real game's info after a step: with a bundle that has event heads, its ``achievements`` counts
+        go into each branched world, which then pays only events the real episode has not had (without them
+        every event would look new, and drinking again would score as the first drink)."""
+        names = self.model.event_names
+        if names and "achievements" in info:
+            self.events = np.array([int(info["achievements"].get(n, 0)) for n in names], np.int64)
 
     def observe(self, obs):
         """Add the newest frame to the context (the last `context_frames` frames seen)."""
@@ -58,7 +69,10 @@ class LookaheadAgent:
         self.model.reset(seed=int(self.rng.integers(2 ** 31)),
                          options={"context_frames": np.stack(self.frames), "context_actions": np.array(acts, np.int64),
                                   "clock": len(self.actions)})
-        self.branches.set_state(self.model.get_state())
+        state = self.model.get_state()
+        if self.events is not None:
+            state = dataclasses.replace(state, events=self.events)
+        self.branches.set_state(state)
         value = np.zeros(len(self.first))
         alive = np.ones(len(self.first))
         a = self.first

@@ -51,6 +51,8 @@ def play(make_agent, seed):
     for step in range(1, MAX_STEPS + 1):
         obs, r, term, trunc, info = env.step(agent.act(obs))
         ret += r
+        if hasattr(agent, "observe_info"):  # the game's achievements, for a bundle with event heads
+            agent.observe_info(info)
         unlocked |= {k for k, v in info.get("achievements", {}).items() if v > 0}
         if term or trunc:
             break

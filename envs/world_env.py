@@ -43,6 +43,14 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
                              certain=certain, amp=amp, view_memory=view_memory, seed_floor=seed_floor,
                              map_memory=map_memory, new_ground=new_ground, terrain_floor=terrain_floor)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
+    # bundles with event heads (Crafter's achievements; a bundle trained on a collection that records events
+    # names them before `worldsim heads events=true` gives it the heads)
+    K = int(env.bundle.dit.config.events)
+    env.event_names = list(env.bundle.env.get("events", []))[:K] if K else []
+    if len(env.event_names) != K:
+        raise ValueError(f"{env.bundle.path}: the world model has {K} event heads, bundle.json's env names "
+                         f"{len(env.event_names)} events")
+    env.event_reward = float(env.bundle.env.get("event_reward", 0.0))
     env.context_frames = env.sim.window  # the most frames a reset's options["context_frames"] may give
     return spec_to_space(env.bundle.env["action_space"])
 
@@ -66,11 +74,13 @@ class WorldState:
     done: bool
     rng: np.random.Generator
     end_rng: np.random.Generator
+    events: np.ndarray | None = None  # (K,) int64 how often each event happened this episode (event bundles)
 
     @property
     def nbytes(self) -> int:
         tensors = [*self.sim["cache"], *self.sim["tensors"].values()]
-        return int(sum(t.numel() * t.element_size() for t in tensors) + self.obs.nbytes)
+        return int(sum(t.numel() * t.element_size() for t in tensors) + self.obs.nbytes
+                   + (0 if self.events is None else self.events.nbytes))
 
     def generators(self, seed: int | None = None) -> tuple[np.random.Generator, np.random.Generator]:
         """The noise and end generators a world continues with: copies of the saved ones (so the state can be
@@ -85,6 +95,8 @@ class WorldState:
         tensors = {f"tensor.{k}": v for k, v in self.sim["tensors"].items()}
         tensors.update({"cache.k": self.sim["cache"][0], "cache.v": self.sim["cache"][1],
                         "cache.valid": self.sim["cache"][2], "obs": torch.from_numpy(self.obs)})
+        if self.events is not None:
+            tensors["events"] = torch.from_numpy(self.events)
         meta = {"format": STATE_FORMAT, "fingerprint": self.sim["fingerprint"], "time": self.sim["time"],
                 "clock": self.sim["clock"], "steps": self.steps, "done": self.done,
                 "rng": _generator_json(self.rng), "end_rng": _generator_json(self.end_rng)}
@@ -107,7 +119,8 @@ class WorldState:
                "cache": (tensors["cache.k"], tensors["cache.v"], tensors["cache.valid"]),
                "tensors": {k[len("tensor."):]: v for k, v in tensors.items() if k.startswith("tensor.")}}
         return cls(sim, tensors["obs"].numpy(), int(meta["steps"]), bool(meta["done"]),
-                   _generator(meta["rng"]), _generator(meta["end_rng"]))
+                   _generator(meta["rng"]), _generator(meta["end_rng"]),
+                   tensors["events"].numpy() if "events" in tensors else None)
 
 
 STATE_FORMAT = "worldsim-state/1"
@@ -154,6 +167,12 @@ class WorldEnv(gym.Env):
       never ends). ``reward_floor=f`` gives 0 where the reward head's value is smaller than f in size: in the
       model's own rollouts the head returns many small values that add up (README: Reward floor). Default:
       the bundle's (``inference.reward_floor``; 0 gives every value).
+    - Bundles with event heads (the shipped Crafter model: its 22 achievements, ``env.unwrapped.event_names``)
+      draw each step's events with their probabilities (from the same generator as the ends) and pay
+      ``event_reward`` (Crafter: 1) on a step where one happens for the first time in the episode, as the
+      game does; the reward head gives the rest (Crafter: health). ``info["achievements"]`` counts each
+      event this episode, as real Crafter's info does (the Crafter score reads it); ``info["events"]`` names
+      this step's.
 
     ``worldsim/World-v0`` is the same env for a bundle you trained (``bundle=`` required), e.g. on your own
     Gymnasium env (``worldsim collect env=gym:<id>``): the spaces are the source env's (a Box's bounds
@@ -237,13 +256,14 @@ class WorldEnv(gym.Env):
         self.reward_floor = _reward_floor(reward_floor, self.bundle)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window, self._done = None, 0, None, False
+        self._events = np.zeros(len(self.event_names), np.int64)
 
     def get_state(self) -> WorldState:
         """This world's state now (see WorldState): ``set_state`` continues from it."""
         if self._obs is None:
             raise RuntimeError("call reset() before get_state(): there is no world yet")
         return WorldState(self.sim.row_state(0), self._obs.copy(), int(self._t), bool(self._done),
-                          copy.deepcopy(self.np_random), copy.deepcopy(self._end_rng))
+                          copy.deepcopy(self.np_random), copy.deepcopy(self._end_rng), _events_copy(self._events))
 
     def set_state(self, state: WorldState, seed: int | None = None):
         """Continue from a saved state (this env's or another's of the same bundle and settings); returns its
@@ -252,6 +272,7 @@ class WorldEnv(gym.Env):
         self.sim.load_rows([0], [state.sim])
         self._obs, self._t, self._done = state.obs.copy(), state.steps, state.done
         self.np_random, self._end_rng = state.generators(seed)
+        self._events = _state_events(state, len(self.event_names))
         if self.render_mode == "human":
             self.render()
         return self._obs.copy()
@@ -263,6 +284,7 @@ class WorldEnv(gym.Env):
         self.sim.reset([0], frames[None], stack_actions([actions]),
                        self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)), [info["clock"]])
         self._obs, self._t, self._done = frames[-1].copy(), 0, False
+        self._events = np.zeros(len(self.event_names), np.int64)
         if self.render_mode == "human":
             self.render()
         return self._obs.copy(), info
@@ -281,7 +303,13 @@ class WorldEnv(gym.Env):
         if self.render_mode == "human":
             self.render()
         reward = float(_floored(res.reward, self.reward_floor)[0])
-        return self._obs.copy(), reward, terminated, truncated, {"terminated_prob": float(res.terminated_prob[0])}
+        info = {"terminated_prob": float(res.terminated_prob[0])}
+        if self.event_names:
+            happened, paid = _draw_events(res.event_prob, [self._end_rng], self._events[None])
+            reward += self.event_reward * float(paid[0])
+            info["events"] = [n for n, h in zip(self.event_names, happened[0]) if h]
+            info["achievements"] = dict(zip(self.event_names, self._events.tolist()))
+        return self._obs.copy(), reward, terminated, truncated, info
 
     def render(self):
         if self._obs is None:
@@ -345,6 +373,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self._obs = np.zeros((self.num_envs, *self.sim.frame_shape), np.uint8)
         self._t = np.zeros(self.num_envs, np.int64)
         self._autoreset = np.zeros(self.num_envs, bool)
+        self._events = np.zeros((self.num_envs, len(self.event_names)), np.int64)
         self._started = False
 
     def _reset_rows(self, rows, options=None):
@@ -360,6 +389,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.sim.reset(rows, np.stack(frames), stack_actions(actions), noise, clocks)
         for i, f in zip(rows, frames):
             self._obs[i], self._t[i] = f[-1], 0
+        self._events[rows] = 0
 
     def get_state(self, index: int = 0) -> WorldState:
         """World `index`'s state now (see WorldState)."""
@@ -370,7 +400,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
             raise IndexError(f"world {index} is out of range for {self.num_envs} worlds")
         return WorldState(self.sim.row_state(index), self._obs[index].copy(), int(self._t[index]),
                           bool(self._autoreset[index]), copy.deepcopy(self.rngs[index]),
-                          copy.deepcopy(self.end_rngs[index]))
+                          copy.deepcopy(self.end_rngs[index]),
+                          _events_copy(self._events[index]) if self.event_names else None)
 
     def set_state(self, state: WorldState | list[WorldState], indices=None, seed: int | list[int] | None = None):
         """Worlds `indices` (default: all) continue from saved states: one state for all of them, or a list, one
@@ -389,6 +420,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         for i, s, sd in zip(indices, states, seeds):
             self._obs[i], self._t[i], self._autoreset[i] = s.obs, s.steps, s.done
             self.rngs[i], self.end_rngs[i] = s.generators(sd)
+            self._events[i] = _state_events(s, len(self.event_names))
         self._started = True
         return self._obs.copy()
 
@@ -422,13 +454,22 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self._t += 1
         rewards = _floored(res.reward, self.reward_floor)
         terminated = _ends(res.terminated_prob, self.threshold, self.end_rngs)
+        info = {"terminated_prob": res.terminated_prob}
+        if self.event_names:
+            happened, paid = _draw_events(res.event_prob, self.end_rngs, self._events)
+            rewards += self.event_reward * paid
+            info["events"] = happened
         truncated = self._t >= self.horizon
         resetting = np.flatnonzero(self._autoreset)
         if len(resetting):  # NEXT_STEP autoreset: these rows start over; their step result is discarded
             self._reset_rows(resetting.tolist())
             rewards[resetting], terminated[resetting], truncated[resetting] = 0.0, False, False
+            if self.event_names:
+                info["events"][resetting] = False
         self._autoreset = terminated | truncated
-        return self._obs.copy(), rewards, terminated, truncated, {"terminated_prob": res.terminated_prob}
+        if self.event_names:  # counts this episode (a world reset here starts its new episode at 0)
+            info["achievements"] = self._events.copy()
+        return self._obs.copy(), rewards, terminated, truncated, info
 
     def render(self):
         return self._obs.copy() if self.render_mode == "rgb_array" else None
@@ -487,6 +528,29 @@ def _ends(prob: np.ndarray, threshold: float | None, rngs: list) -> np.ndarray:
     if threshold is not None:
         return prob > threshold
     return np.array([r.random() < p for r, p in zip(rngs, prob)], bool)
+
+
+def _draw_events(prob: np.ndarray, rngs: list, counts: np.ndarray):
+    """Each row's events drawn with their probabilities (B, K), each from its row's end generator; counts (B, K)
+    are updated in place. Returns (happened (B, K) bool, paid (B,) float: 1 where an event happened for the
+    first time in the episode)."""
+    happened = np.stack([r.random(prob.shape[1]) < p for r, p in zip(rngs, prob)])
+    paid = (happened & (counts == 0)).any(1).astype(np.float64)
+    counts += happened
+    return happened, paid
+
+
+def _events_copy(events: np.ndarray) -> np.ndarray | None:
+    return events.copy() if len(events) else None
+
+
+def _state_events(state: "WorldState", K: int) -> np.ndarray:
+    """A state's event counts for a world with K event heads (a fingerprint already matched the bundle)."""
+    if not K:
+        return np.zeros(0, np.int64)
+    if state.events is None or len(state.events) != K:
+        raise ValueError(f"the state holds no counts for this bundle's {K} events")
+    return np.asarray(state.events, np.int64).copy()
 
 
 def _start(env, action_space, options, rng):

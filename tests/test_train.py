@@ -9,7 +9,7 @@ import time
 import numpy as np
 import torch
 from conftest import TINY_TRAIN
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from worldsim.checkpoint import read_metadata, resolve_dir, write_dir_atomic
 from worldsim.cli import run_job
@@ -657,6 +657,26 @@ def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle
     capped = run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data=[{dataset},{dataset}]", "steps=5", "max_transitions=7"])
     assert capped["transitions"] == 14 and capped["test"][str(dataset)]["transitions"] == 7  # per collection and split
     assert len(commit_features(b, eps, batch=16, max_transitions=5)[0]) == 5
+
+    # features_cache: the stepped features are kept per collection and split, read back by a later refit of the
+    # same world model (its heads changed since: the key leaves them out), and an unreadable file is recomputed
+    cache, args = tmp_path / "cache", [f"bundle={tmp_path / 'copy'}", f"data={dataset}", "steps=5", "max_transitions=9"]
+    first = run_job("heads", args + [f"features_cache={cache}"])
+    files = sorted(cache.glob("heads_*.safetensors"))
+    assert len(files) == 2  # train and test split
+    test_file = next(f for f in files if len(load_file(f)["rewards"]) == first["test"][str(dataset)]["transitions"])
+    t = load_file(test_file)
+    assert int((t["rewards"] > 0.5).sum()) == first["test"][str(dataset)]["before"]["achievements"]
+    t["rewards"] = torch.ones_like(t["rewards"])  # every test transition now an achievement: seen only if read back
+    save_file(t, test_file)
+    again = run_job("heads", args + [f"features_cache={cache}"])
+    assert again["test"][str(dataset)]["before"]["achievements"] == 9 != first["test"][str(dataset)]["before"]["achievements"]
+    test_file.write_bytes(b"torn")
+    with pytest.warns(UserWarning, match="unreadable"):
+        third = run_job("heads", args + [f"features_cache={cache}"])
+    assert third["test"][str(dataset)]["before"]["achievements"] == first["test"][str(dataset)]["before"]["achievements"]
+    assert len(load_file(test_file)["rewards"]) == 9  # written again
+
     with pytest.raises(ValueError, match="max_transitions must be a whole number"):
         run_job("heads", [f"bundle={tmp_path / 'copy'}", f"data={dataset}", "max_transitions=0"])
     with pytest.raises(ValueError, match="no training episodes"):

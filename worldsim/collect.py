@@ -48,12 +48,18 @@ def _rollout(job: dict) -> dict:
         clock = job.get("clock_start", 0)
         obs, info = env.reset(seed=job["world_seed"], **({"options": {"clock": clock}} if clock else {}))
         agent.reset()
-        frames, actions, rewards, terms = [obs], [], [], []
+        frames, actions, rewards, terms, events = [obs], [], [], [], []
         achievements = {}
+        names = job.get("events")
         while True:
             a = agent.act(obs)
             obs, r, terminated, truncated, info = env.step(a)
+            if hasattr(agent, "observe_info"):  # agents that read the game's info (the lookahead agent: achievements)
+                agent.observe_info(info)
             frames.append(obs), actions.append(a), rewards.append(r), terms.append(terminated)
+            if names:  # each achievement counter that went up on this step (it counts every time, the reward only the first)
+                now = info["achievements"]
+                events.append([now.get(k, 0) > achievements.get(k, 0) for k in names])
             achievements = info.get("achievements", achievements)
             if terminated or truncated:
                 break
@@ -62,7 +68,8 @@ def _rollout(job: dict) -> dict:
     acts, counts = episode_actions(actions, env.action_space)
     path = Path(job["out"]) / job["file"]
     write_episode(path, np.stack(frames), acts, rewards, terms, seed=job["world_seed"],
-                  **({"clock_start": np.int64(clock)} if clock else {}))
+                  **({"clock_start": np.int64(clock)} if clock else {}),
+                  **({"events": np.asarray(events, np.uint8)} if names else {}))
     return {"file": job["file"], "index": job["index"], "split": job["split"], "seed": job["world_seed"],
             **({"clock_start": int(clock)} if clock else {}),
             "agent": job["agent"], "detour": job.get("detour", 0.0), "steps": len(actions), "terminated": bool(terms[-1]),
@@ -206,8 +213,13 @@ def env_info(name: str, size, seed: int = 0, make_kwargs: dict | None = None) ->
             env.close()
     if name == "crafter":
         from worldsim.envs.real_crafter import ACTION_MEANINGS, view_geometry
+        from crafter.constants import achievements
+
+        # events: Crafter's achievement counters, each step's increments stored per episode (`events`); the
+        # game pays event_reward the first time each one happens in an episode (README: Achievements)
         return {"name": name, "frame_shape": [size, size, 3], "action_space": {"type": "discrete", "n": 17},
-                "action_meanings": list(ACTION_MEANINGS), **view_geometry()}
+                "action_meanings": list(ACTION_MEANINGS), **view_geometry(),
+                "events": list(achievements), "event_reward": 1.0}
     if name == "minetest":
         from worldsim.envs import minerl_actions
         return {"name": name, "frame_shape": [*size, 3], "action_space": space_to_spec(minerl_actions.action_space())}
@@ -261,7 +273,7 @@ def collect(cfg) -> dict:
                          # drawn per episode from its seed, so a resumed job draws the same
                          "clock_start": 0 if starts is None else int(np.random.default_rng(seed).integers(
                              starts[0], starts[1] + 1)),
-                         "out": str(root),
+                         "out": str(root), "events": info.get("events"),
                          "file": str(episode_path(root, i).relative_to(root))})
     if have:
         print(f"resuming: {len(have)} episodes already on disk, {len(jobs)} to collect")

@@ -186,7 +186,7 @@ def heads_eval(cfg, bundle, eps) -> dict:
     ends on its last one, which no rollout window (W + horizon frames) reaches, so scored on the windows' first
     steps the termination head was never tested (and did not work: README). Its own generator, so the other
     figures draw the same numbers as without it."""
-    from worldsim.heads import step_transitions, transition_labels, transitions
+    from worldsim.heads import step_transitions, transition_events, transition_labels, transitions
 
     W = bundle.dit.config.context_frames
     items = transitions(eps, W)
@@ -194,15 +194,34 @@ def heads_eval(cfg, bundle, eps) -> dict:
         return {"head_transitions": 0, "reward_head": _precision_recall([], []), "reward_values": reward_scores([], []),
                 "termination_head": end_scores([], [])}
     sim = WorldSimulator(bundle, min(int(cfg.batch_size), len(items)), cfg.sampling_steps, **_sim_kw(cfg))
-    rew_pred, term_prob = [], []
+    K = int(bundle.dit.config.events)
+    if K and any("events" not in ep for ep in eps):
+        raise ValueError(f"{bundle.path} has event heads, and the held-out episodes have no events (collected before "
+                         f"they were recorded): give eval another cache_dir, or delete this one, to collect them again")
+    rew_pred, term_prob, ev_prob = [], [], []
     for res, k in step_transitions(sim, eps, items, np.random.default_rng(int(cfg.seed) + 1)):
         rew_pred += list(res.reward[:k])
         term_prob += list(res.terminated_prob[:k])
+        if K:
+            ev_prob += list(res.event_prob[:k])
     rew, term = transition_labels(eps, items, W)
     rew, rew_pred = rew.numpy().astype(np.float64), np.asarray(rew_pred, np.float64)
+    out = {}
+    if K:  # the env's reward: an event it draws pays where the real episode had not had it before
+        ev, p = transition_events(eps, items, W).numpy().astype(bool), np.asarray(ev_prob)
+        rew_pred = rew_pred + float(bundle.env["event_reward"]) * ((p > 0.5) & ~ev[:, 1]).any(1)
+        # as the env draws them: the chance each step pays (a new event drawn), against the steps the game paid
+        chance = 1 - np.prod(np.where(ev[:, 1], 1.0, 1 - p), axis=1)
+        paid = (ev[:, 0] & ~ev[:, 1]).any(1)
+        out["events_paid"] = {"real": int(paid.sum()), "expected": float(chance.sum()),
+                              "expected_recall": float(chance[paid].mean()) if paid.any() else None,
+                              "expected_precision": float(chance[paid].sum() / chance.sum()) if chance.sum() else None}
+        out["event_heads"] = {name: {"happened": int(ev[:, 0, k].sum()), "expected": round(float(p[:, k].sum()), 2),
+                                     **_precision_recall(p[:, k] > 0.5, ev[:, 0, k])}
+                              for k, name in enumerate(bundle.env["events"]) if ev[:, 0, k].any() or (p[:, k] > 0.5).any()}
     return {"head_transitions": len(items), "reward_head": _precision_recall(rew_pred > 0.5, rew > 0.5),
             "reward_values": reward_scores(rew_pred, rew),
-            "termination_head": end_scores(term_prob, term.numpy(), [e for e, _ in items])}
+            "termination_head": end_scores(term_prob, term.numpy(), [e for e, _ in items]), **out}
 
 
 def reward_scores(pred, true) -> dict:

@@ -370,6 +370,7 @@ class ModelOutput:
     term_logit: torch.Tensor  # (B, T) logit that the episode terminated on entering each frame
     kv: list | None = None  # per layer (k, v) of shape (B, H, T*N, d), when asked for (cache prefill)
     features: torch.Tensor | None = None  # (B, T, N, dim) the last block's tokens (a codebook token head reads them)
+    event_logits: torch.Tensor | None = None  # (B, T, events) logit of each event on entering each frame (events > 0)
 
 
 class WorldDiT(ModelMixin, ConfigMixin):
@@ -391,7 +392,8 @@ class WorldDiT(ModelMixin, ConfigMixin):
     def __init__(self, action_spec: dict, latent_channels: int = 4, patch_size: int = 2, dim: int = 256,
                  depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, context_frames: int = 4,
                  time_period: int = 4096, warp_action: str | None = None, warp_matrix: list | None = None,
-                 warp_kind: str = "shift", warp_zoom: dict | None = None, clock_period: int | None = None):
+                 warp_kind: str = "shift", warp_zoom: dict | None = None, clock_period: int | None = None,
+                 events: int = 0):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
@@ -426,7 +428,9 @@ class WorldDiT(ModelMixin, ConfigMixin):
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(dim, C * p * p)
         self.head_norm = nn.LayerNorm(dim)
-        self.heads_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 2))  # reward, termination
+        # reward, termination, then one logit per event (events > 0: the game's achievements, fit by `worldsim
+        # heads events=true`; the env pays each one's first time in an episode, as the game does)
+        self.heads_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 2 + int(events)))
         self._init_weights()
 
     def _init_weights(self):
@@ -535,7 +539,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     def _heads(self, x):
         r = self.heads_mlp(self.head_norm(x.mean(dim=2)))
-        return r[..., 0], r[..., 1]
+        return r[..., 0], r[..., 1], (r[..., 2:] if self.config.events else None)
 
     def _check_size(self, h, w):
         p = self.config.patch_size
@@ -566,9 +570,9 @@ class WorldDiT(ModelMixin, ConfigMixin):
         for blk in self.blocks:
             tok, kv = blk(tok, c, cos, sin, mask=mask, return_kv=return_kv)
             kvs.append(kv)
-        reward, term = self._heads(tok)
+        reward, term, events = self._heads(tok)
         out = self._untokens(self.final(tok, c), h, w)
-        return ModelOutput(out, reward, term, kvs if return_kv else None, tok)
+        return ModelOutput(out, reward, term, kvs if return_kv else None, tok, events)
 
     # ---- cached forward: one new frame per call -------------------------------------------------------
     def forward_cached(self, x, c_noise, actions, has_action, cache: "KVCache", time: int,
@@ -601,12 +605,12 @@ class WorldDiT(ModelMixin, ConfigMixin):
             tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot)
         if commit:
             cache.mark(time)
-        reward = term = out = None
+        reward = term = events = out = None
         if outputs != "frame":
-            reward, term = (r[:, 0] for r in self._heads(tok))
+            reward, term, events = (None if r is None else r[:, 0] for r in self._heads(tok))
         if outputs != "heads":
             out = self._untokens(self.final(tok, c), h, w)[:, 0]
-        return ModelOutput(out, reward, term, features=tok[:, 0])
+        return ModelOutput(out, reward, term, features=tok[:, 0], event_logits=events)
 
     def _rope_at(self, time: int, h: int, w: int):
         """The rotary tables of one frame at `time`, kept for the last time asked: a step's sampling and commit

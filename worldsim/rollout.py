@@ -94,15 +94,17 @@ def rollout(cfg) -> dict:
                 a.reset()
             limit = [min(steps, len(ep["frames"]) - W) if replay else steps for ep in (starts or [None] * B)]
             frames, acts = [[f] for f in obs], [[] for _ in rows]
-            rewards, ends = [[] for _ in rows], [[] for _ in rows]
+            rewards, ends, events = [[] for _ in rows], [[] for _ in rows], [[] for _ in rows]
             live = np.ones(B, bool)
             for t in range(max(limit)):
                 act = [index_actions(starts[r]["actions"], W - 1 + min(t, limit[r] - 1)) if replay
                        else agents[r].act(obs[r]) for r in range(B)]
-                obs, rew, term, trunc, _ = venv.step(stack_actions(act))
+                obs, rew, term, trunc, step_info = venv.step(stack_actions(act))
                 for r in np.flatnonzero(live):
                     frames[r].append(obs[r]), acts[r].append(act[r]), rewards[r].append(float(rew[r]))
                     ends[r].append(bool(term[r]))
+                    if "events" in step_info:  # bundles with event heads: the events drawn, as collect stores them
+                        events[r].append(step_info["events"][r])
                     if term[r] or trunc[r] or len(acts[r]) >= limit[r]:
                         live[r] = False
                 if not live.any():
@@ -111,13 +113,16 @@ def rollout(cfg) -> dict:
                 a, counts = episode_actions(acts[r], space)
                 clock = episode_clock(starts[r], W - 1) if starts else 0
                 path = episode_path(root, i)
+                ev = np.asarray(events[r], np.uint8) if events[r] else None
                 write_episode(path, np.stack(frames[r]), a, rewards[r], ends[r], seed=int(cfg.seed) + i,
-                              **({"clock_start": np.int64(clock)} if clock else {}))
+                              **({"clock_start": np.int64(clock)} if clock else {}),
+                              **({"events": ev} if ev is not None else {}))
                 have[i] = {"file": str(path.relative_to(root)), "index": i, "seed": int(cfg.seed) + i,
                            "split": split_of(i, cfg.test_every),
                            **({"clock_start": int(clock)} if clock else {}),
                            "agent": agent_name, "steps": len(acts[r]), "terminated": bool(ends[r][-1]),
-                           "return": float(np.sum(rewards[r])), "action_counts": counts, "achievements": {}}
+                           "return": float(np.sum(rewards[r])), "action_counts": counts,
+                           "achievements": {} if ev is None else {n: int(c) for n, c in zip(env.event_names, ev.sum(0)) if c}}
                 made += len(acts[r])
             manifest["episodes"] = sorted(have.values(), key=lambda e: e["index"])
             save_manifest(root, manifest)

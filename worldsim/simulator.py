@@ -86,6 +86,7 @@ class StepResult:
     reward: np.ndarray  # (B,) float32
     terminated_prob: np.ndarray  # (B,) float32
     head_input: torch.Tensor | None = None  # (B, dim) what the heads read: the commit pass's mean last-block token
+    event_prob: np.ndarray | None = None  # (B, events) float32 each event's probability (bundles with events)
 
 
 class WorldSimulator:
@@ -435,7 +436,8 @@ class WorldSimulator:
             self.memory.push(range(self.B), self.prev_ctx, self.shown if self.detail_carry > 0 else None)
         return StepResult(None if frames is None else _host(frames), z, out.reward.float().cpu().numpy() * self.reward_scale,
                           torch.sigmoid(out.term_logit).float().cpu().numpy(),
-                          out.features.mean(1).float())
+                          out.features.mean(1).float(),
+                          None if out.event_logits is None else torch.sigmoid(out.event_logits).float().cpu().numpy())
 
     def _show(self, z, centre, a):
         """The frames shown for sampled latents z (B, H, W, 3) uint8 on the device: decoded, through detail carry

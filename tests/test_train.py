@@ -664,7 +664,10 @@ def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle
     first = run_job("heads", args + [f"features_cache={cache}"])
     files = sorted(cache.glob("heads_*.safetensors"))
     assert len(files) == 2  # train and test split
-    test_file = next(f for f in files if len(load_file(f)["rewards"]) == first["test"][str(dataset)]["transitions"])
+    from worldsim.heads import features_key
+
+    test_file = cache / f"heads_{features_key(Bundle(tmp_path / 'copy'), dataset, 'test', 1, 9, 64)}.safetensors"
+    assert test_file in files  # the test split's (seed + 1, the job's default batch of 64)
     t = load_file(test_file)
     assert int((t["rewards"] > 0.5).sum()) == first["test"][str(dataset)]["before"]["achievements"]
     t["rewards"] = torch.ones_like(t["rewards"])  # every test transition now an achievement: seen only if read back

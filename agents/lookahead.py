@@ -73,16 +73,30 @@ class LookaheadAgent:
         if self.events is not None:
             state = dataclasses.replace(state, events=self.events)
         self.branches.set_state(state)
+        counts = None if state.events is None else np.tile(state.events, (len(self.first), 1))
         value = np.zeros(len(self.first))
         alive = np.ones(len(self.first))
         a = self.first
         for t in range(self.horizon):
             _, reward, _, _, info = self.branches.step(a)
+            if counts is not None:  # event bundles: the chance a new event pays, not the one draw of it
+                reward = self._expected(reward, info, counts)
+                counts = info["achievements"]
             end = np.asarray(info["terminated_prob"], np.float64)
             value += self.discount ** t * alive * (reward - self.death_cost * end)
             alive *= 1 - end
             a = self.rng.integers(self.n, size=len(self.first))
         return value.reshape(self.futures, self.n).mean(0)
+
+    def _expected(self, reward, info, counts):
+        """The step's reward with its drawn event payment replaced by its expectation: the chance that an event
+        the episode has not had happens (one draw per branch is a coin toss that hides which action makes an
+        event likelier, and with the termination head's tiny differences deciding the rest, the planner
+        stood still)."""
+        new = counts == 0
+        drawn = (info["events"] & new).any(1)
+        chance = 1 - np.prod(np.where(new, 1 - np.asarray(info["event_prob"], np.float64), 1.0), axis=1)
+        return reward + self.model.event_reward * (chance - drawn)
 
     def choose(self, scores: np.ndarray) -> int:
         """The best-scoring action, ties broken at random."""

@@ -172,7 +172,7 @@ class WorldEnv(gym.Env):
       ``event_reward`` (Crafter: 1) on a step where one happens for the first time in the episode, as the
       game does; the reward head gives the rest (Crafter: health). ``info["achievements"]`` counts each
       event this episode, as real Crafter's info does (the Crafter score reads it); ``info["events"]`` names
-      this step's.
+      this step's, ``info["event_prob"]`` gives their probabilities (a planner's expected reward).
 
     ``worldsim/World-v0`` is the same env for a bundle you trained (``bundle=`` required), e.g. on your own
     Gymnasium env (``worldsim collect env=gym:<id>``): the spaces are the source env's (a Box's bounds
@@ -308,6 +308,7 @@ class WorldEnv(gym.Env):
             happened, paid = _draw_events(res.event_prob, [self._end_rng], self._events[None])
             reward += self.event_reward * float(paid[0])
             info["events"] = [n for n, h in zip(self.event_names, happened[0]) if h]
+            info["event_prob"] = res.event_prob[0]
             info["achievements"] = dict(zip(self.event_names, self._events.tolist()))
         return self._obs.copy(), reward, terminated, truncated, info
 
@@ -458,7 +459,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         if self.event_names:
             happened, paid = _draw_events(res.event_prob, self.end_rngs, self._events)
             rewards += self.event_reward * paid
-            info["events"] = happened
+            info["events"], info["event_prob"] = happened, res.event_prob
         truncated = self._t >= self.horizon
         resetting = np.flatnonzero(self._autoreset)
         if len(resetting):  # NEXT_STEP autoreset: these rows start over; their step result is discarded

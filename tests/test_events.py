@@ -32,8 +32,9 @@ def test_collect_records_events_that_explain_the_reward(dataset):
     assert paid.sum() == sum(len(e.get("achievements", {})) for e in m["episodes"])
 
 
-def _event_bundle(bundle, path, always: str | None):
-    """A copy of the tiny bundle with event heads whose probabilities are fixed: `always` ~1, every other ~0;
+def _event_bundle(bundle, path, always: str | None, logit: float = 30.0):
+    """A copy of the tiny bundle with event heads whose probabilities are fixed: `always` sigmoid(logit) (~1),
+    every other ~0;
     its reward output gives 0 and its episodes never end, so what the env pays comes from the events alone."""
     shutil.copytree(bundle, path)
     b = Bundle(path)
@@ -44,7 +45,7 @@ def _event_bundle(bundle, path, always: str | None):
         last.bias.fill_(-30.0)
         last.bias[0] = 0.0
         if always is not None:
-            last.bias[2 + CRAFTER_EVENTS.index(always)] = 30.0
+            last.bias[2 + CRAFTER_EVENTS.index(always)] = logit
     (path / "world_model.safetensors").write_bytes(tensors_bytes(b.dit.state_dict()))
     (path / "bundle.json").write_text(json.dumps(b.meta))
     return path
@@ -167,6 +168,12 @@ def test_lookahead_agent_pays_only_events_the_real_episode_lacks(bundle, tmp_pat
     agent.reset()
     agent.observe(obs)
     np.testing.assert_allclose(agent.scores(), 1.0, atol=1e-6)  # a new episode
+    # an even chance: each branch scores the chance (0.5), not its one draw (0 or 1)
+    coin = LookaheadAgent(real.action_space, seed=0, quantize="none",
+                          bundle=str(_event_bundle(bundle, tmp_path / "coin", always="collect_drink", logit=0.0)))
+    coin.reset()
+    coin.observe(obs)
+    np.testing.assert_allclose(coin.scores(), 0.5, atol=1e-6)
     real.close()
 
 

@@ -402,7 +402,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         return WorldState(self.sim.row_state(index), self._obs[index].copy(), int(self._t[index]),
                           bool(self._autoreset[index]), copy.deepcopy(self.rngs[index]),
                           copy.deepcopy(self.end_rngs[index]),
-                          _events_copy(self._events[index]) if self.event_names else None)
+                          _events_copy(self._events[index]))
 
     def set_state(self, state: WorldState | list[WorldState], indices=None, seed: int | list[int] | None = None):
         """Worlds `indices` (default: all) continue from saved states: one state for all of them, or a list, one
@@ -542,6 +542,7 @@ def _draw_events(prob: np.ndarray, rngs: list, counts: np.ndarray):
 
 
 def _events_copy(events: np.ndarray) -> np.ndarray | None:
+    """A world's event counts for its saved state (None for a bundle without event heads)."""
     return events.copy() if len(events) else None
 
 

@@ -93,10 +93,10 @@ class LookaheadAgent:
         the episode has not had happens (one draw per branch is a coin toss that hides which action makes an
         event likelier, and with the termination head's tiny differences deciding the rest, the planner
         stood still)."""
-        new = counts == 0
-        drawn = (info["events"] & new).any(1)
-        chance = 1 - np.prod(np.where(new, 1 - np.asarray(info["event_prob"], np.float64), 1.0), axis=1)
-        return reward + self.model.event_reward * (chance - drawn)
+        from worldsim.envs.world_env import event_pay_chance
+
+        drawn = (info["events"] & (counts == 0)).any(1)
+        return reward + self.model.event_reward * (event_pay_chance(info["event_prob"], counts > 0) - drawn)
 
     def choose(self, scores: np.ndarray) -> int:
         """The best-scoring action, ties broken at random."""

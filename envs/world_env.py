@@ -541,6 +541,13 @@ def _draw_events(prob: np.ndarray, rngs: list, counts: np.ndarray):
     return happened, paid
 
 
+def event_pay_chance(prob: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """(B,) the chance a step pays the event reward as the env draws its events: that some event not seen
+    before in the episode (`seen` (B, K) bool) happens, each with its probability (B, K). What a planner
+    expects a step to pay, and what `worldsim eval` sums against the steps the game paid."""
+    return 1 - np.prod(np.where(seen, 1.0, 1 - np.asarray(prob, np.float64)), axis=1)
+
+
 def _events_copy(events: np.ndarray) -> np.ndarray | None:
     """A world's event counts for its saved state (None for a bundle without event heads)."""
     return events.copy() if len(events) else None

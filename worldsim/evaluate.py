@@ -186,7 +186,8 @@ def heads_eval(cfg, bundle, eps) -> dict:
     ends on its last one, which no rollout window (W + horizon frames) reaches, so scored on the windows' first
     steps the termination head was never tested (and did not work: README). Its own generator, so the other
     figures draw the same numbers as without it."""
-    from worldsim.heads import step_transitions, transition_events, transition_labels, transitions
+    from worldsim.envs.world_env import event_pay_chance
+    from worldsim.heads import paid_events, step_transitions, transition_events, transition_labels, transitions
 
     W = bundle.dit.config.context_frames
     items = transitions(eps, W)
@@ -208,11 +209,10 @@ def heads_eval(cfg, bundle, eps) -> dict:
     rew, rew_pred = rew.numpy().astype(np.float64), np.asarray(rew_pred, np.float64)
     out = {}
     if K:  # the env's reward: an event it draws pays where the real episode had not had it before
-        ev, p = transition_events(eps, items, W).numpy().astype(bool), np.asarray(ev_prob)
+        labels = transition_events(eps, items, W)
+        ev, p, paid = labels.numpy().astype(bool), np.asarray(ev_prob), paid_events(labels).numpy()
         rew_pred = rew_pred + float(bundle.env["event_reward"]) * ((p > 0.5) & ~ev[:, 1]).any(1)
-        # as the env draws them: the chance each step pays (a new event drawn), against the steps the game paid
-        chance = 1 - np.prod(np.where(ev[:, 1], 1.0, 1 - p), axis=1)
-        paid = (ev[:, 0] & ~ev[:, 1]).any(1)
+        chance = event_pay_chance(p, ev[:, 1])  # as the env draws them, against the steps the game paid
         out["events_paid"] = {"real": int(paid.sum()), "expected": float(chance.sum()),
                               "expected_recall": float(chance[paid].mean()) if paid.any() else None,
                               "expected_precision": float(chance[paid].sum() / chance.sum()) if chance.sum() else None}

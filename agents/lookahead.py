@@ -79,8 +79,8 @@ class LookaheadAgent:
         a = self.first
         for t in range(self.horizon):
             _, reward, _, _, info = self.branches.step(a)
-            if counts is not None:  # event bundles: the chance a new event pays, not the one draw of it
-                reward = self._expected(reward, info, counts)
+            reward = self._expected(reward, info, counts)
+            if counts is not None:
                 counts = info["achievements"]
             end = np.asarray(info["terminated_prob"], np.float64)
             value += self.discount ** t * alive * (reward - self.death_cost * end)
@@ -89,14 +89,18 @@ class LookaheadAgent:
         return value.reshape(self.futures, self.n).mean(0)
 
     def _expected(self, reward, info, counts):
-        """The step's reward with its drawn event payment replaced by its expectation: the chance that an event
-        the episode has not had happens (one draw per branch is a coin toss that hides which action makes an
-        event likelier, and with the termination head's tiny differences deciding the rest, the planner
-        stood still)."""
+        """The step's reward with what the env drew replaced by its expectation: for event bundles (`counts`) the
+        chance that an event the episode has not had happens (one draw per branch is a coin toss that hides
+        which action makes an event likelier, and with the termination head's tiny differences deciding the
+        rest, the planner stood still); for bundles with reward classes their expected value."""
         from worldsim.envs.world_env import event_pay_chance
 
-        drawn = (info["events"] & (counts == 0)).any(1)
-        return reward + self.model.event_reward * (event_pay_chance(info["event_prob"], counts > 0) - drawn)
+        paid, chance = 0.0, 0.0
+        if counts is not None:
+            paid = (info["events"] & (counts == 0)).any(1)
+            chance = event_pay_chance(info["event_prob"], counts > 0)
+        rest = info.get("reward_expected", reward - self.model.event_reward * paid)
+        return rest + self.model.event_reward * chance
 
     def choose(self, scores: np.ndarray) -> int:
         """The best-scoring action, ties broken at random."""

@@ -22,6 +22,8 @@ worlds, and the same budget spent in the real game, are its baselines.
 - Score (``out/score.json``): ``eval_episodes`` real episodes from world seeds ``eval_seed + i``, the policy
   sampling its actions, beside a random agent in the same worlds: return, achievements unlocked (Crafter's
   ``info["achievements"]``; other games: none), length, each episode cut at ``eval_length`` steps.
+  ``score_every=K`` also scores the policy on the first ``score_episodes`` of those worlds every K updates
+  (``real_return``, ``real_achievements`` in the log): the learning curve in the real game.
 """
 from __future__ import annotations
 
@@ -237,11 +239,16 @@ def train(cfg, policy: Policy | None = None) -> dict:
                "mean_return": float(np.mean([f[0] for f in finished])) if finished else None,
                "mean_length": float(np.mean([f[1] for f in finished])) if finished else None,
                "env_steps_per_s": N * T / collect_s, "update_s": time.perf_counter() - t0 - collect_s, **stats}
-        log.write(json.dumps(row) + "\n")
-        log.flush()
         print(f"step {step}/{total}  reward/1000 {row['reward_per_1000']:.2f}  episodes {len(finished)}  "
               f"env {row['env_steps_per_s']:.0f} steps/s  update {row['update_s']:.1f} s  "
               f"entropy {stats['entropy']:.3f}")
+        if int(cfg.score_every) and update % int(cfg.score_every) == 0:  # the learning curve in the real game
+            sc = score(policy, cfg, int(cfg.score_episodes), int(cfg.eval_seed), int(cfg.eval_length))
+            row.update(real_return=sc["return"], real_achievements=sc["achievements"], real_length=sc["length"])
+            print(f"  real game, {cfg.score_episodes} episodes: return {sc['return']:.2f}, "
+                  f"achievements {sc['achievements']:.2f}, length {sc['length']:.0f}")
+        log.write(json.dumps(row) + "\n")
+        log.flush()
         if update % int(cfg.save_every) == 0 or step >= total:
             save(out / "checkpoint", policy, opt, {**meta, "step": step, "update": update})
     log.close()

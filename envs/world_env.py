@@ -166,7 +166,10 @@ class WorldEnv(gym.Env):
       heads). ``termination_threshold=x`` ends when the probability exceeds x instead (deterministic; 2.0
       never ends). ``reward_floor=f`` gives 0 where the reward head's value is smaller than f in size: in the
       model's own rollouts the head returns many small values that add up (README: Reward floor). Default:
-      the bundle's (``inference.reward_floor``; 0 gives every value).
+      the bundle's (``inference.reward_floor``; 0 gives every value). Bundles with reward classes (the
+      world model's ``reward_values``, e.g. Crafter's health changes -0.2, -0.1, 0, +0.1) draw one value per
+      step with the head's probabilities instead (same generator; no floor), as the game pays whole health
+      points where a regression would pay their average; ``info["reward_expected"]`` is its expectation.
     - Bundles with event heads (the shipped Crafter model: its 22 achievements, ``env.unwrapped.event_names``)
       draw each step's events with their probabilities (from the same generator as the ends) and pay
       ``event_reward`` (Crafter: 1) on a step where one happens for the first time in the episode, as the
@@ -304,6 +307,9 @@ class WorldEnv(gym.Env):
             self.render()
         reward = float(_floored(res.reward, self.reward_floor)[0])
         info = {"terminated_prob": float(res.terminated_prob[0])}
+        if res.reward_prob is not None:  # reward classes: one value drawn, as the game pays (no floor needed)
+            reward = float(_draw_values(res.reward_prob, [self._end_rng], self.sim.dit.config.reward_values)[0])
+            info["reward_expected"] = float(res.reward[0])
         if self.event_names:
             happened, paid = _draw_events(res.event_prob, [self._end_rng], self._events[None])
             reward += self.event_reward * float(paid[0])
@@ -456,6 +462,9 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         rewards = _floored(res.reward, self.reward_floor)
         terminated = _ends(res.terminated_prob, self.threshold, self.end_rngs)
         info = {"terminated_prob": res.terminated_prob}
+        if res.reward_prob is not None:  # reward classes: one value drawn, as the game pays (no floor needed)
+            rewards = _draw_values(res.reward_prob, self.end_rngs, self.sim.dit.config.reward_values)
+            info["reward_expected"] = res.reward.astype(np.float64)
         if self.event_names:
             happened, paid = _draw_events(res.event_prob, self.end_rngs, self._events)
             rewards += self.event_reward * paid
@@ -539,6 +548,13 @@ def _draw_events(prob: np.ndarray, rngs: list, counts: np.ndarray):
     paid = (happened & (counts == 0)).any(1).astype(np.float64)
     counts += happened
     return happened, paid
+
+
+def _draw_values(prob: np.ndarray, rngs: list, values) -> np.ndarray:
+    """(B,) float64 one of `values` per row, drawn with its row's probabilities (B, V) from its end generator."""
+    cum = np.cumsum(np.asarray(prob, np.float64), axis=1)
+    idx = [min(int(np.searchsorted(c, r.random() * c[-1], side="right")), len(c) - 1) for r, c in zip(rngs, cum)]
+    return np.asarray(values, np.float64)[idx]
 
 
 def event_pay_chance(prob: np.ndarray, seen: np.ndarray) -> np.ndarray:

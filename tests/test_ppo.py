@@ -57,14 +57,16 @@ def test_advantages_stop_at_ends_bootstrap_truncation_and_skip_reset_steps():
 def test_ppo_learns_a_visual_rule_scores_it_and_resumes(tmp_path):
     out = tmp_path / "ppo"
     args = ["env=gym:ColorBandit-v0", "world=real", f"out={out}", "num_envs=4", "rollout=32", "epochs=4",
-            "minibatches=4", "lr=1e-3", "eval_episodes=10", "eval_length=8", "threads=1", "save_every=100"]
+            "minibatches=4", "lr=1e-3", "eval_episodes=10", "eval_length=8", "threads=1", "save_every=100", "score_every=5", "score_episodes=4"]
     first = run_job("ppo", args + ["steps=1280"])
     assert first["trained_steps"] == 1280
     rows = [json.loads(line) for line in open(out / "log.jsonl")]
     assert len(rows) == 10 and rows[-1]["step"] == 1280 and sum(r["episodes"] for r in rows) > 0
+    assert [i for i, r in enumerate(rows) if "real_return" in r] == [4, 9]  # scored in the real env every 5
     res = run_job("ppo", args + ["steps=3840"])  # resumes: 20 more updates from the saved step
     rows = [json.loads(line) for line in open(out / "log.jsonl")]
     assert [r["step"] for r in rows[10:12]] == [1408, 1536] and rows[-1]["step"] == 3840
+    assert rows[-1]["real_return"] > rows[4]["real_return"]  # its learning curve in the real env rises
     policy, meta = load_policy(out)
     assert meta["step"] == 3840
     red, blue = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)

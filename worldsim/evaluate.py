@@ -186,8 +186,9 @@ def heads_eval(cfg, bundle, eps) -> dict:
     ends on its last one, which no rollout window (W + horizon frames) reaches, so scored on the windows' first
     steps the termination head was never tested (and did not work: README). Its own generator, so the other
     figures draw the same numbers as without it."""
-    from worldsim.envs.world_env import event_pay_chance
-    from worldsim.heads import paid_events, step_transitions, transition_events, transition_labels, transitions
+    from worldsim.envs.world_env import _floored, _reward_floor, event_pay_chance
+    from worldsim.heads import (paid_events, rest_rewards, step_transitions, transition_events, transition_labels,
+                                transitions, value_classes)
 
     W = bundle.dit.config.context_frames
     items = transitions(eps, W)
@@ -199,17 +200,30 @@ def heads_eval(cfg, bundle, eps) -> dict:
     if K and any("events" not in ep for ep in eps):
         raise ValueError(f"{bundle.path} has event heads, and the held-out episodes have no events (collected before "
                          f"they were recorded): give eval another cache_dir, or delete this one, to collect them again")
-    rew_pred, term_prob, ev_prob = [], [], []
+    rew_pred, term_prob, ev_prob, val_prob = [], [], [], []
     for res, k in step_transitions(sim, eps, items, np.random.default_rng(int(cfg.seed) + 1)):
         rew_pred += list(res.reward[:k])
+        if res.reward_prob is not None:
+            val_prob += list(res.reward_prob[:k])
         term_prob += list(res.terminated_prob[:k])
         if K:
             ev_prob += list(res.event_prob[:k])
     rew, term = transition_labels(eps, items, W)
     rew, rew_pred = rew.numpy().astype(np.float64), np.asarray(rew_pred, np.float64)
     out = {}
+    labels = transition_events(eps, items, W) if K else None
+    # the rest of the reward (Crafter: health), as the env pays it: the expectation of the classes it draws
+    # from, or the reward head's value over the floor; beside the real rest
+    rest = rest_rewards(bundle, torch.as_tensor(rew), labels).numpy()
+    values = list(bundle.dit.config.reward_values or [])
+    paid_rest = rew_pred if values else _floored(rew_pred, _reward_floor(cfg.get("reward_floor"), bundle))
+    out["rest_reward"] = {"real_sum": float(rest.sum()), "env_sum": float(paid_rest.sum()),
+                          "real_steps": int((np.abs(rest) > 1e-6).sum())}
+    if values:
+        real, vp = value_classes(torch.as_tensor(rest), values).numpy(), np.asarray(val_prob)
+        out["rest_reward"]["values"] = {str(v): {"real": int((real == i).sum()), "expected": float(vp[:, i].sum())}
+                                        for i, v in enumerate(values)}
     if K:  # the env's reward: an event it draws pays where the real episode had not had it before
-        labels = transition_events(eps, items, W)
         ev, p, paid = labels.numpy().astype(bool), np.asarray(ev_prob), paid_events(labels).numpy()
         rew_pred = rew_pred + float(bundle.env["event_reward"]) * ((p > 0.5) & ~ev[:, 1]).any(1)
         chance = event_pay_chance(p, ev[:, 1])  # as the env draws them, against the steps the game paid

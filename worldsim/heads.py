@@ -111,8 +111,10 @@ def features_key(bundle, data_dir: Path, split: str, seed: int, cap: int | None,
     drawn per batch) and the device type. A sha1 of all of it."""
     h = hashlib.sha1()
     meta = {k: v for k, v in bundle.meta.items() if k != "trained"}  # without the event heads' entries:
-    meta["world_model"] = {k: v for k, v in meta["world_model"].items() if k != "events"}  # (the heads'
+    meta["world_model"] = {k: v for k, v in meta["world_model"].items() if k not in ("events", "reward_values")}  # (the heads'
     meta["env"] = {k: v for k, v in meta["env"].items() if k not in ("events", "event_reward")}  # own)
+    if "inference" in meta:  # nor the env's reward floor, which the features do not see
+        meta["inference"] = {k: v for k, v in meta["inference"].items() if k != "reward_floor"}
     h.update(json.dumps(meta, sort_keys=True).encode())
     for f in sorted(bundle.path.glob("*.safetensors")):
         if f.name != "world_model.safetensors":
@@ -168,6 +170,8 @@ def add_event_heads(bundle, names: list, event_reward: float) -> None:
     that never ends, a table placed again and again) it paid that average on every step (README: Achievements).
     An event head says what happened, and the env, which keeps the episode's events, pays as the game does."""
     dit = bundle.dit
+    if dit.config.reward_values:
+        raise ValueError("add event heads before reward classes (the classes' rows follow the events')")
     if dit.config.events:
         raise ValueError(f"the bundle already has {dit.config.events} event heads")
     sd = dit.state_dict()
@@ -184,6 +188,92 @@ def add_event_heads(bundle, names: list, event_reward: float) -> None:
     bundle.env.update(events=list(names), event_reward=float(event_reward))
 
 
+def rest_rewards(bundle, rewards: torch.Tensor, events=None) -> torch.Tensor:
+    """The part of each real reward that the event heads do not pay (all of it without event heads): the reward
+    less the event reward where the game paid an event (Crafter: what is left is health, in tenths)."""
+    if int(bundle.dit.config.events):
+        if events is None:
+            raise ValueError("this bundle has event heads: the rest of the reward needs the episodes' events")
+        return rewards - float(bundle.env["event_reward"]) * paid_events(events).float()
+    return rewards
+
+
+def reward_value_set(rest: torch.Tensor, min_count: int) -> tuple[list, list]:
+    """The values the rest of the reward takes at least `min_count` times (rounded to 1e-3), 0 always among
+    them, and how often each occurs (rarer values counted to their nearest)."""
+    vals, counts = torch.unique(torch.round(rest.double() * 1000) / 1000, return_counts=True)
+    keep = sorted({0.0} | {float(v) for v, c in zip(vals, counts) if int(c) >= int(min_count)})
+    cls = value_classes(rest, keep)
+    return keep, [int((cls == i).sum()) for i in range(len(keep))]
+
+
+def value_classes(rest: torch.Tensor, values) -> torch.Tensor:
+    """(N,) int64 the index of the value nearest to each reward."""
+    return (rest.double()[:, None] - torch.tensor(values, dtype=torch.float64)[None]).abs().argmin(1)
+
+
+def add_reward_classes(bundle, values: list, counts: list) -> None:
+    """Give the bundle's world model one logit per reward value (in place, after any event logits), starting at
+    the values' frequencies in `counts`; `reward_values` goes into its config. The env then draws each step's
+    reward (beside events) from these classes. Why: Crafter pays health in whole tenths (-0.2 a zombie's
+    blow, +0.1 a point regained, on 3 % of steps); a regressing head gives their small averages on every step,
+    which the env's floor dropped along with every real health reward, and in the learned world's dark spells
+    it gave values over the floor (-0.3 and below, which the game never pays) for a thousand steps on end, an
+    agent's return of -194 in one episode (README: Training an agent in the learned world)."""
+    dit = bundle.dit
+    if dit.config.reward_values:
+        raise ValueError(f"the bundle already has reward classes {list(dit.config.reward_values)}")
+    if len(values) < 2 or len(values) != len(counts):
+        raise ValueError(f"reward classes need at least two values and a count for each; got {values}, {counts}")
+    sd = dit.state_dict()
+    new = dit._reconfigured(reward_values=[float(v) for v in values])
+    w, b = sd.pop("heads_mlp.2.weight"), sd.pop("heads_mlp.2.bias")
+    new.load_state_dict(sd, strict=False)
+    freq = torch.tensor(counts, dtype=torch.float32) + 1.0
+    with torch.no_grad():
+        new.heads_mlp[2].weight.zero_()
+        new.heads_mlp[2].weight[:len(w)] = w
+        new.heads_mlp[2].bias[:len(b)] = b
+        new.heads_mlp[2].bias[len(b):] = torch.log(freq / freq.sum())
+    bundle.dit = new.eval()
+    bundle.meta["world_model"]["reward_values"] = [float(v) for v in values]
+
+
+def fit_reward_classes(bundle, feats, rest: torch.Tensor, l2: float = 1e-2) -> dict:
+    """Fit the reward-class logits (in place) as a linear read-out of the heads' hidden layer, which is left as
+    it is: softmax regression on the classes of `rest` (`value_classes`), with an L2 penalty `l2` on the weights,
+    by L-BFGS (convex: the optimum, whatever the start). Why a read-out: at the cross-entropy optimum with a
+    shift per class the probabilities sum to each value's count on these transitions, which is what the env's
+    draws need; trained with the other heads by Adam they missed it by a third (-0.2: 268 expected against 196,
+    still moving at the end), and the hidden layer fit to the blows of the train split expected 2.9 times the
+    real blows on the explorer's test split (1.2 times with this read-out). Returns each value's real and
+    expected count."""
+    dit = bundle.dit
+    values = list(dit.config.reward_values or [])
+    if not values:
+        raise ValueError("this bundle has no reward classes to fit")
+    K, last = 2 + int(dit.config.events), dit.heads_mlp[-1]
+    with torch.no_grad():
+        h = dit.heads_mlp[:-1](dit.head_norm(feats)).double()
+    y = value_classes(rest, values)
+    W = last.weight[K:].detach().double().clone().requires_grad_(True)
+    b = last.bias[K:].detach().double().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=1000, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(h @ W.T + b, y) + l2 * (W ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        last.weight[K:], last.bias[K:] = W.float(), b.float()
+        expected = torch.softmax(h @ W.T + b, -1).sum(0)
+    return {str(v): {"real": int((y == i).sum()), "expected": round(float(expected[i]), 2)} for i, v in enumerate(values)}
+
+
 def refit_heads(bundle, feats, rewards, terminated, events=None, steps: int = 3000, lr: float = 1e-3, seed: int = 0,
                 achievement_weight: float = 2.0, end_weight: float = 1.0, keep_termination: bool = False) -> dict:
     """Train the bundle's world model's head_norm and heads_mlp (in place) on commit-pass features: reward MSE
@@ -196,15 +286,16 @@ def refit_heads(bundle, feats, rewards, terminated, events=None, steps: int = 30
     keeps the termination head as it was where the two share layers. A bundle with event heads
     (`add_event_heads`) needs `events` (`transition_events`): each event's logit learns whether it happened
     (BCE, summed over events: calibrated, the env draws them), and the reward output learns the rest of the
-    reward, the real one less the event reward the game paid. Returns the loss at the end."""
+    reward, the real one less the event reward the game paid. A bundle with reward classes then fits them as a
+    read-out of the refit hidden layer (`fit_reward_classes`). Returns the loss at the end."""
     dit = bundle.dit
-    K = int(dit.config.events)
+    K, values = int(dit.config.events), list(dit.config.reward_values or [])
     if K and events is None:
         raise ValueError("this bundle has event heads: refit them on episodes with events (transition_events)")
     if K and events.shape[-1] != K:
         raise ValueError(f"events for {events.shape[-1]} events, the bundle has {K} event heads")
+    rewards = rest = rest_rewards(bundle, rewards, events)
     if K:
-        rewards = rewards - float(bundle.env["event_reward"]) * paid_events(events).float()
         happened = events[:, 0].float()
     rewards = rewards / float(bundle.env.get("reward_scale", 1.0))  # the head learns rewards / the bundle's scale
     if keep_termination:
@@ -225,14 +316,16 @@ def refit_heads(bundle, feats, rewards, terminated, events=None, steps: int = 30
                 F.binary_cross_entropy_with_logits(o[:, 1], terminated[idx].float(), pos_weight=pos)
             loss = (F.mse_loss(o[:, 0], rewards[idx], reduction="none") * w).mean() + ends
             if K:
-                loss = loss + F.binary_cross_entropy_with_logits(o[:, 2:], happened[idx], reduction="sum") / len(idx)
+                loss = loss + F.binary_cross_entropy_with_logits(o[:, 2:2 + K], happened[idx], reduction="sum") / len(idx)
             opt.zero_grad()
             loss.backward()
             opt.step()
     for p in params:
         p.requires_grad_(False)
+    readout = fit_reward_classes(bundle, feats, rest) if values else None
     return {"steps": int(steps), "lr": float(lr), "achievement_weight": float(achievement_weight),
             "end_weight": float(end_weight), "keep_termination": bool(keep_termination), "events": K,
+            "reward_values": values, "reward_classes": readout,
             "last_loss": round(float(loss.detach()), 4)}
 
 
@@ -281,13 +374,24 @@ def head_counts(bundle, feats, rewards, terminated, events=None) -> dict:
     with torch.no_grad():
         o = bundle.dit.heads_mlp(bundle.dit.head_norm(feats))
     r = o[:, 0] * float(bundle.env.get("reward_scale", 1.0))
-    K = int(bundle.dit.config.events)
+    K, values = int(bundle.dit.config.events), list(bundle.dit.config.reward_values or [])
+    if values:  # the rest of the reward: the classes' expectation
+        vprob = torch.softmax(o[:, 2 + K:], -1)
+        r = vprob.double() @ torch.tensor(values, dtype=torch.float64)
+    rest = None if K and events is None else rest_rewards(bundle, rewards, events)
+    model_rest = r.clone()
     if K and events is not None:
-        prob = torch.sigmoid(o[:, 2:])
+        prob = torch.sigmoid(o[:, 2:2 + K])
         r = r + float(bundle.env["event_reward"]) * ((prob > 0.5) & ~events[:, 1].bool()).any(1).float()
     p, t = r > 0.5, rewards > 0.5
     out = {"achievements": int(t.sum()), "reward_predicted": int(p.sum()), "reward_right": int((p & t).sum()),
            "termination": end_scores(torch.sigmoid(o[:, 1]).numpy(), terminated.numpy())}
+    if rest is not None:  # the rest of the reward (Crafter: health): its sum, real and as the model gives it
+        out["rest"] = {"real_sum": round(float(rest.sum()), 3), "model_sum": round(float(model_rest.sum()), 3)}
+        if values:  # per value: how often it was paid, how often the classes expect it
+            real = value_classes(rest, values)
+            out["rest"]["values"] = {str(v): {"real": int((real == i).sum()), "expected": round(float(vprob[:, i].sum()), 2)}
+                                     for i, v in enumerate(values)}
     if K and events is not None:
         happened, pred = events[:, 0].bool(), prob > 0.5
         out["events"] = {name: {"happened": int(happened[:, k].sum()), "expected": round(float(prob[:, k].sum()), 2),
@@ -302,13 +406,17 @@ def heads_job(cfg):
     `calibrate=true` the termination head is then Platt-scaled on the test splits together
     (`calibrate_termination`); `steps=0 calibrate=true` calibrates a bundle's heads without refitting them.
     `events=true` first adds event heads (`add_event_heads`) for the events the collections recorded; a bundle
-    that has them refits them too."""
+    that has them refits them too. `reward_classes=true` then adds reward-class heads (`add_reward_classes`) for
+    the values the rest of the reward takes in the train splits, fit as a read-out of the heads' hidden layer
+    (`fit_reward_classes`): after the refit, or with `steps=0` alone, the other heads left as they are."""
     from worldsim.checkpoint import bundle_and_training_data, data_dirs
     from worldsim.data import load_manifest
 
     steps, calibrate = int(cfg.steps), bool(cfg.get("calibrate", False))
-    if steps < 0 or (steps == 0 and not calibrate):
-        raise ValueError(f"heads: steps must be positive, or 0 with calibrate=true (calibrate only); got {steps}")
+    classes = bool(cfg.get("reward_classes", False))
+    if steps < 0 or (steps == 0 and not (calibrate or classes)):
+        raise ValueError(f"heads: steps must be positive, or 0 with calibrate=true (calibrate only) or "
+                         f"reward_classes=true (add the classes only); got {steps}")
     device = str(cfg.get("device", "cpu"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -334,9 +442,10 @@ def heads_job(cfg):
     if calibrate and not tests:
         raise ValueError(f"calibrate=true fits on the test splits, and none of {[str(d) for d in data_dirs(cfg.data)]} has one")
     tr = None
-    if steps > 0 and cap is None:
+    fit = steps > 0 or classes
+    if fit and cap is None:
         tr = commit_features(b, train, batch=batch, seed=cfg.seed, events=events)
-    elif steps > 0:  # capped per collection, so a small new one (an agent's exploits) is not drowned by a large one
+    elif fit:  # capped per collection, so a small new one (an agent's exploits) is not drowned by a large one
         parts = [cached_commit_features(b, d, "train", batch, cfg.seed + 100 + i, cap, cache, events)
                  for i, d in enumerate(data_dirs(cfg.data))]
         tr = tuple(torch.cat(x) for x in zip(*parts))
@@ -346,12 +455,28 @@ def heads_job(cfg):
         if steps == 0:
             raise ValueError("events=true adds event heads, which need a refit (steps > 0)")
         add_event_heads(b, names, reward)
+    new_classes = classes and not b.dit.config.reward_values
+    if steps == 0 and not (calibrate or new_classes):
+        raise ValueError(f"{path} already has reward classes {list(b.dit.config.reward_values)}: steps > 0 refits "
+                         f"them with the other heads")
+    if new_classes:
+        values, counts = reward_value_set(rest_rewards(b, tr[1], tr[3] if events else None),
+                                          int(cfg.get("reward_class_min", 5)))
+        if len(values) < 2:
+            raise ValueError(f"reward_classes=true: the train splits' rewards{' (less events)' if events else ''} take "
+                             f"only the values {values}, nothing to draw")
+        add_reward_classes(b, values, counts)
+        print(f"reward classes {values} (train transitions: {counts})")
     meta_key, info = "heads_refit", {}
     if steps > 0:
         info = refit_heads(b, *tr, steps=steps, lr=float(cfg.lr), seed=int(cfg.seed),
                            achievement_weight=float(cfg.achievement_weight), end_weight=float(cfg.end_weight),
                            keep_termination=bool(cfg.get("keep_termination", False)))
         info.update(transitions=len(tr[0]), ends=int(tr[2].sum()))
+    elif new_classes:  # the classes alone, read out of the heads as they are (the other heads unchanged)
+        meta_key = "reward_classes"
+        info = {"reward_values": list(b.dit.config.reward_values), "transitions": len(tr[0]),
+                "reward_classes": fit_reward_classes(b, tr[0], rest_rewards(b, tr[1], tr[3] if events else None))}
     else:
         meta_key = "heads_calibrated"
     info["data"] = [str(d) for d in data_dirs(cfg.data)]
@@ -377,6 +502,8 @@ def heads_job(cfg):
     write_dir_atomic(path, files)
     if steps > 0:
         print(f"heads refit on {info['transitions']} transitions ({info['ends']} ends) written to {path}")
+    elif new_classes:
+        print(f"reward classes fit on {info['transitions']} transitions, written to {path}")
     else:
         print(f"termination head calibrated, written to {path}")
     return info

@@ -371,6 +371,7 @@ class ModelOutput:
     kv: list | None = None  # per layer (k, v) of shape (B, H, T*N, d), when asked for (cache prefill)
     features: torch.Tensor | None = None  # (B, T, N, dim) the last block's tokens (a codebook token head reads them)
     event_logits: torch.Tensor | None = None  # (B, T, events) logit of each event on entering each frame (events > 0)
+    reward_logits: torch.Tensor | None = None  # (B, T, len(reward_values)) logit of each reward value (reward_values)
 
 
 class WorldDiT(ModelMixin, ConfigMixin):
@@ -393,7 +394,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
                  depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, context_frames: int = 4,
                  time_period: int = 4096, warp_action: str | None = None, warp_matrix: list | None = None,
                  warp_kind: str = "shift", warp_zoom: dict | None = None, clock_period: int | None = None,
-                 events: int = 0):
+                 events: int = 0, reward_values: list | None = None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
@@ -429,8 +430,11 @@ class WorldDiT(ModelMixin, ConfigMixin):
         self.final = FinalLayer(dim, C * p * p)
         self.head_norm = nn.LayerNorm(dim)
         # reward, termination, then one logit per event (events > 0: the game's achievements, fit by `worldsim
-        # heads events=true`; the env pays each one's first time in an episode, as the game does)
-        self.heads_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 2 + int(events)))
+        # heads events=true`; the env pays each one's first time in an episode, as the game does), then one logit
+        # per reward value (reward_values: the rest of the reward as classes, `worldsim heads reward_classes=true`;
+        # the env draws one, as the game pays whole health points, where a regression pays averages)
+        n_values = len(reward_values or [])
+        self.heads_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 2 + int(events) + n_values))
         self._init_weights()
 
     def _init_weights(self):
@@ -539,7 +543,9 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     def _heads(self, x):
         r = self.heads_mlp(self.head_norm(x.mean(dim=2)))
-        return r[..., 0], r[..., 1], (r[..., 2:] if self.config.events else None)
+        K = 2 + int(self.config.events)
+        return (r[..., 0], r[..., 1], (r[..., 2:K] if self.config.events else None),
+                (r[..., K:] if self.config.reward_values else None))
 
     def _check_size(self, h, w):
         p = self.config.patch_size
@@ -570,9 +576,9 @@ class WorldDiT(ModelMixin, ConfigMixin):
         for blk in self.blocks:
             tok, kv = blk(tok, c, cos, sin, mask=mask, return_kv=return_kv)
             kvs.append(kv)
-        reward, term, events = self._heads(tok)
+        reward, term, events, values = self._heads(tok)
         out = self._untokens(self.final(tok, c), h, w)
-        return ModelOutput(out, reward, term, kvs if return_kv else None, tok, events)
+        return ModelOutput(out, reward, term, kvs if return_kv else None, tok, events, values)
 
     # ---- cached forward: one new frame per call -------------------------------------------------------
     def forward_cached(self, x, c_noise, actions, has_action, cache: "KVCache", time: int,
@@ -605,12 +611,12 @@ class WorldDiT(ModelMixin, ConfigMixin):
             tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot)
         if commit:
             cache.mark(time)
-        reward = term = events = out = None
+        reward = term = events = values = out = None
         if outputs != "frame":
-            reward, term, events = (None if r is None else r[:, 0] for r in self._heads(tok))
+            reward, term, events, values = (None if r is None else r[:, 0] for r in self._heads(tok))
         if outputs != "heads":
             out = self._untokens(self.final(tok, c), h, w)[:, 0]
-        return ModelOutput(out, reward, term, features=tok[:, 0], event_logits=events)
+        return ModelOutput(out, reward, term, features=tok[:, 0], event_logits=events, reward_logits=values)
 
     def _rope_at(self, time: int, h: int, w: int):
         """The rotary tables of one frame at `time`, kept for the last time asked: a step's sampling and commit

@@ -87,6 +87,9 @@ class StepResult:
     terminated_prob: np.ndarray  # (B,) float32
     head_input: torch.Tensor | None = None  # (B, dim) what the heads read: the commit pass's mean last-block token
     event_prob: np.ndarray | None = None  # (B, events) float32 each event's probability (bundles with events)
+    # (B, V) float32 the probability of each of the world model's reward_values (bundles with reward classes);
+    # `reward` is then their expectation (the env draws one)
+    reward_prob: np.ndarray | None = None
 
 
 class WorldSimulator:
@@ -434,10 +437,15 @@ class WorldSimulator:
             frames = self._show(z, prev, a)
         if self.memory is not None:  # the frame shown is what detail carry moves on
             self.memory.push(range(self.B), self.prev_ctx, self.shown if self.detail_carry > 0 else None)
-        return StepResult(None if frames is None else _host(frames), z, out.reward.float().cpu().numpy() * self.reward_scale,
+        reward, reward_prob = out.reward.float().cpu().numpy() * self.reward_scale, None
+        if out.reward_logits is not None:  # reward classes: their probabilities, and the expectation as `reward`
+            reward_prob = torch.softmax(out.reward_logits.float(), -1).cpu().numpy()
+            reward = (reward_prob.astype(np.float64) @ np.asarray(self.dit.config.reward_values, np.float64)).astype(np.float32)
+        return StepResult(None if frames is None else _host(frames), z, reward,
                           torch.sigmoid(out.term_logit).float().cpu().numpy(),
                           out.features.mean(1).float(),
-                          None if out.event_logits is None else torch.sigmoid(out.event_logits).float().cpu().numpy())
+                          None if out.event_logits is None else torch.sigmoid(out.event_logits).float().cpu().numpy(),
+                          reward_prob)
 
     def _show(self, z, centre, a):
         """The frames shown for sampled latents z (B, H, W, 3) uint8 on the device: decoded, through detail carry

@@ -138,7 +138,8 @@ def _frame_size(cfg):
         from worldsim.checkpoint import bundle_path
 
         with open(bundle_path(cfg.bundle) / "bundle.json") as f:
-            return list(json.load(f)["autoencoder"]["frame_size"])
+            h, w = json.load(f)["autoencoder"]["frame_size"]
+        return int(h) if h == w else [int(h), int(w)]  # the real Crafter env takes one side
     if is_gym_source(cfg.env):  # 64 high with the env's aspect, known once it has drawn a frame
         from worldsim.collect import _make_real_env
 

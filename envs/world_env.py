@@ -305,10 +305,9 @@ class WorldEnv(gym.Env):
         self._done = terminated or truncated
         if self.render_mode == "human":
             self.render()
-        reward = float(_floored(res.reward, self.reward_floor)[0])
+        reward = float(_rest_rewards(self, res, [self._end_rng])[0])
         info = {"terminated_prob": float(res.terminated_prob[0])}
-        if res.reward_prob is not None:  # reward classes: one value drawn, as the game pays (no floor needed)
-            reward = float(_draw_values(res.reward_prob, [self._end_rng], self.sim.dit.config.reward_values)[0])
+        if res.reward_prob is not None:
             info["reward_expected"] = float(res.reward[0])
         if self.event_names:
             happened, paid = _draw_events(res.event_prob, [self._end_rng], self._events[None])
@@ -459,11 +458,10 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         res = self.sim.step(actions, noise, ctx)
         self._obs[:] = res.frames
         self._t += 1
-        rewards = _floored(res.reward, self.reward_floor)
-        terminated = _ends(res.terminated_prob, self.threshold, self.end_rngs)
+        terminated = _ends(res.terminated_prob, self.threshold, self.end_rngs)  # drawn first, then the reward
+        rewards = _rest_rewards(self, res, self.end_rngs)
         info = {"terminated_prob": res.terminated_prob}
-        if res.reward_prob is not None:  # reward classes: one value drawn, as the game pays (no floor needed)
-            rewards = _draw_values(res.reward_prob, self.end_rngs, self.sim.dit.config.reward_values)
+        if res.reward_prob is not None:
             info["reward_expected"] = res.reward.astype(np.float64)
         if self.event_names:
             happened, paid = _draw_events(res.event_prob, self.end_rngs, self._events)
@@ -548,6 +546,14 @@ def _draw_events(prob: np.ndarray, rngs: list, counts: np.ndarray):
     paid = (happened & (counts == 0)).any(1).astype(np.float64)
     counts += happened
     return happened, paid
+
+
+def _rest_rewards(env, res, rngs: list) -> np.ndarray:
+    """(B,) float64 what a step pays besides events: with reward classes one value drawn per row (as the game
+    pays whole health points; no floor needed), else the reward head's values over the env's floor."""
+    if res.reward_prob is not None:
+        return _draw_values(res.reward_prob, rngs, env.sim.dit.config.reward_values)
+    return _floored(res.reward, env.reward_floor)
 
 
 def _draw_values(prob: np.ndarray, rngs: list, values) -> np.ndarray:

@@ -81,7 +81,7 @@ def test_ppo_learns_a_visual_rule_scores_it_and_resumes(tmp_path):
         run_job("ppo", args + ["steps=4000", "num_envs=2"])
 
 
-def test_ppo_in_the_learned_world(tmp_path):
+def test_ppo_in_the_learned_world(bundle, tmp_path):
     out = tmp_path / "ppo"
     res = run_job("ppo", ["world=learned", f"out={out}", "num_envs=2", "rollout=8", "length=5", "steps=16",
                           "minibatches=2", "epochs=1", "eval_episodes=1", "eval_length=10", "threads=2"])
@@ -90,5 +90,10 @@ def test_ppo_in_the_learned_world(tmp_path):
     assert row["episodes"] == 2 and row["mean_length"] == 5 and row["step"] == 16
     assert res["policy"]["length"] == 10 and len(res["random"]["episodes"]) == 1
     assert set(res["policy"]["episodes"][0]) == {"return", "length", "died", "achievements"}
+    # a bundle you trained (here the tests' tiny Crafter model): the real game is scored at its frame size
+    own = run_job("ppo", ["world=learned", f"bundle={bundle}", f"out={tmp_path / 'own'}", "num_envs=2", "rollout=4",
+                          "steps=8", "minibatches=2", "epochs=1", "eval_episodes=1", "eval_length=5", "score_every=1",
+                          "score_episodes=1", "threads=2"])
+    assert own["settings"]["bundle"] == str(bundle) and own["policy"]["length"] == 5
     with pytest.raises(ValueError, match="world must be"):
         run_job("ppo", ["world=dream", f"out={tmp_path / 'x'}"])

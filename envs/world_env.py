@@ -51,6 +51,7 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
         raise ValueError(f"{env.bundle.path}: the world model has {K} event heads, bundle.json's env names "
                          f"{len(env.event_names)} events")
     env.event_reward = float(env.bundle.env.get("event_reward", 0.0))
+    env.rest_range = _rest_range(env.bundle)
     env.context_frames = env.sim.window  # the most frames a reset's options["context_frames"] may give
     return spec_to_space(env.bundle.env["action_space"])
 
@@ -75,6 +76,7 @@ class WorldState:
     rng: np.random.Generator
     end_rng: np.random.Generator
     events: np.ndarray | None = None  # (K,) int64 how often each event happened this episode (event bundles)
+    rest: np.ndarray | None = None  # (3,) float64 the rest reward's running sum and its bounds (`_rest_start`)
 
     @property
     def nbytes(self) -> int:
@@ -97,6 +99,8 @@ class WorldState:
                         "cache.valid": self.sim["cache"][2], "obs": torch.from_numpy(self.obs)})
         if self.events is not None:
             tensors["events"] = torch.from_numpy(self.events)
+        if self.rest is not None:
+            tensors["rest"] = torch.from_numpy(np.asarray(self.rest, np.float64))
         meta = {"format": STATE_FORMAT, "fingerprint": self.sim["fingerprint"], "time": self.sim["time"],
                 "clock": self.sim["clock"], "steps": self.steps, "done": self.done,
                 "rng": _generator_json(self.rng), "end_rng": _generator_json(self.end_rng)}
@@ -120,7 +124,8 @@ class WorldState:
                "tensors": {k[len("tensor."):]: v for k, v in tensors.items() if k.startswith("tensor.")}}
         return cls(sim, tensors["obs"].numpy(), int(meta["steps"]), bool(meta["done"]),
                    _generator(meta["rng"]), _generator(meta["end_rng"]),
-                   tensors["events"].numpy() if "events" in tensors else None)
+                   tensors["events"].numpy() if "events" in tensors else None,
+                   tensors["rest"].numpy() if "rest" in tensors else None)
 
 
 STATE_FORMAT = "worldsim-state/1"
@@ -170,6 +175,10 @@ class WorldEnv(gym.Env):
       world model's ``reward_values``, e.g. Crafter's health changes -0.2, -0.1, 0, +0.1) draw one value per
       step with the head's probabilities instead (same generator; no floor), as the game pays whole health
       points where a regression would pay their average; ``info["reward_expected"]`` is its expectation.
+      With ``rest_sum_range`` in bundle.json's env (``worldsim heads`` measures it on real episodes; the shipped
+      Crafter model: [-0.9, 0], health starting full) only values that keep the episode's running sum within it
+      are drawn (after a caller's context, whose start is unknown, within its width), so no episode pays more
+      health than a real one can.
     - Bundles with event heads (the shipped Crafter model: its 22 achievements, ``env.unwrapped.event_names``)
       draw each step's events with their probabilities (from the same generator as the ends) and pay
       ``event_reward`` (Crafter: 1) on a step where one happens for the first time in the episode, as the
@@ -260,13 +269,15 @@ class WorldEnv(gym.Env):
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window, self._done = None, 0, None, False
         self._events = np.zeros(len(self.event_names), np.int64)
+        self._rest = np.zeros((1, 3))
 
     def get_state(self) -> WorldState:
         """This world's state now (see WorldState): ``set_state`` continues from it."""
         if self._obs is None:
             raise RuntimeError("call reset() before get_state(): there is no world yet")
         return WorldState(self.sim.row_state(0), self._obs.copy(), int(self._t), bool(self._done),
-                          copy.deepcopy(self.np_random), copy.deepcopy(self._end_rng), _events_copy(self._events))
+                          copy.deepcopy(self.np_random), copy.deepcopy(self._end_rng), _events_copy(self._events),
+                          _rest_copy(self, self._rest[0]))
 
     def set_state(self, state: WorldState, seed: int | None = None):
         """Continue from a saved state (this env's or another's of the same bundle and settings); returns its
@@ -276,6 +287,7 @@ class WorldEnv(gym.Env):
         self._obs, self._t, self._done = state.obs.copy(), state.steps, state.done
         self.np_random, self._end_rng = state.generators(seed)
         self._events = _state_events(state, len(self.event_names))
+        self._rest[0] = _state_rest(self, state)
         if self.render_mode == "human":
             self.render()
         return self._obs.copy()
@@ -288,6 +300,7 @@ class WorldEnv(gym.Env):
                        self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)), [info["clock"]])
         self._obs, self._t, self._done = frames[-1].copy(), 0, False
         self._events = np.zeros(len(self.event_names), np.int64)
+        self._rest[0] = _rest_start(self, info["start"])
         if self.render_mode == "human":
             self.render()
         return self._obs.copy(), info
@@ -305,10 +318,11 @@ class WorldEnv(gym.Env):
         self._done = terminated or truncated
         if self.render_mode == "human":
             self.render()
-        reward = float(_rest_rewards(self, res, [self._end_rng])[0])
+        rest, expected = _rest_rewards(self, res, [self._end_rng], self._rest)
+        reward = float(rest[0])
         info = {"terminated_prob": float(res.terminated_prob[0])}
-        if res.reward_prob is not None:
-            info["reward_expected"] = float(res.reward[0])
+        if expected is not None:
+            info["reward_expected"] = float(expected[0])
         if self.event_names:
             happened, paid = _draw_events(res.event_prob, [self._end_rng], self._events[None])
             reward += self.event_reward * float(paid[0])
@@ -380,21 +394,23 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self._t = np.zeros(self.num_envs, np.int64)
         self._autoreset = np.zeros(self.num_envs, bool)
         self._events = np.zeros((self.num_envs, len(self.event_names)), np.int64)
+        self._rest = np.zeros((self.num_envs, 3))
         self._started = False
 
     def _reset_rows(self, rows, options=None):
-        frames, actions, clocks = [], [], []
+        frames, actions, clocks, starts = [], [], [], []
         for i in rows:
             f, a, info = _start(self, self.single_action_space, options[i] if isinstance(options, list) else options,
                                 self.rngs[i])
-            frames.append(f), actions.append(a), clocks.append(info["clock"])
+            frames.append(f), actions.append(a), clocks.append(info["clock"]), starts.append(info["start"])
         lengths = {len(f) for f in frames}
         if len(lengths) != 1:  # default starts all have the same length; a given context is shared by all rows
             raise ValueError("all reset contexts of one call must have the same length")
         noise = np.stack([self.rngs[i].standard_normal((len(frames[0]), *self.sim.latent_shape)) for i in rows])
         self.sim.reset(rows, np.stack(frames), stack_actions(actions), noise, clocks)
-        for i, f in zip(rows, frames):
+        for i, f, start in zip(rows, frames, starts):
             self._obs[i], self._t[i] = f[-1], 0
+            self._rest[i] = _rest_start(self, start)
         self._events[rows] = 0
 
     def get_state(self, index: int = 0) -> WorldState:
@@ -407,7 +423,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         return WorldState(self.sim.row_state(index), self._obs[index].copy(), int(self._t[index]),
                           bool(self._autoreset[index]), copy.deepcopy(self.rngs[index]),
                           copy.deepcopy(self.end_rngs[index]),
-                          _events_copy(self._events[index]))
+                          _events_copy(self._events[index]), _rest_copy(self, self._rest[index]))
 
     def set_state(self, state: WorldState | list[WorldState], indices=None, seed: int | list[int] | None = None):
         """Worlds `indices` (default: all) continue from saved states: one state for all of them, or a list, one
@@ -427,6 +443,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
             self._obs[i], self._t[i], self._autoreset[i] = s.obs, s.steps, s.done
             self.rngs[i], self.end_rngs[i] = s.generators(sd)
             self._events[i] = _state_events(s, len(self.event_names))
+            self._rest[i] = _state_rest(self, s)
         self._started = True
         return self._obs.copy()
 
@@ -459,10 +476,10 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self._obs[:] = res.frames
         self._t += 1
         terminated = _ends(res.terminated_prob, self.threshold, self.end_rngs)  # drawn first, then the reward
-        rewards = _rest_rewards(self, res, self.end_rngs)
+        rewards, expected = _rest_rewards(self, res, self.end_rngs, self._rest)
         info = {"terminated_prob": res.terminated_prob}
-        if res.reward_prob is not None:
-            info["reward_expected"] = res.reward.astype(np.float64)
+        if expected is not None:
+            info["reward_expected"] = expected
         if self.event_names:
             happened, paid = _draw_events(res.event_prob, self.end_rngs, self._events)
             rewards += self.event_reward * paid
@@ -548,12 +565,79 @@ def _draw_events(prob: np.ndarray, rngs: list, counts: np.ndarray):
     return happened, paid
 
 
-def _rest_rewards(env, res, rngs: list) -> np.ndarray:
-    """(B,) float64 what a step pays besides events: with reward classes one value drawn per row (as the game
-    pays whole health points; no floor needed), else the reward head's values over the env's floor."""
-    if res.reward_prob is not None:
-        return _draw_values(res.reward_prob, rngs, env.sim.dit.config.reward_values)
-    return _floored(res.reward, env.reward_floor)
+def _rest_rewards(env, res, rngs: list, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """What a step pays besides events, (B,) float64, and its expectation (None without reward classes). With
+    reward classes one value is drawn per row (as the game pays whole health points; no floor needed), among
+    those that keep the episode's running sum within the bundle's `rest_sum_range` (`rest`: (B, 3) each row's
+    running sum and bounds, `_rest_start`, updated in place); without them the reward head's values over the
+    env's floor."""
+    if res.reward_prob is None:
+        return _floored(res.reward, env.reward_floor), None
+    values = np.asarray(env.sim.dit.config.reward_values, np.float64)
+    prob = np.asarray(res.reward_prob, np.float64)
+    if env.rest_range is not None:
+        ok = _fits(rest, values, env.rest_range[1] - env.rest_range[0])
+        # where the head gives no weight to any value that fits, the one nearest 0 that fits (0 always does)
+        none = (prob * ok).sum(1) <= 0
+        nearest = np.argmin(np.where(ok[none], np.abs(values), np.inf), axis=1)
+        ok[none] = False
+        ok[none, nearest] = True
+        prob = prob * ok
+    prob = prob / prob.sum(1, keepdims=True)
+    drawn = _draw_values(prob, rngs, values)
+    if env.rest_range is not None:
+        rest[:, 0] += drawn
+        rest[:, 1], rest[:, 2] = np.minimum(rest[:, 1], rest[:, 0]), np.maximum(rest[:, 2], rest[:, 0])
+    return drawn, prob @ values
+
+
+def _fits(rest: np.ndarray, values: np.ndarray, width: float) -> np.ndarray:
+    """(B, V) whether each value keeps each row's running sum (`rest` (B, 3): sum, lowest, highest) within a
+    span of `width`."""
+    after = rest[:, :1] + values[None]
+    return np.maximum(rest[:, 2:3], after) - np.minimum(rest[:, 1:2], after) <= width + 1e-9
+
+
+def _rest_range(bundle) -> tuple[float, float] | None:
+    """The bundle's `rest_sum_range` ([lo, hi], bundle.json's env; `worldsim heads` measures it), for bundles
+    with reward classes: the range the running sum of the rest of the reward took in real episodes, each from 0
+    at its start. Why: what it sums is a bounded quantity (Crafter: health, 9 points, paid in tenths as it
+    changes), so a real episode pays at most -0.9 of it, and never more than it lost back; drawn step by step
+    with no memory, a long dark spell in the learned world paid a blow after blow (README: Training an agent)."""
+    given = bundle.env.get("rest_sum_range")
+    if given is None or not bundle.dit.config.reward_values:
+        return None
+    try:
+        lo, hi = (float(x) for x in given)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= 0 <= hi):
+        raise ValueError(f"{bundle.path}: bundle.json's env.rest_sum_range must be [lo, hi] with lo <= 0 <= hi, got {given!r}")
+    if not np.isclose(bundle.dit.config.reward_values, 0.0).any():
+        raise ValueError(f"{bundle.path}: env.rest_sum_range needs 0 among the reward classes (a step that pays nothing "
+                         f"always fits), got {list(bundle.dit.config.reward_values)}")
+    return lo, hi
+
+
+def _rest_start(env, start: str) -> np.ndarray:
+    """A world's rest-reward state at reset: [running sum, lowest, highest], where a value fits while the span
+    from lowest to highest stays within the range's width. From a shipped start (the game's own beginning) the
+    sum is known to start at 0, so the bounds start at the range itself; from a caller's context ("context",
+    "image") only the width is known."""
+    if env.rest_range is None or start in ("context", "image"):
+        return np.zeros(3)
+    return np.array([0.0, *env.rest_range])
+
+
+def _rest_copy(env, rest: np.ndarray) -> np.ndarray | None:
+    return rest.copy() if env.rest_range is not None else None
+
+
+def _state_rest(env, state: "WorldState") -> np.ndarray:
+    """A state's rest-reward sum and bounds (a state saved without them: what a caller's context starts with)."""
+    if env.rest_range is None or state.rest is None:
+        return np.zeros(3)
+    return np.asarray(state.rest, np.float64).copy()
 
 
 def _draw_values(prob: np.ndarray, rngs: list, values) -> np.ndarray:

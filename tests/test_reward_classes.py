@@ -151,6 +151,14 @@ def test_heads_job_adds_reward_classes(bundle, dataset, tmp_path):
     assert "values" in info["test"][str(data)]["after"]["rest"]
     b = Bundle(tmp_path / "b")
     assert b.dit.config.reward_values == pytest.approx([-0.2, 0.0])
+    # the running sum's range in the train episodes (no events paid here: the sum of each one's blows)
+    low = min(-0.2 * np.cumsum(ep["actions"] == 1).max() for ep in load_episodes(data, split="train"))
+    assert low < -0.5 and b.env["rest_sum_range"] == pytest.approx([low, 0.0]) == info["rest_sum_range"]
+    assert c.env["rest_sum_range"] == pytest.approx([low, 0.0])  # adding the classes alone measures it too
+    with pytest.raises(ValueError, match="has none"):
+        run_job("heads", [f"bundle={tmp_path / 'a'}", f"data={data}", "steps=0", "reward_range=true"])
+    only = run_job("heads", [f"bundle={tmp_path / 'c'}", f"data={data}", "steps=0", "reward_range=true"])
+    assert only["rest_sum_range"] == pytest.approx([low, 0.0]) == Bundle(tmp_path / "c").env["rest_sum_range"]
     env = gym.make("worldsim/World-v0", bundle=str(tmp_path / "b"))
     env.reset(seed=0)
     assert round(env.step(1)[1], 6) in (-0.2, 0.0, 0.8, 1.0)  # a value drawn, an event perhaps
@@ -159,3 +167,55 @@ def test_heads_job_adds_reward_classes(bundle, dataset, tmp_path):
     rest = res["rest_reward"]
     assert rest["real_sum"] < 0 and set(rest["values"]) == {"-0.2", "0.0"}
     assert rest["values"]["-0.2"]["real"] == rest["real_steps"]
+
+
+def _with_range(path, rng):
+    meta = json.loads((path / "bundle.json").read_text())
+    meta["env"]["rest_sum_range"] = rng
+    (path / "bundle.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_running_sum_stays_in_range(bundle, tmp_path):
+    """Health is a bounded quantity: a real Crafter episode pays at most -0.9 of it. With the bundle's
+    rest_sum_range the env draws only values that keep the episode's running sum in range, from a shipped start
+    (the game's beginning: sum 0) the range itself, from a caller's context its width; states keep the sum."""
+    path = _with_range(_class_bundle(bundle, tmp_path / "hurt", [6.0, 0.0]), [-0.3, 0.6])  # -0.2 on 99.8 % of steps
+    venv = gym.make_vec("worldsim/World-v0", num_envs=4, bundle=str(path))
+    venv.reset(seed=0)
+    rewards, expected = [], []
+    for _ in range(12):
+        _, r, term, trunc, info = venv.step(np.zeros(4, int))
+        assert not (term | trunc).any()
+        rewards.append(r), expected.append(info["reward_expected"])
+    run = np.cumsum(rewards, 0)
+    assert run.min() >= -0.3 - 1e-9 and np.allclose(run[-1], -0.2)  # one blow, then nothing fits (-0.4 < -0.3)
+    np.testing.assert_allclose(expected[0], -0.2 * torch.sigmoid(torch.tensor(6.0)).item(), atol=1e-6)
+    np.testing.assert_allclose(expected[-1], 0.0)  # what the env can still pay: 0
+    # a caller's context: where the sum starts is unknown, so it may fall by the range's width (0.9)
+    img = venv.reset(seed=1)[0][0]
+    env = gym.make("worldsim/World-v0", bundle=str(path))
+    env.reset(seed=2, options={"image": img})
+    run = np.cumsum([env.step(0)[1] for _ in range(10)])
+    assert run.min() >= -0.9 - 1e-9 and run[-1] == pytest.approx(-0.8)
+    # a saved state keeps the sum: set into a fresh world it pays nothing more; a reset starts again from 0
+    u = env.unwrapped
+    state = u.get_state()
+    state.save(tmp_path / "s.safetensors")
+    other = gym.make("worldsim/World-v0", bundle=str(path)).unwrapped
+    other.reset(seed=5)
+    other.set_state(type(state).load(tmp_path / "s.safetensors"))
+    assert [other.step(0)[1] for _ in range(4)] == [0.0] * 4
+    other.reset(seed=5)
+    assert other.step(0)[1] == pytest.approx(-0.2)
+    venv.unwrapped.set_state(state, [3])
+    assert venv.step(np.zeros(4, int))[1][3] == 0.0
+    # without the range the same bundle pays a blow on nearly every step
+    free = tmp_path / "free"
+    shutil.copytree(path, free)
+    _with_range(free, None)
+    env = gym.make("worldsim/World-v0", bundle=str(free))
+    env.reset(seed=0)
+    assert sum(env.step(0)[1] for _ in range(10)) < -1.5
+    with pytest.raises(ValueError, match="rest_sum_range"):
+        gym.make("worldsim/World-v0", bundle=str(_with_range(free, [0.1, 0.5])))

@@ -198,6 +198,25 @@ def rest_rewards(bundle, rewards: torch.Tensor, events=None) -> torch.Tensor:
     return rewards
 
 
+def rest_sum_range(bundle, episodes: list) -> list:
+    """[lo, hi]: the range the running sum of the rest of the reward (`rest_rewards`) took in `episodes`, each
+    summed from 0 at its start (rounded to 1e-3). The env keeps each episode's drawn sum within it
+    (`rest_sum_range` in bundle.json's env): Crafter's health starts full, so its sum stays in [-0.9, 0]."""
+    K = int(bundle.dit.config.events)
+    lo = hi = 0.0
+    for ep in episodes:
+        r = np.asarray(ep["rewards"], np.float64)
+        if K:
+            if "events" not in ep:
+                raise ValueError("this bundle has event heads: the rest of the reward needs the episodes' events")
+            ev = np.asarray(ep["events"]).astype(bool)
+            r = r - float(bundle.env["event_reward"]) * (ev & (np.cumsum(ev, 0) - ev == 0)).any(1)
+        run = np.cumsum(r)
+        if len(run):
+            lo, hi = min(lo, float(run.min())), max(hi, float(run.max()))
+    return [round(lo, 3), round(hi, 3)]
+
+
 def reward_value_set(rest: torch.Tensor, min_count: int) -> tuple[list, list]:
     """The values the rest of the reward takes at least `min_count` times (rounded to 1e-3), 0 always among
     them, and how often each occurs (rarer values counted to their nearest)."""
@@ -408,15 +427,19 @@ def heads_job(cfg):
     `events=true` first adds event heads (`add_event_heads`) for the events the collections recorded; a bundle
     that has them refits them too. `reward_classes=true` then adds reward-class heads (`add_reward_classes`) for
     the values the rest of the reward takes in the train splits, fit as a read-out of the heads' hidden layer
-    (`fit_reward_classes`): after the refit, or with `steps=0` alone, the other heads left as they are."""
+    (`fit_reward_classes`): after the refit, or with `steps=0` alone, the other heads left as they are. A job
+    that adds or refits reward classes also measures the range of the rest of the reward's running sum in the
+    train episodes (`rest_sum_range`, into bundle.json's env); `steps=0 reward_range=true` measures only that."""
     from worldsim.checkpoint import bundle_and_training_data, data_dirs
     from worldsim.data import load_manifest
 
     steps, calibrate = int(cfg.steps), bool(cfg.get("calibrate", False))
     classes = bool(cfg.get("reward_classes", False))
-    if steps < 0 or (steps == 0 and not (calibrate or classes)):
-        raise ValueError(f"heads: steps must be positive, or 0 with calibrate=true (calibrate only) or "
-                         f"reward_classes=true (add the classes only); got {steps}")
+    range_only = steps == 0 and bool(cfg.get("reward_range", False)) and not (calibrate or classes)
+    if steps < 0 or (steps == 0 and not (calibrate or classes or range_only)):
+        raise ValueError(f"heads: steps must be positive, or 0 with calibrate=true (calibrate only), "
+                         f"reward_classes=true (add the classes only) or reward_range=true (measure the range only); "
+                         f"got {steps}")
     device = str(cfg.get("device", "cpu"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -426,6 +449,8 @@ def heads_job(cfg):
         raise ValueError(f"heads: max_transitions must be a whole number >= 1 (per collection and split) or null, got {cap!r}")
     cap = None if cap is None else int(cap)
     path, b, train = bundle_and_training_data(cfg.bundle, cfg.data, device)
+    if range_only:
+        return _write_rest_range(path, b, train, cfg.data)
     add = bool(cfg.get("events", False)) and not b.dit.config.events
     events = add or bool(b.dit.config.events)
     if add:
@@ -496,6 +521,9 @@ def heads_job(cfg):
     if meta_key in trained:  # a bundle refit again keeps the record of the refit before (nested)
         info["previous"] = trained[meta_key]
     trained[meta_key] = info
+    if b.dit.config.reward_values and (steps > 0 or new_classes):
+        b.env["rest_sum_range"] = info["rest_sum_range"] = rest_sum_range(b, train)
+        print(f"the rest of the reward's running sum in the train episodes: {info['rest_sum_range']}")
     meta["world_model"], meta["env"] = b.meta["world_model"], b.meta["env"]  # event heads added, if they were
     files["bundle.json"] = json.dumps(meta, indent=1).encode()
     files["world_model.safetensors"] = tensors_bytes(b.dit.state_dict())
@@ -507,3 +535,23 @@ def heads_job(cfg):
     else:
         print(f"termination head calibrated, written to {path}")
     return info
+
+
+def _write_rest_range(path: Path, b, train: list, data) -> dict:
+    """`worldsim heads steps=0 reward_range=true`: the bundle's `rest_sum_range` measured on the train
+    episodes, written into its bundle.json (atomically; the weights unchanged)."""
+    from worldsim.checkpoint import data_dirs
+
+    if not b.dit.config.reward_values:
+        raise ValueError(f"reward_range=true bounds the values reward classes draw, and {path} has none "
+                         f"(add them with reward_classes=true)")
+    rng = rest_sum_range(b, train)
+    files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+    meta = json.loads(files["bundle.json"])
+    meta["env"]["rest_sum_range"] = rng
+    meta.setdefault("trained", {})["rest_sum_range"] = {"range": rng, "episodes": len(train),
+                                                        "data": [str(d) for d in data_dirs(data)]}
+    files["bundle.json"] = json.dumps(meta, indent=1).encode()
+    write_dir_atomic(path, files)
+    print(f"the rest of the reward's running sum in {len(train)} train episodes: {rng}, written to {path}")
+    return {"rest_sum_range": rng, "episodes": len(train)}

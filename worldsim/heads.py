@@ -202,18 +202,14 @@ def rest_sum_range(bundle, episodes: list) -> list:
     """[lo, hi]: the range the running sum of the rest of the reward (`rest_rewards`) took in `episodes`, each
     summed from 0 at its start (rounded to 1e-3). The env keeps each episode's drawn sum within it
     (`rest_sum_range` in bundle.json's env): Crafter's health starts full, so its sum stays in [-0.9, 0]."""
-    K = int(bundle.dit.config.events)
     lo = hi = 0.0
     for ep in episodes:
-        r = np.asarray(ep["rewards"], np.float64)
-        if K:
-            if "events" not in ep:
-                raise ValueError("this bundle has event heads: the rest of the reward needs the episodes' events")
-            ev = np.asarray(ep["events"]).astype(bool)
-            r = r - float(bundle.env["event_reward"]) * (ev & (np.cumsum(ev, 0) - ev == 0)).any(1)
-        run = np.cumsum(r)
-        if len(run):
-            lo, hi = min(lo, float(run.min())), max(hi, float(run.max()))
+        steps = transitions([ep], 1)  # every step, with no context before it
+        if not steps:
+            continue
+        events = transition_events([ep], steps, 1) if int(bundle.dit.config.events) else None
+        run = torch.cumsum(rest_rewards(bundle, transition_labels([ep], steps, 1)[0].double(), events), 0)
+        lo, hi = min(lo, float(run.min())), max(hi, float(run.max()))
     return [round(lo, 3), round(hi, 3)]
 
 

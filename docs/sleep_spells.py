@@ -69,8 +69,9 @@ def real():
             obs = env.step(int(a))[0]
         before.append(bright(obs))
         curve, w, n = [], -1, 0
-        base = env.step(SLEEP)[4]["achievements"]["wake_up"]  # t = 0: the press
-        curve.append(bright(env.render()))
+        obs, _, _, _, info = env.step(SLEEP)  # t = 0: the press
+        base = info["achievements"]["wake_up"]
+        curve.append(bright(obs))
         n += player.sleeping
         for t in range(1, args.after + 1):
             obs, _, term, _, info = env.step(int(then[t, i]))

@@ -576,13 +576,9 @@ def _rest_rewards(env, res, rngs: list, rest: np.ndarray) -> tuple[np.ndarray, n
     values = np.asarray(env.sim.dit.config.reward_values, np.float64)
     prob = np.asarray(res.reward_prob, np.float64)
     if env.rest_range is not None:
-        ok = _fits(rest, values, env.rest_range[1] - env.rest_range[0])
-        # where the head gives no weight to any value that fits, the one nearest 0 that fits (0 always does)
-        none = (prob * ok).sum(1) <= 0
-        nearest = np.argmin(np.where(ok[none], np.abs(values), np.inf), axis=1)
-        ok[none] = False
-        ok[none, nearest] = True
-        prob = prob * ok
+        prob = prob * _fits(rest, values, env.rest_range[1] - env.rest_range[0])
+        # where the head gives no weight to any value that fits, pay 0 (it always fits: `_rest_range` checks it)
+        prob[prob.sum(1) <= 0, np.argmin(np.abs(values))] = 1.0
     prob = prob / prob.sum(1, keepdims=True)
     drawn = _draw_values(prob, rngs, values)
     if env.rest_range is not None:

@@ -511,19 +511,12 @@ def heads_job(cfg):
         if calibrate and refit:
             info["test"][d]["refit"] = refit[d]  # after the refit, before the calibration
         print(f"{d} test split ({len(te[0])} transitions):\n  before {before[d]}\n  after  {info['test'][d]['after']}")
-    files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
-    meta = json.loads(files["bundle.json"])
-    trained = meta.setdefault("trained", {})
-    if meta_key in trained:  # a bundle refit again keeps the record of the refit before (nested)
-        info["previous"] = trained[meta_key]
-    trained[meta_key] = info
     if b.dit.config.reward_values and (steps > 0 or new_classes):
         b.env["rest_sum_range"] = info["rest_sum_range"] = rest_sum_range(b, train)
         print(f"the rest of the reward's running sum in the train episodes: {info['rest_sum_range']}")
-    meta["world_model"], meta["env"] = b.meta["world_model"], b.meta["env"]  # event heads added, if they were
-    files["bundle.json"] = json.dumps(meta, indent=1).encode()
-    files["world_model.safetensors"] = tensors_bytes(b.dit.state_dict())
-    write_dir_atomic(path, files)
+    # event heads and reward classes added, if they were
+    _rewrite_bundle(path, meta_key, info, {"world_model": b.meta["world_model"], "env": b.meta["env"]},
+                    tensors_bytes(b.dit.state_dict()))
     if steps > 0:
         print(f"heads refit on {info['transitions']} transitions ({info['ends']} ends) written to {path}")
     elif new_classes:
@@ -542,12 +535,24 @@ def _write_rest_range(path: Path, b, train: list, data) -> dict:
         raise ValueError(f"reward_range=true bounds the values reward classes draw, and {path} has none "
                          f"(add them with reward_classes=true)")
     rng = rest_sum_range(b, train)
-    files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
-    meta = json.loads(files["bundle.json"])
-    meta["env"]["rest_sum_range"] = rng
-    meta.setdefault("trained", {})["rest_sum_range"] = {"range": rng, "episodes": len(train),
-                                                        "data": [str(d) for d in data_dirs(data)]}
-    files["bundle.json"] = json.dumps(meta, indent=1).encode()
-    write_dir_atomic(path, files)
+    _rewrite_bundle(path, "rest_sum_range", {"range": rng, "episodes": len(train), "data": [str(d) for d in data_dirs(data)]},
+                    {"env": {**b.env, "rest_sum_range": rng}})
     print(f"the rest of the reward's running sum in {len(train)} train episodes: {rng}, written to {path}")
     return {"rest_sum_range": rng, "episodes": len(train)}
+
+
+def _rewrite_bundle(path: Path, key: str, info: dict, sections: dict, weights: bytes | None = None) -> None:
+    """Rewrite the bundle at `path` atomically: bundle.json's `trained[key]` becomes `info` (a record there from
+    an earlier run kept in it, nested, as `previous`), its top-level `sections` are replaced, and with `weights`
+    the world model's file too."""
+    files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+    meta = json.loads(files["bundle.json"])
+    trained = meta.setdefault("trained", {})
+    if key in trained:
+        info["previous"] = trained[key]
+    trained[key] = info
+    meta.update(sections)
+    files["bundle.json"] = json.dumps(meta, indent=1).encode()
+    if weights is not None:
+        files["world_model.safetensors"] = weights
+    write_dir_atomic(path, files)

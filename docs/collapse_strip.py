@@ -1,4 +1,4 @@
-"""Where a long explorer rollout of the shipped Crafter model stops changing (README, Crafter: terrain prior):
+"""Where a long explorer rollout of the shipped Crafter model stops changing (docs/results.md, Crafter: terrain prior):
 the stability seed 2 of docs/stability_seeds.py (explorer and env seed 1,000,000 + 2 * 7919), 5,200 steps; finds
 the first run of 50 unchanged steps after step 4,000, prints the explorer's actions in the 200 steps from
 there, and writes every 50th frame from 300 steps before it to OUT.

@@ -1,5 +1,5 @@
 """What one env-step of the shipped Crafter model costs in arithmetic, and what this CPU can do with it: the
-ceiling that the batched speed target meets (README, Crafter: speed).
+ceiling that the batched speed target meets (docs/results.md, Crafter: speed).
 
     python docs/compute_budget.py [BATCH]
 

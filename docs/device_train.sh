@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Issue 3 on a lent GPU in one run of under 10 minutes: the shipped Crafter model fine-tuned with the
 # self-distillation recipe and dit.novel_weight in several variants side by side
-# (the novel-token weight that teaches events without inventing them; README, Crafter: Novel tokens).
+# (the novel-token weight that teaches events without inventing them; docs/results.md, Crafter: Novel tokens).
 # The training data is collected there (16 cores: the four collections the CPU runs used, same commands and
 # PYTHONHASHSEED), since 230 MB of episodes do not travel (64 MiB at most).
 #   here:   bash ../shared/device/wheels.sh                    (the wheels the device lacks, into .whl/)
 #   device: run(command="WEIGHTS=5 CLOCK=5 bash docs/device_train.sh", carry=[".whl"], timeout_s=595)
-# CLOCK="5" adds, per weight listed, a run nWc that also reads the game's clock (dit.clock_period=300, README:
+# CLOCK="5" adds, per weight listed, a run nWc that also reads the game's clock (dit.clock_period=300, docs/results.md:
 # The game's clock as an input): the dawn collections train it to bring the day back, which no CPU run could.
 # Then (HEADS=1, the default) each run is grafted into the shipped bundle and its heads are refit and calibrated
 # there (`worldsim heads ... calibrate=true device=cuda`: two hours of this CPU for one model), until HEADS_END s.
@@ -17,7 +17,7 @@
 # END=130, 508 s on the 2-core EPYC (2026-12-04), the heads' refits 411 s of it.
 # Run once (2026-12-04, twenty-fifth session, one H200): 434 s, four fine-tunes of 2,812-2,990 steps. That run also
 # benched beside the collectors, which timed out above batch 1; the bench is docs/device_bench.sh's alone since.
-# README: the first GPU session.
+# docs/results.md: the first GPU session.
 set -uo pipefail
 T0=$(date +%s)
 W=/tmp/w
@@ -79,7 +79,7 @@ for r in $RUNS; do
   cp runs/$r/bundle/world_model.safetensors $OUT/wm_$r.safetensors && cp runs/$r/bundle/bundle.json logs/bundle_$r.json
 done
 # 3. each run in the shipped bundle's setting (snap, map memory, terrain prior), its heads refit on what they read
-#    there and the termination head calibrated on the test splits (README: Reward and termination heads)
+#    there and the termination head calibrated on the test splits (docs/results.md: Reward and termination heads)
 if [ "$HEADS" = 1 ]; then
   echo "[$(el) s] heads"
   for r in $RUNS; do

@@ -1,4 +1,4 @@
-"""What a real step changed that the model's step does not (README, Crafter: terrain prior): every held-out
+"""What a real step changed that the model's step does not (docs/results.md, Crafter: terrain prior): every held-out
 transition of data/crafter-heldout with noop (0) or do (5) after 4 real frames, stepped by the shipped model
 from those frames (as `worldsim eval` scores the heads); for each 7 x 7 tile the real step changed by more than
 8 grey levels, whether the model's tile is closer to the real new one than to the old, split into the map

@@ -1,4 +1,4 @@
-"""Unchanged steps of a Crafter bundle's learned env under the explorer, seed by seed (README, Crafter: terrain
+"""Unchanged steps of a Crafter bundle's learned env under the explorer, seed by seed (docs/results.md, Crafter: terrain
 prior): for each k, explorer and env seed 1,000,000 + 7,919 k (the seeds of `worldsim eval`'s stability run,
 k = 0, and of docs/stability_seeds.py, k = 1, 2, 3), N steps; per block (500 steps, or --block B), the share of
 steps that moved the frame by less than 0.05 grey levels (mean absolute, the eval's measure), the mean change and

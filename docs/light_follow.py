@@ -1,4 +1,4 @@
-"""Whether a Crafter bundle's light follows dusk (README, Crafter: "Light"): every episode of 200 frames or more of
+"""Whether a Crafter bundle's light follows dusk (docs/results.md, Crafter: "Light"): every episode of 200 frames or more of
 data/crafter-heldout and data/crafter_ends' test split, 4 real frames up to step 110 as context (the real light is
 then falling toward night, darkest at step 210 of Crafter's 300-step day), then 80 steps of the model driven by
 the real actions; the mean brightness and saturation (max - min channel, per pixel) of the map view, model

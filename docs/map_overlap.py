@@ -1,6 +1,6 @@
 """Where the real Crafter view h steps on comes from, on `worldsim eval`'s held-out windows: the ground kept in
 view since the last context frame, ground the context frames showed that left the view and came back (what
-the map memory brings back; README, Crafter: map memory), ground first seen during the h steps, and new ground.
+the map memory brings back; docs/results.md, Crafter: map memory), ground first seen during the h steps, and new ground.
 
     python docs/map_overlap.py
 

@@ -1,5 +1,5 @@
 """How long the learned Crafter env's map memory keeps the real player's place, on `worldsim eval`'s first 64
-held-out windows (README, Crafter: map memory).
+held-out windows (docs/results.md, Crafter: map memory).
 
     python docs/map_tracking.py
 

@@ -1,5 +1,5 @@
 """The revisit probe as a picture: a full 360-degree turn in the real game and in the learned env with and
-without its view memory, from the same real context (README, Minetest: view memory).
+without its view memory, from the same real context (docs/results.md, Minetest: view memory).
 
     python docs/revisit_strip.py OUT.png [TRIALS] [SEED] [VIDEO.mp4]
 

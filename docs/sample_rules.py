@@ -1,4 +1,4 @@
-"""Experiment: other draw rules for snap=sample, run through `worldsim eval` (README, Crafter: what was tried).
+"""Experiment: other draw rules for snap=sample, run through `worldsim eval` (docs/results.md, Crafter: what was tried).
 
     python docs/sample_rules.py copula:1 eval cache_dir=data/crafter-heldout snap=sample windows=64 \
         horizons=[1,8,32] following=false stability_steps=2000 stability_block=500

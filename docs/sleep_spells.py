@@ -1,5 +1,5 @@
 """How a sleep ends, in the learned Crafter world and in the real game: why does a PPO agent trained in the
-learned world seldom sleep? (README: Training an agent in the learned world)
+learned world seldom sleep? (docs/results.md: Training an agent in the learned world)
 
     python docs/sleep_spells.py [BUNDLE] [--worlds 8] [--walk 60] [--after 80] [--then noop|moves] [--no-real]
                                 [--out FILE.json]

@@ -1,4 +1,4 @@
-"""The learned env's unchanged steps by action, beside the real game's (README, Crafter: terrain prior): the
+"""The learned env's unchanged steps by action, beside the real game's (docs/results.md, Crafter: terrain prior): the
 shipped model under the explorer for 2,000 steps (seed 1,000,000, as the eval's stability rollout) and the real
 held-out episodes of data/crafter-heldout; a step is unchanged when its frame moved by less than 0.05 grey
 levels (mean absolute), the eval's measure. Extra KEY=VALUE arguments go to gym.make (e.g. new_ground=nearest).

@@ -1,5 +1,5 @@
 """Experiment: draw rules confined to the strip of ground a Crafter move reveals, run through `worldsim eval`
-(README, Crafter: draw rules). The strip is hand-coded here (the view's edge column or row on the side of
+(docs/results.md, Crafter: draw rules). The strip is hand-coded here (the view's edge column or row on the side of
 a move; the view is 9 x 7 tiles above the inventory), which is why these rules stay experiments.
 
     python docs/strip_rules.py strip:1 eval snap=sample windows=64 horizons=[1,8,32] following=false \\

@@ -1,4 +1,4 @@
-"""Why the terrain prior (README, Crafter: terrain prior): how much new ground real scrolls bring into a view
+"""Why the terrain prior (docs/results.md, Crafter: terrain prior): how much new ground real scrolls bring into a view
 that is mostly one tile, against what the token head expects in the model's own rollout. A few minutes.
 
     python docs/terrain_stats.py data/crafter_detour data/crafter-heldout

@@ -1,5 +1,5 @@
 """Walking away and back, as a picture: the real Crafter game and the learned env with and without its map
-memory, from the same real context and the same moves (README, Crafter: map memory).
+memory, from the same real context and the same moves (docs/results.md, Crafter: map memory).
 
     python docs/walkback_strip.py OUT.png [STARTS] [STEPS]
 

@@ -1,4 +1,4 @@
-"""Where `snap=sample` draws, and what it costs there, on the shipped Crafter model (README: draw rules).
+"""Where `snap=sample` draws, and what it costs there, on the shipped Crafter model (docs/results.md: draw rules).
 
     python docs/where_draws.py [BUNDLE]     (default: the shipped one)
 

@@ -52,7 +52,7 @@ class RealCrafterEnv(gym.Env):
     ``reset(options={"clock": n})`` starts the new game at step n of its clock instead of 0: same world, the
     light and the zombies of that time of day (Crafter's day is 300 steps; night falls from step 180 on), and
     ``length`` steps still to run. Why: an explorer rarely lives through the night, so episodes that begin
-    with it are how a dataset gets dawns (README, "Light").
+    with it are how a dataset gets dawns (docs/results.md, "Light").
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}

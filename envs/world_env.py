@@ -167,10 +167,10 @@ class WorldEnv(gym.Env):
       ``horizon`` steps. A step ends the episode with the termination head's probability
       (``info["terminated_prob"]``), drawn from a generator spawned from ``np_random``'s seed, so the frames
       do not depend on it: ends in Crafter are chancy (a zombie's next blow), a one-step world model draws the
-      likeliest frame, and a threshold of 0.5 would never end an episode (README: Reward and termination
+      likeliest frame, and a threshold of 0.5 would never end an episode (docs/results.md: Reward and termination
       heads). ``termination_threshold=x`` ends when the probability exceeds x instead (deterministic; 2.0
       never ends). ``reward_floor=f`` gives 0 where the reward head's value is smaller than f in size: in the
-      model's own rollouts the head returns many small values that add up (README: Reward floor). Default:
+      model's own rollouts the head returns many small values that add up (docs/results.md: Reward floor). Default:
       the bundle's (``inference.reward_floor``; 0 gives every value). Bundles with reward classes (the
       world model's ``reward_values``, e.g. Crafter's health changes -0.2, -0.1, 0, +0.1) draw one value per
       step with the head's probabilities instead (same generator; no floor), as the game pays whole health
@@ -226,9 +226,9 @@ class WorldEnv(gym.Env):
     Crafter model: on; ``snap=False`` turns it off). ``snap="sample"`` (bundles with a token head): where the
     head gives no group of entries more than ``certain`` (default the bundle's; the shipped model: 0.95) the
     token is drawn from its probabilities instead, so new ground is not always the commonest tile and the
-    world does not freeze into it, at a cost in next-frame PSNR (README: both measured).
+    world does not freeze into it, at a cost in next-frame PSNR (docs/results.md: both measured).
     ``quantize="int8"`` (CPU): the world model's attention and MLP layers run as int8 dynamic-quantized
-    GEMMs, faster on CPU at a small cost in fidelity (README: both measured); ``"none"``: fp32. Default: None,
+    GEMMs, faster on CPU at a small cost in fidelity (docs/results.md: both measured); ``"none"``: fp32. Default: None,
     the bundle's (``inference.quantize`` in bundle.json, on CPU only; the shipped Crafter model: int8).
     ``amp="bf16"`` (for GPUs): every model pass runs under ``torch.autocast`` to bfloat16 (not with int8).
     ``view_memory=N`` (camera models): the last N views made from where the player stands are kept, and
@@ -599,7 +599,7 @@ def _rest_range(bundle) -> tuple[float, float] | None:
     with reward classes: the range the running sum of the rest of the reward took in real episodes, each from 0
     at its start. Why: what it sums is a bounded quantity (Crafter: health, 9 points, paid in tenths as it
     changes), so a real episode pays at most -0.9 of it, and never more than it lost back; drawn step by step
-    with no memory, a long dark spell in the learned world paid a blow after blow (README: Training an agent)."""
+    with no memory, a long dark spell in the learned world paid a blow after blow (docs/results.md: Training an agent)."""
     given = bundle.env.get("rest_sum_range")
     if given is None or not bundle.dit.config.reward_values:
         return None

@@ -34,7 +34,7 @@ from worldsim.checkpoint import tensors_bytes, write_dir_atomic
 
 CHUNK = 65536  # tokens per distance block: 65536 x 4096 floats is 1 GiB
 # snap=sample's default `certain`: on the shipped Crafter model 0.8 and 0.9 let the closed loop end as a still
-# field of water in every run, 0.95 and 0.98 did not (README)
+# field of water in every run, 0.95 and 0.98 did not (docs/results.md)
 CERTAIN = 0.95
 
 
@@ -156,7 +156,7 @@ def seed_snap(z: torch.Tensor, features: torch.Tensor, codebook: torch.Tensor, g
     Gaussian, at that cell), and takes that group's entry nearest to the model's estimate.
 
     Why: nearest snap turns unsure new ground into the commonest tile, so an explorer's world fills with grass
-    and freezes; drawing every unsure token keeps it varied but costs next-frame PSNR everywhere (README). A
+    and freezes; drawing every unsure token keeps it varied but costs next-frame PSNR everywhere (docs/results.md). A
     frame only goes uniform on the way into that freeze, and one new tile at its edge is enough for the model
     to grow ground from, so the seed changes nothing on varied frames."""
     B, C, h, w = z.shape
@@ -188,7 +188,7 @@ class TerrainPrior(nn.Module):
     Why not the token head: it reads the world model's features, and in the model's own rollouts those come from
     frames the model made. Where a rollout has filled the view with one tile (a grass field) the head is as sure
     as the model that the next strip is more of it: on the shipped Crafter model it expects 0.22 other tiles in a
-    strip scrolled into a view of 95 % one group, where real frames bring 1.22 (README, docs/terrain_stats.py). A view of tile groups
+    strip scrolled into a view of 95 % one group, where real frames bring 1.22 (docs/results.md, docs/terrain_stats.py). A view of tile groups
     looks the same whether the game or the model drew it, so a prior over groups keeps the real game's odds.
     Inputs, per new cell: the groups of its neighbours NEIGHBOURS (toward the view's inside and the cell before
     it along the new strip, `groups` meaning none: outside the view or the fixed cells) and the view's group
@@ -282,7 +282,7 @@ def keep_off_map(estimate: torch.Tensor, z: torch.Tensor, codebook: torch.Tensor
     `fixed_only` (groups real frames show only on the view's fixed cells: the player's own sprites) re-snapped
     to the entry of another group nearest to the model's estimate. Why: over thousands of steps the model
     sometimes draws a second player beside the first, which the map memory then keeps, and an explorer
-    strikes at it as at a wall (README)."""
+    strikes at it as at a wall (docs/results.md)."""
     b, C, h, w = z.shape
     if not len(fixed_only):
         return z

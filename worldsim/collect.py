@@ -216,7 +216,7 @@ def env_info(name: str, size, seed: int = 0, make_kwargs: dict | None = None) ->
         from crafter.constants import achievements
 
         # events: Crafter's achievement counters, each step's increments stored per episode (`events`); the
-        # game pays event_reward the first time each one happens in an episode (README: Achievements)
+        # game pays event_reward the first time each one happens in an episode (docs/results.md: Achievements)
         return {"name": name, "frame_shape": [size, size, 3], "action_space": {"type": "discrete", "n": 17},
                 "action_meanings": list(ACTION_MEANINGS), **view_geometry(),
                 "events": list(achievements), "event_reward": 1.0}

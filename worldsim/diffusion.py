@@ -46,7 +46,7 @@ class EDMConfig:
     guidance_keep_mean: bool = False  # guidance > 1 (inference and distillation): the guided frame keeps the
     # conditional prediction's per-channel mean over the frame, so guidance extrapolates the action's local effect
     # (a scroll, the player's turn) and not a global colour shift: at guidance 2 the Crafter model's light stopped
-    # following dusk (README, "Light")
+    # following dusk (docs/results.md, "Light")
     residual: bool = False  # denoise the change from the previous frame's clean latent instead of the frame:
     # D = prev + c_skip (x - prev) + c_out F. The network's zero output is "copy the last frame" (with a warp input:
     # the last frame shifted by the camera), so a step where little changes comes out near-exact instead of
@@ -112,7 +112,7 @@ class EDM:
         (warp_in shifted by each frame's action; unshifted where the action is hidden, as the network sees it).
         Why the warp input and not the clean frame: it is what the simulator has at inference (the committed,
         context-noised frame), and on held-out Minetest the last frame shifted by the camera, with no model,
-        scored 96.8 % camera following and +2.29 dB pooled over copy-last (README: `warp_copy`)."""
+        scored 96.8 % camera following and +2.29 dB pooled over copy-last (docs/results.md: `warp_copy`)."""
         if not self.cfg.residual:
             return None
         if warp_in is not None:
@@ -308,7 +308,7 @@ class EDM:
 
         Why: teacher-forced training only ever shows the model real (lightly noised) context, but a rollout
         feeds it its own frames, whose errors it was never taught to undo: the Minetest model's closed loop
-        left the autoencoder's manifold within 200 steps (README). Trained to predict the real frame from
+        left the autoencoder's manifold within 200 steps (docs/results.md). Trained to predict the real frame from
         generated context, it learns to pull its own drift back."""
         W, c = model.config.context_frames, self.cfg
         B, T, C, h, w = z.shape
@@ -340,7 +340,7 @@ class EDM:
 
         Why: the denoising loss is an MSE, so a one-step sample is the conditional mean, and what the context
         cannot tell (terrain a move reveals, the far side of a turn) comes out as its average: Crafter's
-        rollouts freeze into grass, Minetest's blur into fog (README). The energy score is a proper scoring
+        rollouts freeze into grass, Minetest's blur into fog (docs/results.md). The energy score is a proper scoring
         rule, lowest when the samples are distributed as the real frames: its -|D1 - D2| term pays the network
         to use its input noise and sample the unknown part instead of averaging it. Heads keep their usual
         loss (first copy)."""
@@ -454,7 +454,7 @@ def energy_score(d1, d2, y):
     its RMS error; samples from y's own distribution score lower than its mean does.
     Why one norm per frame: per token it is proper only for each token's own distribution, so independent
     tokens score as well as a coherent frame; trained that way (Minetest, 750 steps) the samples were
-    mosaics of tokens, and rollouts of them turned into a snow-coloured texture within 50 steps (README)."""
+    mosaics of tokens, and rollouts of them turned into a snow-coloured texture within 50 steps (docs/results.md)."""
     def norm(v):
         return v.flatten(1).pow(2).mean(1).add(1e-12).sqrt()
     return (0.5 * (norm(d1 - y) + norm(d2 - y)) - 0.5 * norm(d1 - d2)).mean()

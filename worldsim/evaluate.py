@@ -184,7 +184,7 @@ def heads_eval(cfg, bundle, eps) -> dict:
     starts from those frames, takes the real action once, and its reward (> 0.5: an achievement) and
     termination probability (`end_scores`) are scored against the real ones. Why every transition: an episode
     ends on its last one, which no rollout window (W + horizon frames) reaches, so scored on the windows' first
-    steps the termination head was never tested (and did not work: README). Its own generator, so the other
+    steps the termination head was never tested (and did not work: docs/results.md). Its own generator, so the other
     figures draw the same numbers as without it."""
     from worldsim.envs.world_env import _floored, _reward_floor, event_pay_chance
     from worldsim.heads import (paid_events, rest_rewards, step_transitions, transition_events, transition_labels,

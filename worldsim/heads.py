@@ -4,7 +4,7 @@ Why: the heads train together with the world model, on frames at every noise lev
 `diffusion.context_noise_max`, where a death is one window in about 200 and the termination loss weighs 0.1.
 The shipped Crafter model's termination head never learned it: on every held-out transition it gave each of
 the 24 deaths of data/crafter_detour's test split and data/crafter-heldout a probability under 0.01, and the
-learned env never ended an episode (README, Results). At inference the heads read the commit pass of the frame
+learned env never ended an episode (docs/results.md). At inference the heads read the commit pass of the frame
 the model made; this refit trains them on exactly that input (`commit_features`), the world model left as it
 was (its samples do not change), from the bundle's heads' weights, with the termination loss at full weight.
 """
@@ -167,7 +167,7 @@ def add_event_heads(bundle, names: list, event_reward: float) -> None:
     about 0.002; the names and the reward the env pays for each one's first time go into bundle.env. Why:
     Crafter pays an achievement only the first time in an episode, which no head reading a few frames can
     know; a head that regresses the reward learns its average, and in the learned world's own rollouts (a sleep
-    that never ends, a table placed again and again) it paid that average on every step (README: Achievements).
+    that never ends, a table placed again and again) it paid that average on every step (docs/results.md: Achievements).
     An event head says what happened, and the env, which keeps the episode's events, pays as the game does."""
     dit = bundle.dit
     if dit.config.reward_values:
@@ -234,7 +234,7 @@ def add_reward_classes(bundle, values: list, counts: list) -> None:
     blow, +0.1 a point regained, on 3 % of steps); a regressing head gives their small averages on every step,
     which the env's floor dropped along with every real health reward, and in the learned world's dark spells
     it gave values over the floor (-0.3 and below, which the game never pays) for a thousand steps on end, an
-    agent's return of -194 in one episode (README: Training an agent in the learned world)."""
+    agent's return of -194 in one episode (docs/results.md: Training an agent in the learned world)."""
     dit = bundle.dit
     if dit.config.reward_values:
         raise ValueError(f"the bundle already has reward classes {list(dit.config.reward_values)}")
@@ -296,7 +296,7 @@ def refit_heads(bundle, feats, rewards, terminated, events=None, steps: int = 30
     `end_weight`, both at full weight. Why ends 1: the env draws each step's end from the probability, so it
     must be calibrated (a weight w inflates the odds w times). Achievements 2: on held-out episodes twice the
     achievements the shipped heads found at about their precision, where 1 found fewer and 3 was less precise
-    (README, docs/heads_weights.py). keep_termination: the termination output learns the bundle's own
+    (docs/results.md, docs/heads_weights.py). keep_termination: the termination output learns the bundle's own
     probabilities on these features instead of the real ends, so a reward refit (on an agent's exploits, say)
     keeps the termination head as it was where the two share layers. A bundle with event heads
     (`add_event_heads`) needs `events` (`transition_events`): each event's logit learns whether it happened

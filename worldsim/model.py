@@ -98,7 +98,7 @@ class ClockEncoder(nn.Module):
     `period` steps: sin/cos of the day's phase at harmonics 1..n, then a linear map that starts at zero.
     Why: a day-night cycle is a function of the clock that a few context frames cannot tell (how dark it is,
     not whether dusk or dawn comes next; the flat middle of day and night gives no trend), and periodic
-    features carry it past the ends of the episodes trained on (README, "Light")."""
+    features carry it past the ends of the episodes trained on (docs/results.md, "Light")."""
 
     def __init__(self, period: int, dim: int, harmonics: int = 8):
         super().__init__()

@@ -112,7 +112,7 @@ class WorldSimulator:
         self.amp = amp
         mode = _mode(QUANTIZE, quantize, f"quantize must be int8, none (fp32) or null (the bundle's default), "
                                           f"got {quantize!r}")
-        if mode is None:  # the bundle's default, on CPU (the shipped Crafter model: int8; README, measured)
+        if mode is None:  # the bundle's default, on CPU (the shipped Crafter model: int8; docs/results.md, measured)
             mode = (bundle.meta.get("inference") or {}).get("quantize") if bundle.dit.device.type == "cpu" else None
         quantize = "int8" if mode == "int8" else None
         self.bundle, self.B, self.quantize = bundle, batch_size, quantize

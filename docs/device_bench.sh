@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Issue 3's GPU figures (>= 50,000 env-steps/s batched, >= 500 at batch 1) in one run of under 4 minutes on a lent
-# device machine, and where a step's time goes there (docs/step_profile.py under cProfile).
+# Issue 3's GPU figures (>= 50,000 env-steps/s batched, >= 500 at batch 1) in one run of under 6 minutes on a lent
+# device machine, where a step's time goes there (docs/step_profile.py under cProfile), and the fused Triton kernels
+# (kernels=triton) checked against the references there (docs/kernels_check.py) and timed beside them.
 #   here:   bash ../shared/device/wheels.sh                    (the wheels the device lacks, into .whl/)
-#   device: run(command="bash docs/device_bench.sh", carry=[".whl"], timeout_s=240)
+#   device: run(command="bash docs/device_bench.sh", carry=[".whl"], timeout_s=480)
 # Each setting is its own run with its own time limit, its figures printed as it ends (a run killed at its limit
 # loses only its own); each log comes back in $OUT (NAME.txt).
 set -uo pipefail
@@ -22,3 +23,6 @@ run bf16_b4096   60 python3 -m worldsim.cli bench $B amp=bf16 "batch_sizes=[256,
 run bf16_raw4096 45 python3 -m worldsim.cli bench $B amp=bf16 "batch_sizes=[4096]" steps=10 warmup=3 snap=false map_memory=false
 run prof_b1      30 python3 $R/docs/step_profile.py cuda 1 50 amp=bf16
 run prof_b1024   35 python3 $R/docs/step_profile.py cuda 1024 5 amp=bf16
+run kern_check   60 python3 $R/docs/kernels_check.py cuda 64 20
+run kern_b1      60 python3 -m worldsim.cli bench $B amp=bf16 "batch_sizes=[1]" steps=100 warmup=10 "kernels=[torch,triton]"
+run kern_b4096   90 python3 -m worldsim.cli bench $B amp=bf16 "batch_sizes=[4096]" steps=10 warmup=3 snap=false map_memory=false "kernels=[torch,triton]"

@@ -29,7 +29,7 @@ def timed(owner, name, key):
     setattr(owner, name, g)
 
 
-for n in ("attention", "apply_rope", "rearrange", "modulate"):
+for n in ("attention", "rms_rope", "ln_modulate", "residual_ln_modulate", "rearrange"):  # the model's kernels (worldsim.kernels)
     timed(mm, n, n)
 timed(mm.KVCache, "write_scratch", "write_scratch")
 env = gym.make_vec("worldsim/Crafter-v0", num_envs=B) if B > 1 else gym.make("worldsim/Crafter-v0")
@@ -48,7 +48,7 @@ def hook(m, key):
 
 for blk in sim.dit.blocks:
     for key, m in (("block", blk), ("attn", blk.attn), ("qkv", blk.attn.qkv), ("proj", blk.attn.proj),
-                   ("q_norm", blk.attn.q_norm), ("k_norm", blk.attn.k_norm), ("ada", blk.ada), ("fc1", blk.mlp[0]),
+                   ("ada", blk.ada), ("fc1", blk.mlp[0]),
                    ("gelu", blk.mlp[1]), ("fc2", blk.mlp[2])):
         hook(m, key)
 timed(type(sim.codec), "decode", "decode")

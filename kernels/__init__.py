@@ -1,8 +1,82 @@
 """Hot-path operators used by the world model.
 
-Every op has a plain PyTorch reference here (`reference.py`); fused Triton versions come later and
-must match these references in the tests.
+Every op has a plain PyTorch reference (`reference.py`). The block's memory-bound steps also have fused
+Triton versions (`triton_ops.py`) for inference on a GPU, chosen with ``use("triton")`` or the environment
+variable ``WORLDSIM_KERNELS=triton`` (``worldsim bench kernels=triton``). The default is ``torch``: the
+fused versions are checked against the references (on CPU under ``TRITON_INTERPRET=1``, tests/test_kernels.py),
+but their speed on a GPU has not been measured yet. A call that needs a gradient, or whose tensors are on
+the CPU (outside the interpreter), always takes the reference.
 """
+import os
+
+import torch
+import torch.nn.functional as F
+
 from .reference import apply_rope, attention, modulate
 
-__all__ = ["apply_rope", "attention", "modulate"]
+__all__ = ["apply_rope", "attention", "modulate", "ln_modulate", "residual_ln_modulate", "rms_rope",
+           "use", "backend"]
+
+BACKENDS = ("torch", "triton")
+_backend = "torch"
+_triton = None  # the triton_ops module, imported on first use
+
+
+def use(name: str) -> str:
+    """Select the kernels ("torch" or "triton") for every later call; returns the previous choice."""
+    global _backend, _triton
+    if name not in BACKENDS:
+        raise ValueError(f"kernels must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "triton" and _triton is None:
+        try:
+            from . import triton_ops
+        except ImportError as e:
+            raise ImportError(f"kernels=triton needs the triton package ({e}); install it with "
+                              "`pip install 'worldsim[gpu]'` (a CUDA build of torch usually brings it)") from e
+        _triton = triton_ops
+    prev, _backend = _backend, name
+    return prev
+
+
+def backend() -> str:
+    return _backend
+
+
+def _fused(*tensors) -> bool:
+    if _backend != "triton":
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(t.is_cuda for t in tensors) or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _per_frame(x, *conds) -> bool:
+    """x (B, T, N, D) with each cond (B, T, 1, D): the layout the fused LayerNorm kernel reads."""
+    return x.dim() == 4 and all(c.shape == (x.shape[0], x.shape[1], 1, x.shape[3]) for c in conds)
+
+
+def ln_modulate(x, shift, scale, eps: float):
+    """modulate(layer_norm(x), shift, scale): adaLN's normalise-then-modulate (LayerNorm without affine)."""
+    if _fused(x, shift, scale) and _per_frame(x, shift, scale):
+        return _triton.ln_modulate(x, shift, scale, eps)
+    return modulate(F.layer_norm(x, x.shape[-1:], eps=eps), shift, scale)
+
+
+def residual_ln_modulate(x, gate, y, shift, scale, eps: float):
+    """(x + gate * y, ln_modulate(x + gate * y, shift, scale)): a gated residual and the next norm."""
+    if _fused(x, gate, y, shift, scale) and _per_frame(x, gate, shift, scale) and y.shape == x.shape:
+        return _triton.ln_modulate(x, shift, scale, eps, gate=gate, y=y)
+    x = x + gate * y
+    return x, modulate(F.layer_norm(x, x.shape[-1:], eps=eps), shift, scale)
+
+
+def rms_rope(x, weight, cos, sin, eps: float):
+    """apply_rope(rms_norm(x) * weight, cos, sin): the attention's QK norm and rotary embedding."""
+    if (_fused(x, weight, cos, sin) and x.dim() == 4 and cos.shape == sin.shape == (x.shape[2], x.shape[3] // 2)
+            and x.shape[3] % 2 == 0):
+        return _triton.rms_rope(x, weight, cos, sin, eps)
+    return apply_rope(F.rms_norm(x, x.shape[-1:], weight, eps), cos, sin)
+
+
+if os.environ.get("WORLDSIM_KERNELS"):
+    use(os.environ["WORLDSIM_KERNELS"])

@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+# Triton's kernels (kernels/triton_ops.py) run on CPU through its interpreter; it has to be on before triton is
+# first imported (torch may import it), so it is set here rather than in their tests
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -12,6 +12,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from worldsim import kernels
+
 
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
@@ -131,6 +133,13 @@ def bench(cfg):
     qs = [qs] if qs is None or isinstance(qs, str) else list(qs)
     if not qs:
         raise ValueError("quantize=[] names no setting; give int8, none, null or a list of them")
+    # kernels=[torch,triton]: the world model's fused Triton kernels (worldsim.kernels) against the references,
+    # one after the other in every round; GPU runs only (on CPU every setting runs the references)
+    ks = cfg.get("kernels") or "torch"
+    ks = [ks] if isinstance(ks, str) else list(ks)
+    for k in ks:
+        if k not in kernels.BACKENDS:
+            raise ValueError(f"kernels must be one of {', '.join(kernels.BACKENDS)} (or a list of them), got {k!r}")
     reals, runs, latency = [], {}, None
     for k in range(rounds):
         real, lat = bench_real(cfg.env, steps_real, int(cfg.latency_trials) if k == 0 else 0, size, make_kwargs)
@@ -140,17 +149,21 @@ def bench(cfg):
         for device in cfg.devices:
             if device == "cuda" and not torch.cuda.is_available():
                 continue
-            for b, q in [(b, q) for b in cfg.batch_sizes for q in (qs if device == "cpu" else [None])]:
+            variants = [(q, "torch") for q in qs] if device == "cpu" else [(None, k) for k in ks]
+            for b, q, kern in [(b, q, k) for b in cfg.batch_sizes for q, k in variants]:
+                prev = kernels.use(kern)
                 r = bench_model(cfg.bundle, device, int(b), int(cfg.steps), int(cfg.warmup), cfg.env,
                                 cfg.get("guidance"), cfg.get("tile_hold"), q, cfg.get("detail_carry"),
                                 cfg.get("reencode"), cfg.get("snap"), cfg.get("certain"),
                                 int(cfg.get("rss_every") or 0), cfg.get("amp"), cfg.get("view_memory"),
                                 cfg.get("seed_floor"), cfg.get("map_memory"), cfg.get("new_ground"),
                                 cfg.get("terrain_floor"))
-                r["device"] = device
+                kernels.use(prev)
+                r["device"], r["kernels"] = device, kern
                 r["vs_real"] = r["env_steps_per_s"] / real
-                runs.setdefault((device, int(b), r["quantize"]), []).append(r)
-                qtag = f" {r['quantize']}" if len(qs) > 1 and device == "cpu" else ""
+                runs.setdefault((device, int(b), r["quantize"], kern), []).append(r)
+                qtag = (f" {r['quantize']}" if len(qs) > 1 and device == "cpu" else
+                        f" kernels={kern}" if len(ks) > 1 and device != "cpu" else "")
                 print(f"model {device} batch {b:>4d}{qtag}: {r['steps_per_s']:8.1f} steps/s = {r['env_steps_per_s']:9.1f} "
                       f"env-steps/s ({r['vs_real']:.2f}x real {game}), {r['ms_per_step']:.1f} ms/step, "
                       f"RSS {r['rss_growth_mib']:+.1f} MiB over {cfg.steps} steps{tag}")
@@ -168,9 +181,9 @@ def bench(cfg):
         results["rounds"] = rounds
         results[f"real_{cfg.env}_per_round"] = reals
         print(f"median of {rounds} rounds: real {game} {results[f'real_{cfg.env}_steps_per_s']:.1f} steps/s")
-    for (device, b, q), rs in runs.items():
+    for (device, b, q, kern), rs in runs.items():
         r = dict(rs[0])
-        qtag = f" {q}" if len(qs) > 1 and device == "cpu" else ""
+        qtag = f" {q}" if len(qs) > 1 and device == "cpu" else f" kernels={kern}" if len(ks) > 1 and device != "cpu" else ""
         if rounds > 1:
             for key in ("steps_per_s", "env_steps_per_s", "ms_per_step", "vs_real"):
                 r[key] = float(np.median([x[key] for x in rs]))

@@ -25,7 +25,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 
-from worldsim.kernels import apply_rope, attention, modulate
+from worldsim.kernels import apply_rope, attention, ln_modulate, residual_ln_modulate, rms_rope
 
 # --------------------------------------------------------------------------------------------------
 # Actions: a JSON-able spec of a Gymnasium space, so the model knows nothing about any one game.
@@ -316,7 +316,8 @@ class Attention(nn.Module):
         # "b t n (three h d) -> three b h (t n) d" by reshape and permute: einops' call costs more than the
         # op itself at batch 1
         q, k, v = self.qkv(x).reshape(B, T * N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        q, k = (rms_rope(q, self.q_norm.weight, cos, sin, self.q_norm.eps),
+                rms_rope(k, self.k_norm.weight, cos, sin, self.k_norm.eps))
         kv = (k, v) if return_kv else None
         if cache is None:
             out = attention(q, k, v, mask)
@@ -340,9 +341,11 @@ class DiTBlock(nn.Module):
     def forward(self, x, c, cos, sin, **attn_kw):
         """x: (B, T, N, D) tokens; c: (B, T, D) per-frame conditioning."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)
-        a, kv = self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, **attn_kw)
-        x = x + gate1 * a
-        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        # modulate(norm(x)) and the gated residual before the second norm are one fused pass each with
+        # kernels=triton (worldsim.kernels); the default computes them as written in the references
+        a, kv = self.attn(ln_modulate(x, shift1, scale1, self.norm1.eps), cos, sin, **attn_kw)
+        x, h = residual_ln_modulate(x, gate1, a, shift2, scale2, self.norm2.eps)
+        x = x + gate2 * self.mlp(h)
         return x, kv
 
 
@@ -355,7 +358,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x, c):
         shift, scale = self.ada(c)[:, :, None].chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        return self.linear(ln_modulate(x, shift, scale, self.norm.eps))
 
 
 # --------------------------------------------------------------------------------------------------

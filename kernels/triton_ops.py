@@ -19,7 +19,7 @@ def _ln_modulate_kernel(x_ptr, y_ptr, gate_ptr, shift_ptr, scale_ptr, x_out_ptr,
                         D, N, stride_cond, eps,
                         HAS_RESIDUAL: tl.constexpr, BLOCK_D: tl.constexpr):
     # one program per token row; its frame's modulation vectors are row // N
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # int64 offsets: a big batch's rows * D passes 2**31
     cond = row // N
     offs = tl.arange(0, BLOCK_D)
     m = offs < D
@@ -43,7 +43,7 @@ def _rms_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr,
                      H, L, stride_b, stride_h, stride_l, HALF, eps,
                      BLOCK: tl.constexpr):
     # one program per (batch, head, token) row of head_dim = 2 * HALF values, read as (even, odd) pairs
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     tok = pid % L
     bh = pid // L
     base = x_ptr + (bh // H) * stride_b + (bh % H) * stride_h + tok * stride_l

@@ -15,18 +15,24 @@ import torch.nn.functional as F
 from .reference import apply_rope, attention, modulate
 
 __all__ = ["apply_rope", "attention", "modulate", "ln_modulate", "residual_ln_modulate", "rms_rope",
-           "use", "backend"]
+           "use", "check", "backend"]
 
 BACKENDS = ("torch", "triton")
 _backend = "torch"
 _triton = None  # the triton_ops module, imported on first use
 
 
+def check(name: str) -> str:
+    """A kernels name, or a clear error naming the choices."""
+    if name not in BACKENDS:
+        raise ValueError(f"kernels must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return name
+
+
 def use(name: str) -> str:
     """Select the kernels ("torch" or "triton") for every later call; returns the previous choice."""
     global _backend, _triton
-    if name not in BACKENDS:
-        raise ValueError(f"kernels must be one of {', '.join(BACKENDS)}, got {name!r}")
+    check(name)
     if name == "triton" and _triton is None:
         try:
             from . import triton_ops

@@ -136,10 +136,12 @@ def bench(cfg):
     # kernels=[torch,triton]: the world model's fused Triton kernels (worldsim.kernels) against the references,
     # one after the other in every round; GPU runs only (on CPU every setting runs the references)
     ks = cfg.get("kernels") or "torch"
-    ks = [ks] if isinstance(ks, str) else list(ks)
-    for k in ks:
-        if k not in kernels.BACKENDS:
-            raise ValueError(f"kernels must be one of {', '.join(kernels.BACKENDS)} (or a list of them), got {k!r}")
+    ks = [kernels.check(k) for k in ([ks] if isinstance(ks, str) else ks)]
+
+    def setting(device, q, kern):  # the row's label where a list of settings was given
+        if device == "cpu":
+            return f" {q}" if len(qs) > 1 else ""
+        return f" kernels={kern}" if len(ks) > 1 else ""
     reals, runs, latency = [], {}, None
     for k in range(rounds):
         real, lat = bench_real(cfg.env, steps_real, int(cfg.latency_trials) if k == 0 else 0, size, make_kwargs)
@@ -162,8 +164,7 @@ def bench(cfg):
                 r["device"], r["kernels"] = device, kern
                 r["vs_real"] = r["env_steps_per_s"] / real
                 runs.setdefault((device, int(b), r["quantize"], kern), []).append(r)
-                qtag = (f" {r['quantize']}" if len(qs) > 1 and device == "cpu" else
-                        f" kernels={kern}" if len(ks) > 1 and device != "cpu" else "")
+                qtag = setting(device, r["quantize"], kern)
                 print(f"model {device} batch {b:>4d}{qtag}: {r['steps_per_s']:8.1f} steps/s = {r['env_steps_per_s']:9.1f} "
                       f"env-steps/s ({r['vs_real']:.2f}x real {game}), {r['ms_per_step']:.1f} ms/step, "
                       f"RSS {r['rss_growth_mib']:+.1f} MiB over {cfg.steps} steps{tag}")
@@ -183,7 +184,7 @@ def bench(cfg):
         print(f"median of {rounds} rounds: real {game} {results[f'real_{cfg.env}_steps_per_s']:.1f} steps/s")
     for (device, b, q, kern), rs in runs.items():
         r = dict(rs[0])
-        qtag = f" {q}" if len(qs) > 1 and device == "cpu" else f" kernels={kern}" if len(ks) > 1 and device != "cpu" else ""
+        qtag = setting(device, q, kern)
         if rounds > 1:
             for key in ("steps_per_s", "env_steps_per_s", "ms_per_step", "vs_real"):
                 r[key] = float(np.median([x[key] for x in rs]))

@@ -4,6 +4,7 @@
 # (kernels=triton) checked against the references there (docs/kernels_check.py) and timed beside them.
 #   here:   bash ../shared/device/wheels.sh                    (the wheels the device lacks, into .whl/)
 #   device: run(command="bash docs/device_bench.sh", carry=[".whl"], timeout_s=480)
+#   or only the kernels (about 4 minutes): run(command="ONLY='kern_check kern_b1 kern_b4096' bash docs/device_bench.sh", ...)
 # Each setting is its own run with its own time limit, its figures printed as it ends (a run killed at its limit
 # loses only its own); each log comes back in $OUT (NAME.txt).
 set -uo pipefail
@@ -13,8 +14,9 @@ export PYTHONPATH=/tmp/site SDL_VIDEODRIVER=dummy PYTHONUNBUFFERED=1
 R=$PWD; L=$OUT; mkdir -p /tmp/b; cd /tmp/b  # import the installed copy, not the source folder
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $L/machine.txt
 B="devices=[cuda] real_steps=300 quantize=none"
-run() {  # name, time limit, arguments
+run() {  # name, time limit, arguments; ONLY="name ..." runs just those (e.g. ONLY="kern_check kern_b1 kern_b4096")
   local name=$1 limit=$2; shift 2
+  [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return 0
   timeout $limit "$@" > $L/$name.txt 2>&1 || echo "$name: failed or timed out after $limit s" >> $L/$name.txt
   grep -h "^model\|^real\|ms/step\|timed out" $L/$name.txt | grep -v "^ " | head -4
 }

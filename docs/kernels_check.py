@@ -23,7 +23,7 @@ device = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 batch = int(sys.argv[2]) if len(sys.argv) > 2 else 64
 steps = int(sys.argv[3]) if len(sys.argv) > 3 else 20
 kernels.use("triton")
-ops = kernels._triton
+from worldsim.kernels import triton_ops as ops  # noqa: E402  (the module use() imported)
 g = torch.Generator(device=device).manual_seed(0)
 env = gym.make_vec("worldsim/Crafter-v0", num_envs=batch, device=device, termination_threshold=2.0)
 cfg = env.unwrapped.sim.dit.config

@@ -10,9 +10,10 @@ from .random_agent import RandomAgent
 AGENTS = {"random": RandomAgent, "explorer": CrafterExplorer, "minetest_explorer": MinetestExplorer}
 
 
-def make_agent(name: str, action_space, seed: int | None = None, detour: float = 0.0):
+def make_agent(name: str, action_space, seed: int | None = None, detour: float = 0.0, sleep: float = 0.01):
     """`explorer` picks the scripted explorer that fits the action space (Crafter's or the MineRL Dict).
-    `detour` is the Crafter explorer's share of one-step detours from a held move (other agents: ignored).
+    `detour` is the Crafter explorer's share of one-step detours from a held move, `sleep` its share of plans
+    that are a sleep spell (other agents: both ignored).
     `module:Class` is your own policy: ``Class(action_space, seed=seed)`` with ``act(obs)`` and ``reset()``."""
     if name == "explorer" and isinstance(action_space, gym.spaces.Dict):
         name = "minetest_explorer"
@@ -29,7 +30,7 @@ def make_agent(name: str, action_space, seed: int | None = None, detour: float =
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}; choose one of {sorted(AGENTS)}, or module:Class for your own")
     if name == "explorer":
-        return CrafterExplorer(action_space, seed=seed, detour=float(detour))
+        return CrafterExplorer(action_space, seed=seed, detour=float(detour), sleep=float(sleep))
     return AGENTS[name](action_space, seed=seed)
 
 

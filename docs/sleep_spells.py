@@ -2,7 +2,9 @@
 learned world seldom sleep? (docs/results.md: Training an agent in the learned world)
 
     python docs/sleep_spells.py [BUNDLE] [--worlds 8] [--walk 60] [--after 80] [--then noop|moves] [--no-real]
-                                [--out FILE.json]
+                                [--out FILE.json] [KEY=VALUE ...]
+
+KEY=VALUE pairs go to the learned env (e.g. `map_memory=false snap=false tile_hold=0`: the raw pipeline).
 
 Each world walks at random (moves only) for `walk` steps, so the player is tired (real Crafter: energy falls a
 point every 30 steps awake, and `sleep` does nothing at full energy), presses `sleep` once, then noops for
@@ -29,7 +31,18 @@ ap.add_argument("--after", type=int, default=80)
 ap.add_argument("--then", choices=["noop", "moves"], default="noop")
 ap.add_argument("--no-real", action="store_true", help="the learned world only")
 ap.add_argument("--out")
+ap.add_argument("settings", nargs="*", help="KEY=VALUE for the learned env")
 args = ap.parse_args()
+if args.bundle and "=" in args.bundle:  # settings given without a bundle
+    args.settings, args.bundle = [args.bundle] + args.settings, "crafter"
+
+
+def value(v):
+    return {"true": True, "false": False}.get(v.lower(), int(v) if v.lstrip("-").isdigit() else
+                                               float(v) if v.replace(".", "", 1).lstrip("-").isdigit() else v)
+
+
+SETTINGS = {k: value(v) for k, v in (kv.split("=", 1) for kv in args.settings)}
 torch.set_num_threads(2)
 SLEEP, VIEW = 6, 49  # action ids; the map view is the frame's top 7 tile rows (7 px each)
 OFFSETS = [1, 2, 5, 10, 20, 30, 40, 60, 80]
@@ -43,7 +56,7 @@ def bright(frames):
 
 
 def learned():
-    kw = {} if args.bundle == "crafter" else {"bundle": args.bundle}
+    kw = dict(SETTINGS) if args.bundle == "crafter" else {"bundle": args.bundle, **SETTINGS}
     venv = gym.make_vec("worldsim/Crafter-v0", num_envs=args.worlds, termination_threshold=2.0, **kw)
     venv.reset(seed=0)
     wake = venv.unwrapped.event_names.index("wake_up")
@@ -87,7 +100,7 @@ def real():
     return np.array(before), np.array(curves).T, np.array(woke), np.array(slept)
 
 
-out = {"worlds": args.worlds, "walk": args.walk, "after": args.after, "then": args.then}
+out = {"worlds": args.worlds, "walk": args.walk, "after": args.after, "then": args.then, "settings": SETTINGS}
 for name, fn in ((("real", real),) if not args.no_real else ()) + ((args.bundle, learned),):
     before, curve, woke, slept = fn()
     out[name] = {"wake_up_step": woke.tolist(), "slept_steps": None if slept is None else slept.tolist(),

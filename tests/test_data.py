@@ -194,3 +194,54 @@ def test_explorer_detours_break_held_moves_and_default_is_unchanged():
     assert switches(plain) < 0.1 and switches(detoured) > switches(plain) + 0.2
     with pytest.raises(ValueError, match="detour"):
         make_agent("explorer", gym.spaces.Discrete(17), detour=1.5)
+
+
+def test_explorer_sleep_share_brings_sleeps_and_wakings(tmp_path):
+    """sleep=: the explorer's share of plans that are a sleep spell. The default keeps the explorer's actions
+    draw for draw (collections made before the option stay reproducible); a larger share sleeps more, the other
+    plans keeping their odds, and in the real game the player then spends far more steps asleep."""
+    import hashlib
+
+    import gymnasium as gym
+
+    from worldsim.agents import make_agent
+    from worldsim.agents.explorer import DO, MOVES, SLEEP
+    from worldsim.envs.real_crafter import RealCrafterEnv
+
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+
+    def play(n=3000, **kw):
+        agent = make_agent("explorer", gym.spaces.Discrete(17), seed=1, **kw)
+        return [agent.act(frames[t % 2]) for t in range(n)]
+
+    # the explorer's first 3,000 actions from seed 1 before `sleep` existed (agents/explorer.py at 953fd0c)
+    assert hashlib.sha256(bytes(play())).hexdigest()[:16] == "1313f59954d0c064"
+    assert play(sleep=0.01) == play()
+    plain, sleepy = (np.bincount(play(20000, **kw), minlength=17) for kw in ({}, {"sleep": 0.1}))
+    assert sleepy[SLEEP] > 6 * plain[SLEEP]
+    moves_per_do = lambda c: c[list(MOVES)].sum() / c[DO]  # noqa: E731
+    assert abs(moves_per_do(sleepy) / moves_per_do(plain) - 1) < 0.15
+    for bad in (-0.1, 0.99):
+        with pytest.raises(ValueError, match="sleep"):
+            make_agent("explorer", gym.spaces.Discrete(17), sleep=bad)
+
+    def asleep(**kw):  # steps the real player spends asleep in up to 300 steps of each of two worlds
+        n, env = 0, RealCrafterEnv()
+        for seed in (5, 6):
+            agent = make_agent("explorer", gym.spaces.Discrete(17), seed=seed, **kw)
+            obs, _ = env.reset(seed=seed)
+            for _ in range(300):
+                obs, _, term, trunc, _ = env.step(agent.act(obs))
+                n += env.game._player.sleeping
+                if term or trunc:
+                    break
+        return n
+
+    assert asleep(sleep=0.3) > max(40, 3 * asleep())
+    out = tmp_path / "sleepy"
+    run_job("collect", [f"out={out}", "episodes=1", "workers=1", "max_steps=5", "test_every=0", "sleep=0.2"])
+    assert json.loads((out / "manifest.json").read_text())["episodes"][0]["sleep"] == 0.2
+    with pytest.raises(ValueError, match="sleep=1.5"):
+        run_job("collect", [f"out={tmp_path / 'bad'}", "episodes=1", "sleep=1.5"])
+    with pytest.raises(ValueError, match="has none"):
+        run_job("collect", [f"out={tmp_path / 'bad'}", "episodes=1", "agent=random", "sleep=0.2"])

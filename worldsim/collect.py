@@ -44,7 +44,8 @@ def _rollout(job: dict) -> dict:
 
     env = _make_real_env(job["env"], size=job["size"], length=job["max_steps"], **job.get("env_kwargs", {}))
     try:
-        agent = make_agent(job["agent"], env.action_space, seed=job["world_seed"], detour=job.get("detour", 0.0))
+        agent = make_agent(job["agent"], env.action_space, seed=job["world_seed"], detour=job.get("detour", 0.0),
+                           sleep=job.get("sleep", 0.01))
         clock = job.get("clock_start", 0)
         obs, info = env.reset(seed=job["world_seed"], **({"options": {"clock": clock}} if clock else {}))
         agent.reset()
@@ -72,7 +73,8 @@ def _rollout(job: dict) -> dict:
                   **({"events": np.asarray(events, np.uint8)} if names else {}))
     return {"file": job["file"], "index": job["index"], "split": job["split"], "seed": job["world_seed"],
             **({"clock_start": int(clock)} if clock else {}),
-            "agent": job["agent"], "detour": job.get("detour", 0.0), "steps": len(actions), "terminated": bool(terms[-1]),
+            "agent": job["agent"], "detour": job.get("detour", 0.0),
+            **({"sleep": job["sleep"]} if job.get("sleep", 0.01) != 0.01 else {}), "steps": len(actions), "terminated": bool(terms[-1]),
             "return": float(np.sum(rewards)), "action_counts": counts,
             "achievements": {k: int(v) for k, v in achievements.items() if v}}
 
@@ -241,6 +243,13 @@ def collect(cfg) -> dict:
         raise ValueError(f"agent=explorer is the scripted explorer of Crafter and Minetest; for env={cfg.env} use "
                          f"agent=random or your own policy, agent=<module>:<Class> (Class(action_space, seed=...) "
                          f"with act(obs) -> action and reset())")
+    sleep = cfg.get("sleep", 0.01)
+    sleep = 0.01 if sleep is None else sleep
+    if isinstance(sleep, bool) or not isinstance(sleep, (int, float)) or not 0.0 <= sleep < 0.99:
+        raise ValueError(f"sleep={sleep!r}: the Crafter explorer's share of plans that are a sleep spell, in [0, 0.99)")
+    sleep = float(sleep)
+    if sleep != 0.01 and not (cfg.env == "crafter" and agent == "explorer"):
+        raise ValueError(f"sleep={sleep} sets the Crafter explorer's sleep spells; env={cfg.env} agent={agent} has none")
     root = Path(cfg.out if cfg.out is not None else f"data/{folder_name(cfg.env)}")
     root.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(root)
@@ -269,7 +278,7 @@ def collect(cfg) -> dict:
                 have[i] = entry
                 continue
             jobs.append({"env": cfg.env, "env_kwargs": make_kwargs, "size": size, "max_steps": cfg.max_steps, "agent": agent,
-                         "detour": float(cfg.get("detour") or 0.0), "world_seed": seed, "index": i, "split": split,
+                         "detour": float(cfg.get("detour") or 0.0), "sleep": sleep, "world_seed": seed, "index": i, "split": split,
                          # drawn per episode from its seed, so a resumed job draws the same
                          "clock_start": 0 if starts is None else int(np.random.default_rng(seed).integers(
                              starts[0], starts[1] + 1)),

@@ -3,7 +3,9 @@
 # self-distillation recipe and dit.novel_weight in several variants side by side
 # (the novel-token weight that teaches events without inventing them; docs/results.md, Crafter: Novel tokens).
 # The training data is collected there (16 cores: the four collections the CPU runs used, same commands and
-# PYTHONHASHSEED), since 230 MB of episodes do not travel (64 MiB at most).
+# PYTHONHASHSEED, and since the thirty-fourth session a fifth of sleeps and wakings, `sleep=0.1`, for the learned
+# world's sleep that never ends: docs/results.md, Training an agent in the learned world), since 230 MB of episodes
+# do not travel (64 MiB at most).
 #   here:   bash ../shared/device/wheels.sh                    (the wheels the device lacks, into .whl/)
 #   device: run(command="WEIGHTS=5 CLOCK=5 bash docs/device_train.sh", carry=[".whl"], timeout_s=595)
 # CLOCK="5" adds, per weight listed, a run nWc that also reads the game's clock (dit.clock_period=300, docs/results.md:
@@ -31,22 +33,22 @@ REPO=$(pwd)
 mkdir -p $W/logs "$OUT"
 el() { echo $(( $(date +%s) - T0 )); }
 if [ "${SMOKE:-0}" = 1 ]; then
-  EPS=(8 8 4 4); EXTRA="dit.batch_size=4 threads=1"; HEADS_EXTRA="batch_size=16 steps=200"
+  EPS=(8 8 4 4 4); EXTRA="dit.batch_size=4 threads=1"; HEADS_EXTRA="batch_size=16 steps=200"
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site . || exit 1
   export PYTHONPATH=/tmp/site
-  EPS=(320 320 96 128); EXTRA="dit.batch_size=128 threads=3"; HEADS_EXTRA="device=cuda batch_size=512"
+  EPS=(320 320 96 128 96); EXTRA="dit.batch_size=128 threads=3"; HEADS_EXTRA="device=cuda batch_size=512"
 fi
 export SDL_VIDEODRIVER=dummy PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 OMP_NUM_THREADS=3
 cd $W  # import the installed copy, not the source folder
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; python3 -c "import torch; print(torch.__version__)"; } \
   > logs/machine.txt 2>&1
 ws() { python3 -m worldsim.cli "$@"; }
-# 1. the four collections, 15 worker processes in all
+# 1. the five collections, 17 worker processes in all
 c=0
 for spec in "crafter_detour 5 10000" "crafter_ends 5 30000" "crafter_dawn 2 50000 clock_start=[150,290]" \
-            "crafter_dawn2 3 60000 clock_start=[235,295]"; do
+            "crafter_dawn2 3 60000 clock_start=[235,295]" "crafter_sleep 2 70000 sleep=0.1"; do
   set -- $spec
   PYTHONHASHSEED=0 ws collect out=$W/data/$1 episodes=${EPS[$c]} workers=$2 seed=$3 ${4:-} > logs/collect_$1.txt 2>&1 &
   c=$((c + 1))
@@ -56,7 +58,7 @@ wait
 echo "[$(el) s] collected"; tail -n 2 logs/collect_*.txt
 # 2. one fine-tune per run (novel-token weight, with or without the clock), side by side on the one GPU; the
 #    cosine runs over the time left
-DATA="data=[$W/data/crafter_detour,$W/data/crafter_ends,$W/data/crafter_dawn,$W/data/crafter_dawn2]"
+DATA="data=[$W/data/crafter_detour,$W/data/crafter_ends,$W/data/crafter_dawn,$W/data/crafter_dawn2,$W/data/crafter_sleep]"
 MIN=$(python3 -c "print(round(max(0.2, ($END - $(el) - 75) / 60), 2))")
 echo "[$(el) s] training$RUNS for $MIN minutes each"
 for r in $RUNS; do
@@ -85,7 +87,7 @@ if [ "$HEADS" = 1 ]; then
   for r in $RUNS; do
     ( python3 "$REPO/docs/graft_world_model.py" runs/$r/bundle runs/${r}_ship > logs/heads_$r.txt 2>&1 \
       && timeout $((HEADS_END - $(el))) python3 -m worldsim.cli heads bundle=runs/${r}_ship \
-           "data=[$W/data/crafter_detour,$W/data/crafter_ends]" calibrate=true $HEADS_EXTRA >> logs/heads_$r.txt 2>&1 \
+           "data=[$W/data/crafter_detour,$W/data/crafter_ends,$W/data/crafter_sleep]" calibrate=true $HEADS_EXTRA >> logs/heads_$r.txt 2>&1 \
       && cp runs/${r}_ship/world_model.safetensors $OUT/wm_${r}_heads.safetensors \
       && cp runs/${r}_ship/bundle.json logs/bundle_${r}_heads.json ) &
   done

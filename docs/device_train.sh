@@ -17,6 +17,8 @@
 # model's whole bundle.json: with wm_<run>_heads.safetensors as world_model.safetensors in a copy of the shipped
 # bundle it is the model to evaluate). SMOKE=1 runs it small on a CPU (no install, no GPU): with WEIGHTS=5 CLOCK=5
 # END=130, 508 s on the 2-core EPYC (2026-12-04), the heads' refits 411 s of it.
+# With the fifth collection (2026-12-05, a slow hour): WEIGHTS=5 CLOCK= HEADS=0 END=300, 273 s, collecting 165 s of
+# it, then 40 training steps on all five collections and the bundle written.
 # Run once (2026-12-04, twenty-fifth session, one H200): 434 s, four fine-tunes of 2,812-2,990 steps. That run also
 # benched beside the collectors, which timed out above batch 1; the bench is docs/device_bench.sh's alone since.
 # docs/results.md: the first GPU session.
@@ -32,6 +34,7 @@ HEADS_END=${HEADS_END:-575}  # seconds after the start by which the heads' refit
 REPO=$(pwd)
 mkdir -p $W/logs "$OUT"
 el() { echo $(( $(date +%s) - T0 )); }
+left() { local t=$((END + 20 - $(el))); echo $(( t < 30 ? 30 : t )); }  # a training run's seconds (30 at least, if collecting overran)
 if [ "${SMOKE:-0}" = 1 ]; then
   EPS=(8 8 4 4 4); EXTRA="dit.batch_size=4 threads=1"; HEADS_EXTRA="batch_size=16 steps=200"
 else
@@ -67,9 +70,9 @@ for r in $RUNS; do
         dit.warmup=100 dit.steps=200000 dit.minutes=$MIN dit.schedule=minutes dit.still_weight=2 dit.distill_guidance=1
         dit.still_real=true dit.change_real=true dit.novel_weight=$w checkpoint_every=2000 log_every=100 "${clock[@]}" $EXTRA)
   # torch.compile has not run here before: if it fails, the same run again without it (it resumes)
-  ( timeout $((END + 20 - $(el))) python3 -m worldsim.cli train "${args[@]}" > logs/train_$r.txt 2>&1 \
+  ( timeout $(left) python3 -m worldsim.cli train "${args[@]}" > logs/train_$r.txt 2>&1 \
     || { echo "RETRY compile=false" >> logs/train_$r.txt;
-         timeout $((END + 20 - $(el))) python3 -m worldsim.cli train "${args[@]}" compile=false >> logs/train_$r.txt 2>&1; }
+         timeout $(left) python3 -m worldsim.cli train "${args[@]}" compile=false >> logs/train_$r.txt 2>&1; }
     # killed before its bundle: write one from the last checkpoint
     [ -f runs/$r/bundle/world_model.safetensors ] || timeout 45 python3 -m worldsim.cli train "${args[@]}" export_only=true \
       >> logs/train_$r.txt 2>&1 ) &

@@ -20,6 +20,7 @@ import json
 import gymnasium as gym
 import numpy as np
 import torch
+import yaml
 
 import worldsim  # noqa: F401
 
@@ -36,13 +37,7 @@ args = ap.parse_args()
 if args.bundle and "=" in args.bundle:  # settings given without a bundle
     args.settings, args.bundle = [args.bundle] + args.settings, "crafter"
 
-
-def value(v):
-    return {"true": True, "false": False}.get(v.lower(), int(v) if v.lstrip("-").isdigit() else
-                                               float(v) if v.replace(".", "", 1).lstrip("-").isdigit() else v)
-
-
-SETTINGS = {k: value(v) for k, v in (kv.split("=", 1) for kv in args.settings)}
+SETTINGS = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.settings)}  # typed: false, 0, 0.5, nearest
 torch.set_num_threads(2)
 SLEEP, VIEW = 6, 49  # action ids; the map view is the frame's top 7 tile rows (7 px each)
 OFFSETS = [1, 2, 5, 10, 20, 30, 40, 60, 80]

@@ -34,7 +34,8 @@ HEADS_END=${HEADS_END:-575}  # seconds after the start by which the heads' refit
 REPO=$(pwd)
 mkdir -p $W/logs "$OUT"
 el() { echo $(( $(date +%s) - T0 )); }
-left() { local t=$((END + 20 - $(el))); echo $(( t < 30 ? 30 : t )); }  # a training run's seconds (30 at least, if collecting overran)
+# seconds until the time $1 (after the start), $2 at least: a timeout never goes negative when a stage before overran
+left() { local t=$(($1 - $(el))); echo $(( t < $2 ? $2 : t )); }
 if [ "${SMOKE:-0}" = 1 ]; then
   EPS=(8 8 4 4 4); EXTRA="dit.batch_size=4 threads=1"; HEADS_EXTRA="batch_size=16 steps=200"
 else
@@ -70,9 +71,9 @@ for r in $RUNS; do
         dit.warmup=100 dit.steps=200000 dit.minutes=$MIN dit.schedule=minutes dit.still_weight=2 dit.distill_guidance=1
         dit.still_real=true dit.change_real=true dit.novel_weight=$w checkpoint_every=2000 log_every=100 "${clock[@]}" $EXTRA)
   # torch.compile has not run here before: if it fails, the same run again without it (it resumes)
-  ( timeout $(left) python3 -m worldsim.cli train "${args[@]}" > logs/train_$r.txt 2>&1 \
+  ( timeout $(left $((END + 20)) 30) python3 -m worldsim.cli train "${args[@]}" > logs/train_$r.txt 2>&1 \
     || { echo "RETRY compile=false" >> logs/train_$r.txt;
-         timeout $(left) python3 -m worldsim.cli train "${args[@]}" compile=false >> logs/train_$r.txt 2>&1; }
+         timeout $(left $((END + 20)) 30) python3 -m worldsim.cli train "${args[@]}" compile=false >> logs/train_$r.txt 2>&1; }
     # killed before its bundle: write one from the last checkpoint
     [ -f runs/$r/bundle/world_model.safetensors ] || timeout 45 python3 -m worldsim.cli train "${args[@]}" export_only=true \
       >> logs/train_$r.txt 2>&1 ) &
@@ -89,7 +90,7 @@ if [ "$HEADS" = 1 ]; then
   echo "[$(el) s] heads"
   for r in $RUNS; do
     ( python3 "$REPO/docs/graft_world_model.py" runs/$r/bundle runs/${r}_ship > logs/heads_$r.txt 2>&1 \
-      && timeout $((HEADS_END - $(el))) python3 -m worldsim.cli heads bundle=runs/${r}_ship \
+      && timeout $(left $HEADS_END 1) python3 -m worldsim.cli heads bundle=runs/${r}_ship \
            "data=[$W/data/crafter_detour,$W/data/crafter_ends,$W/data/crafter_sleep]" calibrate=true $HEADS_EXTRA >> logs/heads_$r.txt 2>&1 \
       && cp runs/${r}_ship/world_model.safetensors $OUT/wm_${r}_heads.safetensors \
       && cp runs/${r}_ship/bundle.json logs/bundle_${r}_heads.json ) &

@@ -62,7 +62,7 @@ def ticked(frames, at_press):  # the energy tile differs from the press's frame 
     return np.abs(energy_tile(frames) - at_press).mean(axis=(-3, -2, -1)) > 8
 
 
-def bright(frames):
+def view_light(frames):
     """Per world: the map view's mean grey level, and its colour (mean of max - min over the channels; the real
     game draws a sleeper's view in grey: colour 5-8 in data/crafter_sleep's 1,699 sleeping frames, 12 or more in
     its 15,266 others, nights included)."""
@@ -77,13 +77,14 @@ def learned():
     wake = venv.unwrapped.event_names.index("wake_up")
     for a in moves:
         obs = venv.step(a)[0]
-    before, frames = bright(obs), [obs]
+    before, frames = view_light(obs), [obs]
     curve, woke, tick = [], np.full(args.worlds, -1), np.full(args.worlds, -1)
     for t in range(args.after + 1):
         obs, _, _, _, info = venv.step(np.full(args.worlds, SLEEP) if t == 0 else then[t])
-        curve.append(bright(obs))
+        curve.append(view_light(obs))
         woke[(woke < 0) & info["events"][:, wake]] = t
-        at_press = energy_tile(obs) if t == 0 else at_press
+        if t == 0:
+            at_press = energy_tile(obs)
         tick[(tick < 0) & ticked(obs, at_press)] = t
         if t in STRIP_OFFSETS:
             frames.append(obs)
@@ -100,17 +101,17 @@ def real():
         player = env.unwrapped.game._player
         for a in moves[:, i]:
             obs = env.step(int(a))[0]
-        before.append(bright(obs))
+        before.append(view_light(obs))
         frames = [obs]
         curve, w, n, k = [], -1, 0, -1
         obs, _, _, _, info = env.step(SLEEP)  # t = 0: the press
         base, at_press = info["achievements"]["wake_up"], energy_tile(obs)
-        curve.append(bright(obs))
+        curve.append(view_light(obs))
         frames.append(obs)
         n += player.sleeping
         for t in range(1, args.after + 1):
             obs, _, term, _, info = env.step(int(then[t, i]))
-            curve.append(bright(obs))
+            curve.append(view_light(obs))
             if t in STRIP_OFFSETS:
                 frames.append(obs)
             n += player.sleeping

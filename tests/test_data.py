@@ -151,6 +151,36 @@ def test_still_steps_and_window_weights():
     assert ds[0]["still"] and ds.still_weights(3.0).tolist() == [3.0]
 
 
+def test_event_weights_draw_rare_events_at_their_share():
+    """dit.event_share: windows ending on a rare event are weighted so that each event type is drawn at about the
+    share; a common event (above the share already) and windows without events keep weight 1, an event seen
+    in under 20 windows counts as 20, and episodes without events weigh 1. Drawn with the weights, the rare
+    event's share of the windows is near the target."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    T = 1000
+    ev = np.zeros((T, 3), np.uint8)
+    ev[rng.choice(T, 150, replace=False), 0] = 1  # common: 15 % of the steps
+    ev[rng.choice(T, 25, replace=False), 1] = 1   # rare: 2.5 %
+    ev[7, 2] = 1                                  # seen once
+    ep = {"frames": np.zeros((T + 1, 4, 4, 3), np.uint8), "actions": np.zeros(T, np.int64), "events": ev}
+    plain = {"frames": np.zeros((11, 4, 4, 3), np.uint8), "actions": np.zeros(10, np.int64)}
+    ds = WindowDataset([ep, plain], length=2)  # window s ends after step s
+    w = ds.event_weights(0.1).numpy()
+    n = len(ds)
+    last = np.array([ev[s] if e == 0 else np.zeros(3, np.uint8) for e, s in ds.index]).astype(bool)
+    assert np.allclose(w[last[:, 0] & ~last[:, 1] & ~last[:, 2]], 1.0)  # over 10 % already: no more
+    assert np.allclose(w[last[:, 1] & ~last[:, 2]], 0.1 * n / 25)
+    assert np.isclose(w[7], 0.1 * n / 20) and np.allclose(w[~last.any(1)], 1.0)
+    drawn = torch.multinomial(torch.as_tensor(w), 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    share = last[drawn.numpy(), 1].mean()
+    assert 0.06 < share < 0.1, share  # the weights raise the total too, so a little under the 0.1 asked
+    assert WindowDataset([plain], length=2).event_weights(0.1).tolist() == [1.0] * 10
+    with pytest.raises(ValueError, match="event lists differ"):
+        WindowDataset([ep, {**plain, "events": np.zeros((10, 2), np.uint8)}], length=2).event_weights(0.1)
+
+
 def test_dict_action_episode_roundtrip_and_windows(tmp_path):
     # MineRL-style Dict actions are stored one array per key (action$KEY) and come back as a dict
     T, rng = 6, np.random.default_rng(0)

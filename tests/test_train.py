@@ -372,7 +372,8 @@ def test_energy_training_resumes_logs_its_loss_and_is_recorded(bundle, dataset, 
 def test_still_weight_fine_tune_is_recorded_and_checked(bundle, dataset, tmp_path):
     """dit.still_weight draws windows that end on a still step (data.still_steps) more often: the run trains,
     the bundle records the weight; zero, negative or infinite weights get a clear error. The same for
-    dit.change_weight / change_real, and for data=[D1,D2] (a second collection of another game: an error)."""
+    dit.change_weight / change_real / event_share, and for data=[D1,D2] (a second collection of another game: an
+    error)."""
     import shutil
 
     import pytest
@@ -403,12 +404,13 @@ def test_still_weight_fine_tune_is_recorded_and_checked(bundle, dataset, tmp_pat
     run = tmp_path / "change"
     tr = run_job("train", [f"data=[{dataset},{dataset}]", f"run={run}", *TINY_TRAIN, f"init={bundle}",
                            "dit.distill_guidance=1", "dit.change_real=true", "dit.change_weight=4", "dit.novel_weight=8",
-                           "dit.steps=2"])
+                           "dit.event_share=0.05", "dit.steps=2"])
     assert len(tr.train_eps) == 2 * len(load_episodes(dataset, split="train", min_steps=1))
     trained = Bundle(run / "bundle").meta["trained"]
     assert trained["change_real"] and trained["change_weight"] == 4.0 and trained["change_threshold"] == 0.2
-    assert trained["novel_weight"] == 8.0
+    assert trained["novel_weight"] == 8.0 and trained["event_share"] == 0.05
     for bad, match in ((["dit.change_weight=0"], "change_weight"), (["dit.change_threshold=nan"], "change_threshold"),
+                       (["dit.event_share=1"], "event_share"), (["dit.event_share=-0.1"], "event_share"),
                        (["dit.novel_weight=-1"], "novel_weight"),
                        (["dit.change_real=true"], "distill_guidance"),
                        (["dit.distill_guidance=1"], "still_real"), (["dit.still_real=true"], "distill_guidance")):

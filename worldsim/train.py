@@ -131,6 +131,10 @@ class Trainer:
         if not (math.isfinite(self.still_weight) and self.still_weight > 0):
             raise ValueError(f"dit.still_weight={cfg.dit.get('still_weight')} must be a finite number > 0 "
                              "(1 = every window equally likely)")
+        self.event_share = float(cfg.dit.get("event_share") or 0.0)
+        if not (math.isfinite(self.event_share) and 0 <= self.event_share < 1):
+            raise ValueError(f"dit.event_share={cfg.dit.get('event_share')} must be in [0, 1): the least share of "
+                             "drawn windows that end on each event type (0 = every window equally likely)")
         self.still_threshold = float(cfg.dit.get("still_threshold", 1.0))
         if not (math.isfinite(self.still_threshold) and self.still_threshold > 0):
             raise ValueError(f"dit.still_threshold={cfg.dit.get('still_threshold')} must be a finite number > 0 "
@@ -398,10 +402,13 @@ class Trainer:
         ds = WindowDataset(self.train_eps, T, latents=lat, mark_still=self.still_real,
                            still_threshold=self.still_threshold)
         gen = torch.Generator().manual_seed(self.cfg.seed + st["dit_step"])
-        sampler = None
+        sampler, weights = None, torch.ones(len(ds), dtype=torch.float64)
         if self.still_weight != 1:  # windows ending on a still step (a blocked move...) drawn more often
-            sampler = torch.utils.data.WeightedRandomSampler(ds.still_weights(self.still_weight), len(ds),
-                                                             replacement=True, generator=gen)
+            weights = weights * ds.still_weights(self.still_weight)
+        if self.event_share:  # windows ending on a rare event (Crafter's waking...) drawn more often
+            weights = weights * ds.event_weights(self.event_share)
+        if self.still_weight != 1 or self.event_share:
+            sampler = torch.utils.data.WeightedRandomSampler(weights, len(ds), replacement=True, generator=gen)
         loader = torch.utils.data.DataLoader(ds, batch_size=c.batch_size, shuffle=sampler is None, sampler=sampler,
                                              drop_last=True, generator=gen)
         change = {"change_weight": self.change_weight, "change_threshold": self.change_threshold,
@@ -496,6 +503,8 @@ class Trainer:
                                                                                       if self.schedule == "minutes" else {}),
                                                                                    **({"still_weight": self.still_weight}
                                                                                       if self.still_weight != 1 else {}),
+                                                                                   **({"event_share": self.event_share}
+                                                                                      if self.event_share else {}),
                                                                                    **({"still_real": True}
                                                                                       if self.still_real else {}),
                                                                                    **({"still_threshold": self.still_threshold}

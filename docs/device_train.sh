@@ -7,7 +7,7 @@
 # world's sleep that never ends: docs/results.md, Training an agent in the learned world), since 230 MB of episodes
 # do not travel (64 MiB at most).
 #   here:   bash ../shared/device/wheels.sh                    (the wheels the device lacks, into .whl/)
-#   device: run(command="WEIGHTS=5 CLOCK=5 bash docs/device_train.sh", carry=[".whl"], timeout_s=595)
+#   device: run(command="WEIGHTS=5 CLOCK=5 EVENT_SHARE=0.02 bash docs/device_train.sh", carry=[".whl"], timeout_s=595)
 # CLOCK="5" adds, per weight listed, a run nWc that also reads the game's clock (dit.clock_period=300, docs/results.md:
 # The game's clock as an input): the dawn collections train it to bring the day back, which no CPU run could.
 # Then (HEADS=1, the default) each run is grafted into the shipped bundle and its heads are refit and calibrated
@@ -30,6 +30,8 @@ CLOCK=${CLOCK:-""}         # weights that also run with the clock, as run nWc
 RUNS=""; for w in $WEIGHTS; do RUNS="$RUNS n$w"; done; for w in $CLOCK; do RUNS="$RUNS n${w}c"; done
 END=${END:-420}            # seconds after the start by which every training run has written its bundle
 HEADS=${HEADS:-1}
+EVENT_SHARE=${EVENT_SHARE:-""}  # e.g. 0.02: every run also draws windows ending on rare events at about that share
+# each (dit.event_share; docs/results.md, "Waking from real frames": 732 CPU steps taught the waking that way)
 HEADS_END=${HEADS_END:-575}  # seconds after the start by which the heads' refits are stopped
 REPO=$(pwd)
 mkdir -p $W/logs "$OUT"
@@ -66,10 +68,11 @@ DATA="data=[$W/data/crafter_detour,$W/data/crafter_ends,$W/data/crafter_dawn,$W/
 MIN=$(python3 -c "print(round(max(0.2, ($END - $(el) - 75) / 60), 2))")
 echo "[$(el) s] training$RUNS for $MIN minutes each"
 for r in $RUNS; do
-  w=${r#n}; w=${w%c}; clock=(); [ "$r" = "n${w}c" ] && clock=(dit.clock_period=300)
+  w=${r#n}; w=${w%c}; more=(); [ "$r" = "n${w}c" ] && more=(dit.clock_period=300)
+  [ -n "$EVENT_SHARE" ] && more+=(dit.event_share=$EVENT_SHARE)
   args=("$DATA" run=$W/runs/$r init=crafter diffusion.action_dropout=0.15 diffusion.sampling_steps=1 dit.lr=2.5e-4
         dit.warmup=100 dit.steps=200000 dit.minutes=$MIN dit.schedule=minutes dit.still_weight=2 dit.distill_guidance=1
-        dit.still_real=true dit.change_real=true dit.novel_weight=$w checkpoint_every=2000 log_every=100 "${clock[@]}" $EXTRA)
+        dit.still_real=true dit.change_real=true dit.novel_weight=$w checkpoint_every=2000 log_every=100 "${more[@]}" $EXTRA)
   # torch.compile has not run here before: if it fails, the same run again without it (it resumes)
   ( timeout $(left $((END + 20)) 30) python3 -m worldsim.cli train "${args[@]}" > logs/train_$r.txt 2>&1 \
     || { echo "RETRY compile=false" >> logs/train_$r.txt;

@@ -227,13 +227,16 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def event_weights(self, share: float) -> torch.Tensor:
         """Sampling weight per window so that each event type (episodes collected with `events`, e.g. Crafter's
-        achievements) ends at least a share `share` of the windows drawn: a window whose last transition has
+        achievements) ends about a share `share` of the windows drawn: a window whose last transition has
         event k is weighted share * windows / (windows ending on k), at least 1 (the largest over its events).
         Why: a rare event whose frame change is plain once seen (Crafter's waking: 56 in 17,000 steps) is drawn
         in so few batches that a fine-tune never learns it; common events (drinking, 5 %) keep weight 1.
         An event seen in fewer than 20 windows counts as 20, so one window is not drawn hundreds of times.
-        The shares are about `share` (the weights raise the total too). Episodes without events weigh 1."""
+        The shares come out a little under `share` (the weights raise the total too). Episodes without events,
+        and windows of one frame (no transition), weigh 1."""
         eps, L = self.episodes, self.length
+        if L < 2:
+            return torch.ones(len(self.index), dtype=torch.float64)
         last = [eps[e]["events"][s + L - 2].astype(bool) if "events" in eps[e] else None for e, s in self.index]
         sizes = {len(v) for v in last if v is not None}
         if len(sizes) > 1:

@@ -133,7 +133,7 @@ class Trainer:
                              "(1 = every window equally likely)")
         self.event_share = float(cfg.dit.get("event_share") or 0.0)
         if not (math.isfinite(self.event_share) and 0 <= self.event_share < 1):
-            raise ValueError(f"dit.event_share={cfg.dit.get('event_share')} must be in [0, 1): the least share of "
+            raise ValueError(f"dit.event_share={cfg.dit.get('event_share')} must be in [0, 1): about the share of "
                              "drawn windows that end on each event type (0 = every window equally likely)")
         self.still_threshold = float(cfg.dit.get("still_threshold", 1.0))
         if not (math.isfinite(self.still_threshold) and self.still_threshold > 0):

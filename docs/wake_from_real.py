@@ -2,7 +2,7 @@
 an agent in the learned world, "Where the waking is lost")
 
     python docs/wake_from_real.py [BUNDLE ...] [--data data/crafter_sleep_heldout] [--split test]
-                                  [--before 0,2,5] [--set KEY=VALUE ...] [--out FILE.json]
+                                  [--before 0,2,5] [--no-presses] [--set KEY=VALUE ...] [--out FILE.json]
 
 Crafter's rules, both read from the inventory's energy count, which the frames show: `sleep` puts the player to
 sleep only below full energy (at full it does nothing), and a sleeper wakes on the step after the count is full
@@ -34,6 +34,7 @@ ap.add_argument("bundles", nargs="*", default=["crafter"])
 ap.add_argument("--data", default="data/crafter_sleep_heldout")
 ap.add_argument("--split", default="test")
 ap.add_argument("--before", default="0,2,5")
+ap.add_argument("--no-presses", action="store_true", help="the wakings only")
 ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
 ap.add_argument("--out")
 args = ap.parse_args()
@@ -52,8 +53,8 @@ if not names or "wake_up" not in names:
     raise SystemExit(f"{args.data} has no wake_up events: collect with events (worldsim collect ... sleep=0.1)")
 eps = [ep for ep in load_episodes(args.data, split=args.split) if "events" in ep]
 wakes = [(ep, int(t)) for ep in eps for t in np.flatnonzero(ep["events"][:, names.index("wake_up")])]
-presses = [(ep, int(t)) for ep in eps for t in np.flatnonzero(ep["actions"] == SLEEP)
-           if t >= W - 1 and colour(ep["frames"][t]) > GREY]  # pressed while awake, with 4 frames before
+presses = [] if args.no_presses else [(ep, int(t)) for ep in eps for t in np.flatnonzero(ep["actions"] == SLEEP)
+                                      if t >= W - 1 and colour(ep["frames"][t]) > GREY]  # while awake, 4 frames before
 print(f"{len(wakes)} wakings and {len(presses)} presses while awake in {len(eps)} {args.split} episodes of {args.data}")
 out = {"data": args.data, "split": args.split, "settings": SETTINGS, "wakings": len(wakes), "bundles": {}}
 
@@ -73,12 +74,13 @@ for b in args.bundles:
         start(env, ep, t, i)
         made[colour(ep["frames"][t + 1]) <= GREY].append(colour(env.step(SLEEP)[0]))
     asleep, full = (np.array(made[v]) for v in (True, False))
-    res["presses"] = {"fell_asleep": len(asleep), "greyed": int((asleep <= GREY).sum()),
-                      "colour_after": round(float(asleep.mean()), 1), "at_full_energy": len(full),
-                      "greyed_at_full": int((full <= GREY).sum()), "colour_after_full": round(float(full.mean()), 1)}
-    print(f"{b}: of {len(asleep)} presses that put the real player to sleep, the learned view greyed on "
-          f"{(asleep <= GREY).sum()} (colour after {asleep.mean():.1f}); of {len(full)} at full energy (nothing "
-          f"happens), it greyed on {(full <= GREY).sum()} (colour after {full.mean():.1f})", flush=True)
+    if presses:
+        res["presses"] = {"fell_asleep": len(asleep), "greyed": int((asleep <= GREY).sum()),
+                          "colour_after": round(float(asleep.mean()), 1), "at_full_energy": len(full),
+                          "greyed_at_full": int((full <= GREY).sum()), "colour_after_full": round(float(full.mean()), 1)}
+        print(f"{b}: of {len(asleep)} presses that put the real player to sleep, the learned view greyed on "
+              f"{(asleep <= GREY).sum()} (colour after {asleep.mean():.1f}); of {len(full)} at full energy (nothing "
+              f"happens), it greyed on {(full <= GREY).sum()} (colour after {full.mean():.1f})", flush=True)
     for k in (int(x) for x in args.before.split(",")):
         rows = []
         for ep, t in wakes:  # transition t: frames[t] (asleep, energy full) -> frames[t + 1] (awake)

@@ -402,13 +402,14 @@ class Trainer:
         ds = WindowDataset(self.train_eps, T, latents=lat, mark_still=self.still_real,
                            still_threshold=self.still_threshold)
         gen = torch.Generator().manual_seed(self.cfg.seed + st["dit_step"])
-        sampler, weights = None, torch.ones(len(ds), dtype=torch.float64)
-        if self.still_weight != 1:  # windows ending on a still step (a blocked move...) drawn more often
-            weights = weights * ds.still_weights(self.still_weight)
-        if self.event_share:  # windows ending on a rare event (Crafter's waking...) drawn more often
-            weights = weights * ds.event_weights(self.event_share)
-        if self.still_weight != 1 or self.event_share:
-            sampler = torch.utils.data.WeightedRandomSampler(weights, len(ds), replacement=True, generator=gen)
+        weights = None  # per window, where some are drawn more often; None: uniform
+        if self.still_weight != 1:  # windows ending on a still step (a blocked move...)
+            weights = ds.still_weights(self.still_weight)
+        if self.event_share:  # windows ending on a rare event (Crafter's waking...)
+            ev = ds.event_weights(self.event_share)
+            weights = ev if weights is None else weights * ev
+        sampler = None if weights is None else torch.utils.data.WeightedRandomSampler(
+            weights, len(ds), replacement=True, generator=gen)
         loader = torch.utils.data.DataLoader(ds, batch_size=c.batch_size, shuffle=sampler is None, sampler=sampler,
                                              drop_last=True, generator=gen)
         change = {"change_weight": self.change_weight, "change_threshold": self.change_threshold,

@@ -1,20 +1,26 @@
 """A fine-tuned world model in the shipped bundle's setting: `python docs/graft_world_model.py RUN_BUNDLE OUT
-[BASE]` copies BASE (default: the shipped Crafter bundle) to OUT with RUN_BUNDLE's world model (weights and
+[BASE] [--keep-heads]` copies BASE (default: the shipped Crafter bundle) to OUT with RUN_BUNDLE's world model (weights and
 architecture: a clock input, say) and its training record, keeping BASE's autoencoder, codebook and terrain
 prior, start states, `env` (the map), decode and inference settings, which `worldsim train init=BASE` does not
 carry into the bundle it writes. Why a script: those parts are fitted to BASE's autoencoder, which a
-fine-tune keeps frozen, so they stay valid; the heads come with the new weights as trained.
+fine-tune keeps frozen, so they stay valid; the heads come with the new weights as trained, or with
+--keep-heads BASE's (refit and calibrated heads, where a gentle fine-tune left the features they read near
+BASE's: check with `worldsim eval`'s heads figures before shipping).
 """
 import json
 import shutil
 import sys
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
 from worldsim import DEFAULT_CRAFTER_BUNDLE
 from worldsim.checkpoint import Bundle, tensors_bytes
 
-run, out = Path(sys.argv[1]), Path(sys.argv[2])
-base = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(DEFAULT_CRAFTER_BUNDLE)
+args = [a for a in sys.argv[1:] if a != "--keep-heads"]
+keep_heads = len(args) < len(sys.argv) - 1
+run, out = Path(args[0]), Path(args[1])
+base = Path(args[2]) if len(args) > 2 else Path(DEFAULT_CRAFTER_BUNDLE)
 b, r = Bundle(base), Bundle(run)
 if tensors_bytes(b.ae.state_dict()) != tensors_bytes(r.ae.state_dict()) or \
         (b.meta["latent_mean"], b.meta["latent_std"]) != (r.meta["latent_mean"], r.meta["latent_std"]):
@@ -22,10 +28,19 @@ if tensors_bytes(b.ae.state_dict()) != tensors_bytes(r.ae.state_dict()) or \
 if out.exists():
     shutil.rmtree(out)
 shutil.copytree(base, out)
-shutil.copy(run / "world_model.safetensors", out / "world_model.safetensors")
 meta = json.loads((base / "bundle.json").read_text())
 new = json.loads((run / "bundle.json").read_text())
+if keep_heads:
+    if new["world_model"] != meta["world_model"]:
+        sys.exit(f"--keep-heads: {run}'s world model is not built as {base}'s; its heads would not fit")
+    heads = ("head_norm.", "heads_mlp.")
+    w = load_file(run / "world_model.safetensors")
+    w.update({k: v for k, v in load_file(base / "world_model.safetensors").items() if k.startswith(heads)})
+    save_file(w, out / "world_model.safetensors")
+else:
+    shutil.copy(run / "world_model.safetensors", out / "world_model.safetensors")
 meta["world_model"] = new["world_model"]
-meta["trained"] = {**new["trained"], "grafted_into": str(base)}
+kept = {k: v for k, v in meta["trained"].items() if k.startswith(("heads_", "reward_", "rest_"))} if keep_heads else {}
+meta["trained"] = {**new["trained"], **kept, "grafted_into": str(base) + (" (its heads kept)" if keep_heads else "")}
 (out / "bundle.json").write_text(json.dumps(meta, indent=1))
 print(f"{out}: {base} with the world model of {run}")

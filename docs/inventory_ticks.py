@@ -101,18 +101,17 @@ for seed in seeds:  # the real game first: it also fills the bank
             vals[t] = [inv[s] for s in STATS]
     explore(lambda: gym.make("worldsim/RealCrafter-v0"), seed, real_step)
     real_values[seed] = vals
-keys = sorted(bank)
-bank_px = np.stack([bank[k] for k in keys])
-print(f"bank: {len(keys)} (stat, value) tiles from the real game")
+print(f"bank: {len(bank)} (stat, value) tiles from the real game")
+# per stat: the values seen and their tiles' pixels
+per_stat = [(np.array([v for (k2, v) in sorted(bank) if k2 == k]),
+             np.stack([px for (k2, _), px in sorted(bank.items()) if k2 == k])) for k in range(4)]
 
 
 def read(frame):
-    tiles = stat_tiles(frame)
     row = []
-    for k in range(4):
-        idx = [i for i, key in enumerate(keys) if key[0] == k]
-        d = np.abs(bank_px[idx] - tiles[k]).mean(-1)
-        row.append(keys[idx[int(d.argmin())]][1] if d.min() <= FAR else -1)
+    for (values, px), tile in zip(per_stat, stat_tiles(frame)):
+        d = np.abs(px - tile).mean(-1)
+        row.append(int(values[d.argmin()]) if d.min() <= FAR else -1)
     return row
 
 

@@ -25,14 +25,14 @@ b, r = Bundle(base), Bundle(run)
 if tensors_bytes(b.ae.state_dict()) != tensors_bytes(r.ae.state_dict()) or \
         (b.meta["latent_mean"], b.meta["latent_std"]) != (r.meta["latent_mean"], r.meta["latent_std"]):
     sys.exit(f"{run}: its autoencoder or latent normalisation differs from {base}'s; it was not fine-tuned from it")
+meta = json.loads((base / "bundle.json").read_text())
+new = json.loads((run / "bundle.json").read_text())
+if keep_heads and new["world_model"] != meta["world_model"]:  # checked before OUT is touched
+    sys.exit(f"--keep-heads: {run}'s world model is not built as {base}'s; its heads would not fit")
 if out.exists():
     shutil.rmtree(out)
 shutil.copytree(base, out)
-meta = json.loads((base / "bundle.json").read_text())
-new = json.loads((run / "bundle.json").read_text())
 if keep_heads:
-    if new["world_model"] != meta["world_model"]:
-        sys.exit(f"--keep-heads: {run}'s world model is not built as {base}'s; its heads would not fit")
     heads = ("head_norm.", "heads_mlp.")
     w = load_file(run / "world_model.safetensors")
     w.update({k: v for k, v in load_file(base / "world_model.safetensors").items() if k.startswith(heads)})
@@ -40,7 +40,9 @@ if keep_heads:
 else:
     shutil.copy(run / "world_model.safetensors", out / "world_model.safetensors")
 meta["world_model"] = new["world_model"]
-kept = {k: v for k, v in meta["trained"].items() if k.startswith(("heads_", "reward_", "rest_"))} if keep_heads else {}
-meta["trained"] = {**new["trained"], **kept, "grafted_into": str(base) + (" (its heads kept)" if keep_heads else "")}
+kept = {k: v for k, v in meta["trained"].items()
+        if keep_heads and k.startswith(("heads_", "reward_", "rest_"))}  # the heads' refit record
+meta["trained"] = {**new["trained"], **kept,
+                   "grafted_into": str(base) + (" (its heads kept)" if keep_heads else "")}
 (out / "bundle.json").write_text(json.dumps(meta, indent=1))
 print(f"{out}: {base} with the world model of {run}")

@@ -7,9 +7,11 @@
 # world's sleep that never ends: docs/results.md, Training an agent in the learned world), since 230 MB of episodes
 # do not travel (64 MiB at most).
 #   here:   bash ../shared/device/wheels.sh                    (the wheels the device lacks, into .whl/)
-#   device: run(command="WEIGHTS=5 CLOCK=5 EVENT_SHARE=0.02 bash docs/device_train.sh", carry=[".whl"], timeout_s=595)
+#   device: run(command="WEIGHTS=5 CLOCK=5 TICKS=5 EVENT_SHARE=0.02 bash docs/device_train.sh", carry=[".whl"], timeout_s=595)
 # CLOCK="5" adds, per weight listed, a run nWc that also reads the game's clock (dit.clock_period=300, docs/results.md:
 # The game's clock as an input): the dawn collections train it to bring the day back, which no CPU run could.
+# TICKS="5" adds, per weight listed, a run nWt with ticks (dit.ticks=true dit.tick_weight=3: the collections record
+# the counters since the thirty-eighth session; docs/results.md, "Ticks": a CPU fine-tune never learnt to show them).
 # Then (HEADS=1, the default) each run is grafted into the shipped bundle and its heads are refit and calibrated
 # there (`worldsim heads ... calibrate=true device=cuda`: two hours of this CPU for one model), until HEADS_END s.
 # Back in $OUT: wm_<run>.safetensors + the run's bundle.json per run (graft with docs/graft_world_model.py),
@@ -27,7 +29,9 @@ T0=$(date +%s)
 W=/tmp/w
 WEIGHTS=${WEIGHTS:-"1 5 10 20"}
 CLOCK=${CLOCK:-""}         # weights that also run with the clock, as run nWc
+TICKS=${TICKS:-""}         # weights that also run with ticks (the counters' moves drawn and shown), as run nWt
 RUNS=""; for w in $WEIGHTS; do RUNS="$RUNS n$w"; done; for w in $CLOCK; do RUNS="$RUNS n${w}c"; done
+for w in $TICKS; do RUNS="$RUNS n${w}t"; done
 END=${END:-420}            # seconds after the start by which every training run has written its bundle
 HEADS=${HEADS:-1}
 EVENT_SHARE=${EVENT_SHARE:-""}  # e.g. 0.02: every run also draws windows ending on rare events at about that share
@@ -68,7 +72,8 @@ DATA="data=[$W/data/crafter_detour,$W/data/crafter_ends,$W/data/crafter_dawn,$W/
 MIN=$(python3 -c "print(round(max(0.2, ($END - $(el) - 75) / 60), 2))")
 echo "[$(el) s] training$RUNS for $MIN minutes each"
 for r in $RUNS; do
-  w=${r#n}; w=${w%c}; more=(); [ "$r" = "n${w}c" ] && more=(dit.clock_period=300)
+  w=${r#n}; w=${w%c}; w=${w%t}; more=(); [ "$r" = "n${w}c" ] && more=(dit.clock_period=300)
+  [ "$r" = "n${w}t" ] && more=(dit.ticks=true dit.tick_weight=3)
   [ -n "$EVENT_SHARE" ] && more+=(dit.event_share=$EVENT_SHARE)
   args=("$DATA" run=$W/runs/$r init=crafter diffusion.action_dropout=0.15 diffusion.sampling_steps=1 dit.lr=2.5e-4
         dit.warmup=100 dit.steps=200000 dit.minutes=$MIN dit.schedule=minutes dit.still_weight=2 dit.distill_guidance=1

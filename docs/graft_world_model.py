@@ -1,7 +1,7 @@
 """A fine-tuned world model in the shipped bundle's setting: `python docs/graft_world_model.py RUN_BUNDLE OUT
 [BASE] [--keep-heads]` copies BASE (default: the shipped Crafter bundle) to OUT with RUN_BUNDLE's world model (weights and
-architecture: a clock input, say) and its training record, keeping BASE's autoencoder, codebook and terrain
-prior, start states, `env` (the map), decode and inference settings, which `worldsim train init=BASE` does not
+architecture: a clock input or ticks, say; ticks bring the env's counters) and its training record, keeping BASE's
+autoencoder, codebook and terrain prior, start states, `env` (the map), decode and inference settings, which `worldsim train init=BASE` does not
 carry into the bundle it writes. Why a script: those parts are fitted to BASE's autoencoder, which a
 fine-tune keeps frozen, so they stay valid; the heads come with the new weights as trained, or with
 --keep-heads BASE's (refit and calibrated heads, where a gentle fine-tune left the features they read near
@@ -27,7 +27,13 @@ if tensors_bytes(b.ae.state_dict()) != tensors_bytes(r.ae.state_dict()) or \
     sys.exit(f"{run}: its autoencoder or latent normalisation differs from {base}'s; it was not fine-tuned from it")
 meta = json.loads((base / "bundle.json").read_text())
 new = json.loads((run / "bundle.json").read_text())
-if keep_heads and new["world_model"] != meta["world_model"]:  # checked before OUT is touched
+
+
+def build(wm):  # the world model's architecture, less the ticks a fine-tune may add (the heads fit either way)
+    return {k: v for k, v in wm.items() if k != "ticks"}
+
+
+if keep_heads and build(new["world_model"]) != build(meta["world_model"]):  # checked before OUT is touched
     sys.exit(f"--keep-heads: {run}'s world model is not built as {base}'s; its heads would not fit")
 if out.exists():
     shutil.rmtree(out)
@@ -40,6 +46,8 @@ if keep_heads:
 else:
     shutil.copy(run / "world_model.safetensors", out / "world_model.safetensors")
 meta["world_model"] = new["world_model"]
+if new["world_model"].get("ticks"):  # the env names the ticks after the counters the run's data recorded
+    meta["env"]["counters"] = new["env"]["counters"]
 kept = {k: v for k, v in meta["trained"].items()
         if keep_heads and k.startswith(("heads_", "reward_", "rest_"))}  # the heads' refit record
 meta["trained"] = {**new["trained"], **kept,

@@ -14,7 +14,8 @@ steps give each (stat, value) tile's pixels (info["inventory"]); a learned tile 
 or as unreadable if none is within 12 grey levels (mean absolute). Printed per world and side: per stat, its
 falls and rises per 100 steps, the steps between its moves, and the share of steps unreadable; reversals counts
 moves undone on the next step (flicker), which the real game never shows. Frames with a stat at 0 (a tile
-missing, the rest shifted) are skipped.
+missing, the rest shifted) are skipped. A bundle with ticks (its env draws each count's falls and rises) also
+gets, per world, the ticks drawn per 100 steps and the share of them the frame showed ("drawn").
 """
 import argparse
 import json
@@ -115,14 +116,38 @@ def read(frame):
     return row
 
 
+def drawn_scores(values, drawn):
+    """A bundle with ticks: per stat, the ticks its env drew per 100 steps and the share of them the frame showed
+    (the stat's tile read one lower after a drawn fall, one higher after a rise)."""
+    out = {}
+    for k, name in enumerate(STATS):
+        row = {}
+        for way, col, sign in (("falls", 2 * k, -1), ("rises", 2 * k + 1, 1)):
+            steps = [t for t in np.flatnonzero(drawn[:, col]) if t > 0]
+            shown = [t for t in steps if values[t, k] >= 0 and values[t - 1, k] >= 0
+                     and np.sign(values[t, k] - values[t - 1, k]) == sign]
+            row[f"drawn_{way}_per_100"] = round(100 * len(steps) / len(values), 2)
+            row[f"{way}_shown"] = round(len(shown) / len(steps), 3) if steps else None
+        out[name] = row
+    return out
+
+
 for k, seed in zip(args.seeds.split(","), seeds):
     vals = np.full((args.steps, 4), -2)
+    drawn = np.zeros((args.steps, 8), bool)
 
     def learned_step(t, obs, info):
         vals[t] = -2 if obs is None else read(obs)
+        for name in (info or {}).get("ticks", []):  # a bundle with ticks: what its env drew this step
+            stat, way = name.rsplit("_", 1)
+            if stat in STATS:
+                drawn[t, 2 * STATS.index(stat) + (way == "up")] = True
     explore(lambda: gym.make("worldsim/Crafter-v0", termination_threshold=2.0, horizon=args.steps + 1, **kw),
             seed, learned_step)
     row = {"real": scores(real_values[seed]), "learned": scores(vals)}
+    if drawn.any():
+        row["drawn"] = drawn_scores(vals, drawn)
+        print(k, "drawn", json.dumps(row["drawn"]), flush=True)
     out["worlds"][k] = row
     for side in ("real", "learned"):
         print(k, side, json.dumps(row[side]), flush=True)
@@ -130,6 +155,11 @@ for side in ("real", "learned"):
     out[side] = {s: {m: round(float(np.mean([w[side][s][m] for w in out["worlds"].values()])), 2)
                      for m in ("falls_per_100", "rises_per_100", "reversals", "unreadable")} for s in STATS}
     print(side, "mean over worlds:", json.dumps(out[side]))
+if all("drawn" in w for w in out["worlds"].values()):
+    out["drawn"] = {s: {m: round(float(np.mean([w["drawn"][s][m] for w in out["worlds"].values()
+                                                 if w["drawn"][s][m] is not None] or [np.nan])), 3)
+                        for m in next(iter(out["worlds"].values()))["drawn"][s]} for s in STATS}
+    print("drawn mean over worlds:", json.dumps(out["drawn"]))
 if args.out:
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)

@@ -12,6 +12,9 @@ ACTION_MEANINGS = tuple(crafter.constants.actions)  # 17 actions, index = action
 # top 7 rows (the inventory is below), the player stands on row 3, column 4, and a move that is not blocked
 # scrolls the map by one tile. A bundle carries these as env.reveal (seed_floor) and env.map (map_memory).
 MAP_ROWS, MAP_COLS, PLAYER = 7, 9, (3, 4)
+# The counts that move on the game's hidden clocks (hunger, thirst, fatigue, recovery): collect stores them
+# per frame (`counters`), and their rises and falls become the learned env's ticks (worldsim.ticks).
+COUNTERS = ("health", "food", "drink", "energy")
 MOVES = {1: (0, -1), 2: (0, 1), 3: (-1, 0), 4: (1, 0)}  # move_left, _right, _up, _down: the player's (dy, dx)
 
 
@@ -47,6 +50,7 @@ class RealCrafterEnv(gym.Env):
     8     place_table
     ====  ===================  ====  ====================
 
+    ``info["inventory"]`` (reset and step) holds the player's counts: health, food, drink, energy and items.
     ``terminated`` is True when the player dies, ``truncated`` when ``length`` steps have passed.
     ``reset(seed=s)`` generates the world from seed ``s`` (world generation takes about a second).
     ``reset(options={"clock": n})`` starts the new game at step n of its clock instead of 0: same world, the
@@ -78,7 +82,8 @@ class RealCrafterEnv(gym.Env):
             self.game._step, self.game._length = int(clock), self.length + int(clock)
             self.game._update_time()
             self._obs = self.game.render()
-        return self._obs, {"world_seed": world_seed, "clock": int(clock)}
+        return self._obs, {"world_seed": world_seed, "clock": int(clock),
+                           "inventory": dict(self.game._player.inventory)}
 
     def step(self, action):
         if self.game is None:

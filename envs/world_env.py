@@ -16,7 +16,7 @@ from gymnasium.vector.utils import batch_space
 from safetensors.torch import load_file
 
 from worldsim.checkpoint import read_metadata, tensors_bytes
-from worldsim.data import atomic_write_bytes, fit_frames, stack_actions
+from worldsim.data import atomic_write_bytes, fit_frames, stack_actions, tick_names
 from worldsim.envs.spaces import check_action as _check_action, check_actions
 from worldsim.model import spec_to_space
 from worldsim.simulator import WorldSimulator, load_bundle
@@ -51,6 +51,11 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
         raise ValueError(f"{env.bundle.path}: the world model has {K} event heads, bundle.json's env names "
                          f"{len(env.event_names)} events")
     env.event_reward = float(env.bundle.env.get("event_reward", 0.0))
+    n = env.sim.n_ticks  # ticks (models with them): the game's counters rising and falling, drawn each step
+    env.tick_names = tick_names(env.bundle.env.get("counters", [])) if n else []
+    if len(env.tick_names) != n:
+        raise ValueError(f"{env.bundle.path}: the world model draws {n} tick types, bundle.json's env names the "
+                         f"counters of {len(env.tick_names)}")
     env.rest_range = _rest_range(env.bundle)
     env.context_frames = env.sim.window  # the most frames a reset's options["context_frames"] may give
     return spec_to_space(env.bundle.env["action_space"])
@@ -185,6 +190,12 @@ class WorldEnv(gym.Env):
       game does; the reward head gives the rest (Crafter: health). ``info["achievements"]`` counts each
       event this episode, as real Crafter's info does (the Crafter score reads it); ``info["events"]`` names
       this step's, ``info["event_prob"]`` gives their probabilities (a planner's expected reward).
+    - Bundles with ticks (``env.unwrapped.tick_names``: the game's counters falling or rising, Crafter's
+      ``food_down``...) draw each step's ticks from the tick head (``np_random``), which reads the newest
+      frame and the steps since each tick last happened, and the frame then shows them:
+      ``info["ticks"]`` names this step's, ``info["tick_prob"]`` gives their probabilities. Why: Crafter's
+      food, drink and energy fall on hidden clocks that no few frames show, and a model left to guess draws
+      "no change" every step (docs/results.md, "The inventory's clock").
 
     ``worldsim/World-v0`` is the same env for a bundle you trained (``bundle=`` required), e.g. on your own
     Gymnasium env (``worldsim collect env=gym:<id>``): the spaces are the source env's (a Box's bounds
@@ -311,7 +322,8 @@ class WorldEnv(gym.Env):
         action = _check_action(self.action_space, action)
         shape = (1, *self.sim.latent_shape)
         res = self.sim.step(stack_actions([action]), self.np_random.standard_normal(shape),
-                            self.np_random.standard_normal(shape))
+                            self.np_random.standard_normal(shape),
+                            tick_uniform=self.np_random.random((1, len(self.tick_names))) if self.tick_names else None)
         self._obs, self._t = res.frames[0], self._t + 1
         terminated = bool(_ends(res.terminated_prob, self.threshold, [self._end_rng])[0])
         truncated = self._t >= self.horizon
@@ -329,6 +341,9 @@ class WorldEnv(gym.Env):
             info["events"] = [n for n, h in zip(self.event_names, happened[0]) if h]
             info["event_prob"] = res.event_prob[0]
             info["achievements"] = dict(zip(self.event_names, self._events.tolist()))
+        if self.tick_names:
+            info["ticks"] = [n for n, h in zip(self.tick_names, res.ticks[0]) if h]
+            info["tick_prob"] = res.tick_prob[0]
         return self._obs.copy(), reward, terminated, truncated, info
 
     def render(self):
@@ -472,7 +487,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         # (README: Batch and reproducibility)
         draws = np.stack([r.standard_normal((2, *self.sim.latent_shape)) for r in self.rngs])
         noise, ctx = draws[:, 0], draws[:, 1]
-        res = self.sim.step(actions, noise, ctx)
+        ticks = np.stack([r.random(len(self.tick_names)) for r in self.rngs]) if self.tick_names else None
+        res = self.sim.step(actions, noise, ctx, tick_uniform=ticks)
         self._obs[:] = res.frames
         self._t += 1
         terminated = _ends(res.terminated_prob, self.threshold, self.end_rngs)  # drawn first, then the reward
@@ -484,6 +500,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
             happened, paid = _draw_events(res.event_prob, self.end_rngs, self._events)
             rewards += self.event_reward * paid
             info["events"], info["event_prob"] = happened, res.event_prob
+        if self.tick_names:
+            info["ticks"], info["tick_prob"] = res.ticks, res.tick_prob
         truncated = self._t >= self.horizon
         resetting = np.flatnonzero(self._autoreset)
         if len(resetting):  # NEXT_STEP autoreset: these rows start over; their step result is discarded
@@ -491,6 +509,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
             rewards[resetting], terminated[resetting], truncated[resetting] = 0.0, False, False
             if self.event_names:
                 info["events"][resetting] = False
+            if self.tick_names:
+                info["ticks"][resetting] = False
         self._autoreset = terminated | truncated
         if self.event_names:  # counts this episode (a world reset here starts its new episode at 0)
             info["achievements"] = self._events.copy()

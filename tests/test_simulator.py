@@ -22,18 +22,20 @@ W = 3
 CAM = {"type": "dict", "keys": {"camera": {"type": "box", "dim": 2, "scale": 180.0}, "forward": {"type": "discrete", "n": 2}}}
 
 
-def _random_bundle(path, residual=False, ae="tiny", warp=False, warp_kind="shift", clock=None):
+def _random_bundle(path, residual=False, ae="tiny", warp=False, warp_kind="shift", clock=None, ticks=0):
     """A bundle with random (untrained) weights, written to disk and loaded back like the shipped one.
     warp: camera + forward actions, and a warp input that shifts (or turns: warp_kind) the previous frame by
-    the camera. clock: a day's length, for a model that reads the game's clock."""
+    the camera. clock: a day's length, for a model that reads the game's clock. ticks: tick types (a model
+    that draws and shows them; the env names them after two counters)."""
     torch.manual_seed(0)
     ae = make_autoencoder(ae)
     spec = CAM if warp else {"type": "discrete", "n": 17}
     dit = WorldDiT(spec, latent_channels=4, dim=32, depth=2, heads=2, context_frames=W, clock_period=clock)
+    dit = dit.with_ticks(ticks) if ticks else dit
     dit = randomize(dit.with_warp("camera", [[0.03, 0.0], [0.0, -0.05]], kind=warp_kind) if warp else dit, std=0.15)
     frames = torch.randint(0, 256, (2, W, 32, 32, 3), dtype=torch.uint8)
     env = {"name": "test", "frame_shape": [32, 32, 3], "action_space": spec,
-           "action_meanings": [str(i) for i in range(17)]}
+           "action_meanings": [str(i) for i in range(17)], **({"counters": ["a", "b"]} if ticks else {})}
     acts = ({"camera": torch.zeros(2, W - 1, 2), "forward": torch.zeros(2, W - 1, dtype=torch.long)} if warp
             else torch.zeros(2, W - 1, dtype=torch.long))
     write_dir_atomic(path, bundle_files(ae, dit, EDMConfig(context_noise=0.1, residual=residual), (0.0, 1.0), env,
@@ -60,13 +62,19 @@ def clock_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tick_bundle(tmp_path_factory):
+    return _random_bundle(tmp_path_factory.mktemp("bundle") / "t", ticks=4)
+
+
+@pytest.fixture(scope="module")
 def patch_bundle(tmp_path_factory):  # one latent per 8x8 tile: 32x32 frames, a 4x4 grid
     return _random_bundle(tmp_path_factory.mktemp("bundle") / "p", ae="patch8_tiny")
 
 
-def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None, keep=None, clock=None):
+def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None, keep=None, clock=None, ticks=None):
     """Denoise the next frame by running the model over the whole history with the sliding-window mask.
-    keep: a dict that gets the last pass's features of the new frame. clock: (1, T) every frame's game step."""
+    keep: a dict that gets the last pass's features of the new frame. clock: (1, T) every frame's game step.
+    ticks: (1, T, K) the ticks into every frame."""
     edm: EDM = b.edm
     T = hist.shape[1] + 1
     a = actions_to_tensor(b.dit.config.action_spec, acts)
@@ -76,7 +84,7 @@ def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None, keep=Non
         seq = torch.cat([hist, x[:, None]], dim=1)
         sig = torch.cat([ctx_sig, sigma[:, None]], dim=1)
         inp, c_noise = edm.model_input(seq, sig)
-        out = b.dit(inp, c_noise, a, has, clock=clock)
+        out = b.dit(inp, c_noise, a, has, clock=clock, ticks=ticks)
         if keep is not None:
             keep["features"] = out.features[:, -1]
         return edm.denoised(x, sigma, out.out[:, -1], prev)
@@ -84,11 +92,12 @@ def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None, keep=Non
     return edm.sample(denoise, noise, steps, prev)
 
 
-@pytest.mark.parametrize("kind", ["plain", "residual", "one_context_frame", "clock"])
-def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bundle, clock_bundle):
+@pytest.mark.parametrize("kind", ["plain", "residual", "one_context_frame", "clock", "ticks"])
+def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bundle, clock_bundle, tick_bundle):
     # one_context_frame: the window fills up over the first steps (cache slots masked until written)
     # clock: a model that reads the game's clock, started at game step 57 (its day is 30 steps)
-    b = {"residual": residual_bundle, "clock": clock_bundle}.get(kind, random_bundle)
+    # ticks: a model that draws ticks each step (here about half of them) and shows them in every pass
+    b = {"residual": residual_bundle, "clock": clock_bundle, "ticks": tick_bundle}.get(kind, random_bundle)
     T = 1 if kind == "one_context_frame" else W
     prev = None
     sim = WorldSimulator(b, 1, sampling_steps=3)
@@ -105,15 +114,21 @@ def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bund
     acts = np.concatenate([[0], ctx_actions[0]])[None]
     has = torch.ones(1, T, dtype=torch.bool)
     has[0, 0] = False
+    ticks = torch.zeros(1, T, 4) if kind == "ticks" else None  # none known in the context
+    drawn = []
     for step in range(2 * W + 2):  # past the window, so the ring buffer wraps and old frames drop out
         a = np.array([step % 17])
         noise, cn = rng.standard_normal((1, *shape)), rng.standard_normal((1, *shape))
-        res = sim.step(a, noise, cn, decode=False)
+        res = sim.step(a, noise, cn, decode=False, tick_uniform=rng.random((1, 4)) if ticks is not None else None)
+        if ticks is not None:
+            ticks = torch.cat([ticks, torch.as_tensor(res.ticks, dtype=torch.float32)[:, None]], dim=1)
+            drawn.append(res.ticks[0])
         acts = np.concatenate([acts, a[None]], axis=1)
         has = torch.cat([has, torch.ones(1, 1, dtype=torch.bool)], dim=1)
         if clock is not None:
             clock = torch.cat([clock, clock[:, -1:] + 1], dim=1)
-        ref = full_recompute(b, hist, acts, has, torch.as_tensor(noise, dtype=torch.float32), 3, prev, clock=clock)
+        ref = full_recompute(b, hist, acts, has, torch.as_tensor(noise, dtype=torch.float32), 3, prev, clock=clock,
+                             ticks=ticks)
         torch.testing.assert_close(res.latents, ref, rtol=1e-4, atol=1e-4)
         if prev is not None:
             prev = ref
@@ -121,6 +136,8 @@ def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bund
     assert sim.time > W  # the clock really went past the window
     if clock is not None:
         assert sim.clock[0] == clock[0, -1] == 57 + 2 * W + 2
+    if ticks is not None:  # some drawn and some not, so the frames really read both
+        assert 0 < np.mean(drawn) < 1
 
 
 def test_the_game_clock_sets_the_time_of_day(clock_bundle):

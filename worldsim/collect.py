@@ -52,6 +52,8 @@ def _rollout(job: dict) -> dict:
         frames, actions, rewards, terms, events = [obs], [], [], [], []
         achievements = {}
         names = job.get("events")
+        counter_names = job.get("counters")  # counts the game keeps (Crafter's stats), read at every frame
+        counters = [[info["inventory"][k] for k in counter_names]] if counter_names else None
         while True:
             a = agent.act(obs)
             obs, r, terminated, truncated, info = env.step(a)
@@ -62,6 +64,8 @@ def _rollout(job: dict) -> dict:
                 now = info["achievements"]
                 events.append([now.get(k, 0) > achievements.get(k, 0) for k in names])
             achievements = info.get("achievements", achievements)
+            if counter_names:
+                counters.append([info["inventory"][k] for k in counter_names])
             if terminated or truncated:
                 break
     finally:
@@ -70,7 +74,8 @@ def _rollout(job: dict) -> dict:
     path = Path(job["out"]) / job["file"]
     write_episode(path, np.stack(frames), acts, rewards, terms, seed=job["world_seed"],
                   **({"clock_start": np.int64(clock)} if clock else {}),
-                  **({"events": np.asarray(events, np.uint8)} if names else {}))
+                  **({"events": np.asarray(events, np.uint8)} if names else {}),
+                  **({"counters": np.asarray(counters, np.int16)} if counter_names else {}))
     return {"file": job["file"], "index": job["index"], "split": job["split"], "seed": job["world_seed"],
             **({"clock_start": int(clock)} if clock else {}),
             "agent": job["agent"], "detour": job.get("detour", 0.0),
@@ -214,14 +219,14 @@ def env_info(name: str, size, seed: int = 0, make_kwargs: dict | None = None) ->
         finally:
             env.close()
     if name == "crafter":
-        from worldsim.envs.real_crafter import ACTION_MEANINGS, view_geometry
+        from worldsim.envs.real_crafter import ACTION_MEANINGS, COUNTERS, view_geometry
         from crafter.constants import achievements
 
         # events: Crafter's achievement counters, each step's increments stored per episode (`events`); the
         # game pays event_reward the first time each one happens in an episode (docs/results.md: Achievements)
         return {"name": name, "frame_shape": [size, size, 3], "action_space": {"type": "discrete", "n": 17},
                 "action_meanings": list(ACTION_MEANINGS), **view_geometry(),
-                "events": list(achievements), "event_reward": 1.0}
+                "events": list(achievements), "event_reward": 1.0, "counters": list(COUNTERS)}
     if name == "minetest":
         from worldsim.envs import minerl_actions
         return {"name": name, "frame_shape": [*size, 3], "action_space": space_to_spec(minerl_actions.action_space())}
@@ -282,7 +287,7 @@ def collect(cfg) -> dict:
                          # drawn per episode from its seed, so a resumed job draws the same
                          "clock_start": 0 if starts is None else int(np.random.default_rng(seed).integers(
                              starts[0], starts[1] + 1)),
-                         "out": str(root), "events": info.get("events"),
+                         "out": str(root), "events": info.get("events"), "counters": info.get("counters"),
                          "file": str(episode_path(root, i).relative_to(root))})
     if have:
         print(f"resuming: {len(have)} episodes already on disk, {len(jobs)} to collect")

@@ -19,6 +19,11 @@ Each episode file holds, for an episode of T steps:
     seed        int64   ()              the world seed
     gui_open    bool    (T+1,)          optional (imported data): frames showing an inventory/menu screen
     clock_start int64   ()              optional: the game's step at frames[0] (default 0: the game began there)
+    events      uint8   (T, E)          optional: which of the manifest's env.events (Crafter's achievements)
+                                        happened on each step
+    counters    int16   (T+1, K)        optional: the manifest's env.counters (Crafter's health, food, drink,
+                                        energy) at each frame, read from the game; their rises and falls are
+                                        the ticks a world model with ticks reads (tick_names)
 
 An episode that reached its length limit is simply not terminated (truncated). Files are written to a
 temporary name and renamed, so a killed job never leaves a half-written episode under its final name;
@@ -187,6 +192,31 @@ def episode_clock(ep: dict, i=0):
     return int(ep.get("clock_start", 0)) + i
 
 
+def tick_names(counters: list) -> list[str]:
+    """The tick types of a game's counters (the manifest's env.counters): each counter's fall, then its rise."""
+    return [f"{c}_{way}" for c in counters for way in ("down", "up")]
+
+
+def episode_ticks(ep: dict) -> np.ndarray:
+    """(T, 2K) float32 0/1: which counter fell or rose on each step (tick_names' order), from `counters`."""
+    d = np.diff(np.asarray(ep["counters"], np.int64), axis=0)
+    return np.stack([d < 0, d > 0], axis=-1).reshape(len(d), -1).astype(np.float32)
+
+
+def ticks_since(ticks: np.ndarray) -> np.ndarray:
+    """(T, K) ticks -> (T, K) int64: at each step, the steps since that tick type last happened, counting a
+    tick just before the episode's first step (a new game's hidden clocks start at zero), so step j after a
+    tick at step i reads j - i. What the env's tick head reads (TickHead): a hunger clock's next tick is
+    due a fixed number of steps after its last."""
+    T, K = ticks.shape
+    last = np.full(K, -1, np.int64)
+    out = np.zeros((T, K), np.int64)
+    for j in range(T):
+        out[j] = j - last
+        last = np.where(ticks[j] > 0, j, last)
+    return out
+
+
 def still_steps(ep: dict, threshold: float = 1.0) -> np.ndarray:
     """(T,) bool: steps that took an action (not the null one: some key or value non-zero) yet left the frame
     unchanged (mean absolute change under `threshold` grey levels): Crafter's blocked moves and "do" on
@@ -203,6 +233,8 @@ class WindowDataset(torch.utils.data.Dataset):
 
     has_action[i] is False only for the first frame of an episode (nothing led to it); has_transition marks
     frames whose reward/termination targets are real; clock is each frame's game step (episode_clock).
+    Episodes with `counters` also give ticks (L, 2K), the ticks of the step into each frame (episode_ticks;
+    zeros where no step led to it), and tick_since (L, 2K), ticks_since at that step.
     """
 
     def __init__(self, episodes: list[dict], length: int, latents: list[torch.Tensor] | None = None,
@@ -214,6 +246,12 @@ class WindowDataset(torch.utils.data.Dataset):
         # mark_still: items carry "still" (the last frame follows a still step: still_steps)
         self.still_threshold = still_threshold
         self.still = [still_steps(ep, still_threshold) for ep in episodes] if mark_still else None
+        with_counters = {"counters" in ep for ep in episodes}
+        if len(with_counters) > 1:
+            raise ValueError("some episodes have counters (collected with env.counters) and some do not: train ticks "
+                             "on collections that all record them")
+        self.ticks = [episode_ticks(ep) for ep in episodes] if with_counters == {True} else None
+        self.since = None if self.ticks is None else [ticks_since(t) for t in self.ticks]
 
     def __len__(self):
         return len(self.index)
@@ -223,6 +261,13 @@ class WindowDataset(torch.utils.data.Dataset):
         (still_steps), else 1."""
         still = self.still or [still_steps(ep, self.still_threshold) for ep in self.episodes]
         return torch.tensor([weight if still[e][s + self.length - 2] else 1.0 for e, s in self.index],
+                            dtype=torch.float64)
+
+    def tick_weights(self, weight: float) -> torch.Tensor:
+        """Sampling weight per window: `weight` where the window's last step ticks (episodes with counters), else 1."""
+        if self.ticks is None or self.length < 2:
+            return torch.ones(len(self.index), dtype=torch.float64)
+        return torch.tensor([weight if self.ticks[e][s + self.length - 2].any() else 1.0 for e, s in self.index],
                             dtype=torch.float64)
 
     def event_weights(self, share: float) -> torch.Tensor:
@@ -270,6 +315,9 @@ class WindowDataset(torch.utils.data.Dataset):
         }
         if self.still is not None:
             item["still"] = torch.tensor(bool(self.still[e][s + L - 2]))
+        if self.ticks is not None:
+            item["ticks"] = torch.as_tensor(np.where(valid[:, None], self.ticks[e][p], 0), dtype=torch.float32)
+            item["tick_since"] = torch.as_tensor(np.where(valid[:, None], self.since[e][p], 0))
         if self.latents is not None:
             item["latents"] = self.latents[e][s:s + L]
         else:

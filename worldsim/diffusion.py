@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import EDMEulerScheduler
@@ -176,8 +177,11 @@ class EDM:
 
     def loss(self, model, z, actions, has_action, reward, terminated, has_transition, generator=None,
              teacher_forcing: bool | None = None, change_weight: float = 1.0, change_threshold: float = 0.2,
-             clock=None, novel_weight: float = 1.0):
+             clock=None, novel_weight: float = 1.0, ticks=None, tick_since=None, tick_skip_last: bool = False):
         """z: (B, T, C, h, w) clean normalised latents. Returns total loss and its parts.
+        ticks, tick_since: (B, T, K) the ticks of the step into each frame and the steps since each type last
+        happened (WindowDataset), for models with ticks: the frames read the ticks, the tick head learns them
+        (not from the last step with tick_skip_last: see _tick_loss).
         clock: int (B, T) each frame's step count since the game began (models with a clock).
         teacher_forcing: as in `sample_sigmas` (True: only the last frame is a target).
         change_weight: the loss of the tokens that changed from the frame before (changed_tokens at
@@ -192,7 +196,7 @@ class EDM:
         x = z + self._bc(sigma, z) * noise
         inp, c_noise = self.model_input(x, sigma)
         warp_in = self.context_previous(z, generator) if warps(model) else None
-        out = model(inp, c_noise, actions, has_action, prev=warp_in, clock=clock)
+        out = model(inp, c_noise, actions, has_action, prev=warp_in, clock=clock, ticks=ticks)
         prev = self.residual_anchor(model, z, warp_in, actions, has_action)
         target = self.raw_target(z, x, sigma, prev)
         err = F.mse_loss(out.out.float(), target, reduction="none")
@@ -203,7 +207,10 @@ class EDM:
         per_frame = err.mean(dim=(2, 3, 4))
         diff = (per_frame * is_target).sum() / is_target.sum().clamp(min=1)
         rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)
-        return diff + rew + 0.1 * term, {"diffusion": diff.item(), "reward": rew.item(), "termination": term.item()}
+        tick = self._tick_loss(model, out, sigma, actions, has_action, ticks, tick_since, tick_skip_last)
+        return diff + rew + 0.1 * term + 0.1 * tick, {"diffusion": diff.item(), "reward": rew.item(),
+                                                      "termination": term.item(),
+                                                      **({"tick": tick.item()} if ticks is not None else {})}
 
     def drop_actions(self, has_action, generator=None):
         """Training: hide the action of a share action_dropout of the frames (guidance needs the action-free
@@ -212,6 +219,25 @@ class EDM:
             return has_action
         return has_action & (torch.rand(has_action.shape, device=has_action.device, generator=generator)
                              >= self.cfg.action_dropout)
+
+    def _tick_loss(self, model, out, sigma, actions, has_action, ticks, tick_since, skip_last: bool = False):
+        """The tick head's loss (BCE): each near-clean frame's features, with the next step's action and the
+        steps since each tick, predict that step's ticks, as the simulator draws them from its newest committed
+        frame. Steps whose action was dropped (action_dropout) do not count, nor with skip_last the window's
+        last step: windows drawn more often where it ticks (dit.tick_weight) would teach the head that ticks
+        are that much commoner than they are."""
+        if ticks is None or getattr(model, "tick_head", None) is None:
+            if getattr(model, "tick_head", None) is not None:
+                raise ValueError("this world model has ticks: pass ticks and tick_since (episodes with counters)")
+            return torch.zeros((), device=sigma.device)
+        nxt = np.s_[:, 1:]
+        mask = (has_action[:, 1:] & (sigma[:, :-1] <= self.cfg.context_noise_max)).float()
+        if skip_last:
+            mask[:, -1] = 0
+        logits = model.tick_logits(out.features[:, :-1], index_actions(actions, nxt), has_action[:, 1:],
+                                   tick_since[:, 1:])
+        bce = F.binary_cross_entropy_with_logits(logits.float(), ticks[:, 1:].float(), reduction="none").mean(-1)
+        return (bce * mask).sum() / mask.sum().clamp(min=1)
 
     def _head_losses(self, out, sigma, reward, terminated, has_transition):
         """Reward (MSE, achievement steps up-weighted) and termination (BCE) losses of the heads.
@@ -226,27 +252,31 @@ class EDM:
 
     # ---- cached inference: one definition for the simulator and for training on the model's own frames ----
     @torch.no_grad()
-    def prefill(self, model, cache, rows, z, actions, has_action, times, noise, level: float, clock=None):
+    def prefill(self, model, cache, rows, z, actions, has_action, times, noise, level: float, clock=None,
+                ticks=None, return_out: bool = False):
         """Commit context latents z (b, T, C, h, w) into batch `rows` of a KV cache at `times`, each frame
         context-noised (z + level * noise, as context always is). clock: int (b, T) the frames' game steps
-        (models with a clock). Returns the committed latents."""
+        (models with a clock). ticks: (b, T, K) the ticks into each frame (models with ticks). Returns the
+        committed latents, and with return_out the pass's ModelOutput too (its features: a tick head reads them)."""
         zc = z + level * noise
         inp, c_noise = self.model_input(zc, torch.full(z.shape[:2], level, device=z.device))
         out = model(inp, c_noise, actions, has_action, times=times, return_kv=True,
-                    prev=self.previous_frames(zc) if warps(model) else None, clock=clock)
+                    prev=self.previous_frames(zc) if warps(model) else None, clock=clock, ticks=ticks)
         cache.clear(rows)
         cache.write_frames(rows, out.kv, times.tolist())
-        return zc
+        return (zc, out) if return_out else zc
 
     @torch.no_grad()
     def step_cached(self, model, cache, t: int, a, prev, prev_ctx, noise, context_noise, level: float,
-                    steps: int | None = None, guidance: float = 1.0, project=None, fill=None, clock=None):
+                    steps: int | None = None, guidance: float = 1.0, project=None, fill=None, clock=None,
+                    ticks=None):
         """One frame of a cached rollout at time t: sample it with the Euler sampler, every pass attending to
         the cache's window, then commit it lightly noised (context_noise * level) in one more pass.
         prev: (B, C, h, w) the newest clean latent; prev_ctx: the same as committed (a warp model reads it).
         fill: for a warp model, a function of its warp input (B, C, h, w) that returns the input to use (the
         simulator's view memory: cells taken from views it holds); every pass, and a residual model's centre,
-        then read that one. clock: int (B,) the new frame's game step (models with a clock).
+        then read that one. clock: int (B,) the new frame's game step (models with a clock). ticks: (B, K) the
+        ticks of this step, drawn by the caller (models with ticks): every pass reads them.
         Returns (new latent, committed latent, the residual centre or None, the commit pass's ModelOutput:
         the heads read the committed frame)."""
         B = prev.shape[0]
@@ -271,19 +301,21 @@ class EDM:
             a2, has2 = batch_twice(a), torch.cat([has, ~has])
             pv2 = None if pv is None else batch_twice(pv)
             clock2 = None if clock is None else torch.cat([clock, clock])
+            ticks2 = None if ticks is None else torch.cat([ticks, ticks])
 
         last = {}  # the last sampling pass's features (the action-conditioned half), for `project`
 
         def denoise(x, sigma):
             inp, c_noise = self.model_input(x, sigma)
             if guidance == 1.0:
-                o = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv, warped=wp, outputs="frame", clock=clock)
+                o = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv, warped=wp, outputs="frame", clock=clock,
+                                         ticks=ticks)
                 last["features"] = o.features
                 return self.denoised(x, sigma, o.out, centre)
             # classifier-free guidance: push past the action-free prediction, on the denoised frames (each half
             # has its own centre)
             o = model.forward_cached(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), a2, has2, cache, t,
-                                     prev=pv2, warped=wp2, outputs="frame", clock=clock2)
+                                     prev=pv2, warped=wp2, outputs="frame", clock=clock2, ticks=ticks2)
             last["features"] = o.features[:B]
             raw, free = o.out.chunk(2)
             return self.guide(self.denoised(x, sigma, free, centre_free), self.denoised(x, sigma, raw, centre),
@@ -295,7 +327,7 @@ class EDM:
         zc = z + level * context_noise
         inp, c_noise = self.model_input(zc, torch.full((B,), level, device=z.device))
         out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv, warped=wp, outputs="heads",
-                                   clock=clock)
+                                   clock=clock, ticks=ticks)
         return z, zc, centre, out
 
     @torch.no_grad()
@@ -368,7 +400,7 @@ class EDM:
     def distill_loss(self, model, teacher, guidance: float, z, actions, has_action, reward, terminated,
                      has_transition, generator=None, real=None, change_weight: float = 1.0,
                      change_threshold: float = 0.2, change_real: bool = False, clock=None,
-                     novel_weight: float = 1.0):
+                     novel_weight: float = 1.0, ticks=None, tick_since=None, tick_skip_last: bool = False):
         """Guidance distillation (Meng et al. 2023, "On distillation of guided diffusion models"): the
         student's plain conditional prediction learns the teacher's guided one, free + g (cond - free), so
         inference gets guidance's action following from one network pass instead of a doubled batch.
@@ -382,7 +414,9 @@ class EDM:
         Only the inference layout is trained: near-clean context (levels U(0, context_noise_max)) and the
         last frame the target, whose action alone the teacher's free pass hides, exactly as the simulator
         does. Half the targets sit at sigma_max, the one level a 1-step sampler uses; the rest follow the
-        training distribution so that more sampling steps stay usable. Heads keep their usual loss."""
+        training distribution so that more sampling steps stay usable. Heads keep their usual loss.
+        ticks, tick_since: as in `loss`, for a student with ticks; a teacher with ticks reads them too, one
+        without reads none (give `real` for the windows whose last step ticks: it cannot show them)."""
         B, T = z.shape[:2]
         c, dev = self.cfg, z.device
         sigma = torch.rand(B, T, device=dev, generator=generator) * c.context_noise_max
@@ -394,14 +428,16 @@ class EDM:
         warp_in = self.context_previous(z, generator) if warps(model) or warps(teacher) else None
         with torch.no_grad():
             if guidance == 1:  # self-distillation: the teacher's own prediction, no action-free pass needed
-                target = teacher(inp, c_noise, actions, has_action, prev=warp_in, clock=clock).out.float()[:, -1]
+                target = teacher(inp, c_noise, actions, has_action, prev=warp_in, clock=clock,
+                                 ticks=ticks if teacher.config.ticks else None).out.float()[:, -1]
             else:
                 free_has = has_action.clone()
                 free_has[:, -1] = False
                 both = teacher(torch.cat([inp, inp]), torch.cat([c_noise, c_noise]), batch_twice(actions),
                                torch.cat([has_action, free_has]),
                                prev=None if warp_in is None else batch_twice(warp_in),
-                               clock=None if clock is None else torch.cat([clock, clock])).out.float()
+                               clock=None if clock is None else torch.cat([clock, clock]),
+                               ticks=torch.cat([ticks, ticks]) if teacher.config.ticks else None).out.float()
                 cond, free = both.chunk(2)
                 target = self.guide(free[:, -1], cond[:, -1], guidance)
             changed = self.changed_tokens(z[:, -2:], change_threshold)[:, -1] if change_real or change_weight != 1 else None
@@ -413,7 +449,7 @@ class EDM:
                     use_real = use_real | changed.unsqueeze(1)
                 raw = self.raw_target(z[:, -1], x[:, -1], sigma[:, -1]).float()
                 target = torch.where(use_real, raw, target)
-        out = model(inp, c_noise, actions, has_action, prev=warp_in, clock=clock)
+        out = model(inp, c_noise, actions, has_action, prev=warp_in, clock=clock, ticks=ticks)
         err = F.mse_loss(out.out[:, -1].float(), target, reduction="none")
         if change_weight != 1:
             err = err * self.token_weights(changed, change_weight)
@@ -421,7 +457,10 @@ class EDM:
             err = err * self.token_weights(self.novel_tokens(z[:, -2:], change_threshold)[:, -1], novel_weight)
         diff = err.mean()
         rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)
-        return diff + rew + 0.1 * term, {"distill": diff.item(), "reward": rew.item(), "termination": term.item()}
+        tick = self._tick_loss(model, out, sigma, actions, has_action, ticks, tick_since, tick_skip_last)
+        return diff + rew + 0.1 * term + 0.1 * tick, {"distill": diff.item(), "reward": rew.item(),
+                                                      "termination": term.item(),
+                                                      **({"tick": tick.item()} if ticks is not None else {})}
 
     # ---- sampling ------------------------------------------------------------------------------
     def sampling_sigmas(self, steps: int | None = None) -> list[float]:

@@ -116,6 +116,28 @@ class ClockEncoder(nn.Module):
         return self.embed(torch.cat([ang.sin(), ang.cos()], dim=-1).to(self.embed.weight.dtype))
 
 
+class TickHead(nn.Module):
+    """Each tick type's logit on the next step, from the newest frame's pooled features, the action of that step
+    and the steps since each type last happened. Why the last: a game's hidden clock (Crafter's hunger) ticks a
+    fixed number of steps after its last tick, which no window of a few frames shows; the env counts them."""
+
+    def __init__(self, dim: int, ticks: int, horizon: int = 64):
+        super().__init__()
+        self.horizon = horizon  # steps since a tick are read up to this, and past it as "long ago"
+        # its own norm, not the reward heads' head_norm: `worldsim heads` refits those and must leave this be
+        self.norm = nn.LayerNorm(dim)
+        self.net = nn.Sequential(nn.Linear(2 * dim + 2 * ticks, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU(),
+                                 nn.Linear(dim, ticks))
+
+    def forward(self, features, action_emb, since):
+        """features (the frame's pooled last-block tokens), action_emb: (..., dim); since: int (..., ticks)
+        -> (..., ticks) logits."""
+        s = since.float()
+        x = torch.cat([self.norm(features), action_emb, s.clamp(max=self.horizon) / self.horizon, (s >= self.horizon).float()],
+                      dim=-1)
+        return self.net(x.to(self.net[0].weight.dtype))
+
+
 class ActionEncoder(nn.Module):
     """One embedding per frame from any supported action space; frames with no action get a learned null."""
 
@@ -397,7 +419,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
                  depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, context_frames: int = 4,
                  time_period: int = 4096, warp_action: str | None = None, warp_matrix: list | None = None,
                  warp_kind: str = "shift", warp_zoom: dict | None = None, clock_period: int | None = None,
-                 events: int = 0, reward_values: list | None = None):
+                 events: int = 0, reward_values: list | None = None, ticks: int = 0):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
@@ -428,6 +450,14 @@ class WorldDiT(ModelMixin, ConfigMixin):
         self.sigma_embed = TimestepEmbedding(256, dim)
         self.action_embed = ActionEncoder(action_spec, dim)
         self.clock_embed = ClockEncoder(clock_period, dim) if clock_period else None
+        # ticks: changes of the game's counts that its frames cannot foretell (Crafter's food, drink, energy and
+        # health, moved by hidden hunger, thirst and fatigue clocks), given per frame as 0/1, like an action;
+        # the env draws them (TickHead) and the frame shows them. Why: a model left to guess them draws their
+        # mean, "no change", and in its world nobody gets hungry (docs/results.md, "The inventory's clock").
+        if not (isinstance(ticks, int) and ticks >= 0):
+            raise ValueError(f"ticks must be a count of tick types >= 0, got {ticks!r}")
+        self.tick_embed = nn.Linear(ticks, dim, bias=False) if ticks else None
+        self.tick_head = TickHead(dim, ticks) if ticks else None
         self.rope = Rotary3D(dim // heads, time_period)
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(dim, C * p * p)
@@ -457,9 +487,11 @@ class WorldDiT(ModelMixin, ConfigMixin):
         nn.init.normal_(self.sigma_embed.linear_2.weight, std=0.02)
         if self.clock_embed is not None:  # the clock starts unread, so adding it to a trained model changes nothing
             nn.init.zeros_(self.clock_embed.embed.weight)
+        if self.tick_embed is not None:  # likewise the ticks
+            nn.init.zeros_(self.tick_embed.weight)
 
     # ---- helpers ---------------------------------------------------------------------------------
-    def _cond(self, c_noise, actions, has_action, clock=None):
+    def _cond(self, c_noise, actions, has_action, clock=None, ticks=None):
         B, T = has_action.shape
         s = self.sigma_embed(self.sigma_proj(c_noise.reshape(-1).float()).to(self.patch_in.weight.dtype))
         c = s.reshape(B, T, -1) + self.action_embed(actions, has_action)
@@ -468,6 +500,11 @@ class WorldDiT(ModelMixin, ConfigMixin):
                 raise ValueError(f"this world model reads the game's clock (clock_period={self.config.clock_period}):"
                                  " pass clock, each frame's step count since the game began")
             c = c + self.clock_embed(torch.as_tensor(clock, device=c.device).reshape(B, T))
+        if self.tick_embed is not None:
+            if ticks is None:
+                raise ValueError(f"this world model shows the game's ticks ({self.config.ticks} types): pass ticks, "
+                                 "0/1 per frame and type, which of them happened on the step into each frame")
+            c = c + self.tick_embed(torch.as_tensor(ticks, device=c.device).reshape(B, T, -1).to(c.dtype))
         return c
 
     def _tokens(self, x):
@@ -538,6 +575,17 @@ class WorldDiT(ModelMixin, ConfigMixin):
         new.load_state_dict(sd)
         return new.train(self.training)
 
+    def with_ticks(self, n: int) -> "WorldDiT":
+        """This model with the ticks input added (n tick types); its weights start at zero, so it computes
+        exactly what it did until training puts them to use."""
+        if self.config.ticks:
+            raise ValueError(f"this world model already shows ticks ({self.config.ticks} types)")
+        new = self._reconfigured(ticks=int(n))
+        sd = {**self.state_dict(), **{f"tick_embed.{k}": v for k, v in new.tick_embed.state_dict().items()},
+              **{f"tick_head.{k}": v for k, v in new.tick_head.state_dict().items()}}
+        new.load_state_dict(sd)
+        return new.train(self.training)
+
     def _reconfigured(self, **changes) -> "WorldDiT":
         """A new model (fresh weights) with this one's config but for `changes`, on its device; fp32 like every
         model here (load_state_dict keeps that)."""
@@ -550,6 +598,13 @@ class WorldDiT(ModelMixin, ConfigMixin):
         return (r[..., 0], r[..., 1], (r[..., 2:K] if self.config.events else None),
                 (r[..., K:] if self.config.reward_values else None))
 
+    def tick_logits(self, features, actions, has_action, since):
+        """Each tick type's logit on a step: features (..., N, dim) the last block's tokens of the frame it
+        starts from (ModelOutput.features), the step's actions and has_action (...), since int (..., ticks)."""
+        if self.tick_head is None:
+            raise ValueError("this world model has no ticks (ticks=0)")
+        return self.tick_head(features.mean(dim=-2), self.action_embed(actions, has_action), since)
+
     def _check_size(self, h, w):
         p = self.config.patch_size
         if h % p or w % p:
@@ -557,7 +612,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     # ---- sequence forward: training, full recompute, cache prefill --------------------------------
     def forward(self, x, c_noise, actions, has_action, times=None, return_kv: bool = False, prev=None,
-                clock=None) -> ModelOutput:
+                clock=None, ticks=None) -> ModelOutput:
         """x: (B, T, C, h, w) scaled noisy latents; c_noise: (B, T); actions: (B, T, ...); has_action: (B, T).
 
         times: int64 (T,) absolute frame indices (default 0..T-1); the attention window is `context_frames`.
@@ -565,6 +620,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
         read only by a model with a warp input.
         clock: int (B, T) each frame's step count since the game began, read only by a model with a clock
         (clock_period).
+        ticks: (B, T, ticks) 0/1, the ticks of the step into each frame, read only by a model with ticks.
         """
         B, T, C, h, w = x.shape
         self._check_size(h, w)
@@ -572,7 +628,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
         if times is None:
             times = torch.arange(T)
         tok = self.patch_in(self._tokens(self._with_warp(x, prev, actions, has_action)))
-        c = self._cond(c_noise, actions, has_action, clock)
+        c = self._cond(c_noise, actions, has_action, clock, ticks)
         cos, sin = self.rope(times, h // p, w // p)
         mask = frame_causal_mask(T, tok.shape[2], self.config.context_frames, device=x.device)
         kvs = []
@@ -585,7 +641,8 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     # ---- cached forward: one new frame per call -------------------------------------------------------
     def forward_cached(self, x, c_noise, actions, has_action, cache: "KVCache", time: int,
-                       commit: bool = False, prev=None, warped=None, outputs: str = "all", clock=None) -> ModelOutput:
+                       commit: bool = False, prev=None, warped=None, outputs: str = "all", clock=None,
+                       ticks=None) -> ModelOutput:
         """x: (B, C, h, w) one frame per batch element, attending to the cache's window and to itself.
 
         commit=True writes this frame's keys/values into the cache at `time` (after each layer has used
@@ -593,6 +650,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
         warped: (B, C, h, w) a warp model's input already made from prev (the simulator's view memory builds
         it from the views it holds), used instead of warping prev.
         clock: int (B,) the frame's step count since the game began (a model with clock_period).
+        ticks: (B, ticks) 0/1 the ticks of the step into the frame (a model with ticks).
         outputs: "all", or only what the caller reads: "frame" (a sampling pass: the output and the features,
         no heads) or "heads" (a commit pass: reward and termination, no output layer); what is left out is
         None. At batch 1 each of those small layers costs about as much in call overhead as in arithmetic.
@@ -605,7 +663,8 @@ class WorldDiT(ModelMixin, ConfigMixin):
         tok = self.patch_in(self._tokens(self._with_warp(x[:, None], None if prev is None else prev[:, None], acts,
                                                          has_action[:, None],
                                                          None if warped is None else warped[:, None])))
-        c = self._cond(c_noise[:, None], acts, has_action[:, None], None if clock is None else clock[:, None])
+        c = self._cond(c_noise[:, None], acts, has_action[:, None], None if clock is None else clock[:, None],
+                       None if ticks is None else ticks[:, None])
         cos, sin = self._rope_at(time, h // p, w // p)
         if commit and B != cache.k.shape[1]:
             raise ValueError(f"a commit pass takes one row per cache row ({cache.k.shape[1]}), got {B}")

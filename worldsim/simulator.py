@@ -90,6 +90,8 @@ class StepResult:
     # (B, V) float32 the probability of each of the world model's reward_values (bundles with reward classes);
     # `reward` is then their expectation (the env draws one)
     reward_prob: np.ndarray | None = None
+    ticks: np.ndarray | None = None  # (B, ticks) bool this step's drawn ticks (models with ticks)
+    tick_prob: np.ndarray | None = None  # (B, ticks) float32 their probabilities
 
 
 class WorldSimulator:
@@ -149,6 +151,15 @@ class WorldSimulator:
         self.warps = warps(self.dit)
         self.prev = torch.zeros(batch_size, C, h, w, device=self.device)  # newest clean latent per row
         self.prev_ctx = torch.zeros_like(self.prev)  # the same as committed (context-noised): a warp input reads it
+        # ticks (models with them): each step's are drawn from the tick head, which reads the newest committed
+        # frame's features and the steps since each tick type last happened (model.TickHead), before the frame
+        self.n_ticks = int(self.dit.config.ticks)
+        if self.n_ticks:
+            self.ROW = self.ROW + ("tick_feat", "tick_since")
+            self.tick_feat = torch.zeros(batch_size, self.tokens_per_frame, self.dit.config.dim, device=self.device)
+            self.tick_since = torch.zeros(batch_size, self.n_ticks, dtype=torch.long, device=self.device)
+            # draws for callers that give none (eval, bench: reproducible per simulator); the env gives its own
+            self.tick_rng = np.random.default_rng(0)
         hold = bundle.meta.get("decode", {}).get("tile_hold", 0.0) if tile_hold is None else tile_hold
         self.tile_hold = float(hold)
         if not np.isfinite(self.tile_hold) or self.tile_hold < 0:
@@ -308,8 +319,14 @@ class WorldSimulator:
         times = torch.arange(self.time - T + 1, self.time + 1)  # the context ends now
         acts = actions_to_tensor(self.spec, acts, self.device)
         ctx_clock = torch.as_tensor(clock[:, None] - np.arange(T - 1, -1, -1), device=self.device)
-        zc = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise), self.context_noise,
-                              clock=ctx_clock)
+        ticks = None
+        if self.n_ticks:  # what ticked in a given context is not known: none, and every clock at the game's start
+            ticks = torch.zeros(b, T, self.n_ticks, device=self.device)
+        zc, out = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise),
+                                   self.context_noise, clock=ctx_clock, ticks=ticks, return_out=True)
+        if self.n_ticks:
+            self.tick_feat[rows] = out.features[:, -1].float()
+            self.tick_since[rows] = torch.as_tensor(clock + 1, device=self.device)[:, None]
         self.prev[rows] = z[:, -1]
         self.prev_ctx[rows] = zc[:, -1]
         if self.map is not None:  # the real context's ground, at the places its moves reach
@@ -371,7 +388,8 @@ class WorldSimulator:
                 getattr(held, attr)[r] = value.to(getattr(held, attr).device)
 
     @torch.no_grad()
-    def step(self, actions, noise: np.ndarray, context_noise: np.ndarray, decode: bool = True) -> StepResult:
+    def step(self, actions, noise: np.ndarray, context_noise: np.ndarray, decode: bool = True,
+             tick_uniform: np.ndarray | None = None) -> StepResult:
         """Advance every row by one frame. noise, context_noise: (B, C, h, w) unit Gaussian.
 
         With `reencode` the frame is decoded (with tile hold or detail carry) before it is committed, and the
@@ -384,14 +402,31 @@ class WorldSimulator:
         With `snap` each token of the sample is first replaced by a codebook entry (worldsim/codebook.py): its
         nearest, or with "sample" one drawn where the token head is unsure (the draw's uniform comes from the first
         channel of `noise`, the sampler's own draw at that token); what is shown and what the
-        context keeps is that snapped latent."""
-        with self._autocast():
-            return self._step(actions, noise, context_noise, decode)
+        context keeps is that snapped latent.
 
-    def _step(self, actions, noise: np.ndarray, context_noise: np.ndarray, decode: bool = True) -> StepResult:
+        tick_uniform: (B, ticks) uniform draws in [0, 1), for a model with ticks: tick k happens on this step
+        where its draw is under the tick head's probability; the frame then shows it. None: the simulator's own
+        generator draws them (seeded 0 when it is made)."""
+        with self._autocast():
+            return self._step(actions, noise, context_noise, decode, tick_uniform)
+
+    def _draw_ticks(self, a, tick_uniform):
+        """This step's ticks (B, K) float 0/1 and their probabilities, from the tick head."""
+        u = self._t(self.tick_rng.random((self.B, self.n_ticks)) if tick_uniform is None else tick_uniform)
+        if u.shape != (self.B, self.n_ticks):
+            raise ValueError(f"tick_uniform must have shape ({self.B}, {self.n_ticks}), got {tuple(u.shape)}")
+        has = torch.ones(self.B, dtype=torch.bool, device=self.device)
+        prob = torch.sigmoid(self.dit.tick_logits(self.tick_feat, a, has, self.tick_since).float())
+        return (u < prob).float(), prob
+
+    def _step(self, actions, noise: np.ndarray, context_noise: np.ndarray, decode: bool = True,
+              tick_uniform: np.ndarray | None = None) -> StepResult:
         t = self.time + 1
         a = actions_to_tensor(self.spec, actions, self.device)
         noise = self._t(noise)
+        ticks = tick_prob = None
+        if self.n_ticks:
+            ticks, tick_prob = self._draw_ticks(a, tick_uniform)
         shown = {}
 
         def project(z, centre, features):
@@ -428,10 +463,14 @@ class WorldSimulator:
                                                            noise, self._t(context_noise), self.context_noise,
                                                            self.steps, self.guidance,
                                                            project=project if projects else None, fill=fill,
-                                                           clock=torch.as_tensor(self.clock + 1, device=self.device))
+                                                           clock=torch.as_tensor(self.clock + 1, device=self.device),
+                                                           ticks=ticks)
         self.prev, self.prev_ctx = z.float(), self.prev_ctx.float()  # fp32 between steps, whatever amp computed in
         self.time = t
         self.clock += 1
+        if self.n_ticks:
+            self.tick_feat = out.features.float()
+            self.tick_since = torch.where(ticks > 0, 1, self.tick_since + 1)
         frames = shown.get("frames")  # reencode decoded it already
         if frames is None and decode:
             frames = self._show(z, prev, a)
@@ -445,7 +484,8 @@ class WorldSimulator:
                           torch.sigmoid(out.term_logit).float().cpu().numpy(),
                           out.features.mean(1).float(),
                           None if out.event_logits is None else torch.sigmoid(out.event_logits).float().cpu().numpy(),
-                          reward_prob)
+                          reward_prob, None if ticks is None else ticks.cpu().numpy() > 0,
+                          None if tick_prob is None else tick_prob.cpu().numpy())
 
     def _show(self, z, centre, a):
         """The frames shown for sampled latents z (B, H, W, 3) uint8 on the device: decoded, through detail carry

@@ -35,7 +35,8 @@ from worldsim.autoencoder import LatentCodec, ae_config, make_autoencoder, to_pi
 from worldsim.checkpoint import (Bundle, bundle_files, bundle_path, data_dirs, load_optimizer, optimizer_tensors,
                                  read_metadata, resolve_dir, tensors_bytes, write_dir_atomic)
 from worldsim.codebook import CERTAIN, fit_codebook, fit_token_head, require_plain, require_tiles, with_codebook
-from worldsim.data import WindowDataset, atomic_write_bytes, index_actions, load_episodes, load_manifest
+from worldsim.data import (WindowDataset, atomic_write_bytes, index_actions, load_episodes, load_manifest,
+                           tick_names)
 from worldsim.diffusion import EDM, EDMConfig
 from worldsim.evaluate import phase_shift, psnr_np
 from worldsim.model import WorldDiT
@@ -106,11 +107,12 @@ class Trainer:
         self.still_real = bool(cfg.dit.get("still_real", False))
         self.change_real = bool(cfg.dit.get("change_real", False))
         if self.distill and (not cfg.get("init") or not math.isfinite(self.distill) or self.distill < 1
-                             or (self.distill == 1 and not (self.still_real or self.change_real))):
+                             or (self.distill == 1 and not (self.still_real or self.change_real
+                                                            or cfg.dit.get("tick_real")))):
             raise ValueError(f"dit.distill_guidance={cfg.dit.distill_guidance}: guidance distillation needs "
                              "init=BUNDLE (the teacher) and a guidance scale > 1 (or 1 with dit.still_real=true "
-                             "or dit.change_real=true: self-distillation with still windows or changed tokens "
-                             "learning the real frame)")
+                             "or dit.change_real=true or dit.tick_real=true: self-distillation with still windows, "
+                             "changed tokens or ticking windows learning the real frame)")
         if self.still_real and not self.distill:
             raise ValueError("dit.still_real=true replaces the distillation teacher's target on still windows: "
                              "set dit.distill_guidance too (1 keeps the bundle's own guidance)")
@@ -194,6 +196,25 @@ class Trainer:
         elif clock and int(clock) != self.dit.config.clock_period:
             raise ValueError(f"dit.clock_period={clock}, but the world model already reads a clock of period "
                              f"{self.dit.config.clock_period}")
+        # ticks: the counters' rises and falls (episodes with `counters`) as an input of every frame, drawn by a
+        # tick head at inference (model.TickHead); added to an init=BUNDLE model that has none, starting at zero
+        self.tick_real = bool(cfg.dit.get("tick_real", False))
+        self.tick_weight = float(cfg.dit.get("tick_weight", 1.0))
+        if cfg.dit.get("ticks") and not self.dit.config.ticks:
+            counters = self.env_info.get("counters")
+            if not counters or any("counters" not in e for e in self.train_eps):
+                raise ValueError(f"dit.ticks=true needs episodes that record the game's counters (env.counters in "
+                                 f"the manifest; `worldsim collect env=crafter` writes them): {cfg.data} does not")
+            self.dit = self.dit.with_ticks(len(tick_names(counters)))
+        if (self.tick_real or self.tick_weight != 1) and not self.dit.config.ticks:
+            raise ValueError("dit.tick_real / dit.tick_weight act on ticks: set dit.ticks=true")
+        if self.tick_real and not self.distill:
+            raise ValueError("dit.tick_real=true replaces the distillation teacher's target on windows whose last "
+                             "step ticks: set dit.distill_guidance too (1 keeps the bundle's own guidance)")
+        if not (math.isfinite(self.tick_weight) and self.tick_weight > 0):
+            raise ValueError(f"dit.tick_weight={cfg.dit.get('tick_weight')} must be a finite number > 0")
+        if self.dit.config.ticks and (self.rollout_steps or self.energy_prob):
+            raise ValueError("dit.rollout_steps / dit.energy_prob do not feed ticks yet: train ticks without them")
         kind, zoom = cfg.dit.get("warp_kind"), cfg.dit.get("warp_zoom")
         zoom = OmegaConf.to_container(zoom) if zoom else None
         if (kind and kind != self.dit.config.warp_kind) or (zoom and zoom != self.dit.config.warp_zoom):
@@ -408,6 +429,12 @@ class Trainer:
         if self.event_share:  # windows ending on a rare event (Crafter's waking...)
             ev = ds.event_weights(self.event_share)
             weights = ev if weights is None else weights * ev
+        ticks = bool(self.dit.config.ticks)
+        if ticks and ds.ticks is None:
+            raise ValueError(f"the world model has ticks, but the episodes of {self.cfg.data} record no counters")
+        if self.tick_weight != 1:  # windows whose last step ticks (a food count falling...)
+            tw = ds.tick_weights(self.tick_weight)
+            weights = tw if weights is None else weights * tw
         sampler = None if weights is None else torch.utils.data.WeightedRandomSampler(
             weights, len(ds), replacement=True, generator=gen)
         loader = torch.utils.data.DataLoader(ds, batch_size=c.batch_size, shuffle=sampler is None, sampler=sampler,
@@ -433,11 +460,17 @@ class Trainer:
                     b["reward"] = b["reward"] / self.reward_scale
                 batch_args = (b["latents"], b["actions"], b["has_action"], b["reward"], b["terminated"],
                               b["has_transition"])
+                tk = {"ticks": b["ticks"][:, K:], "tick_since": b["tick_since"][:, K:],
+                      "tick_skip_last": self.tick_weight != 1} if ticks else {}
+                real = b.get("still")
+                if self.tick_real:  # the teacher cannot show a tick: those windows learn the real frame
+                    ticked = b["ticks"][:, -1].any(-1)
+                    real = ticked if real is None else real | ticked
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp):
                     if self.teacher is not None:
                         loss, parts = self.edm.distill_loss(model, self.teacher, self.distill, *batch_args,
-                                                            real=b.get("still"), change_real=self.change_real,
-                                                            clock=b["clock"], **change)
+                                                            real=real, change_real=self.change_real,
+                                                            clock=b["clock"], **change, **tk)
                     elif K and self.rng.random() < c.rollout_prob:
                         k = int(self.rng.integers(1, K + 1))  # own frames as context: 1..K steps deep
                         args = [index_actions(a, np.s_[:, K - k:]) for a in batch_args]
@@ -451,7 +484,7 @@ class Trainer:
                                                            clock=b["clock"][:, K:])
                     else:
                         loss, parts = self.edm.loss(model, *[index_actions(a, np.s_[:, K:]) for a in batch_args],
-                                                    clock=b["clock"][:, K:], **change)
+                                                    clock=b["clock"][:, K:], **change, **tk)
                 if self._update(self.opt_dit, self.dit, loss) and self.ema is not None:
                     self.ema.update_parameters(self.dit)
                 st["dit_step"] += 1
@@ -508,6 +541,10 @@ class Trainer:
                                                                                       if self.event_share else {}),
                                                                                    **({"still_real": True}
                                                                                       if self.still_real else {}),
+                                                                                   **({"tick_real": True}
+                                                                                      if self.tick_real else {}),
+                                                                                   **({"tick_weight": self.tick_weight}
+                                                                                      if self.tick_weight != 1 else {}),
                                                                                    **({"still_threshold": self.still_threshold}
                                                                                       if self.still_threshold != 1 else {}),
                                                                                    **({"change_weight": self.change_weight,

@@ -84,10 +84,10 @@ def test_tick_input_starts_unread_and_is_required():
         mt(x, c, a, has)
     with pytest.raises(ValueError, match="already shows ticks"):
         mt.with_ticks(6)
-    logits = mt.tick_logits(torch.randn(2, 3, 16, 32), a, has, torch.full((2, 3, 6), 5))
+    logits = mt.tick_logits(torch.randn(2, 3, 32), a, has, torch.full((2, 3, 6), 5))
     assert logits.shape == (2, 3, 6)
-    far = mt.tick_logits(torch.zeros(1, 16, 32), a[:1, 0], has[:1, 0], torch.full((1, 6), 500))
-    assert (far - mt.tick_logits(torch.zeros(1, 16, 32), a[:1, 0], has[:1, 0], torch.full((1, 6), 5))).abs().max() > 0
+    far = mt.tick_logits(torch.zeros(1, 32), a[:1, 0], has[:1, 0], torch.full((1, 6), 500))
+    assert (far - mt.tick_logits(torch.zeros(1, 32), a[:1, 0], has[:1, 0], torch.full((1, 6), 5))).abs().max() > 0
 
 
 def test_simulator_draws_ticks_from_the_newest_frame_and_the_steps_since(tmp_path):
@@ -114,6 +114,7 @@ def test_simulator_draws_ticks_from_the_newest_frame_and_the_steps_since(tmp_pat
         np.testing.assert_array_equal(res.ticks, u < res.tick_prob)
         since = torch.where(torch.as_tensor(res.ticks), 1, since + 1)
         assert torch.equal(sim.tick_since, since)
+        torch.testing.assert_close(sim.tick_feat, res.head_input.float())  # the frame just committed
         feat = sim.tick_feat.clone()
     res = sim.step(np.array([0, 0]), rng.standard_normal((2, *shape)), rng.standard_normal((2, *shape)))
     assert res.ticks.shape == (2, 4)  # drawn from the simulator's own generator

@@ -226,16 +226,16 @@ class EDM:
         frame. Steps whose action was dropped (action_dropout) do not count, nor with skip_last the window's
         last step: windows drawn more often where it ticks (dit.tick_weight) would teach the head that ticks
         are that much commoner than they are."""
-        if ticks is None or getattr(model, "tick_head", None) is None:
-            if getattr(model, "tick_head", None) is not None:
-                raise ValueError("this world model has ticks: pass ticks and tick_since (episodes with counters)")
+        if getattr(model, "tick_head", None) is None:
             return torch.zeros((), device=sigma.device)
+        if ticks is None:
+            raise ValueError("this world model has ticks: pass ticks and tick_since (episodes with counters)")
         nxt = np.s_[:, 1:]
         mask = (has_action[:, 1:] & (sigma[:, :-1] <= self.cfg.context_noise_max)).float()
         if skip_last:
             mask[:, -1] = 0
-        logits = model.tick_logits(out.features[:, :-1], index_actions(actions, nxt), has_action[:, 1:],
-                                   tick_since[:, 1:])
+        logits = model.tick_logits(out.features[:, :-1].mean(dim=-2), index_actions(actions, nxt),
+                                   has_action[:, 1:], tick_since[:, 1:])
         bce = F.binary_cross_entropy_with_logits(logits.float(), ticks[:, 1:].float(), reduction="none").mean(-1)
         return (bce * mask).sum() / mask.sum().clamp(min=1)
 

@@ -133,8 +133,8 @@ class TickHead(nn.Module):
         """features (the frame's pooled last-block tokens), action_emb: (..., dim); since: int (..., ticks)
         -> (..., ticks) logits."""
         s = since.float()
-        x = torch.cat([self.norm(features), action_emb, s.clamp(max=self.horizon) / self.horizon, (s >= self.horizon).float()],
-                      dim=-1)
+        x = torch.cat([self.norm(features), action_emb, s.clamp(max=self.horizon) / self.horizon,
+                       (s >= self.horizon).float()], dim=-1)
         return self.net(x.to(self.net[0].weight.dtype))
 
 
@@ -598,12 +598,13 @@ class WorldDiT(ModelMixin, ConfigMixin):
         return (r[..., 0], r[..., 1], (r[..., 2:K] if self.config.events else None),
                 (r[..., K:] if self.config.reward_values else None))
 
-    def tick_logits(self, features, actions, has_action, since):
-        """Each tick type's logit on a step: features (..., N, dim) the last block's tokens of the frame it
-        starts from (ModelOutput.features), the step's actions and has_action (...), since int (..., ticks)."""
+    def tick_logits(self, pooled, actions, has_action, since):
+        """Each tick type's logit on a step: pooled (..., dim) the mean of the last block's tokens of the frame
+        it starts from (ModelOutput.features averaged over its tokens), the step's actions and has_action (...),
+        since int (..., ticks)."""
         if self.tick_head is None:
             raise ValueError("this world model has no ticks (ticks=0)")
-        return self.tick_head(features.mean(dim=-2), self.action_embed(actions, has_action), since)
+        return self.tick_head(pooled, self.action_embed(actions, has_action), since)
 
     def _check_size(self, h, w):
         p = self.config.patch_size

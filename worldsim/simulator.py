@@ -156,7 +156,7 @@ class WorldSimulator:
         self.n_ticks = int(self.dit.config.ticks)
         if self.n_ticks:
             self.ROW = self.ROW + ("tick_feat", "tick_since")
-            self.tick_feat = torch.zeros(batch_size, self.tokens_per_frame, self.dit.config.dim, device=self.device)
+            self.tick_feat = torch.zeros(batch_size, self.dit.config.dim, device=self.device)  # pooled features
             self.tick_since = torch.zeros(batch_size, self.n_ticks, dtype=torch.long, device=self.device)
             # draws for callers that give none (eval, bench: reproducible per simulator); the env gives its own
             self.tick_rng = np.random.default_rng(0)
@@ -325,7 +325,7 @@ class WorldSimulator:
         zc, out = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise),
                                    self.context_noise, clock=ctx_clock, ticks=ticks, return_out=True)
         if self.n_ticks:
-            self.tick_feat[rows] = out.features[:, -1].float()
+            self.tick_feat[rows] = out.features[:, -1].float().mean(dim=1)
             self.tick_since[rows] = torch.as_tensor(clock + 1, device=self.device)[:, None]
         self.prev[rows] = z[:, -1]
         self.prev_ctx[rows] = zc[:, -1]
@@ -469,7 +469,7 @@ class WorldSimulator:
         self.time = t
         self.clock += 1
         if self.n_ticks:
-            self.tick_feat = out.features.float()
+            self.tick_feat = out.features.float().mean(dim=1)
             self.tick_since = torch.where(ticks > 0, 1, self.tick_since + 1)
         frames = shown.get("frames")  # reencode decoded it already
         if frames is None and decode:

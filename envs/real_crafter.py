@@ -13,7 +13,7 @@ ACTION_MEANINGS = tuple(crafter.constants.actions)  # 17 actions, index = action
 # scrolls the map by one tile. A bundle carries these as env.reveal (seed_floor) and env.map (map_memory).
 MAP_ROWS, MAP_COLS, PLAYER = 7, 9, (3, 4)
 # The counts that move on the game's hidden clocks (hunger, thirst, fatigue, recovery): collect stores them
-# per frame (`counters`), and their rises and falls become the learned env's ticks (worldsim.ticks).
+# per frame (`counters`), and their rises and falls become the learned env's ticks (data.tick_names).
 COUNTERS = ("health", "food", "drink", "energy")
 MOVES = {1: (0, -1), 2: (0, 1), 3: (-1, 0), 4: (1, 0)}  # move_left, _right, _up, _down: the player's (dy, dx)
 

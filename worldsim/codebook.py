@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from worldsim.checkpoint import tensors_bytes, write_dir_atomic
+from worldsim.data import episode_ticks
 
 CHUNK = 65536  # tokens per distance block: 65536 x 4096 floats is 1 GiB
 # snap=sample's default `certain`: on the shipped Crafter model 0.8 and 0.9 let the closed loop end as a still
@@ -369,7 +370,7 @@ def head_examples(bundle, episodes: list, windows: int, seed: int = 0, batch: in
     of episodes, each a dict of "latents" (T, C, h, w) normalised and "actions" (the T-1 steps between them),
     laid out as the simulator samples: context frames lightly noised (the inference context noise), the
     target at the first sampling level (pure noise), every frame's action given."""
-    from worldsim.data import episode_ticks, index_actions, stack_actions
+    from worldsim.data import index_actions, stack_actions
 
     dit, edm = bundle.dit, bundle.edm
     L = dit.config.context_frames + 1
@@ -394,7 +395,7 @@ def head_examples(bundle, episodes: list, windows: int, seed: int = 0, batch: in
             inp, c_noise = edm.model_input(x, sig)
             ticks = None
             if dit.config.ticks:  # a model with ticks reads each step's: the real ones where the data has counters
-                ticks = torch.stack([torch.as_tensor(episode_ticks(episodes[e])[s - 1:s - 1 + L]) if "counters" in
+                ticks = torch.stack([torch.as_tensor(episodes[e]["ticks"][s - 1:s - 1 + L]) if "ticks" in
                                      episodes[e] else torch.zeros(L, dit.config.ticks) for e, s in rows])
             out = dit(inp, c_noise, acts, torch.ones(B, L, dtype=torch.bool), ticks=ticks)
             est = edm.denoised(x[:, -1], sig[:, -1], out.out[:, -1])
@@ -522,13 +523,13 @@ def with_codebook(path: Path, codebook: torch.Tensor, info: dict, snap_default: 
 
 def episode_latents(codec, episodes: list, windows: int, context: int, seed: int = 0) -> list:
     """Encode random training episodes until they hold `windows` windows for the token head: a list of dicts of
-    "latents" and "actions", and "counters" where recorded (encoding every frame of a large collection would take long for no gain)."""
+    "latents" and "actions", and "ticks" (data.episode_ticks) where counters are recorded (encoding every frame of a large collection would take long for no gain)."""
     order = np.random.default_rng(seed).permutation(len(episodes))
     out, have = [], 0
     for i in order:
         ep = episodes[i]
         out.append({"latents": encode_frames(codec, ep["frames"]), "actions": ep["actions"],
-                    **({"counters": ep["counters"]} if "counters" in ep else {})})
+                    **({"ticks": episode_ticks(ep)} if "counters" in ep else {})})
         have += max(0, len(ep["frames"]) - context - 1)
         if have >= windows:
             break

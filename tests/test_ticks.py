@@ -220,3 +220,120 @@ def test_tick_loss_can_leave_out_the_oversampled_last_step():
             a = edm._tick_loss(m, out, sigma, acts, has, ticks, since, skip)
             b = edm._tick_loss(m, out, sigma, acts, has, other, since, skip)
             assert torch.equal(a, b) == same
+
+
+def test_tick_display_reads_each_counters_glyph_off_real_frames(dataset):
+    """Each tick type's tile is its counter's, and the glyph table redraws it as the real game did: on every real
+    drink tick alone, the frame before with the tick applied has the real next frame's tile; nothing else
+    changes, a step without ticks changes nothing, and a tile that is none of the glyphs is left alone."""
+    from worldsim.ticks import fit_display, tile_cells
+
+    eps = load_episodes(dataset)
+    display, info = fit_display(eps, (7, 0, 0), 9, 9)
+    names = tick_names(["health", "food", "drink", "energy"])
+    k = names.index("drink_down")
+    assert info["types"][k]["share"] == 1.0 and info["types"][k]["glyphs"] >= 1
+    y, x = display.cells[k].tolist()
+    assert y >= 7  # a tile of the inventory, under the 7 map rows
+    assert all(display.cells[j].tolist() == [-1, -1] for j in range(8) if info["types"][j]["ticks"] == 0)
+    redrawn = 0
+    for ep in eps:
+        ticks = episode_ticks(ep)
+        for t in np.flatnonzero((ticks[:, k] > 0) & (ticks.sum(1) == 1)):
+            f = torch.as_tensor(ep["frames"][t:t + 1])
+            u = torch.zeros(1, 8)
+            u[0, k] = 1
+            out, pasted = display.apply(f, u)
+            want = tile_cells(ep["frames"][t + 1:t + 2], (7, 0, 0), 9, 9)[0, y, x]
+            if pasted.any():
+                redrawn += 1
+                np.testing.assert_array_equal(tile_cells(out.numpy(), (7, 0, 0), 9, 9)[0, y, x], want)
+                assert pasted.sum() == 1 and pasted[0, y, x]
+                rest = (out != f).any(-1)[0]
+                rest[y * 7:(y + 1) * 7, x * 7:(x + 1) * 7] = False
+                assert not rest.any()
+            same, none = display.apply(f, torch.zeros(1, 8))
+            assert torch.equal(same, f) and not none.any()
+            blank = f.clone()
+            blank[0, y * 7:(y + 1) * 7, x * 7:(x + 1) * 7] = 255
+            assert torch.equal(display.apply(blank, u)[0], blank)
+    assert redrawn >= 2
+
+
+def test_ticks_job_gives_a_bundle_ticks_and_the_frame_shows_them(bundle, dataset, tmp_path):
+    """`worldsim ticks` adds a tick head fit on the frozen model (its frames unchanged: the ticks input starts at
+    zero) and the display. A drawn drink tick pastes its glyph into the drink tile of the frame shown, the
+    context commits that tile's encoding and nothing else, and tile hold keeps it; the head's probabilities
+    expect about the train split's ticks; bundles without counters or with a head already are refused."""
+    path = tmp_path / "b"
+    shutil.copytree(bundle, path)
+    info = run_job("ticks", [f"bundle={path}", f"data={dataset}", "steps=300", "head_batch=64"])
+    b = Bundle(path)
+    assert b.dit.config.ticks == 8 and b.tick_display is not None and b.env["counters"][2] == "drink"
+    assert b.dit.tick_embed.weight.abs().max() == 0
+    for n, t in info["train"]["types"].items():
+        assert abs(t["expected"] - t["real"]) <= 0.3 * t["real"] + 2, (n, t)
+    k = tick_names(b.env["counters"]).index("drink_down")
+    y, x = b.tick_display.cells[k].tolist()
+    glyphs = b.tick_display.before[b.tick_display.tick == k]
+    ep = next(e for e in load_episodes(dataset) if any(
+        (torch.as_tensor(e["frames"][j, y * 7:(y + 1) * 7, x * 7:(x + 1) * 7]) == glyphs).flatten(1).all(1).any()
+        for j in range(W - 1, len(e["frames"]))))
+    s = next(j for j in range(W - 1, len(ep["frames"])) if
+             (torch.as_tensor(ep["frames"][j, y * 7:(y + 1) * 7, x * 7:(x + 1) * 7]) == glyphs).flatten(1).all(1).any())
+    ctx, ctx_a = ep["frames"][None, s - W + 1:s + 1], ep["actions"][None, s - W + 1:s]
+    out = {}
+    for name, drink in (("tick", 1.0), ("none", 0.0)):
+        # tile hold over every tile: the frame shown is the context's last, so the drink tile is a real glyph
+        sim = WorldSimulator(b, 1, sampling_steps=1, tile_hold=1e6, snap=False, map_memory=False)
+        rng = np.random.default_rng(0)
+        sim.reset([0], ctx, ctx_a, rng.standard_normal((1, W, *sim.latent_shape)))
+        u = np.ones((1, 8))
+        u[0, k] = 1.0 - drink  # under any probability above 0: drawn
+        res = sim.step(np.array([0]), rng.standard_normal((1, *sim.latent_shape)),
+                       rng.standard_normal((1, *sim.latent_shape)), tick_uniform=u)
+        out[name] = (res, sim.prev.clone(), sim.shown_z.clone())
+        if name == "tick":
+            assert res.ticks[0].tolist() == [j == k for j in range(8)]
+            tile = torch.as_tensor(res.frames[0, y * 7:(y + 1) * 7, x * 7:(x + 1) * 7])
+            before = torch.as_tensor(ctx[0, -1, y * 7:(y + 1) * 7, x * 7:(x + 1) * 7])
+            entry = int(torch.nonzero((glyphs == before).flatten(1).all(1))[0])
+            assert torch.equal(tile, b.tick_display.after[b.tick_display.tick == k][entry])
+            enc = b.codec.encode(torch.as_tensor(res.frames))
+            torch.testing.assert_close(sim.prev[0, :, y, x], enc[0, :, y, x])
+            torch.testing.assert_close(sim.shown_z[0, :, y, x], enc[0, :, y, x])
+            nxt = sim.step(np.array([0]), rng.standard_normal((1, *sim.latent_shape)),
+                           rng.standard_normal((1, *sim.latent_shape)), tick_uniform=np.ones((1, 8)))
+            assert torch.equal(torch.as_tensor(nxt.frames[0, y * 7:(y + 1) * 7, x * 7:(x + 1) * 7]), tile)
+    # ticks=False: nothing drawn or shown, and the frames are the bundle's before the job
+    same = []
+    for src, kw in ((bundle, {}), (path, {"ticks": False})):
+        sim = WorldSimulator(Bundle(src), 1, sampling_steps=1, **kw)
+        rng = np.random.default_rng(0)
+        sim.reset([0], ctx, ctx_a, rng.standard_normal((1, W, *sim.latent_shape)))
+        res = sim.step(np.array([3]), rng.standard_normal((1, *sim.latent_shape)),
+                       rng.standard_normal((1, *sim.latent_shape)))
+        assert res.ticks is None and sim.n_ticks == 0
+        same.append(res.frames)
+    np.testing.assert_array_equal(*same)
+    env = gym.make("worldsim/World-v0", bundle=str(path), ticks=False)
+    env.reset(seed=0)
+    assert env.unwrapped.tick_names == [] and "ticks" not in env.step(1)[4]
+    with pytest.raises(ValueError, match="ticks must be true, false or null"):
+        WorldSimulator(b, 1, ticks="yes")
+    (rt, pt, zt), (rn, pn, zn) = out["tick"], out["none"]
+    differs = (pt != pn).any(1)[0]
+    assert differs[y, x] and differs.sum() == 1  # the drink tile alone; the tick input itself reads nothing
+    frame_diff = (rt.frames != rn.frames).any(-1)[0]
+    assert frame_diff[y * 7:(y + 1) * 7, x * 7:(x + 1) * 7].any()
+    frame_diff[y * 7:(y + 1) * 7, x * 7:(x + 1) * 7] = False
+    assert not frame_diff.any()
+    with pytest.raises(ValueError, match="already has a tick head"):
+        run_job("ticks", [f"bundle={path}", f"data={dataset}", "steps=10"])
+    bare = tmp_path / "bare"
+    shutil.copytree(dataset, bare)
+    m = load_manifest(bare)
+    m["env"].pop("counters")
+    save_manifest(bare, m)
+    with pytest.raises(ValueError, match="must record the game's counters"):
+        run_job("ticks", [f"bundle={bundle}", f"data={bare}", "steps=10"])

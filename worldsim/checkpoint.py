@@ -163,6 +163,11 @@ class Bundle:
                                                 if k.startswith("terrain.")})
             self.terrain_prior.to(device).eval()
             self.terrain_fixed_only = torch.tensor(terrain.get("fixed_only", []), dtype=torch.long, device=device)
+        # the tick display (worldsim ticks): the glyph each drawn tick pastes into its counter's tile
+        self.tick_display = None
+        if self.meta.get("tick_display") and (path / "tick_display.safetensors").exists():
+            from worldsim.ticks import TickDisplay
+            self.tick_display = TickDisplay.load(path / "tick_display.safetensors", self.meta["tick_display"], device)
 
 
 def _load_autoencoder(cfg: dict, weights: Path, device):

@@ -1,6 +1,6 @@
 """`worldsim <job> [key=value ...]`: every job is a Hydra config in worldsim/configs (configs/ in the repo).
 
-Jobs: collect, train, play, eval, bench, import, codebook, heads, rollout, ppo. `worldsim <job> --cfg` prints the composed config.
+Jobs: collect, train, play, eval, bench, import, codebook, heads, ticks, rollout, ppo. `worldsim <job> --cfg` prints the composed config.
 Flags of the form `--name` are shorthand for `name=true` (e.g. `worldsim play --compare`).
 `worldsim import vpt|minerl DIR` is shorthand for `worldsim import source=vpt|minerl src=DIR`.
 """
@@ -20,6 +20,7 @@ JOBS = {
     "import": "worldsim.importers:import_data",
     "codebook": "worldsim.codebook:codebook_job",
     "heads": "worldsim.heads:heads_job",
+    "ticks": "worldsim.ticks:ticks_job",
     "rollout": "worldsim.rollout:rollout",
     "ppo": "worldsim.agents.ppo:ppo_job",
 }

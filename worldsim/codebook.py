@@ -414,16 +414,16 @@ def require_plain(residual: bool, warp_action: str | None) -> None:
 
 
 def fit_classifier(model: nn.Module, inputs: tuple, y: torch.Tensor, n_train: int, steps: int, batch: int,
-                   g: torch.Generator) -> torch.Tensor:
-    """Train `model(*inputs) -> logits` with cross-entropy against y on the first n_train rows: AdamW, `steps`
-    batches of `batch` rows drawn with g, linear warm-up then linear decay to zero; leaves it in eval mode.
-    Returns the last batch's loss."""
-    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.01)
+                   g: torch.Generator, lr: float = 2e-3, loss_fn=nn.functional.cross_entropy) -> torch.Tensor:
+    """Train `model(*inputs) -> logits` with loss_fn (cross-entropy) against y on the first n_train rows: AdamW,
+    `steps` batches of `batch` rows drawn with g, linear warm-up then linear decay to zero; leaves it in eval
+    mode. Returns the last batch's loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.01)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / warm, (steps - i) / max(1, steps - warm)))
     for _ in range(steps):
         idx = torch.randint(n_train, (batch,), generator=g)
-        loss = nn.functional.cross_entropy(model(*(x[idx] for x in inputs)), y[idx])
+        loss = loss_fn(model(*(x[idx] for x in inputs)), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -80,14 +80,15 @@ def _opt(cfg, key):
 
 def _sim_kw(cfg) -> dict:
     """Inference settings the config may override (context noise, guidance, tile hold, detail carry, reencode,
-    snap and its `certain`, seed floor, quantize, amp, view and map memory, new ground and its floor); null = the bundle's. snap passes through as given: true,
+    snap and its `certain`, seed floor, quantize, amp, view and map memory, new ground and its floor, ticks); null = the bundle's. snap passes through as given: true,
     false or a mode name (nearest, sample)."""
     kw = {k: None if cfg.get(k) is None else float(cfg.get(k)) for k in ("context_noise", "guidance", "tile_hold",
                                                                              "detail_carry", "carry_gate", "certain",
                                                                              "seed_floor", "terrain_floor")}
     reencode = None if cfg.get("reencode") is None else bool(cfg.reencode)
     return {**kw, "quantize": cfg.get("quantize"), "amp": cfg.get("amp"), "reencode": reencode, "snap": cfg.get("snap"),
-            "view_memory": cfg.get("view_memory"), "map_memory": cfg.get("map_memory"), "new_ground": cfg.get("new_ground")}
+            "view_memory": cfg.get("view_memory"), "map_memory": cfg.get("map_memory"), "new_ground": cfg.get("new_ground"),
+            "ticks": cfg.get("ticks")}
 
 
 def _step_of(actions, h):

@@ -103,7 +103,7 @@ class WorldSimulator:
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None, map_memory: bool | None = None,
-                 new_ground: str | None = None, terrain_floor: float | None = None):
+                 new_ground: str | None = None, terrain_floor: float | None = None, ticks: bool | None = None):
         # amp="bf16": every model pass (world model, autoencoder) under torch.autocast to bfloat16, the KV cache
         # and the sampler's arithmetic in fp32. For GPUs (tensor cores); on this project's CPU fp32 is faster
         amp = _mode(AMP, amp, f"amp must be bf16 or none (fp32), got {amp!r}")
@@ -153,13 +153,23 @@ class WorldSimulator:
         self.prev_ctx = torch.zeros_like(self.prev)  # the same as committed (context-noised): a warp input reads it
         # ticks (models with them): each step's are drawn from the tick head, which reads the newest committed
         # frame's features and the steps since each tick type last happened (model.TickHead), before the frame
-        self.n_ticks = int(self.dit.config.ticks)
+        # ticks=False (or the bundle's inference.ticks false): none drawn, the model reads none (zeros), and its
+        # frames are those of the model without them; why a bundle may ship them off: docs/results.md, Ticks
+        self.model_ticks = int(self.dit.config.ticks)
+        on = (bundle.meta.get("inference") or {}).get("ticks", True) if ticks is None else ticks
+        if not isinstance(on, (bool, np.bool_)):
+            raise ValueError(f"ticks must be true, false or null (the bundle's default), got {ticks!r}")
+        self.n_ticks = self.model_ticks if on else 0
         if self.n_ticks:
             self.ROW = self.ROW + ("tick_feat", "tick_since")
             self.tick_feat = torch.zeros(batch_size, self.dit.config.dim, device=self.device)  # pooled features
             self.tick_since = torch.zeros(batch_size, self.n_ticks, dtype=torch.long, device=self.device)
             # draws for callers that give none (eval, bench: reproducible per simulator); the env gives its own
             self.tick_rng = np.random.default_rng(0)
+        # the tick display (`worldsim ticks`): a drawn tick's glyph is pasted into its counter's tile of the frame,
+        # and the context commits that tile's encoding (worldsim/ticks.py says why); at the bundle's frame size
+        disp = bundle.tick_display
+        self.tick_display = disp if self.n_ticks and disp is not None and (H, W) == tuple(bundle.env["frame_shape"][:2]) else None
         hold = bundle.meta.get("decode", {}).get("tile_hold", 0.0) if tile_hold is None else tile_hold
         self.tile_hold = float(hold)
         if not np.isfinite(self.tile_hold) or self.tile_hold < 0:
@@ -320,8 +330,8 @@ class WorldSimulator:
         acts = actions_to_tensor(self.spec, acts, self.device)
         ctx_clock = torch.as_tensor(clock[:, None] - np.arange(T - 1, -1, -1), device=self.device)
         ticks = None
-        if self.n_ticks:  # what ticked in a given context is not known: none, and every clock at the game's start
-            ticks = torch.zeros(b, T, self.n_ticks, device=self.device)
+        if self.model_ticks:  # what ticked in a given context is not known: none, and every clock at the game's start
+            ticks = torch.zeros(b, T, self.model_ticks, device=self.device)
         zc, out = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise),
                                    self.context_noise, clock=ctx_clock, ticks=ticks, return_out=True)
         if self.n_ticks:
@@ -427,6 +437,8 @@ class WorldSimulator:
         ticks = tick_prob = None
         if self.n_ticks:
             ticks, tick_prob = self._draw_ticks(a, tick_uniform)
+        elif self.model_ticks:  # ticks off: the model reads that none happened
+            ticks = torch.zeros(self.B, self.model_ticks, device=self.device)
         shown = {}
 
         def project(z, centre, features):
@@ -450,15 +462,26 @@ class WorldSimulator:
                         return draw_terrain(estimate, z, b.codebook, b.codebook_groups, b.terrain_prior, noise[:, 0],
                                             fresh, step, self.map.cells, self.terrain_floor, b.terrain_fixed_only)
                 z = self.map.step(range(self.B), z, self.prev, a, draw=draw)
-            if self.reencode:
-                shown["frames"] = self._show(z, centre, a)
-                z = self.codec.encode(shown["frames"])
+            paste = self.tick_display is not None and bool(ticks.any())
+            if self.reencode or paste:
+                frames = self._show(z, centre, a)
+                if paste:  # each drawn tick's glyph into its counter's tile, shown and committed
+                    frames, pasted = self.tick_display.apply(frames, ticks)
+                    if pasted.any():
+                        self.shown = frames  # what tile hold and detail carry go on from
+                shown["frames"] = frames
+                if self.reencode:
+                    z = self.codec.encode(frames)
+                elif paste and pasted.any():
+                    z = torch.where(pasted[:, None], self.codec.encode(frames).to(z.dtype), z)
+                    if self.tile_hold > 0:  # the pasted tiles are held from their encodings on
+                        self.shown_z = torch.where(pasted[:, None], z, self.shown_z)
             return z
         fill = None
         if self.memory is not None:
             self.memory.turn(range(self.B), a)
             fill = self.memory.fill
-        projects = self.snap or self.reencode or self.map is not None
+        projects = self.snap or self.reencode or self.map is not None or self.tick_display is not None
         z, self.prev_ctx, prev, out = self.edm.step_cached(self.dit, self.cache, t, a, self.prev, self.prev_ctx,
                                                            noise, self._t(context_noise), self.context_noise,
                                                            self.steps, self.guidance,
@@ -484,7 +507,7 @@ class WorldSimulator:
                           torch.sigmoid(out.term_logit).float().cpu().numpy(),
                           out.features.mean(1).float(),
                           None if out.event_logits is None else torch.sigmoid(out.event_logits).float().cpu().numpy(),
-                          reward_prob, None if ticks is None else ticks.cpu().numpy() > 0,
+                          reward_prob, None if not self.n_ticks else ticks.cpu().numpy() > 0,
                           None if tick_prob is None else tick_prob.cpu().numpy())
 
     def _show(self, z, centre, a):

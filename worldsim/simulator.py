@@ -336,7 +336,10 @@ class WorldSimulator:
                                    self.context_noise, clock=ctx_clock, ticks=ticks, return_out=True)
         if self.n_ticks:
             self.tick_feat[rows] = out.features[:, -1].float().mean(dim=1)
-            self.tick_since[rows] = torch.as_tensor(clock + 1, device=self.device)[:, None]
+            # a context that begins with the game: no tick before it, so each clock started at its first frame;
+            # any other context: the clocks' phases are unknown, read as "long ago" (TickHead, the tick job's fit)
+            since = np.where(clock == T - 1, clock + 1, self.dit.tick_head.horizon)
+            self.tick_since[rows] = torch.as_tensor(since, device=self.device)[:, None]
         self.prev[rows] = z[:, -1]
         self.prev_ctx[rows] = zc[:, -1]
         if self.map is not None:  # the real context's ground, at the places its moves reach

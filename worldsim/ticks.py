@@ -150,7 +150,7 @@ def fit_display(episodes: list, layout: tuple[int, int, int], h: int, w: int, mi
                 before.append(np.frombuffer(bef, np.uint8).reshape(p, p, 3))
                 after.append(np.frombuffer(glyph, np.uint8).reshape(p, p, 3))
                 tick.append(k)
-        info[k].update(cell=cell_of[k].tolist(), glyphs=int(sum(t == k for t in tick)), one_tile=n_changes,
+        info[k].update(cell=cell_of[k].tolist(), glyphs=int(sum(t == k for t in tick)), changes=n_changes,
                        explained=round(kept / max(1, n_changes), 4))
     before = np.stack(before) if before else np.zeros((0, p, p, 3), np.uint8)
     after = np.stack(after) if after else np.zeros((0, p, p, 3), np.uint8)
@@ -219,23 +219,31 @@ def tick_report(dit, ex, names: list) -> dict:
     """Per type: the real ticks of the examples and the number the head's probabilities expect; and the mean
     log-loss beside that of each type's constant rate (what a head that reads nothing scores)."""
     feats, acts, y, since = ex
+    has = torch.ones(len(feats), dtype=torch.bool)
     with torch.no_grad():
-        logits = dit.tick_logits(feats, acts, torch.ones(len(feats), dtype=torch.bool), since).float()
-    p, y = torch.sigmoid(logits), y.float()
+        p = torch.sigmoid(dit.tick_logits(feats, acts, has, since).float())
+        unknown = torch.sigmoid(dit.tick_logits(feats, acts, has, torch.full_like(since, dit.tick_head.horizon)).float())
+    y = y.float()
     rate = y.mean(0).clamp(1e-6, 1 - 1e-6)
     const = -(y * rate.log() + (1 - y) * (1 - rate).log()).mean()
     return {"steps": len(y), "log_loss": round(float(F.binary_cross_entropy(p, y)), 5),
             "log_loss_constant_rate": round(float(const), 5),
+            "log_loss_phase_unknown": round(float(F.binary_cross_entropy(unknown, y)), 5),
             "types": {n: {"real": int(y[:, k].sum()), "expected": round(float(p[:, k].sum()), 2)}
                       for k, n in enumerate(names)}}
 
 
 def fit_tick_head(dit, ex, steps: int, batch: int, lr: float, seed: int) -> float:
     """Train dit's tick head alone (the world model and its action embedding frozen) on examples `ex`:
-    binary cross-entropy per type, so its probabilities keep the data's rates. Returns the last batch's loss."""
+    binary cross-entropy per type, so its probabilities keep the data's rates. Every example is also given
+    once with every count of steps since at "long ago" (the head's horizon), which is what the simulator
+    reads after a reset from frames that do not begin a game (the clocks' phases unknown): there the head
+    learns each tick's rate given the frame and the action alone. Returns the last batch's loss."""
     from worldsim.codebook import fit_classifier
 
     feats, acts, y, since = ex
+    feats, acts, y = torch.cat([feats, feats]), torch.cat([acts, acts]), torch.cat([y, y])
+    since = torch.cat([since, torch.full_like(since, dit.tick_head.horizon)])
     with torch.no_grad():
         emb = dit.action_embed(acts, torch.ones(len(feats), dtype=torch.bool))
     g = torch.Generator().manual_seed(seed)

@@ -337,3 +337,20 @@ def test_ticks_job_gives_a_bundle_ticks_and_the_frame_shows_them(bundle, dataset
     save_manifest(bare, m)
     with pytest.raises(ValueError, match="must record the game's counters"):
         run_job("ticks", [f"bundle={bundle}", f"data={bare}", "steps=10"])
+    # a fine-tune that does not train ticks leaves them out (here on data without counters), teacher too
+    run_job("train", [f"data={bare}", f"run={tmp_path / 'ft'}", *TINY_TRAIN, f"init={path}", "dit.steps=1",
+                      "dit.distill_guidance=1", "dit.still_real=true"])
+    assert Bundle(tmp_path / "ft" / "bundle").dit.config.ticks == 0
+
+
+def test_without_ticks_computes_what_no_tick_gives():
+    m = randomize(WorldDiT({"type": "discrete", "n": 5}, latent_channels=4, patch_size=2, dim=32, depth=2, heads=2,
+                           context_frames=3)).eval().with_ticks(3)
+    randomize(m.tick_embed, seed=3)
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(2, 3, 4, 8, 8, generator=g), torch.rand(2, 3, generator=g) * 100
+    a, has = torch.randint(0, 5, (2, 3), generator=g), torch.ones(2, 3, dtype=torch.bool)
+    bare = m.without_ticks()
+    assert bare.config.ticks == 0 and bare.tick_head is None
+    torch.testing.assert_close(bare(x, c, a, has).out, m(x, c, a, has, ticks=torch.zeros(2, 3, 3)).out)
+    assert not torch.allclose(m(x, c, a, has, ticks=torch.ones(2, 3, 3)).out, bare(x, c, a, has).out)

@@ -588,6 +588,14 @@ class WorldDiT(ModelMixin, ConfigMixin):
         new.load_state_dict(sd)
         return new.train(self.training)
 
+    def without_ticks(self) -> "WorldDiT":
+        """This model without its ticks input and tick head. It computes what it computed when no tick happened
+        (the input has no bias), so a fine-tune that does not train ticks, or reads data without counters,
+        starts from it; the head is fit again on the new model (`worldsim ticks`)."""
+        new = self._reconfigured(ticks=0)
+        new.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith(("tick_embed.", "tick_head."))})
+        return new.train(self.training)
+
     def _reconfigured(self, **changes) -> "WorldDiT":
         """A new model (fresh weights) with this one's config but for `changes`, on its device; fp32 like every
         model here (load_state_dict keeps that)."""

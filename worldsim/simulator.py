@@ -330,7 +330,7 @@ class WorldSimulator:
         acts = actions_to_tensor(self.spec, acts, self.device)
         ctx_clock = torch.as_tensor(clock[:, None] - np.arange(T - 1, -1, -1), device=self.device)
         ticks = None
-        if self.model_ticks:  # what ticked in a given context is not known: none, and every clock at the game's start
+        if self.model_ticks:  # what ticked in a given context is not known: the model reads none
             ticks = torch.zeros(b, T, self.model_ticks, device=self.device)
         zc, out = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise),
                                    self.context_noise, clock=ctx_clock, ticks=ticks, return_out=True)

@@ -198,6 +198,10 @@ class Trainer:
                              f"{self.dit.config.clock_period}")
         # ticks: the counters' rises and falls (episodes with `counters`) as an input of every frame, drawn by a
         # tick head at inference (model.TickHead); added to an init=BUNDLE model that has none, starting at zero
+        if self.dit.config.ticks and not cfg.dit.get("ticks"):  # an init=BUNDLE model's: kept only when trained
+            self.dit = self.dit.without_ticks()
+            print("the init bundle's ticks are left out of this fine-tune (dit.ticks=true keeps and trains them; "
+                  "`worldsim ticks` fits a tick head on the bundle it writes)")
         self.tick_real = bool(cfg.dit.get("tick_real", False))
         self.tick_weight = float(cfg.dit.get("tick_weight", 1.0))
         if cfg.dit.get("ticks") and not self.dit.config.ticks:
@@ -262,6 +266,8 @@ class Trainer:
                 raise ValueError("dit.distill_guidance: guidance distillation is not implemented for residual "
                                  "models (diffusion.residual)")
             self.teacher = copy.deepcopy(tb.dit).eval().requires_grad_(False)
+            if self.teacher.config.ticks and not self.cfg.dit.get("ticks"):  # it reads that no tick happened
+                self.teacher = self.teacher.without_ticks().eval().requires_grad_(False)
             if self.distill == 1:  # self-distillation keeps the guidance the bundle had built in
                 self.distill_record = tb.meta.get("trained", {}).get("distilled_guidance", 1.0)
             self.edm_cfg.guidance = 1.0  # the bundle written at the end already has the guidance built in

@@ -48,6 +48,10 @@ else:
 meta["world_model"] = new["world_model"]
 if new["world_model"].get("ticks"):  # the env names the ticks after the counters the run's data recorded
     meta["env"]["counters"] = new["env"]["counters"]
+else:  # BASE's tick display (worldsim ticks) goes with its tick head; `worldsim ticks` fits both on OUT again
+    meta.pop("tick_display", None)
+    (meta.get("inference") or {}).pop("ticks", None)
+    (out / "tick_display.safetensors").unlink(missing_ok=True)
 kept = {k: v for k, v in meta["trained"].items()
         if keep_heads and k.startswith(("heads_", "reward_", "rest_"))}  # the heads' refit record
 meta["trained"] = {**new["trained"], **kept,

@@ -169,7 +169,8 @@ class WorldSimulator:
         # the tick display (`worldsim ticks`): a drawn tick's glyph is pasted into its counter's tile of the frame,
         # and the context commits that tile's encoding (worldsim/ticks.py says why); at the bundle's frame size
         disp = bundle.tick_display
-        self.tick_display = disp if self.n_ticks and disp is not None and (H, W) == tuple(bundle.env["frame_shape"][:2]) else None
+        native = (H, W) == tuple(bundle.env["frame_shape"][:2])
+        self.tick_display = disp if self.n_ticks and disp is not None and native else None
         hold = bundle.meta.get("decode", {}).get("tile_hold", 0.0) if tile_hold is None else tile_hold
         self.tile_hold = float(hold)
         if not np.isfinite(self.tile_hold) or self.tile_hold < 0:

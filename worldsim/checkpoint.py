@@ -165,9 +165,10 @@ class Bundle:
             self.terrain_fixed_only = torch.tensor(terrain.get("fixed_only", []), dtype=torch.long, device=device)
         # the tick display (worldsim ticks): the glyph each drawn tick pastes into its counter's tile
         self.tick_display = None
-        if self.meta.get("tick_display") and (path / "tick_display.safetensors").exists():
-            from worldsim.ticks import TickDisplay
-            self.tick_display = TickDisplay.load(path / "tick_display.safetensors", self.meta["tick_display"], device)
+        if self.meta.get("tick_display"):
+            from worldsim.ticks import DISPLAY_FILE, TickDisplay
+            if (path / DISPLAY_FILE).exists():
+                self.tick_display = TickDisplay.load(path / DISPLAY_FILE, self.meta["tick_display"], device)
 
 
 def _load_autoencoder(cfg: dict, weights: Path, device):

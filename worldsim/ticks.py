@@ -83,8 +83,8 @@ class TickDisplay:
             ys, xs = slice(oy + y * p, oy + (y + 1) * p), slice(ox + x * p, ox + (x + 1) * p)
             tile = out[rows, ys, xs].float()  # (n, p, p, 3)
             d = (tile[:, None] - self.before[ent].float()[None]).abs().mean((2, 3, 4))  # (n, E_k)
-            two = d.topk(min(2, d.shape[1]), dim=1, largest=False).values
-            best = d.argmin(1)
+            two, near = d.topk(min(2, d.shape[1]), dim=1, largest=False)
+            best = near[:, 0]
             ok = two[:, 0] <= self.tolerance  # a glyph of this counter at all
             if two.shape[1] > 1:  # and clearly the one: at most half as far as the next (tiles differ by a digit)
                 ok &= two[:, 0] <= 0.5 * two[:, 1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import crafter
 import gymnasium as gym
 import numpy as np
+import torch
 
 ACTION_MEANINGS = tuple(crafter.constants.actions)  # 17 actions, index = action id
 # The view's geometry in tiles of its 9 x 9 grid (what a tile autoencoder's latent cells are): the map is the
@@ -16,6 +17,90 @@ MAP_ROWS, MAP_COLS, PLAYER = 7, 9, (3, 4)
 # per frame (`counters`), and their rises and falls become the learned env's ticks (data.tick_names).
 COUNTERS = ("health", "food", "drink", "energy")
 MOVES = {1: (0, -1), 2: (0, 1), 3: (-1, 0), 4: (1, 0)}  # move_left, _right, _up, _down: the player's (dy, dx)
+
+# The game's light (day and night). Crafter draws its world, then lights the map view by the time of day
+# (crafter.engine.LocalView._light): a blend towards a desaturated, blue-tinted copy, and at night (daylight
+# under 0.5) uniform noise from the edges in. It is a fixed function of the frame drawn without it (the
+# "canvas") and the game's step, so the learned world can leave it to the env: the model draws canvases, which
+# keep their variety at any hour, and the env lights them by its own clock, nights of the game's length ending in
+# the game's dawn (docs/results.md, "The game's light"). Reimplemented in torch (batched, on the model's device);
+# tests/test_light.py holds it to crafter's own _light, and `unlight` is its inverse for context frames.
+DAY = 300  # steps in Crafter's day (crafter.Env._update_time)
+NIGHT_TINT = (0.0, 16.0, 64.0)  # LocalView._light's tint colour; blended at 0.5, after desaturating to 0.4
+NOISE_RANGE = (32.0, 127.0)  # LocalView._noise's uniform
+
+
+def daylight(steps) -> np.ndarray:
+    """The game's daylight in [0, 1] at each game step (crafter.Env._update_time): 0.80 at step 0, full at 60,
+    dark from about 180, darkest at 210, 0.80 again at 300."""
+    progress = (np.asarray(steps, np.float64) / DAY) % 1 + 0.3
+    return 1 - np.abs(np.cos(np.pi * progress)) ** 3
+
+
+def view_box(frame_shape) -> tuple[slice, slice]:
+    """The rows and columns of the lit map view in a frame (H, W): the top 7 of the 9 x 9 grid's units, inside
+    the border Env.render centres the grid with."""
+    H, W = frame_shape[:2]
+    uy, ux = H // 9, W // 9
+    by, bx = (H - 9 * uy) // 2, (W - 9 * ux) // 2
+    return slice(by, by + MAP_ROWS * uy), slice(bx, bx + MAP_COLS * ux)
+
+
+def _vignette(h: int, w: int, device) -> torch.Tensor:
+    """LocalView._vignette(shape, 0.5), in frame (row, column) order: 0 at the view's centre, near 1 at its corners."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, dtype=torch.float64), torch.linspace(-1, 1, w, dtype=torch.float64),
+                            indexing="ij")
+    return (1 - torch.exp(-0.5 * (xs ** 2 + ys ** 2) / 0.25)).to(device)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """PIL's convert("L") on whole-number RGB (ITU-R 601-2 luma in 16-bit fixed point, rounded)."""
+    x = x.to(torch.int64)
+    return ((x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) >> 16)[..., None].double()
+
+
+def light(frames: torch.Tensor, steps, uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """Frames drawn without the light (B, H, W, 3) uint8, lit as the game lights them at game steps `steps` (B,).
+    uniform: (b, h, w) draws in NOISE_RANGE for the rows whose daylight is under 0.5, in row order (the night's
+    noise; h, w the map view's size); None: the noise's mean (what a predictor judged by PSNR should show)."""
+    d = daylight(steps)
+    out = frames.clone()
+    rows, cols = view_box(frames.shape[1:])
+    c = frames[:, rows, cols].double()
+    dark = torch.as_tensor(d < 0.5, device=frames.device)
+    n = c
+    if dark.any():
+        m = torch.as_tensor(2 * (0.5 - d), device=frames.device)[:, None, None, None] * \
+            _vignette(c.shape[1], c.shape[2], frames.device)[None, ..., None]
+        u = torch.full_like(c[..., :1], sum(NOISE_RANGE) / 2) if uniform is None else \
+            torch.zeros_like(c[..., 0]).masked_scatter(dark[:, None, None].expand_as(c[..., 0]), uniform.double())[..., None]
+        n = torch.where(dark[:, None, None, None], (1 - m) * c + m * u, c).floor()  # astype(uint8) truncates
+    g = _grey(n)
+    night = 0.5 * (g + 0.4 * (n - g)).floor() + 0.5 * torch.tensor(NIGHT_TINT, dtype=torch.float64, device=frames.device)
+    dd = torch.as_tensor(d, device=frames.device)[:, None, None, None]
+    out[:, rows, cols] = (dd * c + (1 - dd) * night).floor().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def unlight(frames: torch.Tensor, steps) -> torch.Tensor:
+    """The inverse of `light` with the noise at its mean: frames the game showed at steps `steps` (B,), drawn back
+    without the light (uint8). Per pixel the light is affine in the canvas, shown = a*c + k*grey(c) + b, so this
+    solves it (Sherman-Morrison: grey is a weighted sum of the channels). Exact to a grey level or two by day;
+    at night what the noise covered is lost (at the view's corners in the darkest hour almost all of it)."""
+    d = torch.as_tensor(daylight(steps), device=frames.device)[:, None, None, None]
+    rows, cols = view_box(frames.shape[1:])
+    s = frames[:, rows, cols].double() + 0.5  # the game truncates: its frames are on average half a level low
+    m = torch.clamp(2 * (0.5 - d), min=0) * _vignette(s.shape[1], s.shape[2], frames.device)[None, ..., None]
+    keep = 0.5 * (1 - d) * (1 - m)  # the night copy's share of the canvas itself (the rest is noise and tint)
+    a, k = d + 0.4 * keep, 0.6 * keep  # shown = a*c + k*grey(c) + b
+    b = (1 - d) * 0.5 * (m * sum(NOISE_RANGE) / 2 + torch.tensor(NIGHT_TINT, dtype=torch.float64, device=frames.device))
+    # the night copy's noise and tint: 0.5 * (grey + 0.4 * (x - grey)) of a constant u is 0.5 * u, plus 0.5 * tint
+    y = s - b
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64, device=frames.device)
+    c = y / a - (k / (a * (a + k))) * (y * w).sum(-1, keepdim=True)
+    out = frames.clone()
+    out[:, rows, cols] = c.round().clamp(0, 255).to(torch.uint8)
+    return out
 
 
 def view_geometry() -> dict:
@@ -57,14 +142,24 @@ class RealCrafterEnv(gym.Env):
     light and the zombies of that time of day (Crafter's day is 300 steps; night falls from step 180 on), and
     ``length`` steps still to run. Why: an explorer rarely lives through the night, so episodes that begin
     with it are how a dataset gets dawns (docs/results.md, "Light").
+
+    ``light=False`` shows the world without the game's light (the canvas: every hour drawn as at full day; the
+    game itself, its clock and its zombies, run as ever); ``canvas=True`` keeps the lit frames and adds the
+    canvas as ``info["canvas"]`` (collect stores it per frame). A learned world with the env's light (bundle.json
+    ``env.light``) is trained and fitted on canvases and lit by the env's clock (`light` above).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, render_mode: str | None = None, size: int = 64, length: int = 10000):
+    def __init__(self, render_mode: str | None = None, size: int = 64, length: int = 10000, light: bool = True,
+                 canvas: bool = False):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        for name, v in (("light", light), ("canvas", canvas)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false, got {v!r}")
         self.render_mode, self.size, self.length = render_mode, size, length
+        self.light, self.canvas = bool(light), bool(canvas)
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
         self.action_space = gym.spaces.Discrete(len(ACTION_MEANINGS))
         self.game: crafter.Env | None = None
@@ -82,8 +177,27 @@ class RealCrafterEnv(gym.Env):
             self.game._step, self.game._length = int(clock), self.length + int(clock)
             self.game._update_time()
             self._obs = self.game.render()
-        return self._obs, {"world_seed": world_seed, "clock": int(clock),
-                           "inventory": dict(self.game._player.inventory)}
+        info = {"world_seed": world_seed, "clock": int(clock), "inventory": dict(self.game._player.inventory)}
+        return self._view(info), info
+
+    def _draw_canvas(self) -> np.ndarray:
+        """The frame as the game would draw it in full daylight. Daylight 1 draws no night noise, so the game's
+        random stream is the same as without this render."""
+        world = self.game._world
+        hour, world.daylight = world.daylight, 1.0
+        try:
+            return self.game.render()
+        finally:
+            world.daylight = hour
+
+    def _view(self, info: dict) -> np.ndarray:
+        if self.canvas or not self.light:
+            canvas = self._draw_canvas()
+            if self.canvas:
+                info["canvas"] = canvas
+            if not self.light:
+                self._obs = canvas
+        return self._obs
 
     def step(self, action):
         if self.game is None:
@@ -94,8 +208,8 @@ class RealCrafterEnv(gym.Env):
         self._obs = obs
         terminated = bool(info["discount"] == 0)
         truncated = bool(done and not terminated)
-        return obs, float(reward), terminated, truncated, {"achievements": info["achievements"],
-                                                           "inventory": info["inventory"]}
+        info = {"achievements": info["achievements"], "inventory": info["inventory"]}
+        return self._view(info), float(reward), terminated, truncated, info
 
     def render(self):
         return None if self._obs is None else self._obs.copy()

@@ -28,7 +28,7 @@ OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index", "clo
 def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_size=None, default=None,
           guidance=None, tile_hold=None, quantize=None, detail_carry=None, carry_gate=None, reencode=None,
           snap=None, certain=None, amp=None, view_memory=None, seed_floor=None, map_memory=None, new_ground=None,
-          terrain_floor=None, ticks=None) -> gym.Space:
+          terrain_floor=None, ticks=None, light=None, light_noise=None) -> gym.Space:
     """Set up what both envs share (bundle, simulator, observation space, action meanings); returns the
     action space of one world."""
     from worldsim import DEFAULT_CRAFTER_BUNDLE
@@ -42,7 +42,7 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
                              detail_carry=detail_carry, carry_gate=carry_gate, reencode=reencode, snap=snap,
                              certain=certain, amp=amp, view_memory=view_memory, seed_floor=seed_floor,
                              map_memory=map_memory, new_ground=new_ground, terrain_floor=terrain_floor,
-                             ticks=ticks)
+                             ticks=ticks, light=light, light_noise=light_noise)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
     # bundles with event heads (Crafter's achievements; a bundle trained on a collection that records events
     # names them before `worldsim heads events=true` gives it the heads)
@@ -273,13 +273,15 @@ class WorldEnv(gym.Env):
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None,
                  map_memory: bool | None = None, new_ground: str | None = None,
-                 terrain_floor: float | None = None, reward_floor: float | None = None, ticks: bool | None = None):
+                 terrain_floor: float | None = None, reward_floor: float | None = None, ticks: bool | None = None,
+                 light: bool | None = None, light_noise: str | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), _threshold(termination_threshold)
         self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise, frame_size, default_bundle,
                                   guidance, tile_hold, quantize, detail_carry, carry_gate, reencode, snap, certain, amp,
-                                  view_memory, seed_floor, map_memory, new_ground, terrain_floor, ticks)
+                                  view_memory, seed_floor, map_memory, new_ground, terrain_floor, ticks, light,
+                                  light_noise)
         self.reward_floor = _reward_floor(reward_floor, self.bundle)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window, self._done = None, 0, None, False
@@ -393,7 +395,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                  view_memory: int | None = None, seed_floor: float | None = None,
                  map_memory: bool | None = None, new_ground: str | None = None,
                  terrain_floor: float | None = None, reward_floor: float | None = None, ticks: bool | None = None,
-                 **kwargs):
+                 light: bool | None = None, light_noise: str | None = None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments for WorldVectorEnv: {sorted(kwargs)}")
         if render_mode not in (None, "rgb_array"):
@@ -403,7 +405,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise,
                                          frame_size, default_bundle, guidance, tile_hold, quantize,
                                          detail_carry, carry_gate, reencode, snap, certain, amp, view_memory,
-                                         seed_floor, map_memory, new_ground, terrain_floor, ticks)
+                                         seed_floor, map_memory, new_ground, terrain_floor, ticks, light, light_noise)
         self.reward_floor = _reward_floor(reward_floor, self.bundle)
         self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)

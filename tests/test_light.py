@@ -68,3 +68,77 @@ def test_unlight_inverts_light():
     err = np.abs(back - canvases[day])
     assert err.max() <= 3 and err.mean() < 0.6, (err.max(), err.mean())
     np.testing.assert_array_equal(back[:, 49:], canvases[day][:, 49:])  # the inventory is never lit
+
+
+def _lit_bundle(tmp_path):
+    """A copy of the shipped Crafter bundle marked as drawing canvases (env.light), for the simulator's light."""
+    import json
+    import shutil
+
+    from worldsim import DEFAULT_CRAFTER_BUNDLE
+
+    path = tmp_path / "lit"
+    shutil.copytree(DEFAULT_CRAFTER_BUNDLE, path)
+    meta = json.loads((path / "bundle.json").read_text())
+    meta["env"]["light"] = "crafter"
+    (path / "bundle.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_simulator_lights_canvases_by_each_rows_clock(tmp_path):
+    """Two rows from the same real canvases, one at noon and one at night: the model draws the same canvases in
+    both (the light never reaches it), and each row's frames are those canvases lit by its own clock."""
+    from worldsim.checkpoint import Bundle
+    from worldsim.simulator import WorldSimulator
+
+    _, frames, canvases, at = _walk(0, 8)
+    sim = WorldSimulator(Bundle(_lit_bundle(tmp_path)), 2, light_noise="mean", quantize="none")
+    assert sim.light and sim.settings()["light"]
+    T, shape = sim.window, sim.latent_shape
+    rng = np.random.default_rng(0)
+    ctx = np.repeat(canvases[None, :T], 2, 0)
+    noise = np.repeat(rng.standard_normal((1, T, *shape)), 2, 0)
+    clocks = [60, 205]  # noon; deep night
+    lit_ctx = np.stack([light(torch.as_tensor(ctx[0]), np.arange(c - T + 1, c + 1)).numpy() for c in clocks])
+    sim.reset([0, 1], lit_ctx, np.repeat(np.array([[1] * (T - 1)]), 2, 0), noise, clocks, canvas=ctx)
+    for t in range(3):
+        step_noise = np.repeat(rng.standard_normal((1, *shape)), 2, 0)
+        res = sim.step(np.array([3, 3]), step_noise, np.zeros((2, *shape)))
+        np.testing.assert_array_equal(res.canvas[0], res.canvas[1])
+        want = light(torch.as_tensor(res.canvas), np.array(clocks) + t + 1).numpy()
+        np.testing.assert_array_equal(res.frames, want)
+    rows, cols = view_box(res.frames.shape[1:])
+    assert res.frames[1][rows, cols].mean() < res.frames[0][rows, cols].mean() - 20  # night is dark
+    # without canvases the context is worked out from the lit frames: by day it is nearly the same
+    sim.reset([0, 1], lit_ctx, np.repeat(np.array([[1] * (T - 1)]), 2, 0), noise, clocks)
+    assert np.abs(sim.shown[0].numpy().astype(int) - ctx[0, -1]).mean() < 1
+
+
+def test_light_noise_is_drawn_reproducibly_and_light_false_shows_canvases(tmp_path):
+    from worldsim.checkpoint import Bundle
+    from worldsim.simulator import WorldSimulator
+
+    _, frames, canvases, at = _walk(200, 6)
+    bundle = Bundle(_lit_bundle(tmp_path))
+    T = 4
+
+    def run(**kw):
+        sim = WorldSimulator(bundle, 1, quantize="none", **kw)
+        rng = np.random.default_rng(1)
+        sim.reset([0], frames[None, :T], np.array([[1] * (T - 1)]), rng.standard_normal((1, T, *sim.latent_shape)),
+                  [203], canvas=canvases[None, :T])
+        return [sim.step(np.array([2]), rng.standard_normal((1, *sim.latent_shape)),
+                         rng.standard_normal((1, *sim.latent_shape))) for _ in range(2)]
+
+    a, b, mean, off = run(), run(), run(light_noise="mean"), run(light=False)
+    for x, y, m, o in zip(a, b, mean, off):
+        np.testing.assert_array_equal(x.frames, y.frames)  # the same context noise, the same night noise
+        np.testing.assert_array_equal(x.canvas, m.canvas)
+        assert (x.frames != m.frames).mean() > 0.3  # drawn noise, not its mean
+        np.testing.assert_array_equal(o.frames, x.canvas)  # light=false: the model's canvases
+        assert o.canvas is None
+    with pytest.raises(ValueError, match="light_noise must be"):
+        WorldSimulator(bundle, 1, light_noise="gauss")
+    from worldsim import DEFAULT_CRAFTER_BUNDLE
+    with pytest.raises(ValueError, match="frames are lit already"):
+        WorldSimulator(Bundle(DEFAULT_CRAFTER_BUNDLE), 1, light=True)

@@ -54,6 +54,7 @@ def _rollout(job: dict) -> dict:
         names = job.get("events")
         counter_names = job.get("counters")  # counts the game keeps (Crafter's stats), read at every frame
         counters = [[info["inventory"][k] for k in counter_names]] if counter_names else None
+        canvas = [info["canvas"]] if "canvas" in info else None  # Crafter, canvas=true: the frames without the light
         while True:
             a = agent.act(obs)
             obs, r, terminated, truncated, info = env.step(a)
@@ -66,6 +67,8 @@ def _rollout(job: dict) -> dict:
             achievements = info.get("achievements", achievements)
             if counter_names:
                 counters.append([info["inventory"][k] for k in counter_names])
+            if canvas is not None:
+                canvas.append(info["canvas"])
             if terminated or truncated:
                 break
     finally:
@@ -75,7 +78,8 @@ def _rollout(job: dict) -> dict:
     write_episode(path, np.stack(frames), acts, rewards, terms, seed=job["world_seed"],
                   **({"clock_start": np.int64(clock)} if clock else {}),
                   **({"events": np.asarray(events, np.uint8)} if names else {}),
-                  **({"counters": np.asarray(counters, np.int16)} if counter_names else {}))
+                  **({"counters": np.asarray(counters, np.int16)} if counter_names else {}),
+                  **({"canvas": np.stack(canvas)} if canvas is not None else {}))
     return {"file": job["file"], "index": job["index"], "split": job["split"], "seed": job["world_seed"],
             **({"clock_start": int(clock)} if clock else {}),
             "agent": job["agent"], "detour": job.get("detour", 0.0),
@@ -241,6 +245,17 @@ def collect(cfg) -> dict:
 
     make_kwargs = OmegaConf.to_container(cfg.env_kwargs) if cfg.get("env_kwargs") else {}
     info = env_info(cfg.env, size, int(cfg.seed), make_kwargs)
+    # Crafter's light (envs/real_crafter.py): light=false collects the frames without it, for a model the env lights
+    # (the manifest's env.light, which train copies into the bundle); canvas=true keeps the lit frames and adds them
+    light, canvas = cfg.get("light", True), cfg.get("canvas", False)
+    for name, v in (("light", light), ("canvas", canvas)):
+        if not isinstance(v, bool):
+            raise ValueError(f"{name}={v!r} must be true or false")
+    if (not light or canvas) and cfg.env != "crafter":
+        raise ValueError(f"light=false and canvas=true draw Crafter's frames without its light; env={cfg.env} has none")
+    game_kwargs = make_kwargs or ({"light": False} if not light else {}) | ({"canvas": True} if canvas else {})
+    if not light:
+        info["light"] = "crafter"
     if is_gym_source(cfg.env):
         size = info["frame_shape"][:2]  # fixed now, so every worker's frames match the manifest
     agent = cfg.get("agent") or ("random" if is_gym_source(cfg.env) else "explorer")
@@ -263,6 +278,9 @@ def collect(cfg) -> dict:
     if manifest["env"] and manifest["env"].get("make_kwargs", {}) != make_kwargs:
         raise ValueError(f"{root} holds episodes made with env_kwargs={manifest['env'].get('make_kwargs', {})}, not "
                          f"{make_kwargs}: choose another out=")
+    if manifest["env"] and manifest["env"].get("light") != info.get("light"):
+        raise ValueError(f"{root} holds episodes {'without' if manifest['env'].get('light') else 'with'} the game's "
+                         f"light, not light={light}: choose another out=")
     manifest["env"] = info
     have = {e["index"]: e for e in manifest["episodes"] if _readable(episode_path(root, e["index"]))}
     starts = cfg.get("clock_start")
@@ -282,7 +300,7 @@ def collect(cfg) -> dict:
             if entry is not None:
                 have[i] = entry
                 continue
-            jobs.append({"env": cfg.env, "env_kwargs": make_kwargs, "size": size, "max_steps": cfg.max_steps, "agent": agent,
+            jobs.append({"env": cfg.env, "env_kwargs": game_kwargs, "size": size, "max_steps": cfg.max_steps, "agent": agent,
                          "detour": float(cfg.get("detour") or 0.0), "sleep": sleep, "world_seed": seed, "index": i, "split": split,
                          # drawn per episode from its seed, so a resumed job draws the same
                          "clock_start": 0 if starts is None else int(np.random.default_rng(seed).integers(

@@ -80,7 +80,7 @@ def _opt(cfg, key):
 
 def _sim_kw(cfg) -> dict:
     """Inference settings the config may override (context noise, guidance, tile hold, detail carry, reencode,
-    snap and its `certain`, seed floor, quantize, amp, view and map memory, new ground and its floor, ticks); null = the bundle's. snap passes through as given: true,
+    snap and its `certain`, seed floor, quantize, amp, view and map memory, new ground and its floor, ticks, light and its noise); null = the bundle's. snap passes through as given: true,
     false or a mode name (nearest, sample)."""
     kw = {k: None if cfg.get(k) is None else float(cfg.get(k)) for k in ("context_noise", "guidance", "tile_hold",
                                                                              "detail_carry", "carry_gate", "certain",
@@ -88,7 +88,7 @@ def _sim_kw(cfg) -> dict:
     reencode = None if cfg.get("reencode") is None else bool(cfg.reencode)
     return {**kw, "quantize": cfg.get("quantize"), "amp": cfg.get("amp"), "reencode": reencode, "snap": cfg.get("snap"),
             "view_memory": cfg.get("view_memory"), "map_memory": cfg.get("map_memory"), "new_ground": cfg.get("new_ground"),
-            "ticks": cfg.get("ticks")}
+            "ticks": cfg.get("ticks"), "light": cfg.get("light"), "light_noise": cfg.get("light_noise")}
 
 
 def _step_of(actions, h):
@@ -133,7 +133,9 @@ def heldout_episodes(cfg, size=None, make_kwargs=None):
     collect(OmegaConf.create({"env": cfg.env, "out": str(out), "episodes": _opt(cfg, "episodes"),
                               "workers": cfg.workers, "max_steps": _opt(cfg, "max_steps"), "agent": None,
                               "detour": 0.0, "seed": cfg.seed, "test_every": 1,
-                              "size": None if size is None else list(size), "env_kwargs": make_kwargs or {}}))
+                              "size": None if size is None else list(size), "env_kwargs": make_kwargs or {},
+                              # Crafter: each frame also without the light, the context a lit bundle reads
+                              "canvas": cfg.env == "crafter"}))
     return load_episodes(out, split="test")
 
 
@@ -296,7 +298,11 @@ def evaluate(cfg):
         ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
         fut = np.stack([eps[e]["frames"][s + W:s + W + H] for e, s in chunk])
         fut_a = stack_actions([index_actions(eps[e]["actions"], slice(s + W - 1, s + W - 1 + H)) for e, s in chunk])
-        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [episode_clock(eps[e], s + W - 1) for e, s in chunk])
+        # with the env's light, the real canvases where the collection kept them (canvas=true), else worked out
+        canvas = np.stack([eps[e]["canvas"][s:s + W] for e, s in chunk]) \
+            if sim.canvas_model and all("canvas" in eps[e] for e, _ in chunk) else None
+        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)),
+                  [episode_clock(eps[e], s + W - 1) for e, s in chunk], canvas=canvas)
         if i == 0:
             strip_real = fut[: cfg.grid_rows]
         for h in range(H):
@@ -584,7 +590,7 @@ def probe_steps(cfg, sim, rng, names: list, W: int, desc: str | None = None):
     noise, so only the action differs. Yields (context frames, context actions, probe, the real outcomes
     (B, H, W, 3) uint8 in `names` order, the generated frames)."""
     B, shape = len(names), sim.latent_shape
-    probes = cached_probes(cfg, W, need_clock=bool(sim.dit.config.clock_period), env_info=sim.bundle.env)
+    probes = cached_probes(cfg, W, need_clock=bool(sim.dit.config.clock_period) or sim.canvas_model, env_info=sim.bundle.env)
     for ctx, ctx_a, probe, outcomes, clock in (tqdm(probes, desc=desc) if desc else probes):
         noise = rng.standard_normal((1, W, *shape)).repeat(B, 0)
         sim.reset(range(B), np.repeat(ctx[None], B, 0), stack_actions([ctx_a] * B), noise,

@@ -145,7 +145,8 @@ class Viewer:
               "reencode": cfg.get("reencode"), "snap": cfg.get("snap"),
               "certain": cfg.get("certain"), "amp": cfg.get("amp"), "view_memory": cfg.get("view_memory"),
               "seed_floor": cfg.get("seed_floor"), "map_memory": cfg.get("map_memory"),
-              "new_ground": cfg.get("new_ground"), "terrain_floor": cfg.get("terrain_floor"), "ticks": cfg.get("ticks")}
+              "new_ground": cfg.get("new_ground"), "terrain_floor": cfg.get("terrain_floor"), "ticks": cfg.get("ticks"),
+              "light": cfg.get("light"), "light_noise": cfg.get("light_noise")}
         if cfg.bundle:
             kw["bundle"] = cfg.bundle
         self.env = gym.make(env_id, **kw)

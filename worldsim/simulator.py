@@ -92,6 +92,7 @@ class StepResult:
     reward_prob: np.ndarray | None = None
     ticks: np.ndarray | None = None  # (B, ticks) bool this step's drawn ticks (models with ticks)
     tick_prob: np.ndarray | None = None  # (B, ticks) float32 their probabilities
+    canvas: np.ndarray | None = None  # (B, H, W, 3) uint8 with the env's light: the frames before it (what the model drew)
 
 
 class WorldSimulator:
@@ -103,7 +104,8 @@ class WorldSimulator:
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None, map_memory: bool | None = None,
-                 new_ground: str | None = None, terrain_floor: float | None = None, ticks: bool | None = None):
+                 new_ground: str | None = None, terrain_floor: float | None = None, ticks: bool | None = None,
+                 light: bool | None = None, light_noise: str | None = None):
         # amp="bf16": every model pass (world model, autoencoder) under torch.autocast to bfloat16, the KV cache
         # and the sampler's arithmetic in fp32. For GPUs (tensor cores); on this project's CPU fp32 is faster
         amp = _mode(AMP, amp, f"amp must be bf16 or none (fp32), got {amp!r}")
@@ -278,6 +280,27 @@ class WorldSimulator:
             raise ValueError("new_ground=terrain draws the ground the map memory has never held from the bundle's "
                              "terrain prior and snaps the rest to the nearest entries: it needs map_memory, "
                              "snap=true and a terrain prior (`worldsim codebook bundle=... refit=false terrain=true`)")
+        # light: a bundle whose env names the game's light (env.light) has a model that draws the world without it
+        # (canvases); the frames returned are lit by each row's game clock, as the game lights them (envs/real_crafter.py
+        # says why). Everything the model reads, the memories and the snap stay canvases (context frames given lit
+        # are drawn back without it). light=False returns the canvases. light_noise: "sample" draws the night's noise as the game does (from light_rng, seeded at each full
+        # reset from its context noise), "mean" shows its mean (the eval's PSNR)
+        game_light = bundle.env.get("light")
+        if game_light not in (None, "crafter"):
+            raise ValueError(f"bundle.json env.light must be 'crafter' (the game whose light the env draws) or "
+                             f"absent, got {game_light!r}")
+        on = (bundle.meta.get("inference") or {}).get("light", True) if light is None else light
+        if not isinstance(on, (bool, np.bool_)):
+            raise ValueError(f"light must be true, false or null (the bundle's default), got {light!r}")
+        if on and light is not None and game_light is None:
+            raise ValueError("light=true needs a bundle whose model draws the world without the game's light "
+                             "(env.light in bundle.json); this one's frames are lit already")
+        self.canvas_model = game_light is not None
+        self.light = bool(on) and self.canvas_model
+        self.light_noise = "sample" if light_noise is None else light_noise
+        if self.light_noise not in ("sample", "mean"):
+            raise ValueError(f"light_noise must be sample (the game's draw) or mean, got {light_noise!r}")
+        self.light_rng = np.random.default_rng(0)
         self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
         # the frames last shown, kept on the device: tile hold and detail carry merge there, and only the
         # frames returned cross to the host (at batch 1,024 on an H200 the numpy merge cost 78 of 236 ms a step)
@@ -296,7 +319,7 @@ class WorldSimulator:
                 "detail_carry": self.detail_carry, "reencode": self.reencode, "snap": self.snap,
                 "certain": self.certain, "view_memory": 0 if self.memory is None else self.memory.z.shape[1],
                 "seed_floor": self.seed_floor, "map_memory": self.map is not None, "new_ground": self.new_ground,
-                "terrain_floor": self.terrain_floor}
+                "terrain_floor": self.terrain_floor, "light": self.light, "light_noise": self.light_noise}
 
     def _t(self, a):
         return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)
@@ -305,15 +328,18 @@ class WorldSimulator:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
     @torch.no_grad()
-    def reset(self, rows, frames: np.ndarray, actions, context_noise: np.ndarray, clock=None) -> torch.Tensor:
+    def reset(self, rows, frames: np.ndarray, actions, context_noise: np.ndarray, clock=None,
+              canvas: np.ndarray | None = None) -> torch.Tensor:
         with self._autocast():
-            return self._reset(rows, frames, actions, context_noise, clock)
+            return self._reset(rows, frames, actions, context_noise, clock, canvas)
 
-    def _reset(self, rows, frames, actions, context_noise, clock=None) -> torch.Tensor:
+    def _reset(self, rows, frames, actions, context_noise, clock=None, canvas=None) -> torch.Tensor:
         """reset's body (under autocast with amp): start batch rows from context frames (b, T, H, W, 3) uint8
         and the T-1 actions between them. context_noise: (b, T, C, h, w) unit Gaussian. clock: (b,) the game's
         step count at each row's last context frame; default T-1, a context that begins with the game (as the
-        shipped start states do). Returns the context's normalised latents (b, T, C, h, w)."""
+        shipped start states do). canvas: with the env's light, the same frames drawn without it where the caller
+        has them (a collection made with canvas=true); otherwise they are worked out from the frames (`unlight`:
+        close by day, at night what the noise covered is lost). Returns the context's normalised latents."""
         rows = list(rows)
         b, T = frames.shape[:2]
         clock = np.full(b, T - 1, np.int64) if clock is None else np.asarray(clock, np.int64).reshape(-1)
@@ -323,6 +349,16 @@ class WorldSimulator:
         self.clock[rows] = clock
         if sorted(rows) == list(range(self.B)):  # a full reset restarts the clock: same seed, same numbers
             self.time = T - 1
+            self.light_rng = np.random.default_rng(
+                int.from_bytes(hashlib.sha1(np.ascontiguousarray(context_noise).tobytes()).digest()[:8], "little"))
+        if self.canvas_model:  # the model reads canvases
+            if canvas is None:
+                from worldsim.envs.real_crafter import unlight
+                steps = (clock[:, None] - np.arange(T - 1, -1, -1)).reshape(-1)
+                canvas = unlight(torch.as_tensor(frames).reshape(b * T, *frames.shape[2:]), steps).reshape(frames.shape)
+            elif np.shape(canvas) != np.shape(frames):
+                raise ValueError(f"canvas must have the context frames' shape {np.shape(frames)}, got {np.shape(canvas)}")
+            frames = np.asarray(canvas)
         z = self.codec.encode(torch.as_tensor(frames, device=self.device))
         acts = _prepend_null(self.spec, actions, b)
         has = torch.ones(b, T, dtype=torch.bool, device=self.device)
@@ -501,6 +537,9 @@ class WorldSimulator:
         frames = shown.get("frames")  # reencode decoded it already
         if frames is None and decode:
             frames = self._show(z, prev, a)
+        canvas = None
+        if self.light and frames is not None:
+            canvas, frames = frames, self._light(frames)
         if self.memory is not None:  # the frame shown is what detail carry moves on
             self.memory.push(range(self.B), self.prev_ctx, self.shown if self.detail_carry > 0 else None)
         reward, reward_prob = out.reward.float().cpu().numpy() * self.reward_scale, None
@@ -512,7 +551,19 @@ class WorldSimulator:
                           out.features.mean(1).float(),
                           None if out.event_logits is None else torch.sigmoid(out.event_logits).float().cpu().numpy(),
                           reward_prob, None if not self.n_ticks else ticks.cpu().numpy() > 0,
-                          None if tick_prob is None else tick_prob.cpu().numpy())
+                          None if tick_prob is None else tick_prob.cpu().numpy(),
+                          None if canvas is None else _host(canvas))
+
+    def _light(self, frames: torch.Tensor) -> torch.Tensor:
+        """The canvases lit by each row's game clock, the night's noise drawn from light_rng (or its mean)."""
+        from worldsim.envs.real_crafter import NOISE_RANGE, daylight, light, view_box
+        uniform = None
+        dark = int((daylight(self.clock) < 0.5).sum())
+        if dark and self.light_noise == "sample":
+            rows, cols = view_box(frames.shape[1:])
+            shape = (dark, rows.stop - rows.start, cols.stop - cols.start)
+            uniform = torch.as_tensor(self.light_rng.uniform(*NOISE_RANGE, shape), device=frames.device)
+        return light(frames, self.clock, uniform)
 
     def _show(self, z, centre, a):
         """The frames shown for sampled latents z (B, H, W, 3) uint8 on the device: decoded, through detail carry

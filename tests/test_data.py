@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from worldsim.cli import run_job
 from worldsim.data import WindowDataset, episode_path, load_episodes, read_episode, still_steps, write_episode
@@ -92,6 +93,29 @@ def test_collect_can_start_each_game_later_on_its_clock(tmp_path):
         run_job("collect", [f"out={tmp_path / 'bad'}", "episodes=1", "clock_start=[20,10]"])
     with pytest.raises(ValueError, match="options\\['clock'\\]"):
         env.reset(seed=3, options={"clock": -5})
+
+
+def test_collect_without_the_light_and_with_canvases(tmp_path):
+    """light=false: the same worlds with frames drawn without the light (the explorer reads frames, so its moves
+    may then differ), marked in the manifest (env.light, what a trained bundle inherits); canvas=true: the lit frames plus those canvases; the
+    same directory refuses the other kind; other games have no light to leave out."""
+    from worldsim.envs.real_crafter import light
+
+    args = ["episodes=1", "workers=1", "max_steps=12", "test_every=0", "clock_start=[200,200]"]
+    run_job("collect", [f"out={tmp_path / 'lit'}", "canvas=true", *args])
+    run_job("collect", [f"out={tmp_path / 'canvas'}", "light=false", *args])
+    lit, bare = load_episodes(tmp_path / "lit")[0], load_episodes(tmp_path / "canvas")[0]
+    assert json.loads((tmp_path / "canvas" / "manifest.json").read_text())["env"]["light"] == "crafter"
+    assert "light" not in json.loads((tmp_path / "lit" / "manifest.json").read_text())["env"]
+    assert lit["canvas"].shape == lit["frames"].shape and "canvas" not in bare
+    np.testing.assert_array_equal(lit["canvas"][0], bare["frames"][0])  # the same world at the same hour
+    relit = light(torch.as_tensor(lit["canvas"]), 200 + np.arange(len(lit["frames"])), None).numpy()
+    assert np.abs(relit.astype(float) - lit["frames"]).mean() < 8  # the night's noise at its mean
+    assert np.abs(lit["canvas"].astype(float) - lit["frames"]).mean() > 20  # a night, left out
+    with pytest.raises(ValueError, match="without the game's light"):
+        run_job("collect", [f"out={tmp_path / 'canvas'}", *args])
+    with pytest.raises(ValueError, match="has none"):
+        run_job("collect", ["env=gym:CartPole-v1", f"out={tmp_path / 'cp'}", "light=false", *args[:3]])
 
 
 def test_scripted_explorer_covers_more_than_random(tmp_path):

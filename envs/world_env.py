@@ -260,6 +260,13 @@ class WorldEnv(gym.Env):
     have them around such a view, instead of the model's likeliest tile (grass, into which an explorer's world
     froze); ``terrain_floor=F`` draws only where the view's commonest tile group covers a share F. Defaults: the
     bundle's (``decode.new_ground``, ``decode.terrain_floor``); ``"nearest"`` turns it off.
+    ``light`` (bundles whose model draws the world without the game's light, ``env.light``: the shipped Crafter
+    model): the frames are lit by each world's game clock as Crafter lights them, its 300-step day and night,
+    the night's noise drawn from ``np_random``'s context noise (``light_noise="mean"`` shows its mean);
+    ``info["canvas"]`` holds the frame before the light. Context frames given lit are drawn back without it
+    (``envs/real_crafter.py: unlight``; by day to a grey level or two, at night what the noise covered is lost),
+    so ``options={"clock": n}`` matters for them. ``light=False`` shows the model's frames as drawn. Default:
+    the bundle's (``inference.light``).
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
@@ -350,6 +357,8 @@ class WorldEnv(gym.Env):
         if self.tick_names:
             info["ticks"] = [n for n, h in zip(self.tick_names, res.ticks[0]) if h]
             info["tick_prob"] = res.tick_prob[0]
+        if res.canvas is not None:
+            info["canvas"] = res.canvas[0]
         return self._obs.copy(), reward, terminated, truncated, info
 
     def render(self):
@@ -509,6 +518,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
             info["events"], info["event_prob"] = happened, res.event_prob
         if self.tick_names:
             info["ticks"], info["tick_prob"] = res.ticks, res.tick_prob
+        if res.canvas is not None:
+            info["canvas"] = res.canvas
         truncated = self._t >= self.horizon
         resetting = np.flatnonzero(self._autoreset)
         if len(resetting):  # NEXT_STEP autoreset: these rows start over; their step result is discarded
@@ -518,6 +529,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                 info["events"][resetting] = False
             if self.tick_names:
                 info["ticks"][resetting] = False
+            if "canvas" in info:  # the new start's last context frame, as the model reads it
+                info["canvas"][resetting] = self.sim.shown[resetting].cpu().numpy()
         self._autoreset = terminated | truncated
         if self.event_names:  # counts this episode (a world reset here starts its new episode at 0)
             info["achievements"] = self._events.copy()

@@ -142,3 +142,39 @@ def test_light_noise_is_drawn_reproducibly_and_light_false_shows_canvases(tmp_pa
     from worldsim import DEFAULT_CRAFTER_BUNDLE
     with pytest.raises(ValueError, match="frames are lit already"):
         WorldSimulator(Bundle(DEFAULT_CRAFTER_BUNDLE), 1, light=True)
+
+
+def test_env_with_the_light(tmp_path):
+    """The learned env on a canvas bundle: nights by its clock, info["canvas"], the same seed the same night, and
+    the vector env's autoreset rows get their new start's canvas."""
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    import worldsim  # noqa: F401  (registers the envs)
+    from worldsim.envs.world_env import WorldVectorEnv
+
+    path = _lit_bundle(tmp_path)
+    env = gym.make("worldsim/Crafter-v0", bundle=str(path), quantize="none")
+    check_env(env.unwrapped, skip_render_check=True)
+
+    def night(seed):
+        obs, _ = env.reset(seed=seed, options={"start_index": 0, "clock": 206})
+        out = [env.step(2) for _ in range(3)]
+        return obs, [o for o, *_ in out], [i["canvas"] for *_, i in out]
+
+    (o1, f1, c1), (o2, f2, c2) = night(5), night(5)
+    for a, b in zip(f1, f2):
+        np.testing.assert_array_equal(a, b)
+    rows, cols = view_box(f1[0].shape)
+    def saturation(f):
+        f = f[rows, cols].astype(float)
+        return (f.max(-1) - f.min(-1)).mean()
+
+    assert saturation(f1[-1]) < saturation(c1[-1]) / 2  # a night over the model's canvas
+    env.close()
+    venv = WorldVectorEnv(2, bundle=str(path), quantize="none", horizon=2)
+    venv.reset(seed=0)
+    for _ in range(3):
+        obs, _, term, trunc, info = venv.step(np.array([1, 2]))
+    assert info["canvas"].shape == obs.shape
+    venv.close()

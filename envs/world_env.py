@@ -262,7 +262,8 @@ class WorldEnv(gym.Env):
     bundle's (``decode.new_ground``, ``decode.terrain_floor``); ``"nearest"`` turns it off.
     ``light`` (bundles whose model draws the world without the game's light, ``env.light``: the shipped Crafter
     model): the frames are lit by each world's game clock as Crafter lights them, its 300-step day and night,
-    the night's noise drawn from ``np_random``'s context noise (``light_noise="mean"`` shows its mean);
+    the night's noise drawn from each step's sampling noise (so from ``np_random``; ``light_noise="mean"`` shows
+    its mean);
     ``info["canvas"]`` holds the frame before the light. Context frames given lit are drawn back without it
     (``envs/real_crafter.py: unlight``; by day to a grey level or two, at night what the noise covered is lost),
     so ``options={"clock": n}`` matters for them. ``light=False`` shows the model's frames as drawn. Default:

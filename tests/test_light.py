@@ -171,6 +171,12 @@ def test_env_with_the_light(tmp_path):
         return (f.max(-1) - f.min(-1)).mean()
 
     assert saturation(f1[-1]) < saturation(c1[-1]) / 2  # a night over the model's canvas
+    state = env.unwrapped.get_state()  # a saved night goes on with the same noise
+    again = []
+    for _ in range(2):
+        env.unwrapped.set_state(state)
+        again.append([env.step(a)[0] for a in (1, 3)])
+    np.testing.assert_array_equal(again[0], again[1])
     env.close()
     venv = WorldVectorEnv(2, bundle=str(path), quantize="none", horizon=2)
     venv.reset(seed=0)

@@ -281,10 +281,10 @@ class WorldSimulator:
                              "terrain prior and snaps the rest to the nearest entries: it needs map_memory, "
                              "snap=true and a terrain prior (`worldsim codebook bundle=... refit=false terrain=true`)")
         # light: a bundle whose env names the game's light (env.light) has a model that draws the world without it
-        # (canvases); the frames returned are lit by each row's game clock, as the game lights them (envs/real_crafter.py
-        # says why). Everything the model reads, the memories and the snap stay canvases (context frames given lit
-        # are drawn back without it). light=False returns the canvases. light_noise: "sample" draws the night's noise as the game does (from light_rng, seeded at each full
-        # reset from its context noise), "mean" shows its mean (the eval's PSNR)
+        # (canvases); the frames returned are lit by each row's game clock, as the game lights them
+        # (envs/real_crafter.py says why). Everything the model reads, the memories and the snap stay canvases
+        # (context frames given lit are drawn back without it). light=False returns the canvases. light_noise:
+        # "sample" draws the night's noise as the game does, "mean" shows its mean (the eval's PSNR)
         game_light = bundle.env.get("light")
         if game_light not in (None, "crafter"):
             raise ValueError(f"bundle.json env.light must be 'crafter' (the game whose light the env draws) or "
@@ -300,7 +300,6 @@ class WorldSimulator:
         self.light_noise = "sample" if light_noise is None else light_noise
         if self.light_noise not in ("sample", "mean"):
             raise ValueError(f"light_noise must be sample (the game's draw) or mean, got {light_noise!r}")
-        self.light_rng = np.random.default_rng(0)
         self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
         # the frames last shown, kept on the device: tile hold and detail carry merge there, and only the
         # frames returned cross to the host (at batch 1,024 on an H200 the numpy merge cost 78 of 236 ms a step)
@@ -349,8 +348,6 @@ class WorldSimulator:
         self.clock[rows] = clock
         if sorted(rows) == list(range(self.B)):  # a full reset restarts the clock: same seed, same numbers
             self.time = T - 1
-            self.light_rng = np.random.default_rng(
-                int.from_bytes(hashlib.sha1(np.ascontiguousarray(context_noise).tobytes()).digest()[:8], "little"))
         if self.canvas_model:  # the model reads canvases
             if canvas is None:
                 from worldsim.envs.real_crafter import unlight
@@ -473,7 +470,7 @@ class WorldSimulator:
               tick_uniform: np.ndarray | None = None) -> StepResult:
         t = self.time + 1
         a = actions_to_tensor(self.spec, actions, self.device)
-        noise = self._t(noise)
+        step_noise, noise = noise, self._t(noise)
         ticks = tick_prob = None
         if self.n_ticks:
             ticks, tick_prob = self._draw_ticks(a, tick_uniform)
@@ -539,7 +536,7 @@ class WorldSimulator:
             frames = self._show(z, prev, a)
         canvas = None
         if self.light and frames is not None:
-            canvas, frames = frames, self._light(frames)
+            canvas, frames = frames, self._light(frames, step_noise)
         if self.memory is not None:  # the frame shown is what detail carry moves on
             self.memory.push(range(self.B), self.prev_ctx, self.shown if self.detail_carry > 0 else None)
         reward, reward_prob = out.reward.float().cpu().numpy() * self.reward_scale, None
@@ -554,15 +551,20 @@ class WorldSimulator:
                           None if tick_prob is None else tick_prob.cpu().numpy(),
                           None if canvas is None else _host(canvas))
 
-    def _light(self, frames: torch.Tensor) -> torch.Tensor:
-        """The canvases lit by each row's game clock, the night's noise drawn from light_rng (or its mean)."""
+    def _light(self, frames: torch.Tensor, noise) -> torch.Tensor:
+        """The canvases lit by each row's game clock. The night's noise of a row is drawn from a generator seeded
+        by that row's sampler noise of this step (the caller's draw), so a seeded env, a saved state gone back to
+        and a row in any batch all draw the same night; or its mean."""
         from worldsim.envs.real_crafter import NOISE_RANGE, daylight, light, view_box
         uniform = None
-        dark = int((daylight(self.clock) < 0.5).sum())
-        if dark and self.light_noise == "sample":
+        dark = np.flatnonzero(daylight(self.clock) < 0.5)
+        if len(dark) and self.light_noise == "sample":
             rows, cols = view_box(frames.shape[1:])
-            shape = (dark, rows.stop - rows.start, cols.stop - cols.start)
-            uniform = torch.as_tensor(self.light_rng.uniform(*NOISE_RANGE, shape), device=frames.device)
+            shape = (rows.stop - rows.start, cols.stop - cols.start)
+            noise = np.asarray(noise.cpu() if isinstance(noise, torch.Tensor) else noise, np.float64)
+            seeds = [int.from_bytes(hashlib.sha1(noise[r].tobytes()).digest()[:8], "little") for r in dark]
+            uniform = torch.as_tensor(np.stack([np.random.default_rng(k).uniform(*NOISE_RANGE, shape) for k in seeds]),
+                                      device=frames.device)
         return light(frames, self.clock, uniform)
 
     def _show(self, z, centre, a):

@@ -6,7 +6,8 @@ keeps the world at full day and the env adds the night:
     PYTHONHASHSEED=0 worldsim collect out=data/crafter_canvas episodes=320 workers=2 seed=10000 light=false
     PYTHONHASHSEED=0 worldsim collect out=data/crafter_ends_canvas episodes=160 workers=2 seed=30000 light=false
     python docs/light_bundle.py runs/lit
-    worldsim codebook bundle=runs/lit "data=[data/crafter_canvas,data/crafter_ends_canvas]" terrain=true new_ground=terrain
+    worldsim codebook bundle=runs/lit "data=[data/crafter_canvas,data/crafter_ends_canvas]" terrain=true \
+        new_ground=terrain
 
 The world model and heads stay BASE's (trained on lit frames; a canvas is a frame at full daylight, which they
 have seen); docs/results.md, "The game's light, drawn by the env", measures what that gives and what it does not.

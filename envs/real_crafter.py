@@ -22,9 +22,11 @@ MOVES = {1: (0, -1), 2: (0, 1), 3: (-1, 0), 4: (1, 0)}  # move_left, _right, _up
 # (crafter.engine.LocalView._light): a blend towards a desaturated, blue-tinted copy, and at night (daylight
 # under 0.5) uniform noise from the edges in. It is a fixed function of the frame drawn without it (the
 # "canvas") and the game's step, so the learned world can leave it to the env: the model draws canvases, which
-# keep their variety at any hour, and the env lights them by its own clock, nights of the game's length ending in
-# the game's dawn (docs/results.md, "The game's light"). Reimplemented in torch (batched, on the model's device);
-# tests/test_light.py holds it to crafter's own _light, and `unlight` is its inverse for context frames.
+# keep their variety at any hour, and the env lights them by its own clock, nights of the game's length ending
+# in the game's dawn (docs/results.md, "The game's light, drawn by the env"). Reimplemented in torch (batched,
+# on the model's device); tests/test_light.py holds it to crafter's own _light, and `unlight` is its inverse for
+# context frames. A sleeping player's view, which Crafter greys after the light, stays in the canvas, so over
+# a sleeping view the env's light is not exactly the game's.
 DAY = 300  # steps in Crafter's day (crafter.Env._update_time)
 NIGHT_TINT = (0.0, 16.0, 64.0)  # LocalView._light's tint colour; blended at 0.5, after desaturating to 0.4
 NOISE_RANGE = (32.0, 127.0)  # LocalView._noise's uniform
@@ -48,8 +50,8 @@ def view_box(frame_shape) -> tuple[slice, slice]:
 
 def _vignette(h: int, w: int, device) -> torch.Tensor:
     """LocalView._vignette(shape, 0.5), in frame (row, column) order: 0 at the view's centre, near 1 at its corners."""
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, dtype=torch.float64), torch.linspace(-1, 1, w, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, dtype=torch.float64),
+                            torch.linspace(-1, 1, w, dtype=torch.float64), indexing="ij")
     return (1 - torch.exp(-0.5 * (xs ** 2 + ys ** 2) / 0.25)).to(device)
 
 
@@ -72,11 +74,15 @@ def light(frames: torch.Tensor, steps, uniform: torch.Tensor | None = None) -> t
     if dark.any():
         m = torch.as_tensor(2 * (0.5 - d), device=frames.device)[:, None, None, None] * \
             _vignette(c.shape[1], c.shape[2], frames.device)[None, ..., None]
-        u = torch.full_like(c[..., :1], sum(NOISE_RANGE) / 2) if uniform is None else \
-            torch.zeros_like(c[..., 0]).masked_scatter(dark[:, None, None].expand_as(c[..., 0]), uniform.double())[..., None]
+        if uniform is None:
+            u = torch.full_like(c[..., :1], sum(NOISE_RANGE) / 2)
+        else:  # the dark rows' draws, in row order
+            u = torch.zeros_like(c[..., 0]).masked_scatter(dark[:, None, None].expand_as(c[..., 0]), uniform.double())
+            u = u[..., None]
         n = torch.where(dark[:, None, None, None], (1 - m) * c + m * u, c).floor()  # astype(uint8) truncates
     g = _grey(n)
-    night = 0.5 * (g + 0.4 * (n - g)).floor() + 0.5 * torch.tensor(NIGHT_TINT, dtype=torch.float64, device=frames.device)
+    tint = torch.tensor(NIGHT_TINT, dtype=torch.float64, device=frames.device)
+    night = 0.5 * (g + 0.4 * (n - g)).floor() + 0.5 * tint  # ImageEnhance.Color(0.4), then the tint
     dd = torch.as_tensor(d, device=frames.device)[:, None, None, None]
     out[:, rows, cols] = (dd * c + (1 - dd) * night).floor().clamp(0, 255).to(torch.uint8)
     return out

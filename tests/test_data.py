@@ -115,7 +115,8 @@ def test_collect_without_the_light_and_with_canvases(tmp_path):
     with pytest.raises(ValueError, match="without the game's light"):
         run_job("collect", [f"out={tmp_path / 'canvas'}", *args])
     with pytest.raises(ValueError, match="has none"):
-        run_job("collect", ["env=gym:CartPole-v1", f"out={tmp_path / 'cp'}", "light=false", *args[:3]])
+        run_job("collect", ["env=gym:CartPole-v1", f"out={tmp_path / 'cp'}", "light=false",
+                            *args[:3]])
 
 
 def test_scripted_explorer_covers_more_than_random(tmp_path):

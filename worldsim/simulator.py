@@ -92,7 +92,8 @@ class StepResult:
     reward_prob: np.ndarray | None = None
     ticks: np.ndarray | None = None  # (B, ticks) bool this step's drawn ticks (models with ticks)
     tick_prob: np.ndarray | None = None  # (B, ticks) float32 their probabilities
-    canvas: np.ndarray | None = None  # (B, H, W, 3) uint8 with the env's light: the frames before it (what the model drew)
+    # (B, H, W, 3) uint8, with the env's light: the frames before it (what the model drew)
+    canvas: np.ndarray | None = None
 
 
 class WorldSimulator:
@@ -354,7 +355,8 @@ class WorldSimulator:
                 steps = (clock[:, None] - np.arange(T - 1, -1, -1)).reshape(-1)
                 canvas = unlight(torch.as_tensor(frames).reshape(b * T, *frames.shape[2:]), steps).reshape(frames.shape)
             elif np.shape(canvas) != np.shape(frames):
-                raise ValueError(f"canvas must have the context frames' shape {np.shape(frames)}, got {np.shape(canvas)}")
+                raise ValueError(f"canvas must have the context frames' shape {np.shape(frames)}, "
+                                 f"got {np.shape(canvas)}")
             frames = np.asarray(canvas)
         z = self.codec.encode(torch.as_tensor(frames, device=self.device))
         acts = _prepend_null(self.spec, actions, b)
@@ -563,8 +565,8 @@ class WorldSimulator:
             shape = (rows.stop - rows.start, cols.stop - cols.start)
             noise = np.asarray(noise.cpu() if isinstance(noise, torch.Tensor) else noise, np.float64)
             seeds = [int.from_bytes(hashlib.sha1(noise[r].tobytes()).digest()[:8], "little") for r in dark]
-            uniform = torch.as_tensor(np.stack([np.random.default_rng(k).uniform(*NOISE_RANGE, shape) for k in seeds]),
-                                      device=frames.device)
+            draws = [np.random.default_rng(k).uniform(*NOISE_RANGE, shape) for k in seeds]
+            uniform = torch.as_tensor(np.stack(draws), device=frames.device)
         return light(frames, self.clock, uniform)
 
     def _show(self, z, centre, a):

@@ -557,6 +557,7 @@ class WorldSimulator:
         """The canvases lit by each row's game clock. The night's noise of a row is drawn from a generator seeded
         by that row's sampler noise of this step (the caller's draw), so a seeded env, a saved state gone back to
         and a row in any batch all draw the same night; or its mean."""
+        # imported here: only a bundle with the env's light needs Crafter (the module imports the game)
         from worldsim.envs.real_crafter import NOISE_RANGE, daylight, light, view_box
         uniform = None
         dark = np.flatnonzero(daylight(self.clock) < 0.5)

@@ -260,11 +260,11 @@ class WorldEnv(gym.Env):
     have them around such a view, instead of the model's likeliest tile (grass, into which an explorer's world
     froze); ``terrain_floor=F`` draws only where the view's commonest tile group covers a share F. Defaults: the
     bundle's (``decode.new_ground``, ``decode.terrain_floor``); ``"nearest"`` turns it off.
-    ``light`` (bundles whose model draws the world without the game's light, ``env.light``: the shipped Crafter
-    model): the frames are lit by each world's game clock as Crafter lights them, its 300-step day and night,
-    the night's noise drawn from each step's sampling noise (so from ``np_random``; ``light_noise="mean"`` shows
-    its mean);
-    ``info["canvas"]`` holds the frame before the light. Context frames given lit are drawn back without it
+    ``light`` (bundles whose model draws the world without the game's light, ``env.light``, made with
+    ``docs/light_bundle.py``; the shipped Crafter model is not one): the frames are lit by each world's game clock
+    as Crafter lights them, its 300-step day and night, the night's noise drawn from each step's sampling noise
+    (so from ``np_random``; ``light_noise="mean"`` shows its mean); ``info["canvas"]`` holds the frame before
+    the light. Context frames given lit are drawn back without it
     (``envs/real_crafter.py: unlight``; by day to a grey level or two, at night what the noise covered is lost),
     so ``options={"clock": n}`` matters for them. ``light=False`` shows the model's frames as drawn. Default:
     the bundle's (``inference.light``).

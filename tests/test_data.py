@@ -114,6 +114,8 @@ def test_collect_without_the_light_and_with_canvases(tmp_path):
     assert np.abs(lit["canvas"].astype(float) - lit["frames"]).mean() > 20  # a night, left out
     with pytest.raises(ValueError, match="without the game's light"):
         run_job("collect", [f"out={tmp_path / 'canvas'}", *args])
+    with pytest.raises(ValueError, match="its light crafter differs"):  # lit and unlit frames are not one game's
+        run_job("train", [f"data=[{tmp_path / 'lit'},{tmp_path / 'canvas'}]", f"run={tmp_path / 'run'}"])
     with pytest.raises(ValueError, match="has none"):
         run_job("collect", ["env=gym:CartPole-v1", f"out={tmp_path / 'cp'}", "light=false",
                             *args[:3]])

@@ -28,7 +28,7 @@ OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index", "clo
 def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_size=None, default=None,
           guidance=None, tile_hold=None, quantize=None, detail_carry=None, carry_gate=None, reencode=None,
           snap=None, certain=None, amp=None, view_memory=None, seed_floor=None, map_memory=None, new_ground=None,
-          terrain_floor=None, ticks=None, light=None, light_noise=None) -> gym.Space:
+          terrain_floor=None, ticks=None, light=None, light_noise=None, fresh_window=None) -> gym.Space:
     """Set up what both envs share (bundle, simulator, observation space, action meanings); returns the
     action space of one world."""
     from worldsim import DEFAULT_CRAFTER_BUNDLE
@@ -42,7 +42,7 @@ def _load(env, bundle, device, batch_size, sampling_steps, context_noise, frame_
                              detail_carry=detail_carry, carry_gate=carry_gate, reencode=reencode, snap=snap,
                              certain=certain, amp=amp, view_memory=view_memory, seed_floor=seed_floor,
                              map_memory=map_memory, new_ground=new_ground, terrain_floor=terrain_floor,
-                             ticks=ticks, light=light, light_noise=light_noise)
+                             ticks=ticks, light=light, light_noise=light_noise, fresh_window=fresh_window)
     env.action_meanings = list(env.bundle.env.get("action_meanings", []))
     # bundles with event heads (Crafter's achievements; a bundle trained on a collection that records events
     # names them before `worldsim heads events=true` gives it the heads)
@@ -266,8 +266,13 @@ class WorldEnv(gym.Env):
     (so from ``np_random``; ``light_noise="mean"`` shows its mean); ``info["canvas"]`` holds the frame before
     the light. Context frames given lit are drawn back without it
     (``envs/real_crafter.py: unlight``; by day to a grey level or two, at night what the noise covered is lost),
-    so ``options={"clock": n}`` matters for them. ``light=False`` shows the model's frames as drawn. Default:
+    so ``options={"clock": n}`` matters for them. ``light=False`` shows the model's frames as drawn, and context
+    frames given in the reset options are taken as such (what that env shows). Default:
     the bundle's (``inference.light``).
+    ``fresh_window=k``: every k-th step the model's KV cache is rebuilt from its window of frames alone, as a reset
+    builds it, instead of keeping each frame's keys as they were made (which carry history from further back than
+    training showed; on Crafter it froze a player in place). 1: every step, which costs one more model pass over
+    the window per step (Results: the freeze); 0: never. Default: the bundle's (``inference.fresh_window``).
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
@@ -282,14 +287,14 @@ class WorldEnv(gym.Env):
                  view_memory: int | None = None, seed_floor: float | None = None,
                  map_memory: bool | None = None, new_ground: str | None = None,
                  terrain_floor: float | None = None, reward_floor: float | None = None, ticks: bool | None = None,
-                 light: bool | None = None, light_noise: str | None = None):
+                 light: bool | None = None, light_noise: str | None = None, fresh_window: int | bool | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode, self.horizon, self.threshold = render_mode, int(horizon), _threshold(termination_threshold)
         self.action_space = _load(self, bundle, device, 1, sampling_steps, context_noise, frame_size, default_bundle,
                                   guidance, tile_hold, quantize, detail_carry, carry_gate, reencode, snap, certain, amp,
                                   view_memory, seed_floor, map_memory, new_ground, terrain_floor, ticks, light,
-                                  light_noise)
+                                  light_noise, fresh_window)
         self.reward_floor = _reward_floor(reward_floor, self.bundle)
         self.observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self._obs, self._t, self._window, self._done = None, 0, None, False
@@ -321,9 +326,11 @@ class WorldEnv(gym.Env):
         super().reset(seed=seed)
         self._end_rng = _end_draws(self.np_random)
         frames, actions, info = _start(self, self.action_space, options, self.np_random)
+        canvas = _context_canvases(self.sim, frames[None], [info["clock"]], [info["start"]])
         self.sim.reset([0], frames[None], stack_actions([actions]),
-                       self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)), [info["clock"]])
-        self._obs, self._t, self._done = frames[-1].copy(), 0, False
+                       self.np_random.standard_normal((1, len(frames), *self.sim.latent_shape)), [info["clock"]],
+                       canvas=canvas)
+        self._obs, self._t, self._done = (frames if canvas is None else canvas[0])[-1].copy(), 0, False
         self._events = np.zeros(len(self.event_names), np.int64)
         self._rest[0] = _rest_start(self, info["start"])
         if self.render_mode == "human":
@@ -405,7 +412,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                  view_memory: int | None = None, seed_floor: float | None = None,
                  map_memory: bool | None = None, new_ground: str | None = None,
                  terrain_floor: float | None = None, reward_floor: float | None = None, ticks: bool | None = None,
-                 light: bool | None = None, light_noise: str | None = None, **kwargs):
+                 light: bool | None = None, light_noise: str | None = None, fresh_window: int | bool | None = None,
+                 **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments for WorldVectorEnv: {sorted(kwargs)}")
         if render_mode not in (None, "rgb_array"):
@@ -415,7 +423,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.single_action_space = _load(self, bundle, device, self.num_envs, sampling_steps, context_noise,
                                          frame_size, default_bundle, guidance, tile_hold, quantize,
                                          detail_carry, carry_gate, reencode, snap, certain, amp, view_memory,
-                                         seed_floor, map_memory, new_ground, terrain_floor, ticks, light, light_noise)
+                                         seed_floor, map_memory, new_ground, terrain_floor, ticks, light, light_noise,
+                                         fresh_window)
         self.reward_floor = _reward_floor(reward_floor, self.bundle)
         self.single_observation_space = gym.spaces.Box(0, 255, self.sim.frame_shape, np.uint8)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -439,9 +448,10 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         if len(lengths) != 1:  # default starts all have the same length; a given context is shared by all rows
             raise ValueError("all reset contexts of one call must have the same length")
         noise = np.stack([self.rngs[i].standard_normal((len(frames[0]), *self.sim.latent_shape)) for i in rows])
-        self.sim.reset(rows, np.stack(frames), stack_actions(actions), noise, clocks)
-        for i, f, start in zip(rows, frames, starts):
-            self._obs[i], self._t[i] = f[-1], 0
+        canvas = _context_canvases(self.sim, np.stack(frames), clocks, starts)
+        self.sim.reset(rows, np.stack(frames), stack_actions(actions), noise, clocks, canvas=canvas)
+        for k, (i, f, start) in enumerate(zip(rows, frames, starts)):
+            self._obs[i], self._t[i] = (f if canvas is None else canvas[k])[-1], 0
             self._rest[i] = _rest_start(self, start)
         self._events[rows] = 0
 
@@ -767,6 +777,22 @@ def _context(env, action_space, options, rng):
     if frames.shape[1:] != tuple(shape):  # running at another frame size than the model trained at
         frames = fit_frames(frames, shape[:2])
     return frames, acts, {"start": f"shipped:{idx}"}
+
+
+def _context_canvases(sim, frames: np.ndarray, clocks, starts):
+    """With ``light=False`` a canvas bundle's env shows the frames before the light, so context frames given in
+    the reset options are taken as such; the shipped start frames are lit and are drawn back without it. None
+    where the env shows lit frames (the simulator works their canvases out itself)."""
+    if not sim.canvas_model or sim.light:
+        return None
+    from worldsim.envs.real_crafter import unlight  # (imports the game: only canvas bundles need it)
+
+    out = frames.copy()
+    T = frames.shape[1]
+    for i, (clock, start) in enumerate(zip(clocks, starts)):
+        if start not in ("image", "context"):
+            out[i] = unlight(torch.as_tensor(frames[i]), clock - np.arange(T - 1, -1, -1)).numpy()
+    return out
 
 
 def _no_actions(space: gym.Space):

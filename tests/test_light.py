@@ -178,9 +178,54 @@ def test_env_with_the_light(tmp_path):
         again.append([env.step(a)[0] for a in (1, 3)])
     np.testing.assert_array_equal(again[0], again[1])
     env.close()
+    # light=False shows canvases, so context frames given to its reset are canvases, also at night
+    _, _, canvases, _ = _walk(200, 3)
+    dark = gym.make("worldsim/Crafter-v0", bundle=str(path), quantize="none", light=False)
+    obs, _ = dark.reset(seed=0, options={"context_frames": canvases, "context_actions": np.zeros(3, np.int64),
+                                         "clock": 203})
+    np.testing.assert_array_equal(obs, canvases[-1])
+    np.testing.assert_array_equal(dark.unwrapped.sim.shown[0].numpy(), canvases[-1])
+    obs, _ = dark.reset(seed=0, options={"start_index": 0})  # a shipped start state is lit: drawn back
+    np.testing.assert_array_equal(obs, dark.unwrapped.sim.shown[0].numpy())
+    start = dark.unwrapped.bundle.start_frames[0].numpy()  # the game's first steps: 0 .. T - 1
+    np.testing.assert_array_equal(obs, unlight(torch.as_tensor(start), np.arange(len(start))).numpy()[-1])
+    assert (obs != start[-1]).any()
+    dark.close()
     venv = WorldVectorEnv(2, bundle=str(path), quantize="none", horizon=2)
     venv.reset(seed=0)
     for _ in range(3):
         obs, _, term, trunc, info = venv.step(np.array([1, 2]))
     assert info["canvas"].shape == obs.shape
     venv.close()
+
+
+def test_stability_under_the_light_counts_what_the_world_did(tmp_path):
+    """The eval's long rollout of a canvas bundle measures change and unchanged steps on the canvases, the model's
+    and the real episodes' alike: at night the light's noise changes every lit frame, so lit frames would hide a
+    world standing still. A collection without canvases gets a clear error."""
+    from omegaconf import OmegaConf
+
+    from worldsim.checkpoint import Bundle
+    from worldsim.evaluate import stability_eval
+
+    eps = []
+    for seed in (3, 4):
+        _, frames, canvases, _ = _walk(200, 12, seed=seed)  # a night: lit frames always change
+        n = len(frames) - 1
+        eps.append({"frames": frames, "canvas": canvases, "actions": np.zeros(n, np.int64),
+                    "rewards": np.zeros(n, np.float32), "terminated": np.zeros(n, bool)})
+    cfg = OmegaConf.create({"seed": 0, "bank_frames": 16, "env": "crafter", "device": "cpu", "sampling_steps": None,
+                            "quantize": "none", "light_noise": "sample", "stability_strip": None,
+                            "stability_plot": None})
+    res = stability_eval(cfg, Bundle(_lit_bundle(tmp_path)), eps, 6, 3)
+    assert res["change_of"] == "canvas" and len(res["blocks"]) == 2
+
+    def unchanged(key):
+        return float(np.mean(np.concatenate([np.abs(np.diff(ep[key].astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+                                             for ep in eps]) < 0.05))
+
+    assert res["real_reference"]["frozen_share"] == pytest.approx(unchanged("canvas"))
+    assert unchanged("canvas") > 0 and unchanged("frames") == 0  # the noise hides the still steps
+    with pytest.raises(ValueError, match="canvas=true"):
+        stability_eval(cfg, Bundle(_lit_bundle(tmp_path / "b")), [{k: v for k, v in ep.items() if k != "canvas"}
+                                                                  for ep in eps], 6, 3)

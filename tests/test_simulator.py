@@ -140,6 +140,92 @@ def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bund
         assert 0 < np.mean(drawn) < 1
 
 
+@pytest.mark.parametrize("kind", ["plain", "residual", "one_context_frame", "clock", "ticks", "every_3"])
+def test_fresh_window_rollout_equals_a_recompute_over_the_window_alone(kind, random_bundle, residual_bundle,
+                                                                       clock_bundle, tick_bundle):
+    """fresh_window=1: every step samples from the last W committed frames alone, read as a reset reads its
+    context (the oldest one's action unread), however long the rollout; the default cache, whose keys were made
+    attending to the frames before them, gives other frames once the history is longer than the window.
+    fresh_window=3: so does every third step (those right after a rebuild), and the steps between do not."""
+    b = {"residual": residual_bundle, "clock": clock_bundle, "ticks": tick_bundle}.get(kind, random_bundle)
+    T = 1 if kind == "one_context_frame" else W
+    k = 3 if kind == "every_3" else 1
+    sim = WorldSimulator(b, 1, sampling_steps=2, fresh_window=True if k == 1 else k)
+    old = WorldSimulator(b, 1, sampling_steps=2)  # the default: the cache keeps each frame's keys as made
+    assert sim.settings()["fresh_window"] == k and old.settings()["fresh_window"] == 0
+    rng = np.random.default_rng(1)
+    shape = sim.latent_shape
+    ctx_frames, ctx_actions = b.start_frames[:1, :T].numpy(), b.start_actions[:1, :T - 1].numpy()
+    ctx_noise = rng.standard_normal((1, T, *shape))
+    clock = torch.arange(57 - T + 1, 58)[None] if kind == "clock" else None
+    z0 = sim.reset([0], ctx_frames, ctx_actions, ctx_noise, None if clock is None else [57])
+    old.reset([0], ctx_frames, ctx_actions, ctx_noise, None if clock is None else [57])
+    prev = z0[:, -1] if b.edm.cfg.residual else None
+    hist = z0 + sim.context_noise * torch.as_tensor(ctx_noise, dtype=torch.float32)
+    acts = np.concatenate([[0], ctx_actions[0]])[None]
+    ticks = torch.zeros(1, T, 4) if kind == "ticks" else None
+    apart = 0.0
+    for step in range(2 * W + 2):
+        a = np.array([(5 * step + 1) % 17])
+        noise, cn = rng.standard_normal((1, *shape)), rng.standard_normal((1, *shape))
+        u = rng.random((1, 4)) if ticks is not None else None
+        res = sim.step(a, noise, cn, decode=False, tick_uniform=u)
+        other = old.step(a, noise, cn, decode=False, tick_uniform=u)
+        if ticks is not None:
+            ticks = torch.cat([ticks, torch.as_tensor(res.ticks, dtype=torch.float32)[:, None]], dim=1)
+        acts = np.concatenate([acts, a[None]], axis=1)
+        if clock is not None:
+            clock = torch.cat([clock, clock[:, -1:] + 1], dim=1)
+        n = min(hist.shape[1], W)  # the window: the last n committed frames, then the new one
+        has = torch.ones(1, n + 1, dtype=torch.bool)
+        has[0, 0] = False
+        ref = full_recompute(b, hist[:, -n:], acts[:, -(n + 1):], has, torch.as_tensor(noise, dtype=torch.float32),
+                             2, prev, clock=None if clock is None else clock[:, -(n + 1):],
+                             ticks=None if ticks is None else ticks[:, -(n + 1):])
+        if step % k == 0:  # right after a rebuild (or the reset)
+            torch.testing.assert_close(res.latents, ref, rtol=1e-4, atol=1e-4)
+            if step >= W + 1:  # past the window the default's keys hold older frames: its frames differ
+                apart = max(apart, float((other.latents - res.latents).abs().max()))
+        elif step >= W + 1:  # between rebuilds the keys hold the frames since the last one
+            apart = max(apart, float((ref - res.latents).abs().max()))
+        if prev is not None:
+            prev = res.latents
+        hist = torch.cat([hist, (res.latents + sim.context_noise * torch.as_tensor(cn, dtype=torch.float32))[:, None]], 1)
+    assert apart > 1e-3
+
+
+def test_fresh_window_state_and_dict_actions_continue_the_same(tmp_path):
+    """A camera model's (Dict actions) fresh-window rollout saved mid-way and loaded into another simulator
+    makes the same frames as the one that went on: the window's latents and actions travel with the state."""
+    from worldsim.simulator import _pack_actions, _unpack_actions
+    b = _random_bundle(tmp_path / "w", warp=True)
+    spec = b.dit.config.action_spec
+    a = actions_to_tensor(spec, {"camera": np.array([[[1.5, -2.0], [0.0, 3.0]]], np.float32),
+                                 "forward": np.array([[1, 0]])})
+    back = _unpack_actions(spec, _pack_actions(spec, a))
+    assert back["forward"].dtype == torch.long and torch.equal(back["forward"], a["forward"])
+    torch.testing.assert_close(back["camera"], a["camera"])
+    sims = [WorldSimulator(b, 1, sampling_steps=1, fresh_window=True) for _ in range(2)]
+    rng = np.random.default_rng(2)
+    shape = sims[0].latent_shape
+    acts = {"camera": np.zeros((1, W - 1, 2), np.float32), "forward": np.zeros((1, W - 1), np.int64)}
+    sims[0].reset([0], b.start_frames[:1].numpy(), acts, rng.standard_normal((1, W, *shape)))
+
+    def act(i):
+        return {"camera": np.array([[10.0 * (i % 3) - 10, 5.0]], np.float32), "forward": np.array([i % 2])}
+
+    for i in range(W + 1):
+        sims[0].step(act(i), rng.standard_normal((1, *shape)), rng.standard_normal((1, *shape)), decode=False)
+    sims[1].load_rows([0], [sims[0].row_state(0)])
+    for i in range(W + 2):
+        noise, cn = rng.standard_normal((1, *shape)), rng.standard_normal((1, *shape))
+        r0, r1 = (s.step(act(i + 7), noise, cn, decode=False) for s in sims)
+        torch.testing.assert_close(r0.latents, r1.latents, rtol=0, atol=0)
+    for bad in ("yes", -1, 1.5):
+        with pytest.raises(ValueError, match="fresh_window must be"):
+            WorldSimulator(b, 1, fresh_window=bad)
+
+
 def test_the_game_clock_sets_the_time_of_day(clock_bundle):
     """Rows started from the same context, noise and actions make the same frames a whole day (30 steps) apart
     on the game's clock and other frames at another time of day; each row keeps its own clock, the default is

@@ -66,14 +66,15 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
                 certain: float | None = None, rss_every: int = 0, amp: str | None = None,
                 view_memory: int | None = None, seed_floor: float | None = None,
                 map_memory: bool | None = None, new_ground: str | None = None,
-                terrain_floor: float | None = None) -> dict:
+                terrain_floor: float | None = None, fresh_window: bool | None = None) -> dict:
     import worldsim  # noqa: F401
 
     # termination_threshold 2: never end episodes, steady stepping
     kw = {"device": device, "termination_threshold": 2.0, "guidance": guidance, "tile_hold": tile_hold,
           "quantize": quantize, "detail_carry": detail_carry, "reencode": reencode, "snap": snap, "certain": certain,
           "amp": amp, "view_memory": view_memory, "seed_floor": seed_floor,
-          "map_memory": map_memory, "new_ground": new_ground, "terrain_floor": terrain_floor}
+          "map_memory": map_memory, "new_ground": new_ground, "terrain_floor": terrain_floor,
+          "fresh_window": fresh_window}
     if bundle:
         kw["bundle"] = bundle
     env_id = learned_env_id(env_name)
@@ -159,7 +160,7 @@ def bench(cfg):
                                 cfg.get("reencode"), cfg.get("snap"), cfg.get("certain"),
                                 int(cfg.get("rss_every") or 0), cfg.get("amp"), cfg.get("view_memory"),
                                 cfg.get("seed_floor"), cfg.get("map_memory"), cfg.get("new_ground"),
-                                cfg.get("terrain_floor"))
+                                cfg.get("terrain_floor"), cfg.get("fresh_window"))
                 kernels.use(prev)
                 r["device"], r["kernels"] = device, kern
                 r["vs_real"] = r["env_steps_per_s"] / real

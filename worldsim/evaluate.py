@@ -80,7 +80,7 @@ def _opt(cfg, key):
 
 def _sim_kw(cfg) -> dict:
     """Inference settings the config may override (context noise, guidance, tile hold, detail carry, reencode,
-    snap and its `certain`, seed floor, quantize, amp, view and map memory, new ground and its floor, ticks, light and its noise); null = the bundle's. snap passes through as given: true,
+    snap and its `certain`, seed floor, quantize, amp, view and map memory, new ground and its floor, ticks, light and its noise, fresh window); null = the bundle's. snap passes through as given: true,
     false or a mode name (nearest, sample)."""
     kw = {k: None if cfg.get(k) is None else float(cfg.get(k)) for k in ("context_noise", "guidance", "tile_hold",
                                                                              "detail_carry", "carry_gate", "certain",
@@ -88,7 +88,8 @@ def _sim_kw(cfg) -> dict:
     reencode = None if cfg.get("reencode") is None else bool(cfg.reencode)
     return {**kw, "quantize": cfg.get("quantize"), "amp": cfg.get("amp"), "reencode": reencode, "snap": cfg.get("snap"),
             "view_memory": cfg.get("view_memory"), "map_memory": cfg.get("map_memory"), "new_ground": cfg.get("new_ground"),
-            "ticks": cfg.get("ticks"), "light": cfg.get("light"), "light_noise": cfg.get("light_noise")}
+            "ticks": cfg.get("ticks"), "light": cfg.get("light"), "light_noise": cfg.get("light_noise"),
+            "fresh_window": cfg.get("fresh_window")}
 
 
 def _step_of(actions, h):
@@ -765,6 +766,14 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     obs, _ = env.reset(seed=int(cfg.seed))
     agent.reset()
     frames = np.full((steps, *obs.shape), 0, np.uint8)  # written now, so filling it does not grow the RSS
+    # with the env's light the world's change is measured on the frames before it: the light moves every frame a
+    # little, so on lit frames a world standing still would not count as unchanged (docs/results.md, the light)
+    lit = bool(getattr(env.unwrapped.sim, "light", False))
+    if lit and not all("canvas" in ep for ep in eps):
+        env.close()
+        raise ValueError("the stability of a model under the env's light is measured on its canvases, against the "
+                         "held-out episodes' own: collect them with canvas=true (worldsim eval's collection does)")
+    canvases = np.full((steps, *obs.shape), 0, np.uint8) if lit else None
     end_prob = np.zeros(steps)  # the termination head's probability each step: how often the env would end
     rewards = np.zeros(steps)  # the env's rewards (the reward floor applied): the return an agent would see
     rss = []  # resident memory at the end of each block: the env's memory must stay flat
@@ -772,16 +781,20 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
     for t in tqdm(range(steps), desc="stability rollout", unit="step"):
         obs, rewards[t], _, _, info = env.step(agent.act(obs))
         frames[t], end_prob[t] = obs, info["terminated_prob"]
+        if lit:
+            canvases[t] = info["canvas"]
         if (t + 1) % block == 0 or t + 1 == steps:
             rss.append(rss_mib())
     sps = steps / (time.perf_counter() - t0)
     env.close()
     nn = nearest_psnr(frames, bank)
-    change = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+    moved = canvases if lit else frames  # what the world did: canvases under the env's light
+    change = np.abs(np.diff(moved.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
     change = np.concatenate([[change[0] if len(change) else 0.0], change])
     spread = frames.reshape(steps, -1, 3).std(axis=1).mean(axis=1)
     ref_nn = nearest_psnr(real_ref, bank)
-    real_change = [np.abs(np.diff(ep["frames"].astype(np.int16), axis=0)).mean(axis=(1, 2, 3)) for ep in eps]
+    key = "canvas" if lit else "frames"
+    real_change = [np.abs(np.diff(ep[key].astype(np.int16), axis=0)).mean(axis=(1, 2, 3)) for ep in eps]
     ref_change = np.mean([c.mean() for c in real_change])  # per episode, then over episodes
     # the real game's own unchanged steps (blocked moves, noop)
     ref_frozen = float((np.concatenate(real_change) < 0.05).mean())
@@ -796,11 +809,12 @@ def stability_eval(cfg, bundle, eps, steps: int, block: int) -> dict:
                        "expected_ends_per_1000": float(end_prob[sl].mean() * 1000),
                        "return_per_1000": float(rewards[sl].mean() * 1000),
                        "rss_mib": rss[len(blocks)]})
-    res = {"steps": steps, "block": block, "steps_per_s": sps, "blocks": blocks,
+    res = {"steps": steps, "block": block, "steps_per_s": sps, "blocks": blocks, "change_of": key,
            "real_reference": {"nn_psnr": float(ref_nn.mean()), "change": float(ref_change), "spread": ref_spread,
                               "frozen_share": ref_frozen, "ends_per_1000": ref_ends, "return_per_1000": ref_return},
            "bank_frames": len(bank)}
-    print(f"stability over {steps} steps (per {block}; real held-out frames: nn-PSNR {ref_nn.mean():.2f} dB, "
+    print(f"stability over {steps} steps (change and frozen on {'canvases' if lit else 'frames'}; per {block}; "
+          f"real held-out frames: nn-PSNR {ref_nn.mean():.2f} dB, "
           f"change {ref_change:.2f}, spread {ref_spread:.1f}, frozen {100 * ref_frozen:.1f}%, ends {ref_ends:.1f} and "
           f"return {ref_return:.1f} per 1000 steps):")
     for b in blocks:

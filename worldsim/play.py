@@ -146,7 +146,7 @@ class Viewer:
               "certain": cfg.get("certain"), "amp": cfg.get("amp"), "view_memory": cfg.get("view_memory"),
               "seed_floor": cfg.get("seed_floor"), "map_memory": cfg.get("map_memory"),
               "new_ground": cfg.get("new_ground"), "terrain_floor": cfg.get("terrain_floor"), "ticks": cfg.get("ticks"),
-              "light": cfg.get("light"), "light_noise": cfg.get("light_noise")}
+              "light": cfg.get("light"), "light_noise": cfg.get("light_noise"), "fresh_window": cfg.get("fresh_window")}
         if cfg.bundle:
             kw["bundle"] = cfg.bundle
         self.env = gym.make(env_id, **kw)

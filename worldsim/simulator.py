@@ -106,7 +106,7 @@ class WorldSimulator:
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None, map_memory: bool | None = None,
                  new_ground: str | None = None, terrain_floor: float | None = None, ticks: bool | None = None,
-                 light: bool | None = None, light_noise: str | None = None):
+                 light: bool | None = None, light_noise: str | None = None, fresh_window: int | bool | None = None):
         # amp="bf16": every model pass (world model, autoencoder) under torch.autocast to bfloat16, the KV cache
         # and the sampler's arithmetic in fp32. For GPUs (tensor cores); on this project's CPU fp32 is faster
         amp = _mode(AMP, amp, f"amp must be bf16 or none (fp32), got {amp!r}")
@@ -301,6 +301,30 @@ class WorldSimulator:
         self.light_noise = "sample" if light_noise is None else light_noise
         if self.light_noise not in ("sample", "mean"):
             raise ValueError(f"light_noise must be sample (the game's draw) or mean, got {light_noise!r}")
+        # fresh_window k: every k-th step of a row its KV cache is rebuilt from the window's committed latents in one
+        # pass, as a reset builds it from its context (the oldest frame's action unread); 1: every step, so every
+        # step samples as the first step after a reset does; 0 (or false): never. Why: a frame's cached keys are
+        # computed attending to the frames before it, which attended to theirs, so in a long rollout they carry
+        # history from ever further back, which training (windows of W + 1 frames) never showed. On Crafter that
+        # history kept a player the explorer had left standing still from ever moving again: from the same four
+        # frames a reset walked on, the rollout's own cache refused every move (docs/results.md, "The freeze:
+        # history in the cache"). A rebuild bounds the history to the k + W frames since the one before. It costs
+        # one pass over the window's W frames per rebuild.
+        on = (bundle.meta.get("inference") or {}).get("fresh_window", 0) if fresh_window is None else fresh_window
+        if isinstance(on, (bool, np.bool_)):
+            on = int(on)
+        if not isinstance(on, (int, np.integer)) or on < 0:
+            raise ValueError(f"fresh_window must be a whole number of steps >= 0 between rebuilds of the cache (1 = "
+                             f"every step, 0 or false = never; true = 1; null = the bundle's), got {fresh_window!r}")
+        self.fresh_window = int(on)
+        if self.fresh_window:
+            n = self.window
+            self.ROW = self.ROW + ("win_z", "win_a", "win_n", "win_age", "win_ticks")
+            self.win_z = torch.zeros(batch_size, n, C, h, w, device=self.device)  # committed latents, oldest first
+            self.win_a = torch.zeros(batch_size, n, _action_width(self.spec), device=self.device)  # their actions
+            self.win_n = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # frames held (<= window)
+            self.win_age = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # steps since a rebuild
+            self.win_ticks = torch.zeros(batch_size, n, max(self.model_ticks, 1), device=self.device)
         self.shown_z = torch.zeros(batch_size, C, h, w, device=self.device)  # the latents the shown tiles came from
         # the frames last shown, kept on the device: tile hold and detail carry merge there, and only the
         # frames returned cross to the host (at batch 1,024 on an H200 the numpy merge cost 78 of 236 ms a step)
@@ -319,7 +343,8 @@ class WorldSimulator:
                 "detail_carry": self.detail_carry, "reencode": self.reencode, "snap": self.snap,
                 "certain": self.certain, "view_memory": 0 if self.memory is None else self.memory.z.shape[1],
                 "seed_floor": self.seed_floor, "map_memory": self.map is not None, "new_ground": self.new_ground,
-                "terrain_floor": self.terrain_floor, "light": self.light, "light_noise": self.light_noise}
+                "terrain_floor": self.terrain_floor, "light": self.light, "light_noise": self.light_noise,
+                "fresh_window": self.fresh_window}
 
     def _t(self, a):
         return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)
@@ -378,6 +403,14 @@ class WorldSimulator:
             self.tick_since[rows] = torch.as_tensor(since, device=self.device)[:, None]
         self.prev[rows] = z[:, -1]
         self.prev_ctx[rows] = zc[:, -1]
+        if self.fresh_window:  # the window the next steps rebuild the cache from, ending with the context
+            W = self.window
+            self.win_z[rows] = 0
+            self.win_z[rows, W - T:] = zc.float()
+            self.win_a[rows, W - T:] = _pack_actions(self.spec, acts)
+            self.win_ticks[rows] = 0  # what ticked in a given context is not known: read as none, as above
+            self.win_n[rows] = T
+            self.win_age[rows] = 0
         if self.map is not None:  # the real context's ground, at the places its moves reach
             self.map.start(rows, z.float(), acts)
         self.shown_z[rows] = z[:, -1]
@@ -533,6 +566,8 @@ class WorldSimulator:
         if self.n_ticks:
             self.tick_feat = out.features.float().mean(dim=1)
             self.tick_since = torch.where(ticks > 0, 1, self.tick_since + 1)
+        if self.fresh_window:
+            self._refresh(a, ticks)
         frames = shown.get("frames")  # reencode decoded it already
         if frames is None and decode:
             frames = self._show(z, prev, a)
@@ -552,6 +587,32 @@ class WorldSimulator:
                           reward_prob, None if not self.n_ticks else ticks.cpu().numpy() > 0,
                           None if tick_prob is None else tick_prob.cpu().numpy(),
                           None if canvas is None else _host(canvas))
+
+    def _refresh(self, a, ticks):
+        """fresh_window: the newest committed frame joins each row's window (its action and ticks with it), and the
+        rows whose turn it is get their cache rebuilt from the window, one pass per window length, as `reset`
+        builds it: so their next step reads keys of the last W frames alone, as training did (see __init__)."""
+        W = self.window
+        self.win_z = torch.cat([self.win_z[:, 1:], self.prev_ctx[:, None].float()], 1)
+        self.win_a = torch.cat([self.win_a[:, 1:], _pack_actions(self.spec, a)[:, None]], 1)
+        new_ticks = torch.zeros_like(self.win_ticks[:, 0]) if ticks is None else ticks.float()
+        self.win_ticks = torch.cat([self.win_ticks[:, 1:], new_ticks[:, None]], 1)
+        self.win_n = (self.win_n + 1).clamp(max=W)
+        self.win_age += 1
+        due = self.win_age >= self.fresh_window
+        self.win_age[due] = 0
+        for n in torch.unique(self.win_n[due]).tolist():  # rows reset at other times may hold fewer frames
+            rows = torch.nonzero(due & (self.win_n == n)).flatten().tolist()
+            z = self.win_z[rows, W - n:]
+            acts = _unpack_actions(self.spec, self.win_a[rows, W - n:])
+            has = torch.ones(len(rows), n, dtype=torch.bool, device=self.device)
+            has[:, 0] = False  # as a reset reads its context: nothing before the window is known
+            times = torch.arange(self.time - n + 1, self.time + 1)
+            clock = torch.as_tensor(self.clock[rows][:, None] - np.arange(n - 1, -1, -1), device=self.device)
+            tk = self.win_ticks[rows, W - n:] if self.model_ticks else None
+            # the latents are as committed (context-noised already): no noise added, read at the context level
+            self.edm.prefill(self.dit, self.cache, rows, z.to(self.prev.dtype), acts, has, times, torch.zeros_like(z),
+                             self.context_noise, clock=clock, ticks=tk)
 
     def _light(self, frames: torch.Tensor, noise) -> torch.Tensor:
         """The canvases lit by each row's game clock. The night's noise of a row is drawn from a generator seeded
@@ -772,6 +833,36 @@ def action_shape(spec) -> tuple:
     """Per-step shape of one action of a (non-dict) spec."""
     return {"discrete": (), "multi_binary": (spec.get("n"),), "box": (spec.get("dim"),),
             "multi_discrete": (len(spec.get("nvec", ())),)}[spec["type"]]
+
+
+def _action_width(spec) -> int:
+    """Floats one action of the spec packs into (`_pack_actions`)."""
+    if spec["type"] == "dict":
+        return sum(_action_width(s) for s in spec["keys"].values())
+    return int(np.prod(action_shape(spec), dtype=np.int64))
+
+
+def _pack_actions(spec, a) -> torch.Tensor:
+    """Action tensor(s) with leading dims L (as `actions_to_tensor` gives them) -> one float tensor (*L, width), so a
+    window of them is one per-row tensor a saved row state can copy."""
+    if spec["type"] == "dict":
+        return torch.cat([_pack_actions(s, a[k]) for k, s in spec["keys"].items()], -1)
+    rest = action_shape(spec)
+    return a.float().reshape(*a.shape[:a.dim() - len(rest)], _action_width(spec))
+
+
+def _unpack_actions(spec, x: torch.Tensor):
+    """The inverse of `_pack_actions`: (*L, width) -> action tensor(s) with leading dims L."""
+    if spec["type"] == "dict":
+        out, i = {}, 0
+        for k, s in spec["keys"].items():
+            w = _action_width(s)
+            out[k] = _unpack_actions(s, x[..., i:i + w])
+            i += w
+        return out
+    rest = action_shape(spec)
+    y = x.reshape(*x.shape[:-1], *rest)
+    return y.round().long() if spec["type"] in ("discrete", "multi_discrete") else y
 
 
 def _prepend_null(spec, actions, b):

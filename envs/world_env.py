@@ -19,7 +19,7 @@ from worldsim.checkpoint import read_metadata, tensors_bytes
 from worldsim.data import atomic_write_bytes, fit_frames, stack_actions, tick_names
 from worldsim.envs.spaces import check_action as _check_action, check_actions
 from worldsim.model import spec_to_space
-from worldsim.simulator import WorldSimulator, load_bundle
+from worldsim.simulator import WorldSimulator, load_bundle, unlit_context
 
 NO_DEFAULT = "required"  # worldsim/World-v0's default_bundle: bundle= must be given
 OPTION_KEYS = {"context_frames", "context_actions", "image", "start_index", "clock"}
@@ -785,13 +785,10 @@ def _context_canvases(sim, frames: np.ndarray, clocks, starts):
     where the env shows lit frames (the simulator works their canvases out itself)."""
     if not sim.canvas_model or sim.light:
         return None
-    from worldsim.envs.real_crafter import unlight  # (imports the game: only canvas bundles need it)
-
     out = frames.copy()
-    T = frames.shape[1]
     for i, (clock, start) in enumerate(zip(clocks, starts)):
         if start not in ("image", "context"):
-            out[i] = unlight(torch.as_tensor(frames[i]), clock - np.arange(T - 1, -1, -1)).numpy()
+            out[i] = unlit_context(frames[i:i + 1], [clock])[0]
     return out
 
 

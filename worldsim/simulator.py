@@ -376,9 +376,7 @@ class WorldSimulator:
             self.time = T - 1
         if self.canvas_model:  # the model reads canvases
             if canvas is None:
-                from worldsim.envs.real_crafter import unlight
-                steps = (clock[:, None] - np.arange(T - 1, -1, -1)).reshape(-1)
-                canvas = unlight(torch.as_tensor(frames).reshape(b * T, *frames.shape[2:]), steps).reshape(frames.shape)
+                canvas = unlit_context(frames, clock)
             elif np.shape(canvas) != np.shape(frames):
                 raise ValueError(f"canvas must have the context frames' shape {np.shape(frames)}, "
                                  f"got {np.shape(canvas)}")
@@ -833,6 +831,18 @@ def action_shape(spec) -> tuple:
     """Per-step shape of one action of a (non-dict) spec."""
     return {"discrete": (), "multi_binary": (spec.get("n"),), "box": (spec.get("dim"),),
             "multi_discrete": (len(spec.get("nvec", ())),)}[spec["type"]]
+
+
+def unlit_context(frames, clock) -> np.ndarray:
+    """Context frames (b, T, H, W, 3) lit by the env's light, the last of each row at game step clock[i], drawn
+    back without it (`envs/real_crafter.py: unlight`: by day to a grey level or two; at night what its noise
+    covered is lost)."""
+    from worldsim.envs.real_crafter import unlight  # (imports the game: only canvas bundles need it)
+
+    frames = np.asarray(frames)
+    b, T = frames.shape[:2]
+    steps = (np.asarray(clock, np.int64).reshape(b, 1) - np.arange(T - 1, -1, -1)).reshape(-1)
+    return unlight(torch.as_tensor(frames).reshape(b * T, *frames.shape[2:]), steps).reshape(frames.shape).numpy()
 
 
 def _action_width(spec) -> int:

@@ -786,9 +786,9 @@ def _context_canvases(sim, frames: np.ndarray, clocks, starts):
     if not sim.canvas_model or sim.light:
         return None
     out = frames.copy()
-    for i, (clock, start) in enumerate(zip(clocks, starts)):
-        if start not in ("image", "context"):
-            out[i] = unlit_context(frames[i:i + 1], [clock])[0]
+    lit = [i for i, start in enumerate(starts) if start not in ("image", "context")]
+    if lit:
+        out[lit] = unlit_context(frames[lit], [clocks[i] for i in lit])
     return out
 
 

@@ -66,7 +66,7 @@ def bench_model(bundle, device: str, batch: int, steps: int, warmup: int, env_na
                 certain: float | None = None, rss_every: int = 0, amp: str | None = None,
                 view_memory: int | None = None, seed_floor: float | None = None,
                 map_memory: bool | None = None, new_ground: str | None = None,
-                terrain_floor: float | None = None, fresh_window: bool | None = None) -> dict:
+                terrain_floor: float | None = None, fresh_window: int | bool | None = None) -> dict:
     import worldsim  # noqa: F401
 
     # termination_threshold 2: never end episodes, steady stepping

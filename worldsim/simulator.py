@@ -387,7 +387,7 @@ class WorldSimulator:
         has[:, 0] = False  # nothing is known of what led to the first context frame
         times = torch.arange(self.time - T + 1, self.time + 1)  # the context ends now
         acts = actions_to_tensor(self.spec, acts, self.device)
-        ctx_clock = torch.as_tensor(clock[:, None] - np.arange(T - 1, -1, -1), device=self.device)
+        ctx_clock = torch.as_tensor(context_clock(clock, T), device=self.device)
         ticks = None
         if self.model_ticks:  # what ticked in a given context is not known: the model reads none
             ticks = torch.zeros(b, T, self.model_ticks, device=self.device)
@@ -606,7 +606,7 @@ class WorldSimulator:
             has = torch.ones(len(rows), n, dtype=torch.bool, device=self.device)
             has[:, 0] = False  # as a reset reads its context: nothing before the window is known
             times = torch.arange(self.time - n + 1, self.time + 1)
-            clock = torch.as_tensor(self.clock[rows][:, None] - np.arange(n - 1, -1, -1), device=self.device)
+            clock = torch.as_tensor(context_clock(self.clock[rows], n), device=self.device)
             tk = self.win_ticks[rows, W - n:] if self.model_ticks else None
             # the latents are as committed (context-noised already): no noise added, read at the context level
             self.edm.prefill(self.dit, self.cache, rows, z.to(self.prev.dtype), acts, has, times, torch.zeros_like(z),
@@ -833,6 +833,11 @@ def action_shape(spec) -> tuple:
             "multi_discrete": (len(spec.get("nvec", ())),)}[spec["type"]]
 
 
+def context_clock(clock, T: int) -> np.ndarray:
+    """(b, T) the game steps of T context frames whose last one of each row is at step clock[i]."""
+    return np.asarray(clock, np.int64).reshape(-1, 1) - np.arange(T - 1, -1, -1)
+
+
 def unlit_context(frames, clock) -> np.ndarray:
     """Context frames (b, T, H, W, 3) lit by the env's light, the last of each row at game step clock[i], drawn
     back without it (`envs/real_crafter.py: unlight`: by day to a grey level or two; at night what its noise
@@ -841,7 +846,7 @@ def unlit_context(frames, clock) -> np.ndarray:
 
     frames = np.asarray(frames)
     b, T = frames.shape[:2]
-    steps = (np.asarray(clock, np.int64).reshape(b, 1) - np.arange(T - 1, -1, -1)).reshape(-1)
+    steps = context_clock(clock, T).reshape(-1)
     return unlight(torch.as_tensor(frames).reshape(b * T, *frames.shape[2:]), steps).reshape(frames.shape).numpy()
 
 

@@ -253,10 +253,12 @@ def test_shipped_default_model_needs_no_arguments():
 
 def test_shipped_crafter_map_memory_shows_the_ground_it_left():
     """Walking 8 tiles left and back on the shipped Crafter model (three seeded starts): with its map memory
-    (the bundle's default) every cell brought back into view from memory holds exactly the latent shown at that
-    world place before, and the view back at the start is closer to the first view than without the memory,
-    which makes that ground up again. "Back" is as many steps right as the memory's position says the walk
+    (the bundle's default) every cell brought back into view from memory (ground that scrolls back, and the ground
+    the player leaves) holds the latent shown at that world place before (exactly, or its nearest entry on a
+    step that also draws new ground), and the view back at the start is closer to the first view than without
+    the memory, which makes that ground up again. "Back" is as many steps right as the memory's position says the walk
     left went (drawn ground can block a move, as in the game); the run without memory takes the same actions."""
+    from worldsim.codebook import snap
     from worldsim.evaluate import psnr_np
 
     back, walks = {}, {}
@@ -267,6 +269,7 @@ def test_shipped_crafter_map_memory_shows_the_ground_it_left():
             first, _ = env.reset(seed=seed)
             sim = env.unwrapped.sim
             assert (sim.map is not None) == mem
+            cb = sim.bundle.codebook.float()
             shown, filled = {}, 0  # world place -> the latent shown there last (first: what the context showed)
             if mem:
                 col0 = int(sim.map.pos[0, 1])
@@ -282,7 +285,11 @@ def test_shipped_crafter_map_memory_shows_the_ground_it_left():
                 if mem:
                     pos, z = sim.map.pos[0].tolist(), sim.prev[0]
                     for r, c in zip(*torch.nonzero(sim.map.filled[0], as_tuple=True)):
-                        assert torch.equal(z[:, r, c].float(), shown[(pos[0] + int(r), pos[1] + int(c))])
+                        held = shown[(pos[0] + int(r), pos[1] + int(c))]
+                        # a step that also draws new ground snaps the whole frame again (draw_terrain): ground
+                        # the context showed (an encoding, not an entry) comes back as its nearest entry then
+                        assert (torch.equal(z[:, r, c].float(), held)
+                                or torch.equal(z[:, r, c].float(), snap(held[None, :, None, None], cb)[0, :, 0, 0]))
                         filled += 1
                     for r, c in zip(*torch.nonzero(sim.map.cells, as_tuple=True)):
                         shown[(pos[0] + int(r), pos[1] + int(c))] = z[:, r, c].float().clone()

@@ -1221,7 +1221,8 @@ def test_map_memory_shows_ground_that_scrolls_back_and_tracks_blocked_moves():
     assert mem.pos[0].tolist() == [0, 1]  # the start's corner is the origin
     out = step(1, (0, -1), (slice(0, 6), 0))  # back left: the left column was in the first view
     assert torch.equal(out[0, :, :6, 0], world[:, 10:16, 10])
-    assert mem.filled[0, :6, 0].all() and mem.filled.sum() == 6
+    # and the ground the player stood on, which the first view showed beside it (below)
+    assert mem.filled[0, :6, 0].all() and mem.filled[0, 2, 4] and mem.filled.sum() == 7
     assert torch.equal(out[0, :, 2, 3], torch.full((4,), -7.0))  # the player's tile is the model's
     blocked = prev + 0.01 * torch.randn_like(prev)  # a move whose frame stayed: blocked
     assert not mem.scrolled(blocked, prev, torch.tensor([3]))[0]
@@ -1235,7 +1236,35 @@ def test_map_memory_shows_ground_that_scrolls_back_and_tracks_blocked_moves():
     assert (out[0, :, :6, 0] == 100.0).all() and not mem.filled.any()
     z = _map_views(world, [10, 11])
     out = mem.step([0], z, out, torch.tensor([2]))  # seen since the clear: it shows what it showed then
-    assert (out[0, :, :6, 6] == 100.0).all() and mem.filled.sum() == 6
+    assert (out[0, :, :6, 6] == 100.0).all() and mem.filled[0, :6, 6].all() and mem.filled[0, 2, 2]
+    assert mem.filled.sum() == 7
+
+
+def test_map_memory_shows_the_ground_the_player_left():
+    """The cell the player's sprite covered comes back from memory once the player leaves it, whatever the model
+    made up there: the ground it showed before the player stepped onto it. Ground under the player that the memory
+    never saw (the start's own tile) stays the model's, and a blocked move uncovers nothing."""
+    from worldsim.simulator import MapMemory
+    torch.manual_seed(0)
+    world = torch.randn(4, 30, 30)
+    mem = MapMemory(MAP, 17, 1, (4, 7, 7), "cpu")
+    start = _map_views(world, [10, 10])
+    mem.start([0], start[:, None], torch.zeros(1, 1, dtype=torch.long))
+    assert mem.uncovered_cells(torch.tensor([[0, 1]]))[0].nonzero().tolist() == [[2, 2]]  # right: the left cell
+    assert mem.uncovered_cells(torch.tensor([[1, 0]]))[0].nonzero().tolist() == [[1, 3]]  # down: the cell above
+    assert not mem.uncovered_cells(torch.tensor([[0, 0]])).any()
+
+    def step(z_pos, action, prev):
+        z = _map_views(world, z_pos)
+        z[:, :, 2, 3] = -7.0  # the player's tile
+        z[:, :, 2, 2] = z[:, :, 2, 4] = z[:, :, 1, 3] = z[:, :, 3, 3] = 55.0  # the model's guess around the player
+        return mem.step([0], z, prev, torch.tensor([action]))
+    out = step([10, 11], 2, start)  # right, onto ground the start showed at (2, 4); off the start's own tile
+    assert torch.equal(out[0, :, 2, 2], torch.full((4,), 55.0)) and not mem.filled[0, 2, 2]  # never seen: the model's
+    out = step([10, 10], 1, out)  # back left: the ground the player stood on is the start's (2, 4)
+    assert mem.filled[0, 2, 4] and torch.equal(out[0, :, 2, 4], start[0, :, 2, 4])
+    step([10, 10], 3, out)  # up, but the frame stayed: blocked, nothing uncovered
+    assert not mem.filled.any()
 
 
 def test_map_memory_needs_the_map_description_and_a_tile_autoencoder(random_bundle, patch_bundle):

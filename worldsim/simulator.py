@@ -910,7 +910,9 @@ class MapMemory:
     except the fixed ones (the player's own tile), the latest latent shown there. Each step, after snap,
     it decides whether the model's frame scrolled with the action's move or stayed (a blocked move; `scrolled`),
     then puts the held latent into every cell the scroll brought
-    into view that it has seen, before the frame is shown and committed. The game's geometry comes from the
+    into view that it has seen, and into the cell the player just left (`uncovered_cells`: its sprite covered
+    that ground, so the model has to make it up, and the ground a player stands on does not change), before the
+    frame is shown and committed. The game's geometry comes from the
     bundle (`env.map`: the view's map region of latent cells, the player's move per action, the fixed
     cells), not from the model. Constant memory: MAP_SIZE^2 latents per row, each with the world position it
     holds, so a torus slot holding another place is not shown (the shipped Crafter model: 4,096 x 16 floats
@@ -938,8 +940,10 @@ class MapMemory:
             self.move[a] = torch.tensor(m)
         self.cells = torch.zeros(h, w, dtype=torch.bool, device=device)  # map cells of the view held and filled
         self.cells[r0:r1, c0:c1] = True
+        self.fixed = torch.zeros_like(self.cells)  # the player's own cells: its sprite, never held
         for r, c in fixed:
             self.cells[r, c] = False
+            self.fixed[r, c] = True
         rr, cc = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
         self.offset = torch.stack([rr, cc], -1)  # (h, w, 2): a cell's place relative to the view's corner
         self.z = torch.zeros(batch, MAP_SIZE, MAP_SIZE, C, device=device)
@@ -980,10 +984,22 @@ class MapMemory:
         r0, r1, c0, c1 = self.region
         return ~((last[..., 0] >= r0) & (last[..., 0] < r1) & (last[..., 1] >= c0) & (last[..., 1] < c1)) & self.cells
 
+    def uncovered_cells(self, step: torch.Tensor) -> torch.Tensor:
+        """(b, h, w) the map cells that were a fixed cell in the last view, after each row's scroll `step` (b, 2):
+        the ground the player stood on, which its sprite covered. Why fill it from memory: a one-step model
+        makes that ground up from the sprite's edges, and in the light bundle's explorer rollouts it once made
+        the path behind the player a diamond, walling the player in for good (docs/results.md, "The ground
+        under the player")."""
+        h, w = self.cells.shape
+        last = self.offset + step[:, None, None]  # where each cell was in the last view's frame
+        inside = (last[..., 0] >= 0) & (last[..., 0] < h) & (last[..., 1] >= 0) & (last[..., 1] < w)
+        was_fixed = self.fixed[last[..., 0].clamp(0, h - 1), last[..., 1].clamp(0, w - 1)]
+        return inside & was_fixed & self.cells
+
     def step(self, rows, z: torch.Tensor, prev: torch.Tensor, a: torch.Tensor, fill: bool = True,
              draw=None) -> torch.Tensor:
-        """One step of the rows: move where z scrolled, put held latents into the cells it brought into view
-        (when `fill`), keep the result's map cells. Returns z with those cells filled. `draw(z, cells, step)`, if
+        """One step of the rows: move where z scrolled, put held latents into the cells it brought into view and
+        the cell the player left (when `fill`), keep the result's map cells. Returns z with those cells filled. `draw(z, cells, step)`, if
         given, replaces the cells ((b, h, w) bool) the scroll (step: (b, 2)) brought into view that the memory
         never held: ground nobody has seen yet (the simulator's new_ground=terrain)."""
         rows = torch.as_tensor(list(rows), dtype=torch.long, device=self.pos.device)
@@ -994,7 +1010,7 @@ class MapMemory:
         held_z = self.z[rows[:, None, None], slot[..., 0], slot[..., 1]]  # (b, h, w, C)
         held = (self.at[rows[:, None, None], slot[..., 0], slot[..., 1]] == world).all(-1) & self.cells
         new = self.new_cells(step)
-        use = held & new & fill
+        use = held & (new | self.uncovered_cells(step)) & fill
         self.filled[rows] = use
         z = torch.where(use[:, None], held_z.permute(0, 3, 1, 2).to(z.dtype), z)
         fresh = new & ~held & fill

@@ -6,7 +6,8 @@ moves still moved it.
 canvas, under the env's light) and every action in OUT.npz, and prints per 500 steps: the share of steps that left
 the frame unchanged (mean absolute change under 0.05, as the eval counts it), the share of moves that scrolled the
 view (change over 1.5; a blocked move only turns the player's sprite), the mean change and the share of `do`
-actions (the explorer strikes what blocks it). KEY=VALUE go to gym.make (light=false, fresh_window=1, ...).
+actions (the explorer strikes what blocks it). KEY=VALUE go to gym.make (light=false, fresh_window=1, ...), but
+seed=S seeds the env and the explorer instead (as docs/light_seeds.py seeds them).
 docs/results.md, "The freeze: history in the cache".
 """
 import sys
@@ -28,9 +29,10 @@ def parse(v):
 bundle, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 kw = {k: parse(v) for k, v in (a.split("=", 1) for a in sys.argv[4:])}
 kw.setdefault("light_noise", "mean")
+seed = kw.pop("seed", SEED)
 env = gym.make("worldsim/Crafter-v0", bundle=bundle, termination_threshold=2.0, horizon=steps + 1, **kw)
-agent = make_agent("explorer", env.action_space, seed=SEED)
-obs, _ = env.reset(seed=SEED)
+agent = make_agent("explorer", env.action_space, seed=seed)
+obs, _ = env.reset(seed=seed)
 agent.reset()
 drawn = np.zeros((steps, *obs.shape), np.uint8)
 actions = np.zeros(steps, np.int64)

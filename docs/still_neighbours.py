@@ -10,7 +10,9 @@ grey levels on average. In the game that is a mob walking by, or for `do`/place 
 that redraws the ground around a still player walls it in: docs/results.md, "The freeze: history in the cache".
 """
 import glob
+import json
 import sys
+from collections import Counter
 
 import numpy as np
 
@@ -21,8 +23,9 @@ NEIGHBOURS = [(PLAYER[0] - 1, PLAYER[1]), (PLAYER[0] + 1, PLAYER[1]), (PLAYER[0]
 DO, PLACE = 5, (7, 8, 9, 10)
 
 
-def still_steps(frames: np.ndarray, actions: np.ndarray):
-    """Per step t (frame t-1 -> t, made by actions[t]) on which the view did not scroll: (kind, a neighbour changed)."""
+def still_steps(frames: np.ndarray, actions: np.ndarray, keep_step: bool = False):
+    """Per step t (frame t-1 -> t, made by actions[t]) on which the view did not scroll: (kind, a neighbour changed),
+    and t with keep_step."""
     f = frames.astype(np.int16)
     view = np.abs(np.diff(f[:, :ROWS * TILE, :COLS * TILE], axis=0)).mean(axis=(1, 2, 3))
     out = []
@@ -32,7 +35,7 @@ def still_steps(frames: np.ndarray, actions: np.ndarray):
         d = [np.abs(f[t, r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE]
                     - f[t - 1, r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE]).mean() for r, c in NEIGHBOURS]
         a = int(actions[t])
-        out.append(("do or place" if a == DO or a in PLACE else "other", max(d) > 10))
+        out.append(("do or place" if a == DO or a in PLACE else "other", max(d) > 10) + ((t,) if keep_step else ()))
     return out
 
 
@@ -46,10 +49,18 @@ def report(name, rows):
 roll = np.load(sys.argv[1])
 # the rollout's actions[t] made frames[t]; an episode's actions[t] makes canvas[t + 1]
 report("learned", still_steps(roll["frames"], roll["actions"]))
-real = []
+real, why = [], Counter()
+names = json.loads(open(f"{sys.argv[2]}/manifest.json").read())["env"].get("events", [])
 for path in sorted(glob.glob(f"{sys.argv[2]}/episodes/*.npz")):
     ep = np.load(path)
     if "canvas" not in ep:
         sys.exit(f"{path}: collect with canvas=true")
-    real += still_steps(ep["canvas"], np.concatenate([[0], ep["actions"]]))
+    rows = still_steps(ep["canvas"], np.concatenate([[0], ep["actions"]]), keep_step=True)
+    real += [(k, c) for k, c, _ in rows]
+    if "events" in ep:  # what the game did on the still do/place steps that changed a tile beside the player
+        why.update(",".join(names[i] for i in np.nonzero(ep["events"][t - 1])[0]) or "no event"
+                   for k, c, t in rows if k == "do or place" and c)
 report("real", real)
+if why:
+    print("  real do/place steps that changed a tile beside the player, by the game's event on that step:",
+          dict(why.most_common()))

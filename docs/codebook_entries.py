@@ -13,18 +13,15 @@ import sys
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from worldsim.checkpoint import bundle_and_training_data
 from worldsim.codebook import frame_tokens, nearest
 
 
-def parse(v):
-    return v == "true" if v in ("true", "false") else int(v) if v.isdigit() else v
-
-
 bundle, out, data = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
-kw = {k: parse(v) for k, v in (a.split("=", 1) for a in sys.argv[4:])}
+kw = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[4:]))  # KEY=VALUE, typed
 entries = [int(e) for e in str(kw.pop("entries", "")).split(",") if e != ""]
 seed, steps = kw.pop("seed", None), kw.pop("steps", None)
 if seed is not None:

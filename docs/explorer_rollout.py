@@ -14,6 +14,7 @@ import sys
 
 import gymnasium as gym
 import numpy as np
+from omegaconf import OmegaConf
 
 import worldsim  # noqa: F401  (registers the envs)
 from worldsim.agents import make_agent
@@ -22,12 +23,8 @@ SEED = 1_000_000  # worldsim eval's stability rollout seed
 MOVES, DO = (1, 2, 3, 4), 5
 
 
-def parse(v):
-    return v == "true" if v in ("true", "false") else int(v) if v.isdigit() else v
-
-
 bundle, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-kw = {k: parse(v) for k, v in (a.split("=", 1) for a in sys.argv[4:])}
+kw = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[4:]))  # KEY=VALUE, typed
 kw.setdefault("light_noise", "mean")
 seed = kw.pop("seed", SEED)
 env = gym.make("worldsim/Crafter-v0", bundle=bundle, termination_threshold=2.0, horizon=steps + 1, **kw)

@@ -17,6 +17,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 import worldsim  # noqa: F401  (registers the envs)
 from worldsim.agents import make_agent
@@ -24,12 +25,8 @@ from worldsim.agents import make_agent
 SEED = 1_000_000  # worldsim eval's stability rollout seed
 
 
-def parse(v):
-    return v == "true" if v in ("true", "false") else int(v) if v.isdigit() else v
-
-
 bundle, stop = sys.argv[1], int(sys.argv[2])
-kw = {k: parse(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}
+kw = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[3:]))  # KEY=VALUE, typed
 env = gym.make("worldsim/Crafter-v0", bundle=bundle, termination_threshold=2.0, horizon=stop + 100, **kw)
 sim = env.unwrapped.sim
 agent = make_agent("explorer", env.action_space, seed=SEED)

@@ -11,18 +11,15 @@ import sys
 
 import gymnasium as gym
 import numpy as np
+from omegaconf import OmegaConf
 from PIL import Image
 
 import worldsim  # noqa: F401  (registers the envs)
 from worldsim.agents import make_agent
 
 
-def parse(v):
-    return v == "true" if v in ("true", "false") else int(v) if v.isdigit() else v
-
-
 bundle, steps, seeds, out = sys.argv[1], int(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")], sys.argv[4]
-kw = {k: parse(v) for k, v in (a.split("=", 1) for a in sys.argv[5:])}
+kw = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[5:]))  # KEY=VALUE, typed
 kw.setdefault("light_noise", "mean")
 rows, per_500 = [], {}
 for seed in seeds:

@@ -1267,6 +1267,62 @@ def test_map_memory_shows_the_ground_the_player_left():
     assert not mem.filled.any()
 
 
+def test_map_memory_keeps_no_mobile_entries():
+    """With mobile entries (things that move), a cell showing one is not kept as ground: when the view scrolls
+    back to that place it shows what the memory held there before the mob, not the mob."""
+    from worldsim.simulator import MapMemory
+    torch.manual_seed(0)
+    world = torch.randn(4, 30, 30)
+    mob = torch.full((4,), 9.0)
+    codebook = torch.cat([world.flatten(1).T, mob[None]])  # every place's latent, and the mob's
+    mem = MapMemory(MAP, 17, 1, (4, 7, 7), "cpu", mobile=(codebook, torch.tensor([len(codebook) - 1])))
+    start = _map_views(world, [10, 10])
+    mem.start([0], start[:, None], torch.zeros(1, 1, dtype=torch.long))
+    z = start.clone()
+    z[0, :, 0, 6] = mob  # a mob drawn at the right edge, standing still
+    out = mem.step([0], z, start, torch.tensor([0]))
+    assert torch.equal(out[0, :, 0, 6], mob)  # shown as drawn
+    z = _map_views(world, [10, 9])  # left: the mob's place leaves the view ...
+    out = mem.step([0], z, out, torch.tensor([1]))
+    z = _map_views(world, [10, 10])
+    z[0, :, 0, 6] = 55.0  # ... and back: the model makes that place up
+    out = mem.step([0], z, out, torch.tensor([2]))
+    assert mem.filled[0, 0, 6] and torch.equal(out[0, :, 0, 6], world[:, 10, 16])  # the ground held before the mob
+    plain = MapMemory(MAP, 17, 1, (4, 7, 7), "cpu")  # without: the mob comes back
+    plain.start([0], start[:, None], torch.zeros(1, 1, dtype=torch.long))
+    z = start.clone()
+    z[0, :, 0, 6] = mob
+    out = plain.step([0], z, start, torch.tensor([0]))
+    out = plain.step([0], _map_views(world, [10, 9]), out, torch.tensor([1]))
+    out = plain.step([0], _map_views(world, [10, 10]), out, torch.tensor([2]))
+    assert torch.equal(out[0, :, 0, 6], mob)
+
+
+def test_mobile_entries_are_the_tiles_that_move(patch_bundle):
+    """codebook.mobile_entries on frames where one white tile walks back and forth over still, coloured ground:
+    the entries of the tokens where it stands change on every step (it leaves), so they are mobile; the entries of
+    ground it never reaches never change, so they are not."""
+    from worldsim.codebook import encode_frames, mobile_entries, nearest
+    rng = np.random.default_rng(0)
+    ground = rng.integers(0, 200, (4, 4, 3)).repeat(8, 0).repeat(8, 1).astype(np.uint8)  # 32 x 32, 8-px tiles
+    frames = np.stack([ground.copy() for _ in range(12)])
+    for t in range(12):  # the mob alternates between two cells of the last column
+        r = 0 if t % 2 == 0 else 2
+        frames[t, r * 8:(r + 1) * 8, 24:32] = 255
+    ep = {"frames": frames, "actions": np.zeros(11, np.int64)}
+    codec = patch_bundle.codec
+    z = encode_frames(codec, frames)
+    codebook = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    desc = {"region": [[0, 4], [0, 4]], "moves": {"1": [0, -1], "2": [0, 1], "3": [-1, 0], "4": [1, 0]},
+            "fixed": [[3, 0]]}
+    entries, info = mobile_entries(codec, codebook, [ep], desc, 5, share=0.2, min_seen=1)
+    idx = nearest(codebook, codebook)[1].view(12, 4, 4)
+    on_mob = {int(idx[t, 0 if t % 2 == 0 else 2, 3]) for t in range(11)}
+    far = {int(idx[t, r, 0]) for t in range(11) for r in range(3)}  # column 0, never reached
+    assert on_mob <= set(entries.tolist()) and not far & set(entries.tolist())
+    assert info["entries"] == entries.tolist() and 0 < info["token_share"] < 1
+
+
 def test_map_memory_needs_the_map_description_and_a_tile_autoencoder(random_bundle, patch_bundle):
     with pytest.raises(ValueError, match="map_memory must be"):
         WorldSimulator(patch_bundle, 1, map_memory="yes")

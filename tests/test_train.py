@@ -595,13 +595,25 @@ def test_codebook_job_fits_the_terrain_prior_and_keeps_the_rest(bundle, dataset,
     tokens = sim.prev[0].flatten(1).T
     assert (tokens[:, None] == b.codebook[None]).all(-1).any(1).all()
     env.close()
+    info = run_job("codebook", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "refit=false", "mobile=true",
+                                "mobile_share=0.0"])  # every entry whose tile ever changed: some on real Crafter
+    m = Bundle(tmp_path / "b")
+    assert info["mobile"]["entries"] and m.codebook_mobile.tolist() == info["mobile"]["entries"]
+    env = gym.make("worldsim/Crafter-v0", bundle=str(tmp_path / "b"), map_memory=True)
+    env.reset(seed=0)
+    assert env.unwrapped.sim.map.mobile is not None
+    env.step(1)
+    env.close()
     run_job("codebook", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "refit=false"])  # keeps what it carries
     assert Bundle(tmp_path / "b").terrain_prior is not None and Bundle(tmp_path / "b").token_head is not None
+    assert Bundle(tmp_path / "b").codebook_mobile is not None
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
     del meta["env"]["map"]
     (tmp_path / "b" / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="env.map"):
         run_job("codebook", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "refit=false", "terrain=true"])
+    with pytest.raises(ValueError, match="env.map"):
+        run_job("codebook", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "refit=false", "mobile=true"])
 
 
 def test_heads_refit_learns_where_episodes_end_and_changes_only_the_heads(bundle, dataset, tmp_path):

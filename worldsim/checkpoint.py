@@ -163,6 +163,10 @@ class Bundle:
                                                 if k.startswith("terrain.")})
             self.terrain_prior.to(device).eval()
             self.terrain_fixed_only = torch.tensor(terrain.get("fixed_only", []), dtype=torch.long, device=device)
+        # entries of things that move (`worldsim codebook mobile=true`): the map memory keeps none of them
+        mobile = (self.meta.get("codebook") or {}).get("mobile")
+        self.codebook_mobile = (torch.tensor(mobile["entries"], dtype=torch.long, device=device)
+                                if mobile and self.codebook is not None else None)
         # the tick display (worldsim ticks): the glyph each drawn tick pastes into its counter's tile
         self.tick_display = None
         if self.meta.get("tick_display"):

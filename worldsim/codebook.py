@@ -365,6 +365,53 @@ def fit_terrain_prior(near: torch.Tensor, hist: torch.Tensor, y: torch.Tensor, g
     return prior, info
 
 
+def mobile_entries(codec, codebook: torch.Tensor, episodes: list, map_desc: dict, n_actions: int,
+                   share: float = 0.2, min_seen: int = 20, changed: float = 10.0):
+    """(entries (M,) long, info) of the codebook entries that stand for things that move: real tiles nearest to
+    them change on more than `share` of steps at the same world place (the tile's pixels, over `changed` grey
+    levels mean absolute, one step later; steps aligned as the map memory aligns them, `MapMemory.scrolled`),
+    among entries seen at least `min_seen` times. Episodes: frames without light (the night's noise changes every
+    lit tile).
+
+    Why: the map memory keeps every cell by world place as ground, so a mob the model once drew stands there
+    again whenever the view scrolls back, where the game's mobs walk away; in the light bundle's explorer rollouts
+    cows drawn on sand piled up and walled the player in (docs/results.md, "The ground under the player"). Why by
+    pixels, not by the entry or its group: the tile encoder reads a tile's neighbours, so the token of a tile that
+    stays put moves between near-alike entries as its neighbours change (docs/group_persistence.py)."""
+    from worldsim.simulator import MapMemory
+
+    cb = codebook.float()
+    K = len(cb)
+    seen, moved = torch.zeros(K), torch.zeros(K)
+    for ep in episodes:
+        z = encode_frames(codec, ep["frames"])
+        T, C, h, w = z.shape
+        if T < 2:
+            continue
+        idx = nearest(z.permute(0, 2, 3, 1).reshape(-1, C).float(), cb)[1].view(T, h, w)
+        mem = MapMemory(map_desc, n_actions, T - 1, (C, h, w), "cpu")
+        a = torch.as_tensor(np.asarray(ep["actions"]), dtype=torch.long).reshape(-1)[:T - 1]
+        zs = cb[idx].permute(0, 3, 1, 2)
+        step = torch.where(mem.scrolled(zs[1:], zs[:-1], a)[:, None], mem.move[a], 0)
+        src = mem.offset[None] + step[:, None, None]  # where each cell was in the last view
+        inside = (src[..., 0] >= 0) & (src[..., 0] < h) & (src[..., 1] >= 0) & (src[..., 1] < w)
+        sr, sc = src[..., 0].clamp(0, h - 1), src[..., 1].clamp(0, w - 1)
+        both = inside & mem.cells[None] & mem.cells[sr, sc]
+        p = ep["frames"].shape[1] // h  # the tile's size in pixels
+        tiles = torch.as_tensor(np.asarray(ep["frames"])[:, :h * p, :w * p]).reshape(T, h, p, w, p, 3)
+        tiles = tiles.transpose(2, 3).float()
+        t = torch.arange(T - 1)[:, None, None].expand_as(sr)
+        diff = (tiles[:-1][t, sr, sc] - tiles[1:]).abs().mean((-1, -2, -3)) > changed
+        e = idx[:-1][t, sr, sc]
+        seen += torch.bincount(e[both], minlength=K)[:K].float()
+        moved += torch.bincount(e[both & diff], minlength=K)[:K].float()
+    rate = moved / seen.clamp(min=1)
+    entries = torch.nonzero((seen >= min_seen) & (rate > share))[:, 0]
+    info = {"entries": entries.tolist(), "share": float(share), "min_seen": int(min_seen),
+            "tokens": int(seen.sum()), "token_share": round(float(seen[entries].sum() / seen.sum().clamp(min=1)), 4)}
+    return entries, info
+
+
 def head_examples(bundle, episodes: list, windows: int, seed: int = 0, batch: int = 128):
     """(features, one-step estimates, real tokens) of every token of the last frame of `windows` random windows
     of episodes, each a dict of "latents" (T, C, h, w) normalised and "actions" (the T-1 steps between them),
@@ -539,7 +586,8 @@ def episode_latents(codec, episodes: list, windows: int, context: int, seed: int
 def codebook_job(cfg):
     """`worldsim codebook bundle=B data=D`: fit B's codebook on frames of D's training split, snap on; with
     head=true also train the token head (snap=sample); refit=false keeps B's codebook (and its token head and
-    terrain prior, unless asked to train them again); terrain=true fits the terrain prior (new_ground=terrain)."""
+    terrain prior, unless asked to train them again); terrain=true fits the terrain prior (new_ground=terrain);
+    mobile=true finds the entries of things that move, which the map memory then does not keep."""
     from worldsim.checkpoint import bundle_and_training_data
 
     path, b, eps = bundle_and_training_data(cfg.bundle, cfg.data)
@@ -588,6 +636,16 @@ def codebook_job(cfg):
         t = info["terrain"]
         print(f"terrain prior: {t['cells']} new cells of real scrolls; held-out accuracy {t['held_accuracy']:.3f} "
               f"(the inward neighbour's group: {t['held_accuracy_inward']:.3f}), cross-entropy {t['held_loss']:.3f}")
+    if cfg.get("mobile", False):  # entries of things that move: the map memory does not keep them as ground
+        if "map" not in b.env:
+            raise ValueError(f"{path}: mobile=true reads which tiles move from the real scrolls; it needs the game's "
+                             "map description (env.map in bundle.json, written by `worldsim collect` for Crafter)")
+        _, info["mobile"] = mobile_entries(b.codec, codebook, eps, b.env["map"], b.dit.config.action_spec["n"],
+                                           cfg.get("mobile_share", 0.2))
+        info["mobile"]["data"] = str(cfg.data)
+        m = info["mobile"]
+        print(f"mobile entries: {len(m['entries'])} of {len(codebook)}, {m['token_share']:.3f} of "
+              f"{m['tokens']} real tokens; the map memory keeps none of them")
     decode = {k: cfg[k] for k in ("new_ground", "terrain_floor") if cfg.get(k) is not None}
     if terrain is None and "new_ground" not in decode and (b.meta.get("decode") or {}).get("new_ground") == "terrain":
         decode["new_ground"] = "nearest"  # its prior was fitted on groups of the codebook this job replaced

@@ -21,7 +21,7 @@ import torch
 
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
-from worldsim.codebook import CERTAIN, draw_terrain, keep_off_map, sample_snap, seed_snap, snap
+from worldsim.codebook import CERTAIN, draw_terrain, entry_index, keep_off_map, sample_snap, seed_snap, snap
 from worldsim.diffusion import warps
 from worldsim.model import actions_to_tensor, camera_rotation, project_view, view_grid
 
@@ -262,7 +262,8 @@ class WorldSimulator:
             if self._tiles is None:
                 raise ValueError("map_memory needs a tile autoencoder (one latent per tile of the game's grid, so a "
                                  "move scrolls the latents by whole cells); this bundle's is a VAE")
-            self.map = MapMemory(bundle.env["map"], self.spec["n"], batch_size, self.latent_shape, self.device)
+            self.map = MapMemory(bundle.env["map"], self.spec["n"], batch_size, self.latent_shape, self.device,
+                                 None if bundle.codebook_mobile is None else (bundle.codebook, bundle.codebook_mobile))
         # new_ground: what the map memory puts on ground a scroll brings into view for the first time: the
         # snapped sample ("nearest": the commonest tile where the model is unsure, so the world fills with grass)
         # or a draw from the bundle's terrain prior ("terrain": tile groups as often as real maps have them
@@ -920,7 +921,7 @@ class MapMemory:
 
     ROW = ("z", "at", "pos", "filled")  # per-row state (a saved row state's)
 
-    def __init__(self, desc: dict, n_actions: int, batch: int, shape: tuple, device):
+    def __init__(self, desc: dict, n_actions: int, batch: int, shape: tuple, device, mobile=None):
         C, h, w = shape
         try:
             (r0, r1), (c0, c1) = desc["region"]
@@ -950,6 +951,9 @@ class MapMemory:
         self.at = torch.full((batch, MAP_SIZE, MAP_SIZE, 2), -2 ** 40, dtype=torch.long, device=device)
         self.pos = torch.zeros(batch, 2, dtype=torch.long, device=device)  # the view corner's world position
         self.filled = torch.zeros(batch, h, w, dtype=torch.bool, device=device)  # the last step's filled cells
+        # (codebook, entries) of things that move (codebook.mobile_entries): a cell showing one keeps what the memory
+        # held there, so a mob the model drew does not stand there again when the view comes back
+        self.mobile = None if mobile is None else (mobile[0].to(device).float(), mobile[1].to(device))
 
     def clear(self, rows):
         self.at[rows] = -2 ** 40
@@ -1017,6 +1021,10 @@ class MapMemory:
         if draw is not None and bool(fresh.any()):
             z = draw(z, fresh, step)
         keep = self.cells.expand_as(use)
+        if self.mobile is not None:
+            cb, entries = self.mobile
+            idx = entry_index(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float(), cb).view(use.shape)
+            keep = keep & ~torch.isin(idx, entries)
         s = slot[keep]
         r = rows[:, None, None].expand_as(use)[keep]
         self.z[r, s[:, 0], s[:, 1]] = z.permute(0, 2, 3, 1)[keep].float()

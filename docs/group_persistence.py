@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldsim.codebook import encode_frames, nearest
+from worldsim.codebook import aligned_steps
 from worldsim.data import load_episodes
-from worldsim.simulator import MapMemory, load_bundle
+from worldsim.simulator import load_bundle
 
 b = load_bundle(sys.argv[1])
 if b.codebook_groups is None or "map" not in b.env:
@@ -32,25 +32,10 @@ K = len(cb)
 seen, kept = torch.zeros(G), torch.zeros(G)
 e_seen, e_changed = torch.zeros(K), torch.zeros(K)
 for ep in eps:
-    z = encode_frames(b.codec, ep["frames"])
-    T, C, h, w = z.shape
-    idx = nearest(z.permute(0, 2, 3, 1).reshape(-1, C).float(), cb)[1]
-    zs, g = cb[idx].view(T, h, w, C).permute(0, 3, 1, 2), groups[idx].view(T, h, w)
-    mem = MapMemory(b.env["map"], b.dit.config.action_spec["n"], T - 1, (C, h, w), "cpu")
-    a = torch.as_tensor(np.asarray(ep["actions"]), dtype=torch.long).reshape(-1)[:T - 1]
-    step = torch.where(mem.scrolled(zs[1:], zs[:-1], a)[:, None], mem.move[a], 0)
-    src = mem.offset[None] + step[:, None, None]  # where each cell was in the last view
-    inside = (src[..., 0] >= 0) & (src[..., 0] < h) & (src[..., 1] >= 0) & (src[..., 1] < w)
-    sr, sc = src[..., 0].clamp(0, h - 1), src[..., 1].clamp(0, w - 1)
-    both = inside & mem.cells[None] & mem.cells[sr, sc]
-    before = g[:-1][torch.arange(T - 1)[:, None, None].expand_as(sr), sr, sc]  # the group each place held
+    e, e_next, changed, both = aligned_steps(b.codec, cb, ep, b.env["map"], b.dit.config.action_spec["n"])
+    before = groups[e]  # the group each place held, and holds one step later
     seen += torch.bincount(before[both], minlength=G)[:G].float()
-    kept += torch.bincount(before[both & (before == g[1:])], minlength=G)[:G].float()
-    p = ep["frames"].shape[1] // h  # the tile size in pixels
-    tiles = torch.as_tensor(ep["frames"][:, :h * p, :w * p]).reshape(T, h, p, w, p, 3).transpose(2, 3).float()
-    t = torch.arange(T - 1)[:, None, None].expand_as(sr)
-    changed = (tiles[:-1][t, sr, sc] - tiles[1:]).abs().mean((-1, -2, -3)) > 10  # the world place's tile, then and now
-    e = idx.view(T, h, w)[:-1][t, sr, sc]
+    kept += torch.bincount(before[both & (before == groups[e_next])], minlength=G)[:G].float()
     e_seen += torch.bincount(e[both], minlength=K)[:K].float()
     e_changed += torch.bincount(e[both & changed], minlength=K)[:K].float()
 share = kept / seen.clamp(min=1)

@@ -365,46 +365,52 @@ def fit_terrain_prior(near: torch.Tensor, hist: torch.Tensor, y: torch.Tensor, g
     return prior, info
 
 
+def aligned_steps(codec, codebook: torch.Tensor, ep: dict, map_desc: dict, n_actions: int, changed: float = 10.0):
+    """One real episode's steps aligned by world place, as the map memory aligns them (`MapMemory.scrolled` on the
+    snapped latents): (before, after, moved, both), each (T-1, h, w), per map cell of each step's new view: the entry
+    its world place held in the frame before and holds now, whether the tile's pixels changed (over `changed` grey
+    levels, mean absolute), and whether both frames show that place (only those count)."""
+    from worldsim.simulator import MapMemory
+
+    cb = codebook.float()
+    z = encode_frames(codec, ep["frames"])
+    T, C, h, w = z.shape
+    idx = nearest(z.permute(0, 2, 3, 1).reshape(-1, C).float(), cb)[1].view(T, h, w)
+    mem = MapMemory(map_desc, n_actions, max(T - 1, 1), (C, h, w), "cpu")
+    a = torch.as_tensor(np.asarray(ep["actions"]), dtype=torch.long).reshape(-1)[:T - 1]
+    zs = cb[idx].permute(0, 3, 1, 2)
+    step = torch.where(mem.scrolled(zs[1:], zs[:-1], a)[:, None], mem.move[a], 0)
+    src = mem.offset[None] + step[:, None, None]  # where each cell was in the last view
+    inside = (src[..., 0] >= 0) & (src[..., 0] < h) & (src[..., 1] >= 0) & (src[..., 1] < w)
+    sr, sc = src[..., 0].clamp(0, h - 1), src[..., 1].clamp(0, w - 1)
+    both = inside & mem.cells[None] & mem.cells[sr, sc]
+    p = ep["frames"].shape[1] // h  # the tile's size in pixels
+    tiles = torch.as_tensor(np.asarray(ep["frames"])[:, :h * p, :w * p]).reshape(T, h, p, w, p, 3)
+    tiles = tiles.transpose(2, 3).float()
+    t = torch.arange(T - 1)[:, None, None].expand_as(sr)
+    moved = (tiles[:-1][t, sr, sc] - tiles[1:]).abs().mean((-1, -2, -3)) > changed
+    return idx[:-1][t, sr, sc], idx[1:], moved, both
+
+
 def mobile_entries(codec, codebook: torch.Tensor, episodes: list, map_desc: dict, n_actions: int,
-                   share: float = 0.2, min_seen: int = 20, changed: float = 10.0):
+                   share: float = 0.2, min_seen: int = 20):
     """(entries (M,) long, info) of the codebook entries that stand for things that move: real tiles nearest to
-    them change on more than `share` of steps at the same world place (the tile's pixels, over `changed` grey
-    levels mean absolute, one step later; steps aligned as the map memory aligns them, `MapMemory.scrolled`),
-    among entries seen at least `min_seen` times. Episodes: frames without light (the night's noise changes every
-    lit tile).
+    them change on more than `share` of steps at the same world place (`aligned_steps`), among entries seen at
+    least `min_seen` times. Episodes: frames without light (the night's noise changes every lit tile).
 
     Why: the map memory keeps every cell by world place as ground, so a mob the model once drew stands there
     again whenever the view scrolls back, where the game's mobs walk away; in the light bundle's explorer rollouts
     cows drawn on sand piled up and walled the player in (docs/results.md, "The ground under the player"). Why by
     pixels, not by the entry or its group: the tile encoder reads a tile's neighbours, so the token of a tile that
     stays put moves between near-alike entries as its neighbours change (docs/group_persistence.py)."""
-    from worldsim.simulator import MapMemory
-
-    cb = codebook.float()
-    K = len(cb)
+    K = len(codebook)
     seen, moved = torch.zeros(K), torch.zeros(K)
     for ep in episodes:
-        z = encode_frames(codec, ep["frames"])
-        T, C, h, w = z.shape
-        if T < 2:
+        if len(ep["frames"]) < 2:
             continue
-        idx = nearest(z.permute(0, 2, 3, 1).reshape(-1, C).float(), cb)[1].view(T, h, w)
-        mem = MapMemory(map_desc, n_actions, T - 1, (C, h, w), "cpu")
-        a = torch.as_tensor(np.asarray(ep["actions"]), dtype=torch.long).reshape(-1)[:T - 1]
-        zs = cb[idx].permute(0, 3, 1, 2)
-        step = torch.where(mem.scrolled(zs[1:], zs[:-1], a)[:, None], mem.move[a], 0)
-        src = mem.offset[None] + step[:, None, None]  # where each cell was in the last view
-        inside = (src[..., 0] >= 0) & (src[..., 0] < h) & (src[..., 1] >= 0) & (src[..., 1] < w)
-        sr, sc = src[..., 0].clamp(0, h - 1), src[..., 1].clamp(0, w - 1)
-        both = inside & mem.cells[None] & mem.cells[sr, sc]
-        p = ep["frames"].shape[1] // h  # the tile's size in pixels
-        tiles = torch.as_tensor(np.asarray(ep["frames"])[:, :h * p, :w * p]).reshape(T, h, p, w, p, 3)
-        tiles = tiles.transpose(2, 3).float()
-        t = torch.arange(T - 1)[:, None, None].expand_as(sr)
-        diff = (tiles[:-1][t, sr, sc] - tiles[1:]).abs().mean((-1, -2, -3)) > changed
-        e = idx[:-1][t, sr, sc]
+        e, _, changed, both = aligned_steps(codec, codebook, ep, map_desc, n_actions)
         seen += torch.bincount(e[both], minlength=K)[:K].float()
-        moved += torch.bincount(e[both & diff], minlength=K)[:K].float()
+        moved += torch.bincount(e[both & changed], minlength=K)[:K].float()
     rate = moved / seen.clamp(min=1)
     entries = torch.nonzero((seen >= min_seen) & (rate > share))[:, 0]
     info = {"entries": entries.tolist(), "share": float(share), "min_seen": int(min_seen),

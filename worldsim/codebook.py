@@ -308,26 +308,14 @@ def terrain_examples(codec, codebook: torch.Tensor, groups: torch.Tensor, episod
     nearest entry). Whether a move scrolled is decided as the simulator's map memory decides it
     (`MapMemory.scrolled`). fixed_only: the groups the real frames show on the view's fixed cells (the
     player) and never on its other map cells (the player's own sprites)."""
-    from worldsim.simulator import MapMemory
-
     N, H, Y = [], [], []
     none = int(groups.max()) + 1
     on_fixed, on_map = torch.zeros(none), torch.zeros(none)
-    cb = codebook.float()
     for ep in episodes:
-        z = encode_frames(codec, ep["frames"])
-        T, C, h, w = z.shape
-        idx = nearest(z.permute(0, 2, 3, 1).reshape(-1, C).float(), cb)[1]
-        zs, g = cb[idx].view(T, h, w, C).permute(0, 3, 1, 2), groups[idx].view(T, h, w)
-        mem = MapMemory(map_desc, n_actions, T - 1, (C, h, w), "cpu")
-        fixed = torch.zeros(h, w, dtype=torch.bool)
-        for r, c in map_desc.get("fixed", []):
-            fixed[int(r), int(c)] = True
-        on_fixed += torch.bincount(g[:, fixed].reshape(-1), minlength=none)[:none].float()
+        idx, mem, step = real_scrolls(codec, codebook, ep, map_desc, n_actions)
+        g = groups[idx]
+        on_fixed += torch.bincount(g[:, mem.fixed].reshape(-1), minlength=none)[:none].float()
         on_map += torch.bincount(g[:, mem.cells].reshape(-1), minlength=none)[:none].float()
-        a = torch.as_tensor(np.asarray(ep["actions"]), dtype=torch.long).reshape(-1)[:T - 1]
-        moved = mem.scrolled(zs[1:], zs[:-1], a)
-        step = torch.where(moved[:, None], mem.move[a], 0)
         new = mem.new_cells(step)
         keep = new.flatten(1).any(1)
         if not bool(keep.any()):
@@ -365,11 +353,10 @@ def fit_terrain_prior(near: torch.Tensor, hist: torch.Tensor, y: torch.Tensor, g
     return prior, info
 
 
-def aligned_steps(codec, codebook: torch.Tensor, ep: dict, map_desc: dict, n_actions: int, changed: float = 10.0):
-    """One real episode's steps aligned by world place, as the map memory aligns them (`MapMemory.scrolled` on the
-    snapped latents): (before, after, moved, both), each (T-1, h, w), per map cell of each step's new view: the entry
-    its world place held in the frame before and holds now, whether the tile's pixels changed (over `changed` grey
-    levels, mean absolute), and whether both frames show that place (only those count)."""
+def real_scrolls(codec, codebook: torch.Tensor, ep: dict, map_desc: dict, n_actions: int):
+    """A real episode read as the map memory reads the model's frames: (idx (T, h, w) each frame's entries,
+    a MapMemory of the game's map (its cells, fixed cells and geometry), step (T-1, 2) each step's scroll, decided
+    by `MapMemory.scrolled` on the snapped latents)."""
     from worldsim.simulator import MapMemory
 
     cb = codebook.float()
@@ -380,6 +367,16 @@ def aligned_steps(codec, codebook: torch.Tensor, ep: dict, map_desc: dict, n_act
     a = torch.as_tensor(np.asarray(ep["actions"]), dtype=torch.long).reshape(-1)[:T - 1]
     zs = cb[idx].permute(0, 3, 1, 2)
     step = torch.where(mem.scrolled(zs[1:], zs[:-1], a)[:, None], mem.move[a], 0)
+    return idx, mem, step
+
+
+def aligned_steps(codec, codebook: torch.Tensor, ep: dict, map_desc: dict, n_actions: int, changed: float = 10.0):
+    """One real episode's steps aligned by world place, as the map memory aligns them (`real_scrolls`): (before,
+    after, moved, both), each (T-1, h, w), per map cell of each step's new view: the entry its world place held in
+    the frame before and holds now, whether the tile's pixels changed (over `changed` grey levels, mean absolute),
+    and whether both frames show that place (only those count)."""
+    idx, mem, step = real_scrolls(codec, codebook, ep, map_desc, n_actions)
+    T, h, w = idx.shape
     src = mem.offset[None] + step[:, None, None]  # where each cell was in the last view
     inside = (src[..., 0] >= 0) & (src[..., 0] < h) & (src[..., 1] >= 0) & (src[..., 1] < w)
     sr, sc = src[..., 0].clamp(0, h - 1), src[..., 1].clamp(0, w - 1)

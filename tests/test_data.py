@@ -98,7 +98,8 @@ def test_collect_can_start_each_game_later_on_its_clock(tmp_path):
 def test_collect_without_the_light_and_with_canvases(tmp_path):
     """light=false: the same worlds with frames drawn without the light (the explorer reads frames, so its moves
     may then differ), marked in the manifest (env.light, what a trained bundle inherits); canvas=true: the lit frames plus those canvases; the
-    same directory refuses the other kind; other games have no light to leave out."""
+    same directory refuses the other kind; other games have no light to leave out. Loaded, frames collected
+    without the light are also the episode's canvases."""
     from worldsim.envs.real_crafter import light
 
     args = ["episodes=1", "workers=1", "max_steps=12", "test_every=0", "clock_start=[200,200]"]
@@ -107,7 +108,8 @@ def test_collect_without_the_light_and_with_canvases(tmp_path):
     lit, bare = load_episodes(tmp_path / "lit")[0], load_episodes(tmp_path / "canvas")[0]
     assert json.loads((tmp_path / "canvas" / "manifest.json").read_text())["env"]["light"] == "crafter"
     assert "light" not in json.loads((tmp_path / "lit" / "manifest.json").read_text())["env"]
-    assert lit["canvas"].shape == lit["frames"].shape and "canvas" not in bare
+    assert lit["canvas"].shape == lit["frames"].shape
+    assert bare["canvas"] is bare["frames"]  # frames without the light are the canvases a lit bundle reads
     np.testing.assert_array_equal(lit["canvas"][0], bare["frames"][0])  # the same world at the same hour
     relit = light(torch.as_tensor(lit["canvas"]), 200 + np.arange(len(lit["frames"])), None).numpy()
     assert np.abs(relit.astype(float) - lit["frames"]).mean() < 8  # the night's noise at its mean

@@ -305,12 +305,12 @@ def test_shipped_crafter_map_memory_shows_the_ground_it_left():
 
 def test_shipped_crafter_explorer_world_does_not_fill_with_one_tile():
     """The shipped Crafter model under the scripted explorer: with new ground drawn from its terrain prior (the
-    bundle's default) the view keeps more kinds of tile and most moves scroll the frame, where with the model's
-    likeliest tile (new_ground="nearest") the world fills with grass and far more moves change nothing.
-    Tile kinds: the codebook groups of the view's tokens (the entries every shown token is). Moves, not all
-    steps: the GPU fine-tune (twenty-fifth session) finds trees here and the explorer strikes them, and those
-    "do" steps, half of steps 200-400, mostly leave the frame as it was (terrain: 60 % of all steps unchanged,
-    19 % of moves; nearest: 81 %, 39 %; tile kinds 3.5 and 2.1)."""
+    bundle's default) most moves scroll the frame and the view keeps more kinds of tile than with the model's
+    likeliest tile (new_ground="nearest"). Tile kinds: the codebook groups of the view's tokens (the entries
+    every shown token is). Moves, not all steps: the explorer strikes trees, and those "do" steps mostly leave
+    the frame as it was. The lit model shipped before filled with grass under "nearest" (39 % of moves
+    unchanged against 19 %; tile kinds 2.1 against 3.5); the light bundle shipped since 2026-12-06 keeps both
+    moving (0.9 % and 2.0 % of moves unchanged) and the kinds apart (12.4 against 5.5)."""
     from worldsim.agents import make_agent
     from worldsim.codebook import entry_index
 
@@ -335,7 +335,7 @@ def test_shipped_crafter_explorer_world_does_not_fill_with_one_tile():
             obs = new
         seen[mode] = (still / moves, float(np.mean(kinds)))
         env.close()
-    assert seen["terrain"][0] < 0.3 and seen["terrain"][0] < seen["nearest"][0] - 0.1, seen
+    assert seen["terrain"][0] < 0.3, seen
     assert seen["terrain"][1] > seen["nearest"][1] + 1, seen
 
 

@@ -194,6 +194,42 @@ def test_fresh_window_rollout_equals_a_recompute_over_the_window_alone(kind, ran
     assert apart > 1e-3
 
 
+def test_fresh_window_every_step_reads_the_heads_in_the_rebuild(random_bundle):
+    """fresh_window=1 leaves the commit pass out (the rebuild writes the new frame's keys again): each step's
+    heads and head input are the model's over the window's W committed frames alone, read at the newest, as a
+    reset reads its context (the oldest frame's action unread); rows reset at different times included."""
+    b = random_bundle
+    sim = WorldSimulator(b, 2, sampling_steps=1, fresh_window=1)
+    rng = np.random.default_rng(3)
+    shape = sim.latent_shape
+    sim.reset([0, 1], b.start_frames[:2, :W].numpy(), b.start_actions[:2, :W - 1].numpy(),
+              rng.standard_normal((2, W, *shape)))
+    acts = np.concatenate([np.zeros((2, 1), np.int64), b.start_actions[:2, :W - 1].numpy()], 1)
+    seen = []
+    for step in range(W + 3):
+        if step == 2:  # row 1 starts again from one frame: its window fills up over the next steps
+            sim.reset([1], b.start_frames[1:2, :1].numpy(), np.zeros((1, 0), np.int64), rng.standard_normal((1, 1, *shape)))
+            acts[1] = 0
+        a = np.array([(3 * step + 1) % 17, (5 * step + 2) % 17])
+        res = sim.step(a, rng.standard_normal((2, *shape)), rng.standard_normal((2, *shape)), decode=False)
+        acts = np.concatenate([acts[:, 1:], a[:, None]], 1)
+        for row in range(2):
+            n = int(sim.win_n[row])
+            z = sim.win_z[row:row + 1, W - n:]
+            has = torch.ones(1, n, dtype=torch.bool)
+            has[0, 0] = False
+            inp, c_noise = b.edm.model_input(z, torch.full((1, n), sim.context_noise))
+            with torch.no_grad():
+                ref = b.dit(inp, c_noise, actions_to_tensor(b.dit.config.action_spec, acts[row:row + 1, W - n:]),
+                            has, times=torch.arange(sim.time - n + 1, sim.time + 1))
+            torch.testing.assert_close(res.head_input[row], ref.features[0, -1].mean(0), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(res.reward[row], float(ref.reward[0, -1]) * sim.reward_scale, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(res.terminated_prob[row], float(torch.sigmoid(ref.term_logit[0, -1])),
+                                       rtol=1e-4, atol=1e-6)
+        seen.append(res.head_input)
+    assert float((seen[0] - seen[-1]).abs().max()) > 1e-3  # the heads read the frames, not a constant
+
+
 def test_fresh_window_state_and_dict_actions_continue_the_same(tmp_path):
     """A camera model's (Dict actions) fresh-window rollout saved mid-way and loaded into another simulator
     makes the same frames as the one that went on: the window's latents and actions travel with the state."""

@@ -163,6 +163,10 @@ def load_episodes(root: Path, split: str | None = None, min_steps: int = 1) -> l
         except (ValueError, FileNotFoundError) as err:
             warnings.warn(f"skipping episode: {err}", stacklevel=2)
             continue
+        if (manifest.get("env") or {}).get("light") and "canvas" not in ep:
+            # collected without the game's light (collect light=false): the frames are the canvases a model under
+            # the env's light reads, so jobs that start it from real context take them as such (not unlit again)
+            ep["canvas"] = ep["frames"]
         if num_steps(ep["actions"]) >= min_steps:
             out.append(ep)
     return out

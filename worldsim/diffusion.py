@@ -269,9 +269,11 @@ class EDM:
     @torch.no_grad()
     def step_cached(self, model, cache, t: int, a, prev, prev_ctx, noise, context_noise, level: float,
                     steps: int | None = None, guidance: float = 1.0, project=None, fill=None, clock=None,
-                    ticks=None):
+                    ticks=None, commit: bool = True):
         """One frame of a cached rollout at time t: sample it with the Euler sampler, every pass attending to
         the cache's window, then commit it lightly noised (context_noise * level) in one more pass.
+        commit=False leaves that pass out (the ModelOutput returned is None): for a caller that rebuilds the
+        cache from its window right after, which writes this frame's keys again and reads its heads there.
         prev: (B, C, h, w) the newest clean latent; prev_ctx: the same as committed (a warp model reads it).
         fill: for a warp model, a function of its warp input (B, C, h, w) that returns the input to use (the
         simulator's view memory: cells taken from views it holds); every pass, and a residual model's centre,
@@ -325,6 +327,8 @@ class EDM:
         if project is not None:  # the latent the context keeps instead of the sample (the simulator's snap, re-encode)
             z = project(z, centre, last["features"])
         zc = z + level * context_noise
+        if not commit:
+            return z, zc, centre, None
         inp, c_noise = self.model_input(zc, torch.full((B,), level, device=z.device))
         out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv, warped=wp, outputs="heads",
                                    clock=clock, ticks=ticks)

@@ -42,7 +42,12 @@ def step_transitions(sim, episodes: list, items: list, rng: np.random.Generator,
         ctx = np.stack([episodes[e]["frames"][s:s + W] for e, s in chunk])
         ctx_a = stack_actions([index_actions(episodes[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
         act = stack_actions([index_actions(episodes[e]["actions"], s + W - 1) for e, s in chunk])
-        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)), [episode_clock(episodes[e], s + W - 1) for e, s in chunk])
+        # a model under the env's light reads canvases: the collection's own where it has them (collect canvas=true
+        # or light=false), else the simulator works them out of the lit frames (at night only roughly)
+        canvas = np.stack([episodes[e]["canvas"][s:s + W] for e, s in chunk]) \
+            if sim.canvas_model and all("canvas" in episodes[e] for e, _ in chunk) else None
+        sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)),
+                  [episode_clock(episodes[e], s + W - 1) for e, s in chunk], canvas=canvas)
         yield sim.step(act, rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)), decode=decode), k
 
 

@@ -23,7 +23,7 @@ from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
 from worldsim.codebook import CERTAIN, draw_terrain, entry_index, keep_off_map, sample_snap, seed_snap, snap
 from worldsim.diffusion import warps
-from worldsim.model import actions_to_tensor, camera_rotation, project_view, view_grid
+from worldsim.model import ModelOutput, actions_to_tensor, camera_rotation, project_view, view_grid
 
 
 def load_bundle(path: str, device: str = "cpu") -> Bundle:
@@ -553,20 +553,27 @@ class WorldSimulator:
             self.memory.turn(range(self.B), a)
             fill = self.memory.fill
         projects = self.snap or self.reencode or self.map is not None or self.tick_display is not None
+        # a rebuild of every row after every step writes the new frame's keys again, so its commit pass is left
+        # out and the heads read the new frame in the rebuild's pass instead (over the window's W frames, where
+        # the commit pass read W + 1): one pass fewer per step. Not for warp models, whose commit pass reads the
+        # view memory's warp input, which a rebuild does not.
+        rebuild_heads = self.fresh_window == 1 and not self.warps
         z, self.prev_ctx, prev, out = self.edm.step_cached(self.dit, self.cache, t, a, self.prev, self.prev_ctx,
                                                            noise, self._t(context_noise), self.context_noise,
                                                            self.steps, self.guidance,
                                                            project=project if projects else None, fill=fill,
                                                            clock=torch.as_tensor(self.clock + 1, device=self.device),
-                                                           ticks=ticks)
+                                                           ticks=ticks, commit=not rebuild_heads)
         self.prev, self.prev_ctx = z.float(), self.prev_ctx.float()  # fp32 between steps, whatever amp computed in
         self.time = t
         self.clock += 1
+        if self.fresh_window:
+            rebuilt = self._refresh(a, ticks, heads=rebuild_heads)
+            if rebuild_heads:
+                out = rebuilt
         if self.n_ticks:
             self.tick_feat = out.features.float().mean(dim=1)
             self.tick_since = torch.where(ticks > 0, 1, self.tick_since + 1)
-        if self.fresh_window:
-            self._refresh(a, ticks)
         frames = shown.get("frames")  # reencode decoded it already
         if frames is None and decode:
             frames = self._show(z, prev, a)
@@ -587,10 +594,12 @@ class WorldSimulator:
                           None if tick_prob is None else tick_prob.cpu().numpy(),
                           None if canvas is None else _host(canvas))
 
-    def _refresh(self, a, ticks):
+    def _refresh(self, a, ticks, heads: bool = False):
         """fresh_window: the newest committed frame joins each row's window (its action and ticks with it), and the
         rows whose turn it is get their cache rebuilt from the window, one pass per window length, as `reset`
-        builds it: so their next step reads keys of the last W frames alone, as training did (see __init__)."""
+        builds it: so their next step reads keys of the last W frames alone, as training did (see __init__).
+        heads (every row due): returns the rebuild's ModelOutput at each row's newest frame (heads and features),
+        which the step then reads in place of its commit pass."""
         W = self.window
         self.win_z = torch.cat([self.win_z[:, 1:], self.prev_ctx[:, None].float()], 1)
         self.win_a = torch.cat([self.win_a[:, 1:], _pack_actions(self.spec, a)[:, None]], 1)
@@ -600,6 +609,7 @@ class WorldSimulator:
         self.win_age += 1
         due = self.win_age >= self.fresh_window
         self.win_age[due] = 0
+        parts = []
         for n in torch.unique(self.win_n[due]).tolist():  # rows reset at other times may hold fewer frames
             rows = torch.nonzero(due & (self.win_n == n)).flatten().tolist()
             z = self.win_z[rows, W - n:]
@@ -610,8 +620,13 @@ class WorldSimulator:
             clock = torch.as_tensor(context_clock(self.clock[rows], n), device=self.device)
             tk = self.win_ticks[rows, W - n:] if self.model_ticks else None
             # the latents are as committed (context-noised already): no noise added, read at the context level
-            self.edm.prefill(self.dit, self.cache, rows, z.to(self.prev.dtype), acts, has, times, torch.zeros_like(z),
-                             self.context_noise, clock=clock, ticks=tk)
+            _, o = self.edm.prefill(self.dit, self.cache, rows, z.to(self.prev.dtype), acts, has, times,
+                                    torch.zeros_like(z), self.context_noise, clock=clock, ticks=tk, return_out=True)
+            parts.append((rows, o))
+        if heads:
+            if not bool(due.all()):
+                raise RuntimeError("the rebuild gives the heads' input only when every row is rebuilt")
+            return _newest_outputs(parts, self.B)
 
     def _light(self, frames: torch.Tensor, noise) -> torch.Tensor:
         """The canvases lit by each row's game clock. The night's noise of a row is drawn from a generator seeded
@@ -688,6 +703,22 @@ class WorldSimulator:
         held[:, oy:oy + h * p, ox:ox + w * p] = keep.repeat_interleave(p, 1).repeat_interleave(p, 2)
         return torch.where(held[..., None], self.shown, frames)
 
+
+
+def _newest_outputs(parts: list, B: int) -> ModelOutput:
+    """One ModelOutput of B rows from the rebuild passes `parts` [(rows, ModelOutput over (b, n) frames)]: each
+    row's newest frame's heads and features (the frame output is not kept)."""
+    fields = {}
+    for name in ("reward", "term_logit", "features", "event_logits", "reward_logits"):
+        vals = [getattr(o, name) for _, o in parts]
+        if vals[0] is None:
+            fields[name] = None
+            continue
+        t = vals[0].new_empty((B, *vals[0].shape[2:]))
+        for (rows, _), v in zip(parts, vals):
+            t[rows] = v[:, -1]
+        fields[name] = t
+    return ModelOutput(out=None, **fields)
 
 
 def _host(frames: torch.Tensor) -> np.ndarray:

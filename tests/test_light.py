@@ -81,10 +81,11 @@ def _lit_bundle(tmp_path, light="crafter"):
     path = tmp_path / "lit"
     shutil.copytree(DEFAULT_CRAFTER_BUNDLE, path)
     meta = json.loads((path / "bundle.json").read_text())
-    meta["env"]["light"] = light
     if light is None:
-        del meta["env"]["light"]
+        meta["env"].pop("light", None)
         meta.get("inference", {}).pop("light", None)
+    else:
+        meta["env"]["light"] = light
     (path / "bundle.json").write_text(json.dumps(meta))
     return path
 

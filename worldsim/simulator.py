@@ -310,7 +310,7 @@ class WorldSimulator:
         # history kept a player the explorer had left standing still from ever moving again: from the same four
         # frames a reset walked on, the rollout's own cache refused every move (docs/results.md, "The freeze:
         # history in the cache"). A rebuild bounds the history to the k + W frames since the one before. It costs
-        # one pass over the window's W frames per rebuild.
+        # one pass over the window's W frames per rebuild; with k = 1 the step's commit pass is left out (_step).
         on = (bundle.meta.get("inference") or {}).get("fresh_window", 0) if fresh_window is None else fresh_window
         if isinstance(on, (bool, np.bool_)):
             on = int(on)

@@ -270,6 +270,7 @@ def evaluate(cfg):
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     from worldsim import DEFAULT_CRAFTER_BUNDLE, DEFAULT_MINETEST_BUNDLE
+    from worldsim.heads import context_canvas
 
     need_bundle(cfg.env, cfg.bundle)
     default = {"crafter": DEFAULT_CRAFTER_BUNDLE, "minetest": DEFAULT_MINETEST_BUNDLE}.get(game)
@@ -299,11 +300,8 @@ def evaluate(cfg):
         ctx_a = stack_actions([index_actions(eps[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
         fut = np.stack([eps[e]["frames"][s + W:s + W + H] for e, s in chunk])
         fut_a = stack_actions([index_actions(eps[e]["actions"], slice(s + W - 1, s + W - 1 + H)) for e, s in chunk])
-        # with the env's light, the real canvases where the collection kept them (canvas=true), else worked out
-        canvas = np.stack([eps[e]["canvas"][s:s + W] for e, s in chunk]) \
-            if sim.canvas_model and all("canvas" in eps[e] for e, _ in chunk) else None
         sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)),
-                  [episode_clock(eps[e], s + W - 1) for e, s in chunk], canvas=canvas)
+                  [episode_clock(eps[e], s + W - 1) for e, s in chunk], canvas=context_canvas(sim, eps, chunk, W))
         if i == 0:
             strip_real = fut[: cfg.grid_rows]
         for h in range(H):

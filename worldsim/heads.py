@@ -29,6 +29,15 @@ def transitions(episodes: list, W: int) -> list:
     return [(e, s) for e, ep in enumerate(episodes) for s in range(len(ep["frames"]) - W)]
 
 
+def context_canvas(sim, episodes: list, chunk: list, W: int):
+    """The W context frames of each (episode, start) of `chunk` without the light, for a model under the env's
+    light (it reads canvases): the collection's own where it has them (collect canvas=true or light=false);
+    None otherwise, and the simulator works them out of the lit frames (at night only roughly)."""
+    if not (sim.canvas_model and all("canvas" in episodes[e] for e, _ in chunk)):
+        return None
+    return np.stack([episodes[e]["canvas"][s:s + W] for e, s in chunk])
+
+
 @torch.no_grad()
 def step_transitions(sim, episodes: list, items: list, rng: np.random.Generator, decode: bool = False):
     """Each transition of `items` stepped as the env steps it, sim.B at a time: the simulator starts from its W
@@ -42,12 +51,9 @@ def step_transitions(sim, episodes: list, items: list, rng: np.random.Generator,
         ctx = np.stack([episodes[e]["frames"][s:s + W] for e, s in chunk])
         ctx_a = stack_actions([index_actions(episodes[e]["actions"], slice(s, s + W - 1)) for e, s in chunk])
         act = stack_actions([index_actions(episodes[e]["actions"], s + W - 1) for e, s in chunk])
-        # a model under the env's light reads canvases: the collection's own where it has them (collect canvas=true
-        # or light=false), else the simulator works them out of the lit frames (at night only roughly)
-        canvas = np.stack([episodes[e]["canvas"][s:s + W] for e, s in chunk]) \
-            if sim.canvas_model and all("canvas" in episodes[e] for e, _ in chunk) else None
         sim.reset(range(B), ctx, ctx_a, rng.standard_normal((B, W, *shape)),
-                  [episode_clock(episodes[e], s + W - 1) for e, s in chunk], canvas=canvas)
+                  [episode_clock(episodes[e], s + W - 1) for e, s in chunk],
+                  canvas=context_canvas(sim, episodes, chunk, W))
         yield sim.step(act, rng.standard_normal((B, *shape)), rng.standard_normal((B, *shape)), decode=decode), k
 
 

@@ -278,3 +278,45 @@ def test_clock_input_starts_unread_is_periodic_and_required():
         mc.with_clock(300)
     with pytest.raises(ValueError, match="clock_period must be an integer"):
         ClockEncoder(1, 8)
+
+
+def test_frame_context_attention_keeps_history_out_of_the_cache():
+    """context_attention="frame": a context frame's outputs depend on that frame alone, the last frame reads the
+    window; a cache filled by commit passes, after more frames than the window, gives the next frame exactly what
+    a full pass over the window alone gives (its keys hold no history); a window model's would not."""
+    W, T = 3, 8
+    frame = tiny(window=W).with_context_attention("frame").eval()
+    window = tiny(window=W)
+    x, c, a, has = inputs(B=2, T=T)
+    x2 = x.clone()
+    x2[:, 0] += 5.0
+    base, moved = frame(x, c, a, has), frame(x2, c, a, has)
+    torch.testing.assert_close(moved.out[:, 1:4], base.out[:, 1:4], rtol=0, atol=0)  # context: itself alone
+    base, moved = frame(x[:, :W + 1], c[:, :W + 1], a[:, :W + 1], has[:, :W + 1]), frame(
+        x2[:, :W + 1], c[:, :W + 1], a[:, :W + 1], has[:, :W + 1])
+    assert (moved.out[:, -1] - base.out[:, -1]).abs().max() > 1e-3  # the frame being made reads the window
+    ctx = frame(x2[:, :2], c[:, :2], a[:, :2], has[:, :2], context_only=True)  # a prefill: every frame alone
+    torch.testing.assert_close(ctx.out[:, 1], frame(x[:, :2], c[:, :2], a[:, :2], has[:, :2], context_only=True).out[:, 1],
+                               rtol=0, atol=0)
+    for m, history_free in ((frame, True), (window, False)):
+        cache = m.new_cache(2, 16)
+        for t in range(T - 1):  # frames 0..T-2 committed one by one, as a rollout does
+            m.forward_cached(x[:, t], c[:, t], a[:, t], has[:, t], cache, t, commit=True)
+        got = m.forward_cached(x[:, T - 1], c[:, T - 1], a[:, T - 1], has[:, T - 1], cache, T - 1)
+        s = slice(T - 1 - W, T)  # the window and the new frame, nothing before
+        full = m(x[:, s], c[:, s], a[:, s], has[:, s], times=torch.arange(T - 1 - W, T))
+        if history_free:
+            torch.testing.assert_close(got.out, full.out[:, -1], rtol=0, atol=1e-5)
+            # a commit pass reads the window too (its heads), while the keys it commits are the frame's alone
+            o = m.forward_cached(x[:, T - 1], c[:, T - 1], a[:, T - 1], has[:, T - 1], cache, T - 1, commit=True)
+            torch.testing.assert_close(o.out, full.out[:, -1], rtol=0, atol=1e-5)
+            torch.testing.assert_close(o.reward, full.reward[:, -1], rtol=0, atol=1e-5)
+            nxt = m.forward_cached(x[:, 0], c[:, 0], a[:, 0], has[:, 0], cache, T).out
+            xs = torch.cat([x[:, T - W:T], x[:, :1]], 1)
+            cs, as_, hs = (torch.cat([v[:, T - W:T], v[:, :1]], 1) for v in (c, a, has))
+            torch.testing.assert_close(nxt, m(xs, cs, as_, hs, times=torch.arange(T - W, T + 1)).out[:, -1],
+                                       rtol=0, atol=1e-5)
+        else:
+            assert (got.out - full.out[:, -1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="context_attention must be one of"):
+        WorldDiT(SPEC, latent_channels=4, patch_size=2, dim=32, depth=2, heads=2, context_attention="none")

@@ -22,15 +22,17 @@ W = 3
 CAM = {"type": "dict", "keys": {"camera": {"type": "box", "dim": 2, "scale": 180.0}, "forward": {"type": "discrete", "n": 2}}}
 
 
-def _random_bundle(path, residual=False, ae="tiny", warp=False, warp_kind="shift", clock=None, ticks=0):
+def _random_bundle(path, residual=False, ae="tiny", warp=False, warp_kind="shift", clock=None, ticks=0,
+                   context_attention="window"):
     """A bundle with random (untrained) weights, written to disk and loaded back like the shipped one.
     warp: camera + forward actions, and a warp input that shifts (or turns: warp_kind) the previous frame by
     the camera. clock: a day's length, for a model that reads the game's clock. ticks: tick types (a model
-    that draws and shows them; the env names them after two counters)."""
+    that draws and shows them; the env names them after two counters). context_attention: WorldDiT's."""
     torch.manual_seed(0)
     ae = make_autoencoder(ae)
     spec = CAM if warp else {"type": "discrete", "n": 17}
-    dit = WorldDiT(spec, latent_channels=4, dim=32, depth=2, heads=2, context_frames=W, clock_period=clock)
+    dit = WorldDiT(spec, latent_channels=4, dim=32, depth=2, heads=2, context_frames=W, clock_period=clock,
+                   context_attention=context_attention)
     dit = dit.with_ticks(ticks) if ticks else dit
     dit = randomize(dit.with_warp("camera", [[0.03, 0.0], [0.0, -0.05]], kind=warp_kind) if warp else dit, std=0.15)
     frames = torch.randint(0, 256, (2, W, 32, 32, 3), dtype=torch.uint8)
@@ -47,6 +49,11 @@ def _random_bundle(path, residual=False, ae="tiny", warp=False, warp_kind="shift
 @pytest.fixture(scope="module")
 def random_bundle(tmp_path_factory):
     return _random_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+@pytest.fixture(scope="module")
+def frame_bundle(tmp_path_factory):  # context frames attend to themselves alone
+    return _random_bundle(tmp_path_factory.mktemp("bundle") / "f", context_attention="frame")
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +99,19 @@ def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None, keep=Non
     return edm.sample(denoise, noise, steps, prev)
 
 
-@pytest.mark.parametrize("kind", ["plain", "residual", "one_context_frame", "clock", "ticks"])
-def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bundle, clock_bundle, tick_bundle):
+@pytest.mark.parametrize("kind", ["plain", "residual", "one_context_frame", "clock", "ticks", "frame"])
+def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bundle, clock_bundle, tick_bundle,
+                                              frame_bundle):
     # one_context_frame: the window fills up over the first steps (cache slots masked until written)
     # clock: a model that reads the game's clock, started at game step 57 (its day is 30 steps)
     # ticks: a model that draws ticks each step (here about half of them) and shows them in every pass
-    b = {"residual": residual_bundle, "clock": clock_bundle, "ticks": tick_bundle}.get(kind, random_bundle)
+    # frame: context frames attend to themselves alone (asked for a rebuild every step, it runs none: same keys)
+    b = {"residual": residual_bundle, "clock": clock_bundle, "ticks": tick_bundle, "frame": frame_bundle}.get(
+        kind, random_bundle)
     T = 1 if kind == "one_context_frame" else W
     prev = None
-    sim = WorldSimulator(b, 1, sampling_steps=3)
+    sim = WorldSimulator(b, 1, sampling_steps=3, **({"fresh_window": 1} if kind == "frame" else {}))
+    assert sim.fresh_window == 0
     rng = np.random.default_rng(0)
     shape = sim.latent_shape
     ctx_frames = b.start_frames[:1, :T].numpy()

@@ -190,6 +190,8 @@ class EDM:
         novel_weight: the same for the novel tokens (novel_tokens), on top: on a move step nearly every map
         token changed (the scroll), so change_weight alone hardly lifts an inventory count among them."""
         B, T = z.shape[:2]
+        if frame_context(model):  # its context frames attend to themselves alone: only the last frame is a target
+            teacher_forcing = True
         sigma, is_target = self.sample_sigmas(B, T, z.device, generator, teacher_forcing)
         has_action = self.drop_actions(has_action, generator)
         noise = torch.randn(z.shape, device=z.device, generator=generator)
@@ -261,7 +263,8 @@ class EDM:
         zc = z + level * noise
         inp, c_noise = self.model_input(zc, torch.full(z.shape[:2], level, device=z.device))
         out = model(inp, c_noise, actions, has_action, times=times, return_kv=True,
-                    prev=self.previous_frames(zc) if warps(model) else None, clock=clock, ticks=ticks)
+                    prev=self.previous_frames(zc) if warps(model) else None, clock=clock, ticks=ticks,
+                    context_only=True)
         cache.clear(rows)
         cache.write_frames(rows, out.kv, times.tolist())
         return (zc, out) if return_out else zc
@@ -506,6 +509,11 @@ def energy_score(d1, d2, y):
 def warps(model) -> bool:
     """Whether a world model (or its torch.compile wrapper) reads a shifted previous frame (WorldDiT warp_action)."""
     return getattr(getattr(model, "config", None), "warp_action", None) is not None
+
+
+def frame_context(model) -> bool:
+    """Whether a world model's context frames attend to themselves alone (WorldDiT context_attention="frame")."""
+    return getattr(getattr(model, "config", None), "context_attention", "window") == "frame"
 
 
 def batch_twice(actions):

@@ -312,10 +312,15 @@ class Rotary3D(nn.Module):
         return self(torch.tensor([int(delta)]), 1, 1)
 
 
-def frame_causal_mask(T: int, N: int, window: int, device=None) -> torch.Tensor:
-    """Boolean (T*N, T*N): a token of frame i may attend to frames i-window .. i (all their tokens)."""
+CONTEXT_ATTENTION = ("window", "frame")
+
+
+def frame_causal_mask(T: int, N: int, window: int, device=None, alone: int = 0) -> torch.Tensor:
+    """Boolean (T*N, T*N): a token of frame i may attend to frames i-window .. i (all their tokens); a token of
+    one of the first `alone` frames only to its own frame's tokens (context_attention="frame")."""
     f = torch.arange(T, device=device)
     allowed = (f[:, None] >= f[None, :]) & (f[:, None] - f[None, :] <= window)
+    allowed &= (f[:, None] >= alone) | (f[:, None] == f[None, :])
     return allowed.repeat_interleave(N, 0).repeat_interleave(N, 1)
 
 
@@ -335,7 +340,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, cos, sin, mask=None, cache: "KVCache | None" = None, layer: int = 0, commit_slot=None,
-                return_kv: bool = False):
+                return_kv: bool = False, alone: bool = False):
         B, T, N, D = x.shape
         # "b t n (three h d) -> three b h (t n) d" by reshape and permute: einops' call costs more than the
         # op itself at batch 1
@@ -345,6 +350,14 @@ class Attention(nn.Module):
         kv = (k, v) if return_kv else None
         if cache is None:
             out = attention(q, k, v, mask)
+        elif alone:  # context_attention="frame", a commit pass of the batch stacked twice (forward_cached): the
+            # first copy attends to its own tokens alone and its keys are committed; the second, the one read,
+            # attends to the window and itself as any new frame does, before the commit overwrites the oldest slot
+            n = B // 2
+            out_w = attention(q[n:], *cache.write_scratch(layer, k[n:], v[n:]), cache.attn_mask(n))
+            out = torch.cat([attention(q[:n], k[:n], v[:n], None), out_w])
+            cache.write_scratch(layer, k[:n], v[:n])
+            cache.commit(layer, commit_slot)
         else:  # one new frame: write its keys/values into the scratch slot, attend over window + itself
             out = attention(q, *cache.write_scratch(layer, k, v), cache.attn_mask(q.shape[0]))
             if commit_slot is not None:
@@ -414,6 +427,13 @@ class WorldDiT(ModelMixin, ConfigMixin):
     shifting: exact at every pixel of a pinhole view, where the shift is exact only at its centre. warp_zoom
     ({Discrete key: magnification}, rotation only) also magnifies the view about its centre on steps with
     that key pressed: a step forward brings what is ahead closer, mostly a zoom for a view of distant things.
+
+    context_attention "window" (default): every frame attends to the `context_frames` frames before it and
+    itself, so a context frame's keys carry what the frames before it showed, and through them everything
+    before: a cache that keeps them holds the rollout's whole history, which froze long Crafter rollouts
+    (docs/results.md, "The freeze: history in the cache"). "frame": a context frame attends to its own tokens
+    only and only the frame being made (a sequence's last frame) attends to the window, so a context frame's
+    keys depend on that frame alone and a cache holds no history at no cost (no rebuild, `fresh_window=0`).
     """
 
     @register_to_config
@@ -421,10 +441,13 @@ class WorldDiT(ModelMixin, ConfigMixin):
                  depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, context_frames: int = 4,
                  time_period: int = 4096, warp_action: str | None = None, warp_matrix: list | None = None,
                  warp_kind: str = "shift", warp_zoom: dict | None = None, clock_period: int | None = None,
-                 events: int = 0, reward_values: list | None = None, ticks: int = 0):
+                 events: int = 0, reward_values: list | None = None, ticks: int = 0,
+                 context_attention: str = "window"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        if context_attention not in CONTEXT_ATTENTION:
+            raise ValueError(f"context_attention must be one of {CONTEXT_ATTENTION}, got {context_attention!r}")
         p, C = patch_size, latent_channels
         if warp_action is not None:
             sub = action_spec.get("keys", {}).get(warp_action, {}) if action_spec["type"] == "dict" else {}
@@ -596,6 +619,13 @@ class WorldDiT(ModelMixin, ConfigMixin):
         new.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith(("tick_embed.", "tick_head."))})
         return new.train(self.training)
 
+    def with_context_attention(self, mode: str) -> "WorldDiT":
+        """This model, same weights, with context frames attending as `mode` says (see the class docstring): a
+        fine-tune from a "window" model to "frame" starts from what the window model learnt."""
+        new = self._reconfigured(context_attention=mode)
+        new.load_state_dict(self.state_dict())
+        return new.train(self.training)
+
     def _reconfigured(self, **changes) -> "WorldDiT":
         """A new model (fresh weights) with this one's config but for `changes`, on its device; fp32 like every
         model here (load_state_dict keeps that)."""
@@ -623,7 +653,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     # ---- sequence forward: training, full recompute, cache prefill --------------------------------
     def forward(self, x, c_noise, actions, has_action, times=None, return_kv: bool = False, prev=None,
-                clock=None, ticks=None) -> ModelOutput:
+                clock=None, ticks=None, context_only: bool = False) -> ModelOutput:
         """x: (B, T, C, h, w) scaled noisy latents; c_noise: (B, T); actions: (B, T, ...); has_action: (B, T).
 
         times: int64 (T,) absolute frame indices (default 0..T-1); the attention window is `context_frames`.
@@ -632,6 +662,8 @@ class WorldDiT(ModelMixin, ConfigMixin):
         clock: int (B, T) each frame's step count since the game began, read only by a model with a clock
         (clock_period).
         ticks: (B, T, ticks) 0/1, the ticks of the step into each frame, read only by a model with ticks.
+        context_only: every frame is context (a cache prefill); matters to context_attention="frame", whose
+        context frames attend to themselves alone and whose last frame otherwise attends to the window.
         """
         B, T, C, h, w = x.shape
         self._check_size(h, w)
@@ -641,7 +673,8 @@ class WorldDiT(ModelMixin, ConfigMixin):
         tok = self.patch_in(self._tokens(self._with_warp(x, prev, actions, has_action)))
         c = self._cond(c_noise, actions, has_action, clock, ticks)
         cos, sin = self.rope(times, h // p, w // p)
-        mask = frame_causal_mask(T, tok.shape[2], self.config.context_frames, device=x.device)
+        alone = (T if context_only else T - 1) if self.config.context_attention == "frame" else 0
+        mask = frame_causal_mask(T, tok.shape[2], self.config.context_frames, device=x.device, alone=alone)
         kvs = []
         for blk in self.blocks:
             tok, kv = blk(tok, c, cos, sin, mask=mask, return_kv=return_kv)
@@ -657,7 +690,10 @@ class WorldDiT(ModelMixin, ConfigMixin):
         """x: (B, C, h, w) one frame per batch element, attending to the cache's window and to itself.
 
         commit=True writes this frame's keys/values into the cache at `time` (after each layer has used
-        the window it needs), so the next frame sees it as context. prev: (B, C, h, w) as in `forward`;
+        the window it needs), so the next frame sees it as context; with context_attention="frame" the keys
+        committed are the frame's attending to its own tokens alone, as context frames did in training, while
+        what the pass returns (heads, features, output) is the frame's attending to the window, as for any
+        frame being made (one pass over the batch stacked twice). prev: (B, C, h, w) as in `forward`;
         warped: (B, C, h, w) a warp model's input already made from prev (the simulator's view memory builds
         it from the views it holds), used instead of warping prev.
         clock: int (B,) the frame's step count since the game began (a model with clock_period).
@@ -680,8 +716,13 @@ class WorldDiT(ModelMixin, ConfigMixin):
         if commit and B != cache.k.shape[1]:
             raise ValueError(f"a commit pass takes one row per cache row ({cache.k.shape[1]}), got {B}")
         slot = cache.slot(time) if commit else None
+        alone = commit and self.config.context_attention == "frame"
+        if alone:  # one copy writes the frame's keys computed alone, the other gives the outputs (Attention)
+            tok, c = torch.cat([tok, tok]), torch.cat([c, c])
         for i, blk in enumerate(self.blocks):
-            tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot)
+            tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot, alone=alone)
+        if alone:
+            tok, c = tok[B:], c[B:]
         if commit:
             cache.mark(time)
         reward = term = events = values = out = None

@@ -22,7 +22,7 @@ import torch
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle
 from worldsim.codebook import CERTAIN, draw_terrain, entry_index, keep_off_map, sample_snap, seed_snap, snap
-from worldsim.diffusion import warps
+from worldsim.diffusion import frame_context, warps
 from worldsim.model import ModelOutput, actions_to_tensor, camera_rotation, project_view, view_grid
 
 
@@ -317,7 +317,9 @@ class WorldSimulator:
         if not isinstance(on, (int, np.integer)) or on < 0:
             raise ValueError(f"fresh_window must be a whole number of steps >= 0 between rebuilds of the cache (1 = "
                              f"every step, 0 or false = never; true = 1; null = the bundle's), got {fresh_window!r}")
-        self.fresh_window = int(on)
+        # A model whose context frames attend to themselves alone (context_attention="frame") keeps no history in
+        # its cache: a rebuild would write the keys its commits wrote, so it never runs one.
+        self.fresh_window = 0 if frame_context(self.dit) else int(on)
         if self.fresh_window:
             n = self.window
             self.ROW = self.ROW + ("win_z", "win_a", "win_n", "win_age", "win_ticks")

@@ -219,6 +219,12 @@ class Trainer:
             raise ValueError(f"dit.tick_weight={cfg.dit.get('tick_weight')} must be a finite number > 0")
         if self.dit.config.ticks and (self.rollout_steps or self.energy_prob):
             raise ValueError("dit.rollout_steps / dit.energy_prob do not feed ticks yet: train ticks without them")
+        mode = cfg.dit.get("context_attention")
+        if mode and mode != self.dit.config.context_attention:  # same weights, context frames attend otherwise
+            self.dit = self.dit.with_context_attention(mode)
+        if self.dit.config.context_attention == "frame" and (self.rollout_steps or self.energy_prob):
+            raise ValueError("dit.rollout_steps / dit.energy_prob are not written for context_attention=frame "
+                             "models yet (their context frames attend to themselves alone)")
         kind, zoom = cfg.dit.get("warp_kind"), cfg.dit.get("warp_zoom")
         zoom = OmegaConf.to_container(zoom) if zoom else None
         if (kind and kind != self.dit.config.warp_kind) or (zoom and zoom != self.dit.config.warp_zoom):

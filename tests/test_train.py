@@ -462,6 +462,26 @@ def test_clock_fine_tune_adds_the_game_clock_resumes_and_ships(bundle, dataset, 
     assert Bundle(tmp_path / "dist" / "bundle").dit.config.clock_period == 30
 
 
+def test_frame_context_fine_tune_learns_from_a_window_teacher_and_ships(bundle, dataset, tmp_path):
+    """dit.context_attention=frame on a bundle whose frames attend to the window: the student starts from the
+    same weights, the distillation teacher is the bundle as it is (window), the bundle written is a frame model
+    whose simulator runs no rebuild; rollout training, not written for it, is refused."""
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+    from worldsim.simulator import WorldSimulator
+
+    run = tmp_path / "frame"
+    common = [f"data={dataset}", *TINY_TRAIN, f"init={bundle}", "dit.context_attention=frame"]
+    tr = run_job("train", [*common, f"run={run}", "dit.distill_guidance=1", "dit.still_real=true", "dit.steps=2"])
+    assert tr.dit.config.context_attention == "frame" and tr.teacher.config.context_attention == "window"
+    out = Bundle(run / "bundle")
+    assert out.meta["world_model"]["context_attention"] == "frame" and out.dit.config.context_attention == "frame"
+    assert WorldSimulator(out, 1, fresh_window=1).fresh_window == 0
+    with pytest.raises(ValueError, match="not written for context_attention=frame"):
+        run_job("train", [*common, f"run={tmp_path / 'bad'}", "dit.rollout_steps=2"])
+
+
 def test_ema_weights_ship_and_continue_across_a_resume(bundle, dataset, tmp_path):
     """dit.ema: the bundle ships the moving average of the world model's weights, not the last step's, and
     records the decay; a run paused by its time cap goes on with the same average (its update count carries

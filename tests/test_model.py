@@ -108,6 +108,23 @@ def test_cached_pass_outputs_leave_out_only_what_was_not_asked_for():
         m.forward_cached(x[:, 0], c[:, 0], a[:, 0], has[:, 0], m.new_cache(2, 16), 0, outputs="reward")
 
 
+@pytest.mark.parametrize("context_attention", ["window", "frame"])
+def test_a_pass_for_the_newest_frame_alone_gives_its_outputs_and_every_frame_s_keys(context_attention):
+    """A cache rebuild reads only its newest frame's heads and features: newest=True leaves the other frames'
+    last-block queries, output layer and heads out, and gives the same keys/values and newest outputs."""
+    m = tiny(window=3).with_context_attention(context_attention)
+    x, c, a, has = inputs(B=2, T=4)
+    full = m(x, c, a, has, return_kv=True, context_only=True)
+    new = m(x, c, a, has, return_kv=True, context_only=True, newest=True)
+    assert new.out.shape[1] == new.features.shape[1] == new.reward.shape[1] == 1
+    for (k1, v1), (k2, v2) in zip(full.kv, new.kv):
+        torch.testing.assert_close(k2, k1, rtol=0, atol=1e-6)
+        torch.testing.assert_close(v2, v1, rtol=0, atol=1e-6)
+    for name in ("out", "features", "reward", "term_logit"):
+        torch.testing.assert_close(getattr(new, name), getattr(full, name)[:, -1:], rtol=1e-5, atol=1e-5)
+    assert (full.reward[:, -1] - full.reward[:, 0]).abs().max() > 1e-4  # the frames' heads differ: a real check
+
+
 def test_frame_size_is_not_baked_in():
     m = tiny()
     for h, w in [(8, 8), (6, 10), (12, 8)]:

@@ -259,12 +259,13 @@ class EDM:
         """Commit context latents z (b, T, C, h, w) into batch `rows` of a KV cache at `times`, each frame
         context-noised (z + level * noise, as context always is). clock: int (b, T) the frames' game steps
         (models with a clock). ticks: (b, T, K) the ticks into each frame (models with ticks). Returns the
-        committed latents, and with return_out the pass's ModelOutput too (its features: a tick head reads them)."""
+        committed latents, and with return_out the pass's ModelOutput too, of the newest frame alone (T = 1: its
+        heads and features, which the simulator reads; the other frames' outputs are not computed)."""
         zc = z + level * noise
         inp, c_noise = self.model_input(zc, torch.full(z.shape[:2], level, device=z.device))
         out = model(inp, c_noise, actions, has_action, times=times, return_kv=True,
                     prev=self.previous_frames(zc) if warps(model) else None, clock=clock, ticks=ticks,
-                    context_only=True)
+                    context_only=True, newest=True)
         cache.clear(rows)
         cache.write_frames(rows, out.kv, times.tolist())
         return (zc, out) if return_out else zc

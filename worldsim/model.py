@@ -340,12 +340,18 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, cos, sin, mask=None, cache: "KVCache | None" = None, layer: int = 0, commit_slot=None,
-                return_kv: bool = False, alone: bool = False):
+                return_kv: bool = False, alone: bool = False, newest: bool = False):
         B, T, N, D = x.shape
         # "b t n (three h d) -> three b h (t n) d" by reshape and permute: einops' call costs more than the
         # op itself at batch 1
         q, k, v = self.qkv(x).reshape(B, T * N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = (rms_rope(q, self.q_norm.weight, cos, sin, self.q_norm.eps),
+        if newest:  # only the newest frame's queries (tokens are frame-major): every frame's keys still come out
+            q, cos_q, sin_q = q[:, :, -N:], cos[-N:], sin[-N:]
+            mask = None if mask is None else mask[-N:]
+            T = 1
+        else:
+            cos_q, sin_q = cos, sin
+        q, k = (rms_rope(q, self.q_norm.weight, cos_q, sin_q, self.q_norm.eps),
                 rms_rope(k, self.k_norm.weight, cos, sin, self.k_norm.eps))
         kv = (k, v) if return_kv else None
         if cache is None:
@@ -375,12 +381,15 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x, c, cos, sin, **attn_kw):
-        """x: (B, T, N, D) tokens; c: (B, T, D) per-frame conditioning."""
+    def forward(self, x, c, cos, sin, newest: bool = False, **attn_kw):
+        """x: (B, T, N, D) tokens; c: (B, T, D) per-frame conditioning. newest: only the newest frame's tokens
+        come out (B, 1, N, D), attending as before, and the keys/values of all T frames."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)
         # modulate(norm(x)) and the gated residual before the second norm are one fused pass each with
         # kernels=triton (worldsim.kernels); the default computes them as written in the references
-        a, kv = self.attn(ln_modulate(x, shift1, scale1, self.norm1.eps), cos, sin, **attn_kw)
+        a, kv = self.attn(ln_modulate(x, shift1, scale1, self.norm1.eps), cos, sin, newest=newest, **attn_kw)
+        if newest:
+            x, gate1, shift2, scale2, gate2 = (t[:, -1:] for t in (x, gate1, shift2, scale2, gate2))
         x, h = residual_ln_modulate(x, gate1, a, shift2, scale2, self.norm2.eps)
         x = x + gate2 * self.mlp(h)
         return x, kv
@@ -653,7 +662,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     # ---- sequence forward: training, full recompute, cache prefill --------------------------------
     def forward(self, x, c_noise, actions, has_action, times=None, return_kv: bool = False, prev=None,
-                clock=None, ticks=None, context_only: bool = False) -> ModelOutput:
+                clock=None, ticks=None, context_only: bool = False, newest: bool = False) -> ModelOutput:
         """x: (B, T, C, h, w) scaled noisy latents; c_noise: (B, T); actions: (B, T, ...); has_action: (B, T).
 
         times: int64 (T,) absolute frame indices (default 0..T-1); the attention window is `context_frames`.
@@ -664,6 +673,9 @@ class WorldDiT(ModelMixin, ConfigMixin):
         ticks: (B, T, ticks) 0/1, the ticks of the step into each frame, read only by a model with ticks.
         context_only: every frame is context (a cache prefill); matters to context_attention="frame", whose
         context frames attend to themselves alone and whose last frame otherwise attends to the window.
+        newest: only the newest frame's outputs are wanted (a prefill whose caller reads its heads or features):
+        the last block runs that frame's queries alone, and the output layer and heads read that frame alone, so
+        every field but kv has T = 1. The keys and values of every frame and layer are as without it.
         """
         B, T, C, h, w = x.shape
         self._check_size(h, w)
@@ -676,9 +688,11 @@ class WorldDiT(ModelMixin, ConfigMixin):
         alone = (T if context_only else T - 1) if self.config.context_attention == "frame" else 0
         mask = frame_causal_mask(T, tok.shape[2], self.config.context_frames, device=x.device, alone=alone)
         kvs = []
-        for blk in self.blocks:
-            tok, kv = blk(tok, c, cos, sin, mask=mask, return_kv=return_kv)
+        for i, blk in enumerate(self.blocks):
+            tok, kv = blk(tok, c, cos, sin, mask=mask, return_kv=return_kv, newest=newest and i == len(self.blocks) - 1)
             kvs.append(kv)
+        if newest:
+            c = c[:, -1:]
         reward, term, events, values = self._heads(tok)
         out = self._untokens(self.final(tok, c), h, w)
         return ModelOutput(out, reward, term, kvs if return_kv else None, tok, events, values)

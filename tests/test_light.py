@@ -34,7 +34,10 @@ def test_daylight_is_the_games():
 
 def test_light_by_day_is_the_games_frame_exactly():
     """Dawn to dusk: lighting the canvas gives the game's frame bit for bit (no noise while daylight >= 0.5)."""
-    _, frames, canvases, at = _walk(280, 160)
+    for seed in range(3, 9):  # the world follows PYTHONHASHSEED, so a random walk dies early in some: walk on
+        _, frames, canvases, at = _walk(280, 160, seed)
+        if len(at) == 161:
+            break
     day = daylight(at) >= 0.5
     assert day.sum() > 100 and (daylight(at) < 0.99).any()  # a range of lights, dawn and dusk among them
     lit = light(torch.as_tensor(canvases[day]), at[day]).numpy()
@@ -62,7 +65,10 @@ def test_light_at_night_with_the_games_noise():
 
 
 def test_unlight_inverts_light():
-    _, frames, canvases, at = _walk(280, 160)
+    for seed in range(3, 9):  # the world follows PYTHONHASHSEED, so a random walk dies early in some: walk on
+        _, frames, canvases, at = _walk(280, 160, seed)
+        if len(at) == 161:
+            break
     day = daylight(at) >= 0.5
     back = unlight(torch.as_tensor(frames[day]), at[day]).numpy().astype(int)
     err = np.abs(back - canvases[day])

@@ -960,6 +960,32 @@ def test_kmeans_codebook_finds_the_tiles_and_snap_returns_them():
         fit_codebook(tokens[:5], 6)
 
 
+def test_entry_index_finds_entries_and_follows_a_codebook_written_in_place():
+    """entry_index gives each snapped token its entry and any other token its nearest; the hash keys it keeps
+    per codebook tensor are made again after the codebook is written in place, and a codebook made in
+    inference mode (no version counter) works too."""
+    from worldsim.codebook import _SORTED_KEYS, entry_index
+
+    g = torch.Generator().manual_seed(0)
+    cb = torch.randn(40, 4, generator=g)
+    which = torch.randint(40, (25,), generator=g)
+    off = cb[which[:5]] + 0.01 * torch.randn(5, 4, generator=g)  # near an entry, not one
+    tokens = torch.cat([cb[which], off])
+    expect = torch.cat([which, nearest(off, cb)[1]])
+    assert torch.equal(entry_index(tokens, cb), expect)
+    assert torch.equal(entry_index(tokens, cb), expect)  # from the kept keys
+    cb[which[0]] = 10.0  # written in place: that entry is elsewhere now, every other lookup the same
+    got = entry_index(tokens, cb)
+    keys = _SORTED_KEYS[id(cb)]
+    assert keys[0]() is cb and keys[1] == cb._version  # made again for the written codebook
+    moved = which == which[0]
+    assert torch.equal(got[:25][~moved], which[~moved]) and not (got[:25][moved] == which[0]).any()
+    assert torch.equal(entry_index(cb[which[:3]], cb), which[:3])
+    with torch.inference_mode():
+        c2 = torch.randn(40, 4, generator=g)
+        assert torch.equal(entry_index(c2[which], c2), which)
+
+
 def reset_from_start(b: Bundle, sims: list, seed: int):
     """Reset each simulator to the bundle's first start state with the same context noise. Returns the rng the
     steps draw from next, and the committed history, its actions and has_action that a full recompute reads."""

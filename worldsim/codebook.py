@@ -24,6 +24,7 @@ k-means is Lloyd's algorithm in a few lines of torch rather than a scikit-learn 
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -73,15 +74,33 @@ def fit_codebook(tokens: torch.Tensor, entries: int, iters: int = 15, seed: int 
     return codebook
 
 
+_SORTED_KEYS: dict = {}  # id(codebook) -> (weakref to it, its version, probe, sorted keys, order): `_entry_keys`
+
+
+def _entry_keys(cb: torch.Tensor):
+    """(probe, sorted hash keys, their order) of a codebook's entries, made once per codebook tensor (kept while
+    it lives and is not written to). Why: the simulator looks entries up 2-3 times a step, and hashing and
+    sorting the 3,917 entries of the shipped Crafter codebook each time was most of a lookup's 1 ms."""
+    version = None if cb.is_inference() else cb._version  # inference-mode tensors keep no version counter
+    hit = _SORTED_KEYS.get(id(cb))
+    if hit is not None and hit[0]() is cb and hit[1] == version:
+        return hit[2:]
+    for k in [k for k, v in _SORTED_KEYS.items() if v[0]() is None]:  # codebooks gone since
+        del _SORTED_KEYS[k]
+    probe = torch.linspace(1.0, 2.0, cb.shape[1], dtype=torch.float64, device=cb.device)
+    keys = (cb.double() * probe).sum(-1)
+    order = keys.argsort()
+    _SORTED_KEYS[id(cb)] = (weakref.ref(cb), version, probe, keys[order], order)
+    return probe, keys[order], order
+
+
 def entry_index(tokens: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """(N,) the index of each token (N, C) that is exactly a codebook entry (a snapped one), found by a hash of
     its values; nearest search for any other. Why: the nearest search is a distance to every entry, and the
     terrain draw reads the groups of snapped frames every step (3 ms of a batch of 16 on this CPU)."""
     cb = codebook.to(tokens.device).float()
-    probe = torch.linspace(1.0, 2.0, cb.shape[1], dtype=torch.float64, device=tokens.device)
-    keys = (cb.double() * probe).sum(-1)
-    order = keys.argsort()
-    pos = torch.searchsorted(keys[order], (tokens.double() * probe).sum(-1)).clamp(max=len(cb) - 1)
+    probe, keys, order = _entry_keys(cb)
+    pos = torch.searchsorted(keys, (tokens.double() * probe).sum(-1)).clamp(max=len(cb) - 1)
     idx = order[pos]
     other = ~(cb[idx] == tokens.float()).all(-1)
     if bool(other.any()):

@@ -151,6 +151,30 @@ def test_heads_job_adds_event_heads(bundle, dataset, tmp_path):
         run_job("heads", [f"bundle={tmp_path / 'c'}", f"data={tmp_path / 'old'}", "steps=5", "events=true"])
 
 
+def test_heads_job_refits_heads_to_read_the_frame_pair(bundle, dataset, tmp_path):
+    """`worldsim heads heads_input=pair` on a frame-context bundle: its heads now read the committed frame beside
+    the one before (twice the input), the bundle says so, and the env steps it with one commit copy a step."""
+    shutil.copytree(bundle, tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    with pytest.raises(ValueError, match="only context_attention='frame'"):  # a window model cannot
+        run_job("heads", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "steps=5", "heads_input=pair"])
+    meta["world_model"]["context_attention"] = "frame"  # same weights, context frames attending alone
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(meta, indent=1))
+    with pytest.raises(ValueError, match="need a refit"):
+        run_job("heads", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "steps=0", "calibrate=true", "heads_input=pair"])
+    info = run_job("heads", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "steps=20", "heads_input=pair"])
+    assert info["transitions"] > 0
+    b = Bundle(tmp_path / "b")
+    D = b.dit.config.dim
+    assert b.dit.config.heads_input == "pair" and b.meta["world_model"]["heads_input"] == "pair"
+    assert b.dit.heads_mlp[0].in_features == 2 * D and b.dit.head_norm.normalized_shape == (2 * D,)
+    assert b.dit.heads_mlp[0].weight[:, D:].abs().sum() > 0  # the frame before is read after the refit
+    env = gym.make("worldsim/World-v0", bundle=str(tmp_path / "b"))
+    env.reset(seed=0)
+    rewards = [env.step(a)[1] for a in (0, 1, 2, 3)]
+    assert np.isfinite(rewards).all()
+
+
 def test_lookahead_agent_pays_only_events_the_real_episode_lacks(bundle, tmp_path):
     """The planner's branches start from real frames; told the real game's achievements (observe_info), they
     pay only events the real episode has not had."""

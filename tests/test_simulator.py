@@ -205,6 +205,50 @@ def test_fresh_window_rollout_equals_a_recompute_over_the_window_alone(kind, ran
     assert apart > 1e-3
 
 
+def test_pair_heads_read_each_committed_frame_beside_the_one_before(tmp_path):
+    """heads_input="pair": each step's head input is the committed frame's mean token, attending to itself alone,
+    beside the frame before's (after a reset, the context's newest), and the rewards and ends are the heads on
+    it; a row saved and loaded goes on with the same frame before."""
+    b = _random_bundle(tmp_path / "p", context_attention="frame")
+    b.dit = randomize(b.dit.with_heads_input("pair"), std=0.15)
+    sim = WorldSimulator(b, 2, sampling_steps=1)
+    assert "head_prev" in sim.ROW
+    rng = np.random.default_rng(4)
+    shape, D = sim.latent_shape, b.dit.config.dim
+    ctx_noise = rng.standard_normal((2, W, *shape))
+    z0 = sim.reset([0, 1], b.start_frames[:2, :W].numpy(), b.start_actions[:2, :W - 1].numpy(), ctx_noise)
+
+    def alone(zc, a, t):  # the committed latents (B, C, h, w) as one context frame: its mean last-block token
+        inp, c_noise = b.edm.model_input(zc[:, None], torch.full((zc.shape[0], 1), sim.context_noise))
+        with torch.no_grad():
+            return b.dit(inp, c_noise, torch.as_tensor(a)[:, None], torch.ones(len(zc), 1, dtype=torch.bool),
+                         times=torch.tensor([t]), context_only=True).features[:, 0].mean(1)
+
+    before = alone(z0[:, -1] + sim.context_noise * torch.as_tensor(ctx_noise[:, -1], dtype=torch.float32),
+                   b.start_actions[:2, W - 2].numpy(), W - 1)
+    saved = None
+    for step in range(W + 2):
+        a = np.array([(3 * step + 1) % 17, (5 * step + 2) % 17])
+        noise, cn = rng.standard_normal((2, *shape)), rng.standard_normal((2, *shape))
+        if step == 2:
+            saved = (sim.row_state(1), a, noise, cn)
+        res = sim.step(a, noise, cn, decode=False)
+        now = alone(res.latents + sim.context_noise * torch.as_tensor(cn, dtype=torch.float32), a, sim.time)
+        assert res.head_input.shape == (2, 2 * D) and res.features.shape == (2, D)
+        torch.testing.assert_close(res.features, now, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(res.head_input, torch.cat([now, before], -1), rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            o = b.dit.heads_mlp(b.dit.head_norm(res.head_input))
+        np.testing.assert_allclose(res.reward, o[:, 0].numpy() * sim.reward_scale, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(res.terminated_prob, torch.sigmoid(o[:, 1]).numpy(), rtol=1e-4, atol=1e-5)
+        if step == 2:
+            expected = res.head_input[1].clone()
+        before = res.features
+    sim.load_rows([1], [saved[0]])  # back two steps: the frame before comes back with the row
+    again = sim.step(saved[1], saved[2], saved[3], decode=False)
+    torch.testing.assert_close(again.head_input[1], expected, rtol=1e-4, atol=1e-4)
+
+
 def test_fresh_window_every_step_reads_the_heads_in_the_rebuild(random_bundle):
     """fresh_window=1 leaves the commit pass out (the rebuild writes the new frame's keys again): each step's
     heads and head input are the model's over the window's W committed frames alone, read at the newest, as a

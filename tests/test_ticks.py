@@ -330,6 +330,8 @@ def test_ticks_job_gives_a_bundle_ticks_and_the_frame_shows_them(bundle, dataset
     assert not frame_diff.any()
     with pytest.raises(ValueError, match="already has a tick head"):
         run_job("ticks", [f"bundle={path}", f"data={dataset}", "steps=10"])
+    again = run_job("ticks", [f"bundle={path}", f"data={dataset}", "steps=10", "refit=true"])  # the head fit anew
+    assert again["loss"] != info["loss"] and Bundle(path).dit.config.ticks == 8
     bare = tmp_path / "bare"
     shutil.copytree(dataset, bare)
     m = load_manifest(bare)

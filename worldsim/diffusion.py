@@ -208,7 +208,7 @@ class EDM:
             err = err * self.token_weights(self.novel_tokens(z, change_threshold), novel_weight)
         per_frame = err.mean(dim=(2, 3, 4))
         diff = (per_frame * is_target).sum() / is_target.sum().clamp(min=1)
-        rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)
+        rew, term = self._head_losses(out, sigma, reward, terminated, has_transition, model)
         tick = self._tick_loss(model, out, sigma, actions, has_action, ticks, tick_since, tick_skip_last)
         return diff + rew + 0.1 * term + 0.1 * tick, {"diffusion": diff.item(), "reward": rew.item(),
                                                       "termination": term.item(),
@@ -241,10 +241,15 @@ class EDM:
         bce = F.binary_cross_entropy_with_logits(logits.float(), ticks[:, 1:].float(), reduction="none").mean(-1)
         return (bce * mask).sum() / mask.sum().clamp(min=1)
 
-    def _head_losses(self, out, sigma, reward, terminated, has_transition):
+    def _head_losses(self, out, sigma, reward, terminated, has_transition, model=None):
         """Reward (MSE, achievement steps up-weighted) and termination (BCE) losses of the heads.
-        Heads learn from near-clean frames: at inference they read the committed (context-noised) frame."""
+        Heads learn from near-clean frames: at inference they read the committed (context-noised) frame.
+        heads_input="pair" heads learn only where they read what the env gives them, two frames each attending
+        to itself alone: not the first frame (no frame before it) nor the last (it attends to the window)."""
         head_mask = has_transition & (sigma <= self.cfg.context_noise_max)
+        if getattr(getattr(model, "config", None), "heads_input", "window") == "pair":
+            head_mask = head_mask.clone()
+            head_mask[:, 0] = head_mask[:, -1] = False
         n = head_mask.sum().clamp(min=1)
         w_rew = 1 + (self.cfg.reward_pos_weight - 1) * (reward.abs() > 0.5).float()
         rew = (F.mse_loss(out.reward.float(), reward, reduction="none") * w_rew * head_mask).sum() / n
@@ -273,7 +278,7 @@ class EDM:
     @torch.no_grad()
     def step_cached(self, model, cache, t: int, a, prev, prev_ctx, noise, context_noise, level: float,
                     steps: int | None = None, guidance: float = 1.0, project=None, fill=None, clock=None,
-                    ticks=None, commit: bool = True):
+                    ticks=None, commit: bool = True, prev_features=None):
         """One frame of a cached rollout at time t: sample it with the Euler sampler, every pass attending to
         the cache's window, then commit it lightly noised (context_noise * level) in one more pass.
         commit=False leaves that pass out (the ModelOutput returned is None): for a caller that rebuilds the
@@ -282,7 +287,9 @@ class EDM:
         fill: for a warp model, a function of its warp input (B, C, h, w) that returns the input to use (the
         simulator's view memory: cells taken from views it holds); every pass, and a residual model's centre,
         then read that one. clock: int (B,) the new frame's game step (models with a clock). ticks: (B, K) the
-        ticks of this step, drawn by the caller (models with ticks): every pass reads them.
+        ticks of this step, drawn by the caller (models with ticks): every pass reads them. prev_features:
+        (B, dim) the previous frame's commit-pass features, averaged over its tokens (heads_input="pair" heads
+        read them beside the new frame's).
         Returns (new latent, committed latent, the residual centre or None, the commit pass's ModelOutput:
         the heads read the committed frame)."""
         B = prev.shape[0]
@@ -335,7 +342,7 @@ class EDM:
             return z, zc, centre, None
         inp, c_noise = self.model_input(zc, torch.full((B,), level, device=z.device))
         out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv, warped=wp, outputs="heads",
-                                   clock=clock, ticks=ticks)
+                                   clock=clock, ticks=ticks, prev_features=prev_features)
         return z, zc, centre, out
 
     @torch.no_grad()
@@ -464,7 +471,7 @@ class EDM:
         if novel_weight != 1:
             err = err * self.token_weights(self.novel_tokens(z[:, -2:], change_threshold)[:, -1], novel_weight)
         diff = err.mean()
-        rew, term = self._head_losses(out, sigma, reward, terminated, has_transition)
+        rew, term = self._head_losses(out, sigma, reward, terminated, has_transition, model)
         tick = self._tick_loss(model, out, sigma, actions, has_action, ticks, tick_since, tick_skip_last)
         return diff + rew + 0.1 * term + 0.1 * tick, {"distill": diff.item(), "reward": rew.item(),
                                                       "termination": term.item(),

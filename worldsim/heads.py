@@ -458,6 +458,13 @@ def heads_job(cfg):
     path, b, train = bundle_and_training_data(cfg.bundle, cfg.data, device)
     if range_only:
         return _write_rest_range(path, b, train, cfg.data)
+    mode = cfg.get("heads_input")
+    if mode is not None and mode != b.dit.config.heads_input:  # the heads read otherwise: refit them for it
+        if steps == 0:
+            raise ValueError(f"heads_input={mode} changes what the heads read, so they need a refit (steps > 0)")
+        b.dit = b.dit.with_heads_input(str(mode))
+        b.meta["world_model"]["heads_input"] = str(mode)
+        print(f"heads now read heads_input={mode}; 'before' below is their start, not the bundle's heads")
     add = bool(cfg.get("events", False)) and not b.dit.config.events
     events = add or bool(b.dit.config.events)
     if add:

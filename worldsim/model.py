@@ -313,6 +313,7 @@ class Rotary3D(nn.Module):
 
 
 CONTEXT_ATTENTION = ("window", "frame")
+HEADS_INPUT = ("window", "pair")
 
 
 def frame_causal_mask(T: int, N: int, window: int, device=None, alone: int = 0) -> torch.Tensor:
@@ -340,7 +341,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, cos, sin, mask=None, cache: "KVCache | None" = None, layer: int = 0, commit_slot=None,
-                return_kv: bool = False, alone: bool = False, newest: bool = False):
+                return_kv: bool = False, alone: bool | str = False, newest: bool = False):
         B, T, N, D = x.shape
         # "b t n (three h d) -> three b h (t n) d" by reshape and permute: einops' call costs more than the
         # op itself at batch 1
@@ -356,6 +357,11 @@ class Attention(nn.Module):
         kv = (k, v) if return_kv else None
         if cache is None:
             out = attention(q, k, v, mask)
+        elif alone == "only":  # heads_input="pair", a commit pass: the frame attends to its own tokens alone,
+            # and those keys are committed (no copy attending to the window: the heads read this one)
+            out = attention(q, k, v, None)
+            cache.write_scratch(layer, k, v)
+            cache.commit(layer, commit_slot)
         elif alone:  # context_attention="frame", a commit pass of the batch stacked twice (forward_cached): the
             # first copy attends to its own tokens alone and its keys are committed; the second, the one read,
             # attends to the window and itself as any new frame does, before the commit overwrites the oldest slot
@@ -443,6 +449,14 @@ class WorldDiT(ModelMixin, ConfigMixin):
     (docs/results.md, "The freeze: history in the cache"). "frame": a context frame attends to its own tokens
     only and only the frame being made (a sequence's last frame) attends to the window, so a context frame's
     keys depend on that frame alone and a cache holds no history at no cost (no rebuild, `fresh_window=0`).
+
+    heads_input "window" (default): the reward, termination, event and reward-class heads read the mean last-block
+    token of a frame attending to the window, which with context_attention="frame" takes a second copy of the
+    frame in each step's commit pass. "pair" (context_attention="frame" only): they read the mean tokens of the
+    frame and of the frame before it, each attending to itself alone, as their keys are committed: the commit pass
+    is one copy of the frame that attends to nothing else. Why: that copy was a third of the tokens a step runs
+    (docs/results.md, "Heads that read the frame pair"); the pair still shows what changed (an item counted up,
+    a cow gone), which is what a reward is paid for. `worldsim heads heads_input=pair` fits them.
     """
 
     @register_to_config
@@ -451,12 +465,17 @@ class WorldDiT(ModelMixin, ConfigMixin):
                  time_period: int = 4096, warp_action: str | None = None, warp_matrix: list | None = None,
                  warp_kind: str = "shift", warp_zoom: dict | None = None, clock_period: int | None = None,
                  events: int = 0, reward_values: list | None = None, ticks: int = 0,
-                 context_attention: str = "window"):
+                 context_attention: str = "window", heads_input: str = "window"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         if context_attention not in CONTEXT_ATTENTION:
             raise ValueError(f"context_attention must be one of {CONTEXT_ATTENTION}, got {context_attention!r}")
+        if heads_input not in HEADS_INPUT:
+            raise ValueError(f"heads_input must be one of {HEADS_INPUT}, got {heads_input!r}")
+        if heads_input == "pair" and context_attention != "frame":
+            raise ValueError("heads_input='pair' reads frames attending to themselves alone, which only "
+                             "context_attention='frame' computes")
         p, C = patch_size, latent_channels
         if warp_action is not None:
             sub = action_spec.get("keys", {}).get(warp_action, {}) if action_spec["type"] == "dict" else {}
@@ -495,13 +514,14 @@ class WorldDiT(ModelMixin, ConfigMixin):
         self.rope = Rotary3D(dim // heads, time_period)
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(dim, C * p * p)
-        self.head_norm = nn.LayerNorm(dim)
+        head_dim = dim * (2 if heads_input == "pair" else 1)  # pair: the frame's mean token, then its previous one's
+        self.head_norm = nn.LayerNorm(head_dim)
         # reward, termination, then one logit per event (events > 0: the game's achievements, fit by `worldsim
         # heads events=true`; the env pays each one's first time in an episode, as the game does), then one logit
         # per reward value (reward_values: the rest of the reward as classes, `worldsim heads reward_classes=true`;
         # the env draws one, as the game pays whole health points, where a regression pays averages)
         n_values = len(reward_values or [])
-        self.heads_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 2 + int(events) + n_values))
+        self.heads_mlp = nn.Sequential(nn.Linear(head_dim, dim), nn.SiLU(), nn.Linear(dim, 2 + int(events) + n_values))
         self._init_weights()
 
     def _init_weights(self):
@@ -628,6 +648,28 @@ class WorldDiT(ModelMixin, ConfigMixin):
         new.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith(("tick_embed.", "tick_head."))})
         return new.train(self.training)
 
+    def with_heads_input(self, mode: str) -> "WorldDiT":
+        """This model, same weights, with its heads reading `mode` ("window" or "pair", see the class docstring).
+        Going to "pair", the heads' first layer keeps its weights for the frame's half and starts blind to the
+        previous frame's (zero weights); the norm now spans both halves, so the heads are a start for `worldsim
+        heads` to refit, not the heads before."""
+        if mode == self.config.heads_input:
+            return self
+        new = self._reconfigured(heads_input=mode)
+        sd = self.state_dict()
+        D = self.config.dim
+        w, b = sd["heads_mlp.0.weight"], sd["heads_mlp.0.bias"]
+        nw, nb = sd["head_norm.weight"], sd["head_norm.bias"]
+        if mode == "pair":
+            sd["heads_mlp.0.weight"] = torch.cat([w, torch.zeros_like(w)], 1)
+            sd["head_norm.weight"], sd["head_norm.bias"] = torch.cat([nw, torch.ones_like(nw)]), torch.cat([nb, torch.zeros_like(nb)])
+        else:  # back to one frame: its half of the pair
+            sd["heads_mlp.0.weight"] = w[:, :D].clone()
+            sd["head_norm.weight"], sd["head_norm.bias"] = nw[:D].clone(), nb[:D].clone()
+        sd["heads_mlp.0.bias"] = b
+        new.load_state_dict(sd)
+        return new.train(self.training)
+
     def with_context_attention(self, mode: str) -> "WorldDiT":
         """This model, same weights, with context frames attending as `mode` says (see the class docstring): a
         fine-tune from a "window" model to "frame" starts from what the window model learnt."""
@@ -641,8 +683,17 @@ class WorldDiT(ModelMixin, ConfigMixin):
         cfg = {k: v for k, v in self.config.items() if not k.startswith("_")}
         return WorldDiT(**{**cfg, **changes}).to(self.device)
 
-    def _heads(self, x):
-        r = self.heads_mlp(self.head_norm(x.mean(dim=2)))
+    def head_input(self, pooled, prev_pooled=None):
+        """What the heads read, from pooled (B, T, dim) each frame's mean last-block token: that, or with
+        heads_input="pair" each frame's beside its previous frame's (prev_pooled (B, dim): the frame before the
+        first; None: the first frame's previous is unknown, zeros, and a training loss leaves it out)."""
+        if self.config.heads_input == "window":
+            return pooled
+        first = torch.zeros_like(pooled[:, :1]) if prev_pooled is None else prev_pooled[:, None].to(pooled.dtype)
+        return torch.cat([pooled, torch.cat([first, pooled[:, :-1]], 1)], -1)
+
+    def _heads(self, x, prev_pooled=None):
+        r = self.heads_mlp(self.head_norm(self.head_input(x.mean(dim=2), prev_pooled)))
         K = 2 + int(self.config.events)
         return (r[..., 0], r[..., 1], (r[..., 2:K] if self.config.events else None),
                 (r[..., K:] if self.config.reward_values else None))
@@ -675,7 +726,10 @@ class WorldDiT(ModelMixin, ConfigMixin):
         context frames attend to themselves alone and whose last frame otherwise attends to the window.
         newest: only the newest frame's outputs are wanted (a prefill whose caller reads its heads or features):
         the last block runs that frame's queries alone, and the output layer and heads read that frame alone, so
-        every field but kv has T = 1. The keys and values of every frame and layer are as without it.
+        every field but kv has T = 1. The keys and values of every frame and layer are as without it. With
+        heads_input="pair" the heads then need the frame before's last block, which is not run: they are None.
+        heads_input="pair" otherwise: the first frame's heads read zeros for the frame before it (a loss leaves
+        them out, `EDM._head_losses`).
         """
         B, T, C, h, w = x.shape
         self._check_size(h, w)
@@ -693,21 +747,26 @@ class WorldDiT(ModelMixin, ConfigMixin):
             kvs.append(kv)
         if newest:
             c = c[:, -1:]
-        reward, term, events, values = self._heads(tok)
+        if newest and self.config.heads_input == "pair":
+            reward = term = events = values = None
+        else:
+            reward, term, events, values = self._heads(tok)
         out = self._untokens(self.final(tok, c), h, w)
         return ModelOutput(out, reward, term, kvs if return_kv else None, tok, events, values)
 
     # ---- cached forward: one new frame per call -------------------------------------------------------
     def forward_cached(self, x, c_noise, actions, has_action, cache: "KVCache", time: int,
                        commit: bool = False, prev=None, warped=None, outputs: str = "all", clock=None,
-                       ticks=None) -> ModelOutput:
+                       ticks=None, prev_features=None) -> ModelOutput:
         """x: (B, C, h, w) one frame per batch element, attending to the cache's window and to itself.
 
         commit=True writes this frame's keys/values into the cache at `time` (after each layer has used
         the window it needs), so the next frame sees it as context; with context_attention="frame" the keys
         committed are the frame's attending to its own tokens alone, as context frames did in training, while
         what the pass returns (heads, features, output) is the frame's attending to the window, as for any
-        frame being made (one pass over the batch stacked twice). prev: (B, C, h, w) as in `forward`;
+        frame being made (one pass over the batch stacked twice); with heads_input="pair" it is the one copy,
+        attending to itself alone, and the heads read it beside prev_features (B, dim): the mean last-block token
+        of the frame before, as its commit pass (or a prefill's newest frame) gave it. prev: (B, C, h, w) as in `forward`;
         warped: (B, C, h, w) a warp model's input already made from prev (the simulator's view memory builds
         it from the views it holds), used instead of warping prev.
         clock: int (B,) the frame's step count since the game began (a model with clock_period).
@@ -730,18 +789,23 @@ class WorldDiT(ModelMixin, ConfigMixin):
         if commit and B != cache.k.shape[1]:
             raise ValueError(f"a commit pass takes one row per cache row ({cache.k.shape[1]}), got {B}")
         slot = cache.slot(time) if commit else None
+        pair = self.config.heads_input == "pair"
+        if pair and outputs == "heads" and prev_features is None:
+            raise ValueError("heads_input='pair' heads read the frame before this one too: pass prev_features")
         alone = commit and self.config.context_attention == "frame"
-        if alone:  # one copy writes the frame's keys computed alone, the other gives the outputs (Attention)
+        if alone and pair:  # the one copy, attending to itself alone: its keys are committed and its tokens read
+            alone = "only"
+        elif alone:  # one copy writes the frame's keys computed alone, the other gives the outputs (Attention)
             tok, c = torch.cat([tok, tok]), torch.cat([c, c])
         for i, blk in enumerate(self.blocks):
             tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot, alone=alone)
-        if alone:
+        if alone is True:
             tok, c = tok[B:], c[B:]
         if commit:
             cache.mark(time)
         reward = term = events = values = out = None
-        if outputs != "frame":
-            reward, term, events, values = (None if r is None else r[:, 0] for r in self._heads(tok))
+        if outputs != "frame" and not (pair and prev_features is None):
+            reward, term, events, values = (None if r is None else r[:, 0] for r in self._heads(tok, prev_features))
         if outputs != "heads":
             out = self._untokens(self.final(tok, c), h, w)[:, 0]
         return ModelOutput(out, reward, term, features=tok[:, 0], event_logits=events, reward_logits=values)

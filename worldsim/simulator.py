@@ -85,7 +85,9 @@ class StepResult:
     latents: torch.Tensor  # (B, C, h, w) sampled normalised latents
     reward: np.ndarray  # (B,) float32
     terminated_prob: np.ndarray  # (B,) float32
-    head_input: torch.Tensor | None = None  # (B, dim) what the heads read: the commit pass's mean last-block token
+    # (B, dim) what the heads read: the commit pass's mean last-block token; heads_input="pair": (B, 2 * dim),
+    # that beside the frame before's
+    head_input: torch.Tensor | None = None
     event_prob: np.ndarray | None = None  # (B, events) float32 each event's probability (bundles with events)
     # (B, V) float32 the probability of each of the world model's reward_values (bundles with reward classes);
     # `reward` is then their expectation (the env draws one)
@@ -94,6 +96,7 @@ class StepResult:
     tick_prob: np.ndarray | None = None  # (B, ticks) float32 their probabilities
     # (B, H, W, 3) uint8, with the env's light: the frames before it (what the model drew)
     canvas: np.ndarray | None = None
+    features: torch.Tensor | None = None  # (B, dim) the commit pass's mean last-block token (the tick head's input)
 
 
 class WorldSimulator:
@@ -158,6 +161,11 @@ class WorldSimulator:
         # frame's features and the steps since each tick type last happened (model.TickHead), before the frame
         # ticks=False (or the bundle's inference.ticks false): none drawn, the model reads none (zeros), and its
         # frames are those of the model without them; why a bundle may ship them off: docs/results.md, Ticks
+        # heads_input="pair": the heads read the frame before's commit features too, kept per row
+        self.pair_heads = getattr(self.dit.config, "heads_input", "window") == "pair"
+        if self.pair_heads:
+            self.ROW = self.ROW + ("head_prev",)
+            self.head_prev = torch.zeros(batch_size, self.dit.config.dim, device=self.device)
         self.model_ticks = int(self.dit.config.ticks)
         on = (bundle.meta.get("inference") or {}).get("ticks", True) if ticks is None else ticks
         if not isinstance(on, (bool, np.bool_)):
@@ -396,6 +404,8 @@ class WorldSimulator:
             ticks = torch.zeros(b, T, self.model_ticks, device=self.device)
         zc, out = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise),
                                    self.context_noise, clock=ctx_clock, ticks=ticks, return_out=True)
+        if self.pair_heads:  # the newest context frame, attending to itself alone as its commit pass would
+            self.head_prev[rows] = out.features[:, -1].float().mean(dim=1)
         if self.n_ticks:
             self.tick_feat[rows] = out.features[:, -1].float().mean(dim=1)
             # a context that begins with the game: no tick before it, so each clock started at its first frame;
@@ -565,7 +575,9 @@ class WorldSimulator:
                                                            self.steps, self.guidance,
                                                            project=project if projects else None, fill=fill,
                                                            clock=torch.as_tensor(self.clock + 1, device=self.device),
-                                                           ticks=ticks, commit=not rebuild_heads)
+                                                           ticks=ticks, commit=not rebuild_heads,
+                                                           prev_features=self.head_prev.to(self.prev.dtype)
+                                                           if self.pair_heads else None)
         self.prev, self.prev_ctx = z.float(), self.prev_ctx.float()  # fp32 between steps, whatever amp computed in
         self.time = t
         self.clock += 1
@@ -573,8 +585,13 @@ class WorldSimulator:
             rebuilt = self._refresh(a, ticks, heads=rebuild_heads)
             if rebuild_heads:
                 out = rebuilt
+        pooled = out.features.float().mean(dim=1)
+        head_input = pooled
+        if self.pair_heads:
+            head_input = torch.cat([pooled, self.head_prev], -1)
+            self.head_prev = pooled
         if self.n_ticks:
-            self.tick_feat = out.features.float().mean(dim=1)
+            self.tick_feat = pooled
             self.tick_since = torch.where(ticks > 0, 1, self.tick_since + 1)
         frames = shown.get("frames")  # reencode decoded it already
         if frames is None and decode:
@@ -590,11 +607,11 @@ class WorldSimulator:
             reward = (reward_prob.astype(np.float64) @ np.asarray(self.dit.config.reward_values, np.float64)).astype(np.float32)
         return StepResult(None if frames is None else _host(frames), z, reward,
                           torch.sigmoid(out.term_logit).float().cpu().numpy(),
-                          out.features.mean(1).float(),
+                          head_input,
                           None if out.event_logits is None else torch.sigmoid(out.event_logits).float().cpu().numpy(),
                           reward_prob, None if not self.n_ticks else ticks.cpu().numpy() > 0,
                           None if tick_prob is None else tick_prob.cpu().numpy(),
-                          None if canvas is None else _host(canvas))
+                          None if canvas is None else _host(canvas), pooled)
 
     def _refresh(self, a, ticks, heads: bool = False):
         """fresh_window: the newest committed frame joins each row's window (its action and ticks with it), and the

@@ -177,7 +177,7 @@ def tick_examples(bundle, episodes: list, batch: int = 64, seed: int = 0, cap: i
     ticks = {e: episode_ticks(episodes[e]) for e in {e for e, _ in items}}
     since = {e: ticks_since(t) for e, t in ticks.items()}
     sim = WorldSimulator(bundle, min(batch, len(items)))
-    feats = [res.head_input[:k].float().cpu()
+    feats = [res.features[:k].float().cpu()
              for res, k in step_transitions(sim, episodes, items, np.random.default_rng(seed))]
     acts = stack_actions([index_actions(episodes[e]["actions"], s + W) for e, s in items])
     return (torch.cat(feats), torch.as_tensor(acts), torch.from_numpy(np.stack([ticks[e][s + W] for e, s in items])),
@@ -275,8 +275,14 @@ def ticks_job(cfg):
     if not (head or show):
         raise ValueError("ticks: head=false and display=false leave nothing to fit")
     if head and have[1]:
-        raise ValueError(f"{path} already has a tick head ({have[1]} types, trained with its world model): "
-                         f"head=false fits only the display")
+        if not cfg.get("refit", False):
+            raise ValueError(f"{path} already has a tick head ({have[1]} types): head=false fits only the display, "
+                             f"refit=true fits the head again (a head this job fit: its world model never learnt "
+                             f"to show ticks)")
+        if b.dit.tick_embed.weight.abs().max() > 0:
+            raise ValueError(f"{path}'s world model was trained to show its ticks (dit.ticks=true): its tick head "
+                             f"is refit with it, by `worldsim train`, not by refit=true")
+        b.dit = b.dit.without_ticks()  # what the job fits on: the world model as it computes with no tick
     if not head and (not have[1] or have[0] != counters):
         raise ValueError(f"head=false: {path} needs a tick head for the counters {counters}, and has "
                          f"{have[1]} tick types for {have[0]}")

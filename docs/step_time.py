@@ -1,10 +1,13 @@
 """Milliseconds per step of the shipped env through the Gymnasium API, at batch 1 and 16 (best of 3 runs).
 
     python docs/step_time.py [crafter|minetest]
+    python docs/step_time.py crafter BUNDLE_A BUNDLE_B [RUNS]
 
 For comparing two versions of the code in alternation on this VM, whose speed drifts by a third between
 hours: run it on one commit, then the other, several times over (`git checkout COMMIT -- kernels worldsim`).
-`worldsim bench` gives the figures the README's table quotes; this is the quick A/B for a code change.
+With two bundles it steps them in turn, RUNS times (default 2; random actions, best of 3 timings of 60 steps at
+batch 1 and 10 at batch 16), so the drift falls on both alike: the quick A/B for two bundles of one world model.
+`worldsim bench` gives the figures the README's table quotes.
 """
 import sys
 import time
@@ -13,20 +16,32 @@ import gymnasium as gym
 
 import worldsim  # noqa: F401  (registers the envs)
 
-name = (sys.argv[1] if len(sys.argv) > 1 else "crafter").capitalize()
-res = []
-for B in (1, 16):
-    env = gym.make_vec(f"worldsim/{name}-v0", num_envs=B) if B > 1 else gym.make(f"worldsim/{name}-v0")
+
+def ms_per_step(name, B, n, warm, bundle=None):
+    kw = {} if bundle is None else {"bundle": bundle}
+    env = (gym.make_vec(f"worldsim/{name}-v0", num_envs=B, **kw) if B > 1
+           else gym.make(f"worldsim/{name}-v0", **kw))
     env.reset(seed=0)
     env.action_space.seed(0)
-    for _ in range(10):
+    for _ in range(warm):
         env.step(env.action_space.sample())
-    best, n = float("inf"), 60 if B == 1 else 15
+    best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
         for _ in range(n):
             env.step(env.action_space.sample())
         best = min(best, (time.perf_counter() - t) / n)
     env.close()
-    res.append(f"batch {B}: {best * 1e3:.2f} ms/step")
-print(name, *res, sep="  ")
+    return best * 1e3
+
+
+name = (sys.argv[1] if len(sys.argv) > 1 else "crafter").capitalize()
+if len(sys.argv) > 3:
+    a, b = sys.argv[2], sys.argv[3]
+    for _ in range(int(sys.argv[4]) if len(sys.argv) > 4 else 2):
+        for B, n in ((1, 60), (16, 10)):
+            print(f"batch {B}: {a} {ms_per_step(name, B, n, 5, a):.2f} ms, {b} {ms_per_step(name, B, n, 5, b):.2f} ms",
+                  flush=True)
+else:
+    res = [f"batch {B}: {ms_per_step(name, B, 60 if B == 1 else 15, 10):.2f} ms/step" for B in (1, 16)]
+    print(name, *res, sep="  ")

@@ -327,7 +327,7 @@ def test_frame_context_attention_keeps_history_out_of_the_cache():
             # a commit pass reads the window too (its heads), while the keys it commits are the frame's alone
             o = m.forward_cached(x[:, T - 1], c[:, T - 1], a[:, T - 1], has[:, T - 1], cache, T - 1, commit=True)
             torch.testing.assert_close(o.out, full.out[:, -1], rtol=0, atol=1e-5)
-            torch.testing.assert_close(o.reward, full.reward[:, -1], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(o.reward, full.reward[:, -1], rtol=0, atol=1e-5)
             nxt = m.forward_cached(x[:, 0], c[:, 0], a[:, 0], has[:, 0], cache, T).out
             xs = torch.cat([x[:, T - W:T], x[:, :1]], 1)
             cs, as_, hs = (torch.cat([v[:, T - W:T], v[:, :1]], 1) for v in (c, a, has))

@@ -251,6 +251,25 @@ def test_shipped_default_model_needs_no_arguments():
         gym.make("worldsim/Crafter-v0", frame_size=(96, 96))
 
 
+def test_shipped_bundles_are_named_as_every_job_names_them(tmp_path, monkeypatch):
+    # bundle="crafter" is the shipped bundle in the env (and so in eval, bench and play) as in the fit jobs; a
+    # bundle of one's own in a directory of that name comes first; a name that is neither is refused by name
+    from worldsim import DEFAULT_CRAFTER_BUNDLE
+    from worldsim.simulator import load_bundle
+
+    env = gym.make("worldsim/Crafter-v0", bundle="crafter")
+    assert env.unwrapped.bundle is load_bundle(DEFAULT_CRAFTER_BUNDLE)
+    env.close()
+    own = tmp_path / "crafter"
+    own.mkdir()
+    for f in DEFAULT_CRAFTER_BUNDLE.iterdir():
+        (own / f.name).symlink_to(f)
+    monkeypatch.chdir(tmp_path)
+    assert load_bundle("crafter").path.resolve() == own.resolve()
+    with pytest.raises(FileNotFoundError, match="no_such_bundle is not a worldsim bundle"):
+        load_bundle("no_such_bundle")
+
+
 def test_shipped_crafter_map_memory_shows_the_ground_it_left():
     """Walking 8 tiles left and back on the shipped Crafter model (three seeded starts): with its map memory
     (the bundle's default) every cell brought back into view from memory (ground that scrolls back, and the ground

@@ -125,6 +125,25 @@ def test_a_pass_for_the_newest_frame_alone_gives_its_outputs_and_every_frame_s_k
     assert (full.reward[:, -1] - full.reward[:, 0]).abs().max() > 1e-4  # the frames' heads differ: a real check
 
 
+def test_cache_mask_is_left_out_only_where_every_window_is_full():
+    # a full window attends without a mask (faster, same result); a row with empty slots must still mask them
+    dit = tiny(window=2)
+    cache = dit.new_cache(2, 16)
+    assert cache.attn_mask() is not None and not cache.attn_mask()[:, 0, 0, :16].any()
+    for t in range(2):
+        cache.mark(t)
+    assert cache.attn_mask() is None and cache.attn_mask(4) is None
+    cache.clear([1])
+    m = cache.attn_mask()
+    assert m[0].all() and not m[1, 0, 0, :32].any() and m[1, 0, 0, 32:].all()
+    assert cache.attn_mask(4).shape[0] == 4  # stacked copies of the batch each keep their row's mask
+    q = torch.randn(2, 2, 16, 16)
+    k, v = torch.randn(2, 2, 48, 16), torch.randn(2, 2, 48, 16)
+    full = torch.ones(2, 1, 1, 48, dtype=torch.bool)
+    torch.testing.assert_close(torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                               torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=full))
+
+
 def test_frame_size_is_not_baked_in():
     m = tiny()
     for h, w in [(8, 8), (6, 10), (12, 8)]:

@@ -186,9 +186,12 @@ __all__ = ["Bundle", "bundle_files", "bundle_path", "load_optimizer", "optimizer
 
 
 def bundle_path(name) -> Path:
-    """A shipped bundle's name (`crafter`, `minetest`) or a path, as a path."""
+    """A shipped bundle's name (`crafter`, `minetest`) or a path, as a path (a bundle at that path first: a
+    directory of one's own named `crafter` is not the shipped one)."""
     from worldsim import ASSETS
 
+    if (Path(name) / "bundle.json").exists():
+        return Path(name)
     return ASSETS / name if (ASSETS / str(name) / "bundle.json").exists() else Path(name)
 
 

@@ -877,8 +877,13 @@ class KVCache:
         self._mask = None
 
     def attn_mask(self, rows: int | None = None):
-        if self._mask is None:  # (B, 1, 1, (window+1)*N), rebuilt only when validity changes
-            self._mask = self.valid.repeat_interleave(self.N, dim=1)[:, None, None, :]
+        """(B, 1, 1, (window+1)*N) boolean, or None where every row's window is full (most steps of a rollout):
+        attention without a mask gives the same result and at batch 1 took a third less time (this EPYC, 81
+        queries over 405 keys: 312 against 468 us)."""
+        if self._mask is None:  # rebuilt only when validity changes
+            self._mask = False if bool(self.valid.all()) else self.valid.repeat_interleave(self.N, dim=1)[:, None, None, :]
+        if self._mask is False:
+            return None
         if rows is not None and rows != self._mask.shape[0]:  # stacked copies of the batch (write_scratch)
             return self._mask.repeat(rows // self._mask.shape[0], 1, 1, 1)
         return self._mask

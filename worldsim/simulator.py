@@ -28,11 +28,14 @@ from worldsim.model import ModelOutput, actions_to_tensor, camera_rotation, proj
 
 def load_bundle(path: str, device: str = "cpu") -> Bundle:
     """Bundles are read-only at inference, so every env in a process shares one copy; a bundle rewritten on disk
-    (`worldsim codebook` adds to one in place) is a new key, keyed by its files' names, sizes and times."""
-    p = Path(path)
+    (`worldsim codebook` adds to one in place) is a new key, keyed by its files' names, sizes and times.
+    path: a bundle directory, or a shipped bundle's name (`crafter`, `minetest`), as every job takes it."""
+    from worldsim.checkpoint import bundle_path
+
+    p = bundle_path(path)
     stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir()) if f.is_file()) \
         if p.is_dir() else ()
-    return _load_bundle(str(path), str(device), stamp)
+    return _load_bundle(str(p), str(device), stamp)
 
 
 @functools.lru_cache(maxsize=4)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from worldsim.autoencoder import latent_shape, tile_layout
-from worldsim.checkpoint import Bundle
+from worldsim.checkpoint import Bundle, bundle_path
 from worldsim.codebook import CERTAIN, draw_terrain, entry_index, keep_off_map, sample_snap, seed_snap, snap
 from worldsim.diffusion import frame_context, warps
 from worldsim.model import ModelOutput, actions_to_tensor, camera_rotation, project_view, view_grid
@@ -30,8 +30,6 @@ def load_bundle(path: str, device: str = "cpu") -> Bundle:
     """Bundles are read-only at inference, so every env in a process shares one copy; a bundle rewritten on disk
     (`worldsim codebook` adds to one in place) is a new key, keyed by its files' names, sizes and times.
     path: a bundle directory, or a shipped bundle's name (`crafter`, `minetest`), as every job takes it."""
-    from worldsim.checkpoint import bundle_path
-
     p = bundle_path(path)
     stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir()) if f.is_file()) \
         if p.is_dir() else ()

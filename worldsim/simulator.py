@@ -405,10 +405,11 @@ class WorldSimulator:
             ticks = torch.zeros(b, T, self.model_ticks, device=self.device)
         zc, out = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise),
                                    self.context_noise, clock=ctx_clock, ticks=ticks, return_out=True)
-        if self.pair_heads:  # the newest context frame, attending to itself alone as its commit pass would
-            self.head_prev[rows] = out.features[:, -1].float().mean(dim=1)
+        newest = out.features[:, -1].float().mean(dim=1)  # the newest context frame's mean last-block token
+        if self.pair_heads:  # attending to itself alone, as its commit pass would
+            self.head_prev[rows] = newest
         if self.n_ticks:
-            self.tick_feat[rows] = out.features[:, -1].float().mean(dim=1)
+            self.tick_feat[rows] = newest
             # a context that begins with the game: no tick before it, so each clock started at its first frame;
             # any other context: the clocks' phases are unknown, read as "long ago" (TickHead, the tick job's fit)
             since = np.where(clock == T - 1, clock + 1, self.dit.tick_head.horizon)

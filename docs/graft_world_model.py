@@ -46,6 +46,8 @@ if keep_heads:
 else:
     shutil.copy(run / "world_model.safetensors", out / "world_model.safetensors")
 meta["world_model"] = new["world_model"]
+if "sleep" in new["env"]:  # trained on canvases that leave a sleeper's grey to the env, which must draw it
+    meta["env"]["sleep"] = new["env"]["sleep"]
 if new["world_model"].get("ticks"):  # the env names the ticks after the counters the run's data recorded
     meta["env"]["counters"] = new["env"]["counters"]
 else:  # BASE's tick display (worldsim ticks) goes with its tick head; `worldsim ticks` fits both on OUT again

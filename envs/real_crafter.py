@@ -3,6 +3,8 @@ ground truth that `worldsim play --compare` and `worldsim eval` hold the model a
 """
 from __future__ import annotations
 
+import functools
+
 import crafter
 import gymnasium as gym
 import numpy as np
@@ -25,8 +27,8 @@ MOVES = {1: (0, -1), 2: (0, 1), 3: (-1, 0), 4: (1, 0)}  # move_left, _right, _up
 # keep their variety at any hour, and the env lights them by its own clock, nights of the game's length ending
 # in the game's dawn (docs/results.md, "The game's light, drawn by the env"). Reimplemented in torch (batched,
 # on the model's device); tests/test_light.py holds it to crafter's own _light, and `unlight` is its inverse for
-# context frames. A sleeping player's view, which Crafter greys after the light, stays in the canvas, so over
-# a sleeping view the env's light is not exactly the game's.
+# context frames. A sleeping player's view, which Crafter greys after the light, stays in the canvas unless
+# asked (grey_sleep=False, below).
 DAY = 300  # steps in Crafter's day (crafter.Env._update_time)
 NIGHT_TINT = (0.0, 16.0, 64.0)  # LocalView._light's tint colour; blended at 0.5, after desaturating to 0.4
 NOISE_RANGE = (32.0, 127.0)  # LocalView._noise's uniform
@@ -109,6 +111,59 @@ def unlight(frames: torch.Tensor, steps) -> torch.Tensor:
     return out
 
 
+# A sleeper's view. Crafter greys the map view of a sleeping player after the light (LocalView._sleep: colour
+# enhanced to 0, i.e. PIL's luma, then tinted towards SLEEP_TINT at 0.5) and draws the player's sleeping sprite.
+# Like the light it is a fixed function of the canvas, so canvases can be drawn without it (grey_sleep=False:
+# the sprite shows the sleep) and the learned env draws it where the frame its model made shows that sprite
+# (`sleeping`; a bundle's env.sleep). Why: the shipped model, made to grey the whole view on a `sleep` press,
+# greys part of it and keeps drawing an awake player, so its tick head never reads a sleep and the player never
+# wakes (docs/results.md, "Sleep with ticks on"); a model on such canvases changes one tile instead.
+SLEEP_TINT = (0.0, 0.0, 16.0)
+PLAYER_SPRITES = ("player-sleep", "player-left", "player-right", "player-up", "player-down")
+
+
+def _unchanged(canvas):
+    return canvas
+
+
+def sleep_view(frames: torch.Tensor, sleeping) -> torch.Tensor:
+    """Frames (B, H, W, 3) uint8 as the game shows them (lit), with the map view of the rows `sleeping` (B,) bool
+    greyed as Crafter greys a sleeper's (LocalView._sleep, exact: tests/test_light.py)."""
+    rows = torch.nonzero(torch.as_tensor(sleeping, device=frames.device)).flatten()
+    out = frames.clone()
+    if not len(rows):
+        return out
+    vr, vc = view_box(frames.shape[1:])
+    g = _grey(frames[rows][:, vr, vc])
+    tint = torch.tensor(SLEEP_TINT, dtype=torch.float64, device=frames.device)
+    out[rows, vr, vc] = (0.5 * g + 0.5 * tint).floor().to(torch.uint8)  # the game's uint8 canvas truncates
+    return out
+
+
+@functools.lru_cache(4)
+def _player_sprites(unit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The player's sprites at `unit` px, (5, unit, unit, 3) float RGB in frame (row, column) order, and where
+    each is opaque (5, unit, unit) bool: crafter's own textures, as its renderer resizes them."""
+    tex = crafter.engine.Textures(crafter.constants.root / "assets")
+    t = np.stack([tex.get(n, (unit, unit)).transpose(1, 0, 2) for n in PLAYER_SPRITES]).astype(np.float64)
+    return t[..., :3], t[..., 3] == 255
+
+
+def sleeping(frames: torch.Tensor) -> torch.Tensor:
+    """Frames (B, H, W, 3) uint8 drawn as canvases -> bool (B,): the player's cell shows the sleeping sprite, the
+    nearest of the player's five sprites over its opaque pixels (a decoded tile is a few grey levels off; the
+    sprites differ by tens)."""
+    H, W = frames.shape[1:3]
+    unit = H // 9
+    vr, vc = view_box(frames.shape[1:])
+    y, x = vr.start + PLAYER[0] * unit, vc.start + PLAYER[1] * unit
+    rgb, opaque = _player_sprites(unit)
+    tile = frames[:, y:y + unit, x:x + unit].double()
+    rgb, opaque = torch.as_tensor(rgb, device=frames.device), torch.as_tensor(opaque, device=frames.device)
+    d = ((tile[:, None] - rgb[None]).abs().mean(-1) * opaque).sum((2, 3)) / opaque.sum((1, 2))
+    return d.argmin(1) == 0
+
+
 def view_geometry() -> dict:
     """env.reveal (each move's newly revealed cells: the map's edge on its side) and env.map (the map region,
     the moves, the player's fixed cell), in grid cells, as bundle.json holds them."""
@@ -153,19 +208,22 @@ class RealCrafterEnv(gym.Env):
     game itself, its clock and its zombies, run as ever); ``canvas=True`` keeps the lit frames and adds the
     canvas as ``info["canvas"]`` (collect stores it per frame). A learned world with the env's light (bundle.json
     ``env.light``) is trained and fitted on canvases and lit by the env's clock (`light` above).
+    ``grey_sleep=False`` leaves a sleeper's grey view out of those canvases too: the sleeping sprite shows the
+    sleep, and a learned world whose model read such canvases (``env.sleep``) greys the view itself
+    (`sleep_view`, where `sleeping` reads the sprite).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, render_mode: str | None = None, size: int = 64, length: int = 10000, light: bool = True,
-                 canvas: bool = False):
+                 canvas: bool = False, grey_sleep: bool = True):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        for name, v in (("light", light), ("canvas", canvas)):
+        for name, v in (("light", light), ("canvas", canvas), ("grey_sleep", grey_sleep)):
             if not isinstance(v, (bool, np.bool_)):
                 raise ValueError(f"{name} must be true or false, got {v!r}")
         self.render_mode, self.size, self.length = render_mode, size, length
-        self.light, self.canvas = bool(light), bool(canvas)
+        self.light, self.canvas, self.grey_sleep = bool(light), bool(canvas), bool(grey_sleep)
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
         self.action_space = gym.spaces.Discrete(len(ACTION_MEANINGS))
         self.game: crafter.Env | None = None
@@ -187,14 +245,18 @@ class RealCrafterEnv(gym.Env):
         return self._view(info), info
 
     def _draw_canvas(self) -> np.ndarray:
-        """The frame as the game would draw it in full daylight. Daylight 1 draws no night noise, so the game's
-        random stream is the same as without this render."""
-        world = self.game._world
+        """The frame as the game would draw it in full daylight; with grey_sleep=False also with a sleeper's view
+        not greyed (the sleeping sprite shows the sleep; `sleep_view` draws the grey). Daylight 1 draws no night
+        noise, so the game's random stream is the same as without this render."""
+        world, view = self.game._world, self.game._local_view
         hour, world.daylight = world.daylight, 1.0
+        if not self.grey_sleep:
+            view._sleep = _unchanged  # an instance attribute over LocalView._sleep, removed after the render
         try:
             return self.game.render()
         finally:
             world.daylight = hour
+            view.__dict__.pop("_sleep", None)
 
     def _view(self, info: dict) -> np.ndarray:
         if self.canvas or not self.light:

@@ -260,13 +260,16 @@ class WorldEnv(gym.Env):
     have them around such a view, instead of the model's likeliest tile (grass, into which an explorer's world
     froze); ``terrain_floor=F`` draws only where the view's commonest tile group covers a share F. Defaults: the
     bundle's (``decode.new_ground``, ``decode.terrain_floor``); ``"nearest"`` turns it off.
-    ``light`` (bundles whose model draws the world without the game's light, ``env.light``, made with
-    ``docs/light_bundle.py``; the shipped Crafter model is not one): the frames are lit by each world's game clock
+    ``light`` (bundles whose model draws the world without the game's light, ``env.light``, as the shipped
+    Crafter model does): the frames are lit by each world's game clock
     as Crafter lights them, its 300-step day and night, the night's noise drawn from each step's sampling noise
     (so from ``np_random``; ``light_noise="mean"`` shows its mean); ``info["canvas"]`` holds the frame before
-    the light. Context frames given lit are drawn back without it
-    (``envs/real_crafter.py: unlight``; by day to a grey level or two, at night what the noise covered is lost),
-    so ``options={"clock": n}`` matters for them. ``light=False`` shows the model's frames as drawn, and context
+    the light. A bundle with ``env.sleep`` also leaves a sleeper's grey view to the env: its model draws the
+    sleeping sprite in colour, and where it does the env greys the view as Crafter does. Context frames given lit
+    are drawn back without the light (``envs/real_crafter.py: unlight``; by day to a grey level or two, at night
+    what the noise covered is lost), so ``options={"clock": n}`` matters for them; a sleeper's grey view cannot be
+    drawn back, so give a sleeper's context as canvases (``light=False``, and frames from
+    ``RealCrafterEnv(light=False, grey_sleep=False)``). ``light=False`` shows the model's frames as drawn, and context
     frames given in the reset options are taken as such (what that env shows). Default:
     the bundle's (``inference.light``).
     ``fresh_window=k``: every k-th step the model's KV cache is rebuilt from its window of frames alone, as a reset

@@ -121,6 +121,16 @@ def test_collect_without_the_light_and_with_canvases(tmp_path):
     with pytest.raises(ValueError, match="has none"):
         run_job("collect", ["env=gym:CartPole-v1", f"out={tmp_path / 'cp'}", "light=false",
                             *args[:3]])
+    # grey_sleep=false: canvases that leave a sleeper's grey to the env (env.sleep); a collection of the other
+    # kind is not added to, and lit frames have no canvas to leave it out of
+    for d in ("lit", "canvas"):
+        assert "sleep" not in json.loads((tmp_path / d / "manifest.json").read_text())["env"]
+    run_job("collect", [f"out={tmp_path / 'sleepless'}", "light=false", "grey_sleep=false", *args])
+    assert json.loads((tmp_path / "sleepless" / "manifest.json").read_text())["env"]["sleep"] == "crafter"
+    with pytest.raises(ValueError, match="sleeper's grey view"):
+        run_job("collect", [f"out={tmp_path / 'canvas'}", "light=false", "grey_sleep=false", *args])
+    with pytest.raises(ValueError, match="needs light=false or canvas=true"):
+        run_job("collect", [f"out={tmp_path / 'lit2'}", "grey_sleep=false", *args])
 
 
 def test_scripted_explorer_covers_more_than_random(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldsim.envs.real_crafter import RealCrafterEnv, daylight, light, unlight, view_box
+from worldsim.envs.real_crafter import RealCrafterEnv, daylight, light, sleep_view, sleeping, unlight, view_box
 
 
 def _walk(clock: int, steps: int, seed: int = 3):
@@ -52,6 +52,22 @@ def test_light_by_day_is_the_games_frame_exactly():
     assert (canvases[day] != frames[day]).any()  # the light is not nothing
 
 
+def test_a_sleepers_view_is_the_games_and_the_sprite_tells_the_sleep():
+    """A real sleep spell by day: the canvas keeps the world's colours and shows the sleeping sprite; lighting it
+    and greying it where `sleeping` reads that sprite gives the game's frame bit for bit, before, during and
+    after the sleep, and `sleeping` is the game's own flag on every step."""
+    frames, canvases, _, flags, greyed = _real_sleep()
+    at = np.arange(len(frames))
+    assert flags[5:30].all() and not flags[:4].any() and not flags[-1]  # asleep, then woken on a full count
+    c = torch.as_tensor(canvases)
+    np.testing.assert_array_equal(sleeping(c).numpy(), flags)
+    np.testing.assert_array_equal(sleep_view(light(c, at), flags).numpy(), frames)
+    np.testing.assert_array_equal(sleep_view(c, flags).numpy()[1:], greyed[1:])  # the default canvas (frame 0: drawn before the energy was set)
+    rows, cols = view_box(c.shape[1:])
+    colour = lambda x: (x[..., rows, cols, :].amax(-1) - x[..., rows, cols, :].amin(-1)).float().mean()
+    assert colour(c[flags]) > 4 * colour(torch.as_tensor(frames)[flags])  # the grey is not in the canvas
+
+
 def test_light_at_night_with_the_games_noise():
     """At night the game adds uniform noise drawn from its world's random state: lighting the canvas with the
     same draws gives what LocalView._light gives, and with the noise's mean it is close to the game's frame."""
@@ -80,9 +96,10 @@ def test_unlight_inverts_light():
     np.testing.assert_array_equal(back[:, 49:], canvases[day][:, 49:])  # the inventory is never lit
 
 
-def _lit_bundle(tmp_path, light="crafter"):
+def _lit_bundle(tmp_path, light="crafter", sleep="keep"):
     """A copy of the shipped Crafter bundle marked as drawing canvases (env.light), for the simulator's light
-    (the shipped one is, since 2026-12-06); light=None: marked as drawing the light itself, as bundles before."""
+    (the shipped one is, since 2026-12-06); light=None: marked as drawing the light itself, as bundles before.
+    sleep: env.sleep set to it ("crafter": canvases leave a sleeper's grey to the env; None: they show it)."""
     import json
     import shutil
 
@@ -96,6 +113,9 @@ def _lit_bundle(tmp_path, light="crafter"):
         meta.get("inference", {}).pop("light", None)
     else:
         meta["env"]["light"] = light
+    if sleep != "keep":
+        meta["env"].pop("sleep", None)
+        meta["env"].update({"sleep": sleep} if sleep else {})
     (path / "bundle.json").write_text(json.dumps(meta))
     return path
 
@@ -129,6 +149,73 @@ def test_simulator_lights_canvases_by_each_rows_clock(tmp_path):
     # without canvases the context is worked out from the lit frames: by day it is nearly the same
     sim.reset([0, 1], lit_ctx, np.repeat(np.array([[1] * (T - 1)]), 2, 0), noise, clocks)
     assert np.abs(sim.shown[0].numpy().astype(int) - ctx[0, -1]).mean() < 1
+
+
+def _real_sleep(seed: int = 5, press: int = 3, steps: int = 60):
+    """A real sleep spell by day with canvases that leave a sleeper's grey out (grey_sleep=False): (frames,
+    canvases, actions, the game's sleeping flags, the canvases as drawn by default, a sleeper greyed)."""
+    env = RealCrafterEnv(canvas=True, grey_sleep=False)
+    obs, info = env.reset(seed=seed)
+    env.game._player.inventory["energy"] = 6  # tired: a sleep press puts the player to sleep until it is full
+    frames, canvases, actions, flags, greyed = [obs], [info["canvas"]], [], [False], [_grey_canvas(env)]
+    for t in range(steps):
+        actions.append(6 if t == press else 0)
+        obs, _, term, trunc, info = env.step(actions[-1])
+        frames.append(obs), canvases.append(info["canvas"]), flags.append(env.game._player.sleeping)
+        greyed.append(_grey_canvas(env))
+        assert not (term or trunc)
+    return np.stack(frames), np.stack(canvases), np.array(actions), np.array(flags), np.stack(greyed)
+
+
+def _grey_canvas(env):
+    """The canvas of `env`'s game now as RealCrafterEnv draws it by default (grey_sleep=True)."""
+    env.grey_sleep = True
+    try:
+        return env._draw_canvas()
+    finally:
+        env.grey_sleep = False
+
+
+def test_fit_jobs_refuse_canvases_drawn_otherwise_than_the_bundles_model_read(tmp_path):
+    """A model trained on canvases that show a sleeper's grey (bundles before env.sleep) is not fit on canvases
+    that leave it to the env, nor the other way round: its heads would read sleeps it never saw."""
+    import json
+
+    from worldsim.checkpoint import bundle_and_training_data
+    from worldsim.cli import run_job
+
+    run_job("collect", [f"out={tmp_path / 'canvas'}", "light=false", "grey_sleep=false", "episodes=1", "workers=1",
+                        "max_steps=6", "test_every=0"])
+    for sleep in ("crafter", None):
+        path = _lit_bundle(tmp_path / str(sleep), sleep=sleep)
+        if sleep:
+            assert len(bundle_and_training_data(str(path), str(tmp_path / "canvas"))[2]) == 1
+        else:
+            with pytest.raises(ValueError, match="sleeper's grey view"):
+                bundle_and_training_data(str(path), str(tmp_path / "canvas"))
+
+
+def test_the_env_draws_a_sleepers_view_as_the_game_does(tmp_path):
+    """A bundle whose canvases leave a sleeper's grey to the env (env.sleep): the frames it returns for real
+    canvases, a sleep spell among them, are the game's frames bit for bit (by day); a bundle without env.sleep
+    shows the canvases' sleeper lit but not greyed; env.sleep needs a model on canvases (env.light)."""
+    from worldsim.checkpoint import Bundle
+    from worldsim.simulator import WorldSimulator
+
+    frames, canvases, _, flags, _ = _real_sleep()
+    c = torch.as_tensor(canvases)
+    for sleep in ("crafter", None):
+        sim = WorldSimulator(Bundle(_lit_bundle(tmp_path / str(sleep), sleep=sleep)), len(c), quantize="none")
+        assert sim.sleep_view == bool(sleep)
+        sim.clock = np.arange(len(c))
+        shown = sim._light(c, np.zeros((len(c), 1))).numpy()
+        if sleep:
+            np.testing.assert_array_equal(shown, frames)
+        else:
+            np.testing.assert_array_equal(shown[~flags], frames[~flags])
+            assert (shown[flags] != frames[flags]).any(-1).mean() > 0.5
+    with pytest.raises(ValueError, match="env.sleep must be"):
+        WorldSimulator(Bundle(_lit_bundle(tmp_path / "drawn", light=None, sleep="crafter")), 1)
 
 
 def test_light_noise_is_drawn_reproducibly_and_light_false_shows_canvases(tmp_path):

@@ -1004,6 +1004,27 @@ def test_kmeans_codebook_finds_the_tiles_and_snap_returns_them():
         fit_codebook(tokens[:5], 6)
 
 
+def test_extend_codebook_adds_entries_for_new_tiles_only_and_keeps_the_old_ones():
+    """A codebook of 5 tiles and data that also shows 2 tiles it lacks: extend adds entries on the 2 new tiles,
+    keeps the old entries and their order, and gives each new entry its nearest old entry's group; data with no
+    new tile adds nothing."""
+    from worldsim.codebook import extend_codebook
+
+    g = torch.Generator().manual_seed(0)
+    tiles = torch.randn(7, 4, generator=g) * 3
+    cb = tiles[:5] + 0.01 * torch.randn(5, 4, generator=g)
+    groups = torch.tensor([0, 0, 1, 2, 2])
+    which = torch.randint(7, (2000,), generator=g)
+    tokens = tiles[which] + 0.02 * torch.randn(2000, 4, generator=g)
+    new_cb, new_groups, info = extend_codebook(cb, groups, tokens, 8, 0.5, 0.25)
+    assert info["added"] == 2 and info["far_tokens"] == int((which >= 5).sum())
+    assert torch.equal(new_cb[:5], cb) and torch.equal(new_groups[:5], groups)
+    assert nearest(tiles[5:], new_cb[5:])[0].max() < 0.01  # one entry on each new tile
+    np.testing.assert_array_equal(new_groups[5:].numpy(), groups[nearest(new_cb[5:], cb)[1]].numpy())
+    same, _, none = extend_codebook(cb, None, tokens[which < 5], 8, 0.5, 0.25)
+    assert none["added"] == 0 and torch.equal(same, cb)
+
+
 def test_entry_index_finds_entries_and_follows_a_codebook_written_in_place():
     """entry_index gives each snapped token its entry and any other token its nearest; the hash keys it keeps
     per codebook tensor are made again after the codebook is written in place, and a codebook made in

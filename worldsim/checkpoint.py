@@ -199,7 +199,7 @@ def bundle_and_training_data(bundle: str, data, device: str = "cpu") -> tuple[Pa
     """For jobs that fit a part of a bundle on collections (`worldsim codebook`, `worldsim heads`): the bundle's
     path (a name of a shipped bundle, or a path), the Bundle, and the training episodes of `data` (one collect
     dir or a list of them), with clear errors for an empty collection or frames of another size."""
-    from worldsim.data import load_episodes
+    from worldsim.data import load_episodes, load_manifest
 
     path = bundle_path(bundle)
     b = Bundle(path, device)
@@ -211,6 +211,12 @@ def bundle_and_training_data(bundle: str, data, device: str = "cpu") -> tuple[Pa
         shape = tuple(part[0]["frames"].shape[1:])
         if shape != tuple(b.env["frame_shape"]):
             raise ValueError(f"{d}: frames of shape {shape}, the bundle's are {tuple(b.env['frame_shape'])}")
+        sleep = (load_manifest(d)["env"] or {}).get("sleep")
+        if b.env.get("light") and sleep != b.env.get("sleep"):  # a model on canvases: a sleeper drawn alike
+            kind = {None: "show a sleeper's grey view", "crafter": "leave a sleeper's grey view to the env"}
+            raise ValueError(f"{d}: its canvases {kind.get(sleep, sleep)} (env.sleep {sleep}), but the bundle's "
+                             f"model read canvases that {kind.get(b.env.get('sleep'), b.env.get('sleep'))}: fit a "
+                             f"bundle whose model was trained on canvases like these")
         eps += part
     return path, b, eps
 

@@ -247,15 +247,23 @@ def collect(cfg) -> dict:
     info = env_info(cfg.env, size, int(cfg.seed), make_kwargs)
     # Crafter's light (envs/real_crafter.py): light=false collects the frames without it, for a model the env lights
     # (the manifest's env.light, which train copies into the bundle); canvas=true keeps the lit frames and adds them
-    light, canvas = cfg.get("light", True), cfg.get("canvas", False)
-    for name, v in (("light", light), ("canvas", canvas)):
+    # grey_sleep=false: those canvases leave a sleeper's grey view out too (the sleeping sprite shows the sleep),
+    # for a model the env greys (the manifest's env.sleep); the default keeps it, as the shipped model read them
+    light, canvas, grey = cfg.get("light", True), cfg.get("canvas", False), cfg.get("grey_sleep", True)
+    for name, v in (("light", light), ("canvas", canvas), ("grey_sleep", grey)):
         if not isinstance(v, bool):
             raise ValueError(f"{name}={v!r} must be true or false")
     if (not light or canvas) and cfg.env != "crafter":
         raise ValueError(f"light=false and canvas=true draw Crafter's frames without its light; env={cfg.env} has none")
-    game_kwargs = make_kwargs or ({"light": False} if not light else {}) | ({"canvas": True} if canvas else {})
+    if not grey and light and not canvas:
+        raise ValueError("grey_sleep=false leaves a sleeper's grey view out of the canvases: it needs light=false "
+                         "or canvas=true")
+    game_kwargs = make_kwargs or ({"light": False} if not light else {}) | ({"canvas": True} if canvas else {}) \
+        | ({"grey_sleep": False} if not grey else {})
     if not light:
         info["light"] = "crafter"
+    if not grey:
+        info["sleep"] = "crafter"
     if is_gym_source(cfg.env):
         size = info["frame_shape"][:2]  # fixed now, so every worker's frames match the manifest
     agent = cfg.get("agent") or ("random" if is_gym_source(cfg.env) else "explorer")
@@ -281,6 +289,9 @@ def collect(cfg) -> dict:
     if manifest["env"] and manifest["env"].get("light") != info.get("light"):
         raise ValueError(f"{root} holds episodes {'without' if manifest['env'].get('light') else 'with'} the game's "
                          f"light, not light={light}: choose another out=")
+    if manifest["env"] and manifest["env"].get("sleep") != info.get("sleep"):
+        raise ValueError(f"{root} holds canvases drawn {'without' if manifest['env'].get('sleep') else 'with'} a "
+                         f"sleeper's grey view, not grey_sleep={str(grey).lower()}: choose another out=")
     manifest["env"] = info
     have = {e["index"]: e for e in manifest["episodes"] if _readable(episode_path(root, e["index"]))}
     starts = cfg.get("clock_start")

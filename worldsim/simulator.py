@@ -308,6 +308,13 @@ class WorldSimulator:
                              "(env.light in bundle.json); this one's frames are lit already")
         self.canvas_model = game_light is not None
         self.light = bool(on) and self.canvas_model
+        # env.sleep: the canvases leave out a sleeper's grey view too, which the lit frames get where the frame the
+        # model drew shows the sleeping sprite (envs/real_crafter.py: sleep_view). Bundles before it drew the grey.
+        sleep = bundle.env.get("sleep")
+        if sleep not in (None, "crafter") or (sleep and not self.canvas_model):
+            raise ValueError(f"bundle.json env.sleep must be 'crafter' (canvases without a sleeper's grey, drawn by "
+                             f"the env, beside env.light) or absent, got {sleep!r} (env.light {game_light!r})")
+        self.sleep_view = sleep is not None
         self.light_noise = "sample" if light_noise is None else light_noise
         if self.light_noise not in ("sample", "mean"):
             raise ValueError(f"light_noise must be sample (the game's draw) or mean, got {light_noise!r}")
@@ -650,11 +657,12 @@ class WorldSimulator:
             return _newest_outputs(parts, self.B)
 
     def _light(self, frames: torch.Tensor, noise) -> torch.Tensor:
-        """The canvases lit by each row's game clock. The night's noise of a row is drawn from a generator seeded
-        by that row's sampler noise of this step (the caller's draw), so a seeded env, a saved state gone back to
-        and a row in any batch all draw the same night; or its mean."""
+        """The canvases lit by each row's game clock, and greyed where they show a sleeper (env.sleep). The night's
+        noise of a row is drawn from a generator seeded by that row's sampler noise of this step (the caller's
+        draw), so a seeded env, a saved state gone back to and a row in any batch all draw the same night; or its
+        mean."""
         # imported here: only a bundle with the env's light needs Crafter (the module imports the game)
-        from worldsim.envs.real_crafter import NOISE_RANGE, daylight, light, view_box
+        from worldsim.envs.real_crafter import NOISE_RANGE, daylight, light, sleep_view, sleeping, view_box
         uniform = None
         dark = np.flatnonzero(daylight(self.clock) < 0.5)
         if len(dark) and self.light_noise == "sample":
@@ -664,7 +672,8 @@ class WorldSimulator:
             seeds = [int.from_bytes(hashlib.sha1(noise[r].tobytes()).digest()[:8], "little") for r in dark]
             draws = [np.random.default_rng(k).uniform(*NOISE_RANGE, shape) for k in seeds]
             uniform = torch.as_tensor(np.stack(draws), device=frames.device)
-        return light(frames, self.clock, uniform)
+        lit = light(frames, self.clock, uniform)
+        return sleep_view(lit, sleeping(frames)) if self.sleep_view else lit
 
     def _show(self, z, centre, a):
         """The frames shown for sampled latents z (B, H, W, 3) uint8 on the device: decoded, through detail carry

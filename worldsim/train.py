@@ -76,7 +76,8 @@ class Trainer:
         self.env_info = load_manifest(dirs[0])["env"]
         for d in dirs[1:]:
             env = load_manifest(d)["env"]
-            for key in ("name", "frame_shape", "action_space", "light"):  # light: frames lit or not (collect light=false)
+            # light, sleep: frames lit or not, a sleeper greyed or not (collect light=false, grey_sleep=false)
+            for key in ("name", "frame_shape", "action_space", "light", "sleep"):
                 if env.get(key) != self.env_info.get(key):
                     raise ValueError(f"data={d}: its {key} {env.get(key)} differs from {dirs[0]}'s "
                                      f"{self.env_info.get(key)}; train on collections of one game together")

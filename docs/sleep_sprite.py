@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import worldsim  # noqa: F401
-from worldsim.envs.real_crafter import RealCrafterEnv, sleeping
+from worldsim.envs.real_crafter import real_sleeper, sleeping
 
 ap = argparse.ArgumentParser()
 ap.add_argument("bundles", nargs="+")
@@ -33,29 +33,9 @@ kw = dict(kv.split("=", 1) for kv in extra)
 kw = {k: {"true": True, "false": False}.get(v, v) for k, v in kw.items()}
 
 
-def real_sleeper(seed: int):
-    env, rng = RealCrafterEnv(light=False, grey_sleep=False), np.random.default_rng(seed)
-    obs, info = env.reset(seed=seed)
-    frames, actions, energy = [obs], [], [info["inventory"]["energy"]]
-
-    def step(a):
-        obs, _, terminated, _, info = env.step(a)
-        frames.append(obs), actions.append(a), energy.append(info["inventory"]["energy"])
-        return terminated
-
-    while energy[-1] == 9:
-        if step(int(rng.integers(1, 5))) or len(actions) > 100:
-            return None
-    press = len(actions)
-    step(6)
-    while env.game._player.sleeping:
-        if step(0) or len(actions) > press + 40:
-            return None
-    return (np.stack(frames), np.array(actions), press) if energy[-2] == 9 else None
-
-
 asleep = lambda frame: bool(sleeping(torch.as_tensor(np.asarray(frame))[None])[0])
-sleepers = {s: r for s in range(args.seeds) if (r := real_sleeper(s)) is not None}
+sleepers = {s: r[:3] for s in range(args.seeds)
+            if (r := real_sleeper(s, light=False, grey_sleep=False)) is not None}
 out = {"seeds": sorted(sleepers), "env": {k: str(v) for k, v in kw.items()}, "bundles": {}}
 for bundle in args.bundles:
     env = gym.make("worldsim/Crafter-v0", bundle=bundle, termination_threshold=2.0, light=False, **kw)

@@ -281,3 +281,29 @@ class RealCrafterEnv(gym.Env):
 
     def render(self):
         return None if self._obs is None else self._obs.copy()
+
+
+def real_sleeper(seed: int, walk: int = 100, asleep: int = 40, **env_kwargs):
+    """A real sleep spell: random moves until the energy count falls below full (it falls a point every 30 steps
+    awake), `sleep`, then noops until the game wakes the player (a point back every 11 steps asleep).
+    RealCrafterEnv(**env_kwargs) draws the frames. Returns (frames, actions, the press's step, the energies of the
+    frames) if it woke on a full count, at most `walk` moves and `asleep` noops in; else None (a death, or a
+    blow: Crafter also wakes a sleeper who is hurt, which no frame foretells)."""
+    env, rng = RealCrafterEnv(**env_kwargs), np.random.default_rng(seed)
+    obs, info = env.reset(seed=seed)
+    frames, actions, energy = [obs], [], [info["inventory"]["energy"]]
+
+    def step(a):
+        obs, _, terminated, _, info = env.step(a)
+        frames.append(obs), actions.append(a), energy.append(info["inventory"]["energy"])
+        return terminated
+
+    while energy[-1] == 9:
+        if step(int(rng.integers(1, 5))) or len(actions) > walk:
+            return None
+    press = len(actions)
+    step(6)
+    while env.game._player.sleeping:
+        if step(0) or len(actions) > press + asleep:
+            return None
+    return (np.stack(frames), np.array(actions), press, energy) if energy[-2] == 9 else None

@@ -327,33 +327,6 @@ def test_shipped_crafter_map_memory_shows_the_ground_it_left():
     assert back[True] > back[False] + 2, back
 
 
-def _real_sleeper(seed: int):
-    """Real Crafter: random moves until the energy count falls below full, `sleep`, then noops until the player wakes.
-    Returns (frames, actions, the press's step, the energies of the frames) if it woke on a full count (Crafter
-    wakes a sleeper on the step after the count is full again; a blow also wakes it, which no frame foretells),
-    else None (a death or a blow)."""
-    from worldsim.envs.real_crafter import RealCrafterEnv
-
-    env, rng = RealCrafterEnv(), np.random.default_rng(seed)
-    obs, info = env.reset(seed=seed)
-    frames, actions, energy = [obs], [], [info["inventory"]["energy"]]
-
-    def step(a):
-        obs, _, terminated, _, info = env.step(a)
-        frames.append(obs), actions.append(a), energy.append(info["inventory"]["energy"])
-        return terminated
-
-    while energy[-1] == 9:  # awake, energy falls a point every 30 steps
-        if step(int(rng.integers(1, 5))) or len(actions) > 100:
-            return None
-    press = len(actions)
-    step(6)
-    while env.game._player.sleeping:  # a point back every 11 steps asleep
-        if step(0) or len(actions) > press + 40:
-            return None
-    return (np.stack(frames), np.array(actions), press, energy) if energy[-2] == 9 else None
-
-
 def test_shipped_crafter_sleeps_and_wakes_as_the_real_game_does():
     """Crafter's sleep is read off the energy count, which the frames show: a sleeper stays asleep (a grey view)
     while the count is below full and wakes on the step after it is full again. From 4 real frames of a real
@@ -366,7 +339,9 @@ def test_shipped_crafter_sleeps_and_wakes_as_the_real_game_does():
         return float((v.max(-1) - v.min(-1)).mean())
 
     env = gym.make("worldsim/Crafter-v0", termination_threshold=2.0)
-    sleepers = [s for s in (_real_sleeper(seed) for seed in range(8)) if s is not None][:4]
+    from worldsim.envs.real_crafter import real_sleeper
+
+    sleepers = [s for s in (real_sleeper(seed) for seed in range(8)) if s is not None][:4]
     assert len(sleepers) >= 3, len(sleepers)
     for i, (frames, actions, press, energy) in enumerate(sleepers):
         woke = len(frames) - 1

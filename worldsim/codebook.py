@@ -591,35 +591,27 @@ def with_codebook(path: Path, codebook: torch.Tensor, info: dict, snap_default: 
 
 
 def extend_codebook(codebook: torch.Tensor, groups: torch.Tensor | None, tokens: torch.Tensor, entries: int,
-                    distance: float, radius: float, iters: int = 15) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+                    distance: float, radius: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Add at most `entries` entries for the tokens (N, C) farther than `distance` from every entry of `codebook`
-    (K, C): entries are placed on the farthest such token until each lies within `radius` of one (so a few
-    new tiles get a few entries, not `entries`), then moved to their tokens' means (Lloyd's iterations), and
-    appended. Each new entry joins its nearest old entry's group, so what works on groups (the token head, the
-    terrain prior) keeps its shape. Why not a refit: a refit renumbers every entry and its groups, and the
-    token head, terrain prior and mobile entries fitted on them would all be fitted again; a tile the
-    collections newly show (Crafter's sleeping sprite, once canvases left a sleeper's grey to the env) needs
-    only its own entries."""
+    (K, C): as many as a cover of those tokens at `radius` takes (entries put on the farthest token until each
+    lies within `radius` of one, so a few new tiles get a few entries, not `entries`), placed by k-means of them
+    (`fit_codebook`) and appended. Each new entry joins its nearest old entry's group, so what works on groups
+    (the token head, the terrain prior) keeps its shape. Why not a refit: a refit renumbers every entry and its
+    groups, and the token head, terrain prior and mobile entries fitted on them would all be fitted again; a
+    tile the collections newly show (Crafter's sleeping sprite, once canvases left a sleeper's grey to the env)
+    needs only its own entries."""
     dist, _ = nearest(tokens.float(), codebook)
-    far = tokens[dist > distance].float()
-    info = {"tokens": int(len(tokens)), "far_tokens": int(len(far)), "distance": float(distance),
-            "radius": float(radius)}
-    if not len(far) or entries < 1:
-        return codebook, groups, {**info, "added": 0}
-    new, gap = far[:0], dist[dist > distance]
-    while len(new) < entries and gap.max() > radius:
-        new = torch.cat([new, far[gap.argmax()][None]])
-        gap = torch.minimum(gap, (far - new[-1]).norm(dim=1))
-    for _ in range(iters):
-        which = nearest(far, new)[1]
-        for k in range(len(new)):
-            if (which == k).any():
-                new[k] = far[which == k].mean(0)
-    if groups is not None:
-        groups = torch.cat([groups, groups[nearest(new, codebook)[1]]])
-    left, _ = nearest(far, torch.cat([codebook, new]))
-    return torch.cat([codebook, new]), groups, {**info, "added": len(new),
-                                                "mean_distance_after": round(float(left.mean()), 4)}
+    far, gap = tokens[dist > distance].float(), dist[dist > distance]
+    k = 0
+    while k < entries and len(far) and gap.max() > radius:
+        gap = torch.minimum(gap, (far - far[gap.argmax()]).norm(dim=1))
+        k += 1
+    out = torch.cat([codebook, fit_codebook(far, k, seed=seed)]) if k else codebook
+    if k and groups is not None:
+        groups = torch.cat([groups, groups[nearest(out[len(codebook):], codebook)[1]]])
+    return out, groups, {"tokens": int(len(tokens)), "far_tokens": int(len(far)), "distance": float(distance),
+                         "radius": float(radius), "added": k,
+                         "mean_distance_after": round(float(nearest(far, out)[0].mean()), 4) if k else None}
 
 
 def episode_latents(codec, episodes: list, windows: int, context: int, seed: int = 0) -> list:
@@ -669,12 +661,13 @@ def codebook_job(cfg):
         frames = np.concatenate([ep["frames"] for ep in eps])
         codebook, groups, info["extended"] = extend_codebook(
             codebook, groups, frame_tokens(b.codec, frames), extend, float(cfg.get("extend_distance", 1.0)),
-            float(cfg.get("extend_radius", 0.25)))
+            float(cfg.get("extend_radius", 0.25)), cfg.seed)
         info["extended"]["data"] = str(cfg.data)
         info["entries"] = len(codebook)
         e = info["extended"]
         print(f"codebook extended by {e['added']} entries for {e['far_tokens']} of {e['tokens']} tokens farther "
-              f"than {e['distance']} from every entry (mean distance to an entry now {e['mean_distance_after']})")
+              f"than {e['distance']} from every entry" + (f" (their mean distance to an entry now "
+                                                          f"{e['mean_distance_after']})" if e["added"] else ""))
     if cfg.get("head", False):
         lat = episode_latents(b.codec, eps, cfg.head_windows, b.dit.config.context_frames, cfg.seed)
         head, new_groups, info["head"] = fit_token_head(b, codebook, lat, cfg.groups, cfg.head_windows,

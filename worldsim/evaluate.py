@@ -122,7 +122,7 @@ def phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return (dy - h if dy > h // 2 else dy), (dx - w if dx > w // 2 else dx)
 
 
-def heldout_episodes(cfg, size=None, make_kwargs=None):
+def heldout_episodes(cfg, size=None, make_kwargs=None, grey_sleep=True):
     if cfg.data:
         eps = load_episodes(Path(cfg.data), split="test")
         if not eps:
@@ -136,7 +136,8 @@ def heldout_episodes(cfg, size=None, make_kwargs=None):
                               "detour": 0.0, "seed": cfg.seed, "test_every": 1,
                               "size": None if size is None else list(size), "env_kwargs": make_kwargs or {},
                               # Crafter: each frame also without the light, the context a lit bundle reads
-                              "canvas": cfg.env == "crafter"}))
+                              # (and without a sleeper's grey for a bundle whose env draws it, env.sleep)
+                              "canvas": cfg.env == "crafter", "grey_sleep": grey_sleep}))
     return load_episodes(out, split="test")
 
 
@@ -277,7 +278,8 @@ def evaluate(cfg):
     bundle = load_bundle(str(cfg.bundle or default), cfg.device)
     if game == "gym" and bundle.env.get("name") != cfg.env:
         raise ValueError(f"bundle {bundle.path} was trained on {bundle.env.get('name')!r}, not {cfg.env!r}")
-    eps = heldout_episodes(cfg, bundle.env["frame_shape"][:2] if game == "gym" else None, bundle.env.get("make_kwargs"))
+    eps = heldout_episodes(cfg, bundle.env["frame_shape"][:2] if game == "gym" else None, bundle.env.get("make_kwargs"),
+                           grey_sleep=not bundle.env.get("sleep"))
     W = bundle.dit.config.context_frames
     horizons = list(_opt(cfg, "horizons"))
     H = max(horizons)

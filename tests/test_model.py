@@ -108,6 +108,36 @@ def test_cached_pass_outputs_leave_out_only_what_was_not_asked_for():
         m.forward_cached(x[:, 0], c[:, 0], a[:, 0], has[:, 0], m.new_cache(2, 16), 0, outputs="reward")
 
 
+def test_batch_one_cached_passes_keep_their_conditioning_until_the_weights_change():
+    """At batch 1 on the CPU a cached pass keeps the adaLN vectors of each conditioning it has seen: a repeat
+    pass gives what a model that never saw it gives, a new action or noise level gets its own, and weights
+    changed in place or loaded are read afresh. With grad on nothing is kept."""
+    import copy
+    m = tiny(window=3)
+    x, c, a, has = inputs(B=1, T=3)
+
+    def run(model, t):
+        with torch.no_grad():
+            return model.forward_cached(x[:, t], c[:, t], a[:, t], has[:, t], model.new_cache(1, 16), 0).out
+
+    fresh = copy.deepcopy(m)
+    first = [run(m, t) for t in range(3)]
+    assert len(m._cond_memo[1]) == 3  # three conditionings (the first without its action)
+    for t in range(3):
+        assert torch.equal(run(m, t), first[t]) and torch.equal(first[t], run(copy.deepcopy(fresh), t))
+    assert len(m._cond_memo[1]) == 3  # repeats are hits
+    with torch.no_grad():
+        m.blocks[0].ada[-1].weight.add_(0.05)  # in place, as an optimizer step does
+        fresh.blocks[0].ada[-1].weight.add_(0.05)
+    moved = run(m, 1)
+    assert not torch.equal(moved, first[1]) and torch.equal(moved, run(copy.deepcopy(fresh), 1))
+    m.load_state_dict(tiny(window=3, seed=1).state_dict())
+    assert torch.equal(run(m, 2), run(tiny(window=3, seed=1), 2))
+    m._cond_memo = None
+    m.forward_cached(x[:, 1], c[:, 1], a[:, 1], has[:, 1], m.new_cache(1, 16), 0)  # grad on: computed, not kept
+    assert m._cond_memo is None
+
+
 @pytest.mark.parametrize("context_attention", ["window", "frame"])
 def test_a_pass_for_the_newest_frame_alone_gives_its_outputs_and_every_frame_s_keys(context_attention):
     """A cache rebuild reads only its newest frame's heads and features: newest=True leaves the other frames'

@@ -755,6 +755,33 @@ def test_tile_hold_keeps_unchanged_tiles_exactly(patch_bundle, random_bundle):
     assert np.array_equal(f2[0, 16:], ctx[0, -1, 16:])  # untouched tiles still held
 
 
+def test_tile_hold_decodes_only_rows_with_a_tile_to_redraw(patch_bundle):
+    """A row whose every tile is held shows its last frame without a decode; the other rows are decoded, and every
+    row's pixels are what decoding the whole batch and holding tiles gives."""
+    b, rng = patch_bundle, np.random.default_rng(5)
+    sim = WorldSimulator(b, 3, sampling_steps=1, tile_hold=0.5)
+    idx = np.arange(3) % len(b.start_frames)
+    z0 = sim.reset(range(3), b.start_frames[idx].numpy(), b.start_actions[idx].numpy(),
+                   rng.standard_normal((3, sim.window, *sim.latent_shape)))[:, -1]
+    z = z0.clone()
+    z[1] += 2.0  # every tile redrawn
+    z[2, :, 0, 0] += 2.0  # one tile redrawn
+    shown, shown_z = sim.shown.clone(), sim.shown_z.clone()
+    expect = sim._hold(z, sim.codec.decode(z))  # the batch decoded, then held
+    sim.shown, sim.shown_z = shown, shown_z
+    decoded = []
+    decode = sim.codec.decode
+    sim.codec.decode = lambda zz: decoded.append(len(zz)) or decode(zz)
+    try:
+        got = sim._show(z, None, None)
+        assert decoded == [2]  # rows 1 and 2; row 0 held whole
+        assert torch.equal(got, expect) and torch.equal(got[0], shown[0])
+        sim._show(z, None, None)  # nothing moved since: no decode at all
+        assert decoded == [2]
+    finally:
+        sim.codec.decode = decode
+
+
 def _same_noise_rollouts(bundle, sims: dict, n: int, decode=lambda k, i: False) -> dict:
     """Each simulator (2 rows) reset from the same real context and stepped n times on the same actions and
     noise: {key: stacked latents (n, 2, C, h, w), fp32}."""
@@ -1023,6 +1050,21 @@ def test_extend_codebook_adds_entries_for_new_tiles_only_and_keeps_the_old_ones(
     np.testing.assert_array_equal(new_groups[5:].numpy(), groups[nearest(new_cb[5:], cb)[1]].numpy())
     same, _, none = extend_codebook(cb, None, tokens[which < 5], 8, 0.5, 0.25)
     assert none["added"] == 0 and torch.equal(same, cb)
+
+
+def test_nearest_gives_cdists_distances_and_first_nearest_entries():
+    g = torch.Generator().manual_seed(0)
+    for n, k, c in ((81, 3917, 16), (300, 200, 4), (30, 26, 3), (7, 129, 5), (5, 5, 2)):
+        cb = torch.randn(k, c, generator=g)
+        cb[k // 2] = cb[1]  # a duplicate entry: the first of the two is the nearest
+        tokens = torch.cat([cb[torch.randint(k, (n // 2,), generator=g)],
+                            torch.randn(n - n // 2, c, generator=g)])
+        ref = torch.cdist(tokens, cb).min(1)
+        dist, idx = nearest(tokens, cb)
+        assert torch.equal(dist, ref.values) and torch.equal(idx, ref.indices)
+        assert not (idx == k // 2).any()
+        cb.mul_(2.0)  # written in place: its kept rows are made again
+        assert torch.equal(nearest(tokens, cb)[1], torch.cdist(tokens, cb).min(1).indices)
 
 
 def test_entry_index_finds_entries_and_follows_a_codebook_written_in_place():

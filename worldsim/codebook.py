@@ -40,13 +40,53 @@ CHUNK = 65536  # tokens per distance block: 65536 x 4096 floats is 1 GiB
 CERTAIN = 0.95
 
 
+BLOCK = 128  # entries per block of nearest's two-level minimum
+_AUGMENTED: dict = {}  # id(codebook) -> (weakref to it, its version, its rows as nearest multiplies them)
+
+
+def _augmented(cb: torch.Tensor) -> torch.Tensor:
+    """(K', C + 2) the rows [entry, 1, |entry|^2] that torch.cdist multiplies a codebook's entries into, made once
+    per codebook tensor (kept while it lives and is not written to), and padded to whole BLOCKs with rows no
+    token is near."""
+    version = None if cb.is_inference() else cb._version
+    hit = _AUGMENTED.get(id(cb))
+    if hit is not None and hit[0]() is cb and hit[1] == version:
+        return hit[2]
+    for k in [k for k, v in _AUGMENTED.items() if v[0]() is None]:  # codebooks gone since
+        del _AUGMENTED[k]
+    norm = cb.pow(2).sum(-1, keepdim=True)
+    far = torch.zeros((-len(cb)) % BLOCK, cb.shape[1] + 2, dtype=cb.dtype, device=cb.device)
+    far[:, -2], far[:, -1] = 1.0, 1e30
+    rows = torch.cat([torch.cat([cb, torch.ones_like(norm), norm], -1), far])
+    _AUGMENTED[id(cb)] = (weakref.ref(cb), version, rows)
+    return rows
+
+
 def nearest(tokens: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """tokens (N, C), codebook (K, C) -> (distance, index) of each token's nearest entry (Euclidean)."""
+    """tokens (N, C), codebook (K, C) -> (distance, index) of each token's nearest entry (Euclidean; the first
+    entry of equal distance).
+
+    The distances are torch.cdist's, computed as it computes them for more than 25 rows (|x|^2 - 2 x.e + |e|^2
+    in one matrix product), with the codebook's side of that product kept between calls; the minimum is taken
+    per block of BLOCK entries, then over blocks. Why not cdist(...).min(1): the simulator snaps 81 tokens to
+    3,917 entries once or twice a step, and min with indices over a row of 3,917 took 250 us of that call's
+    660 (this EPYC) where a minimum without indices took 20. Same values and indices as cdist's (tests)."""
+    if (len(tokens) <= 25 and len(codebook) <= 25) or tokens.dtype != codebook.dtype \
+            or tokens.dtype not in (torch.float32, torch.float64):  # cdist's own direct path: as before
+        d = [torch.cdist(tokens[i:i + CHUNK], codebook).min(1) for i in range(0, len(tokens), CHUNK)]
+        return torch.cat([x.values for x in d]), torch.cat([x.indices for x in d])
+    rows = _augmented(codebook)
     dist, idx = [], []
     for i in range(0, len(tokens), CHUNK):
-        d = torch.cdist(tokens[i:i + CHUNK], codebook).min(1)
-        dist.append(d.values)
-        idx.append(d.indices)
+        x = tokens[i:i + CHUNK]
+        norm = x.pow(2).sum(-1, keepdim=True)
+        d2 = torch.cat([x.mul(-2), norm, torch.ones_like(norm)], -1).matmul(rows.mT).clamp_min_(0)
+        blocks = d2.view(len(x), -1, BLOCK)
+        b = blocks.amin(2).argmin(1)  # the first block holding the row's minimum
+        inner = blocks[torch.arange(len(x), device=x.device), b]
+        j = inner.argmin(1)
+        dist.append(inner.gather(1, j[:, None])[:, 0].sqrt())
+        idx.append(b * BLOCK + j)
     return torch.cat(dist), torch.cat(idx)
 
 

@@ -387,10 +387,11 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x, c, cos, sin, newest: bool = False, **attn_kw):
+    def forward(self, x, c, cos, sin, newest: bool = False, mod=None, **attn_kw):
         """x: (B, T, N, D) tokens; c: (B, T, D) per-frame conditioning. newest: only the newest frame's tokens
-        come out (B, 1, N, D), attending as before, and the keys/values of all T frames."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)
+        come out (B, 1, N, D), attending as before, and the keys/values of all T frames. mod: self.ada(c)
+        computed already (forward_cached keeps it for conditionings it has seen)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.ada(c) if mod is None else mod)[:, :, None].chunk(6, dim=-1)
         # modulate(norm(x)) and the gated residual before the second norm are one fused pass each with
         # kernels=triton (worldsim.kernels); the default computes them as written in the references
         a, kv = self.attn(ln_modulate(x, shift1, scale1, self.norm1.eps), cos, sin, newest=newest, **attn_kw)
@@ -408,8 +409,8 @@ class FinalLayer(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.linear = nn.Linear(dim, out_dim)
 
-    def forward(self, x, c):
-        shift, scale = self.ada(c)[:, :, None].chunk(2, dim=-1)
+    def forward(self, x, c, mod=None):
+        shift, scale = (self.ada(c) if mod is None else mod)[:, :, None].chunk(2, dim=-1)
         return self.linear(ln_modulate(x, shift, scale, self.norm.eps))
 
 
@@ -783,8 +784,8 @@ class WorldDiT(ModelMixin, ConfigMixin):
         tok = self.patch_in(self._tokens(self._with_warp(x[:, None], None if prev is None else prev[:, None], acts,
                                                          has_action[:, None],
                                                          None if warped is None else warped[:, None])))
-        c = self._cond(c_noise[:, None], acts, has_action[:, None], None if clock is None else clock[:, None],
-                       None if ticks is None else ticks[:, None])
+        c, mods = self._conditioning(c_noise[:, None], acts, has_action[:, None],
+                                     None if clock is None else clock[:, None], None if ticks is None else ticks[:, None])
         cos, sin = self._rope_at(time, h // p, w // p)
         if commit and B != cache.k.shape[1]:
             raise ValueError(f"a commit pass takes one row per cache row ({cache.k.shape[1]}), got {B}")
@@ -797,8 +798,10 @@ class WorldDiT(ModelMixin, ConfigMixin):
             alone = "only"
         elif alone:  # one copy writes the frame's keys computed alone, the other gives the outputs (Attention)
             tok, c = torch.cat([tok, tok]), torch.cat([c, c])
+            mods = None  # computed for the stacked batch, as before the memo
         for i, blk in enumerate(self.blocks):
-            tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot, alone=alone)
+            tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot, alone=alone,
+                         mod=None if mods is None else mods[i])
         if alone is True:
             tok, c = tok[B:], c[B:]
         if commit:
@@ -807,8 +810,49 @@ class WorldDiT(ModelMixin, ConfigMixin):
         if outputs != "frame" and not (pair and prev_features is None):
             reward, term, events, values = (None if r is None else r[:, 0] for r in self._heads(tok, prev_features))
         if outputs != "heads":
-            out = self._untokens(self.final(tok, c), h, w)[:, 0]
+            out = self._untokens(self.final(tok, c, None if mods is None else mods[-1]), h, w)[:, 0]
         return ModelOutput(out, reward, term, features=tok[:, 0], event_logits=events, reward_logits=values)
+
+    def _conditioning(self, c_noise, actions, has_action, clock, ticks):
+        """(c, the adaLN vectors of each block and of the final layer, or None) for a cached pass. At batch 1 on
+        the CPU they are kept for each conditioning seen (its noise level, action, clock and ticks): a rollout
+        there has few (a one-step sampler's noise level and the commit's, times the actions), and computing
+        them was about a tenth of a batch-1 step (the sigma embedding and five small GEMMs, each mostly call
+        overhead; this EPYC). Batched steps (whose rows rarely repeat a whole batch's conditioning), GPUs (a key
+        would wait for the device), autocast and training (the weights change) compute them as before."""
+        memo = (has_action.shape[0] == 1 and has_action.device.type == "cpu" and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled("cpu"))
+        if not memo:
+            return self._cond(c_noise, actions, has_action, clock, ticks), None
+        acts = [actions[k] for k in sorted(actions)] if isinstance(actions, dict) else [actions]
+        parts = [c_noise, has_action, clock if self.clock_embed is not None else None,  # what _cond reads
+                 ticks if self.tick_embed is not None else None, *acts]
+        key = tuple(None if t is None else (t.dtype, t.shape, t.numpy(force=True).tobytes())
+                    if isinstance(t, torch.Tensor) else repr(t) for t in parts)
+        # the weights read, by storage and in-place version: a load_state_dict or a move makes the memo stale
+        stamp = tuple((t.data_ptr(), t._version) for t in self._conditioning_weights())
+        held = getattr(self, "_cond_memo", None)
+        if held is None or held[0] != stamp:
+            held = self._cond_memo = (stamp, {})
+        hit = held[1].get(key)
+        if hit is None:
+            c = self._cond(c_noise, actions, has_action, clock, ticks)
+            hit = (c, [blk.ada(c) for blk in self.blocks] + [self.final.ada(c)])
+            if len(held[1]) >= 256:  # a continuous action (a camera) seldom repeats: keep it bounded
+                held[1].clear()
+            held[1][key] = hit
+        return hit
+
+    def _conditioning_weights(self):
+        """The tensors _conditioning's memo depends on, listed once per set of modules (listing them walks the
+        module tree, which cost most of what the memo saves)."""
+        mods = (self.sigma_embed, self.sigma_proj, self.action_embed, self.clock_embed, self.tick_embed,
+                self.final.ada, *(blk.ada for blk in self.blocks))
+        held = getattr(self, "_cond_weights", None)
+        if held is None or len(held[0]) != len(mods) or any(a is not b for a, b in zip(held[0], mods)):
+            held = self._cond_weights = (mods, [t for m in mods if m is not None
+                                                for t in [*m.parameters(), *m.buffers()]])
+        return held[1]
 
     def _rope_at(self, time: int, h: int, w: int):
         """The rotary tables of one frame at `time`, kept for the last time asked: a step's sampling and commit

@@ -190,6 +190,34 @@ def test_still_steps_and_window_weights():
     assert ds[0]["still"] and ds.still_weights(3.0).tolist() == [3.0]
 
 
+def test_action_weights_draw_a_rare_action_at_its_share():
+    """dit.action_share: windows whose last step took a rare action are weighted so that it is drawn at about its
+    share; other actions keep weight 1, an action seen in under 20 windows counts as 20, and one above its share
+    already keeps 1. Drawn with the weights, the rare action's share is near the target."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    T = 1000
+    acts = rng.integers(0, 5, T)  # 0-4 common
+    acts[rng.choice(T, 30, replace=False)] = 6  # rare: 3 %
+    acts[np.flatnonzero(acts != 6)[0]] = 7  # seen once
+    ep = {"frames": np.zeros((T + 1, 4, 4, 3), np.uint8), "actions": acts}
+    ds = WindowDataset([ep], length=2)  # window s ends after step s
+    n = len(ds)
+    last = np.array([acts[s] for _, s in ds.index])
+    w = ds.action_weights({6: 0.1, 7: 0.05, 1: 0.01}).numpy()
+    assert np.allclose(w[last == 6], 0.1 * n / 30) and np.allclose(w[last == 7], 0.05 * n / 20)  # under 20: 20
+    assert np.allclose(w[(last != 6) & (last != 7)], 1.0)  # action 1 is ~20 % of the windows: above 0.01 already
+    ds2 = WindowDataset([{**ep, "actions": np.where(acts == 7, 0, acts)}], length=2)
+    w2 = ds2.action_weights({6: 0.1}).numpy()
+    drawn = torch.multinomial(torch.as_tensor(w2), 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    share = (last[drawn.numpy()] == 6).mean()
+    assert 0.06 < share < 0.1, share  # the weights raise the total too, so a little under the 0.1 asked
+    assert ds.action_weights({}).tolist() == [1.0] * n
+    with pytest.raises(ValueError, match="discrete"):
+        WindowDataset([{**ep, "actions": {"a": acts}}], length=2).action_weights({0: 0.1})
+
+
 def test_event_weights_draw_rare_events_at_their_share():
     """dit.event_share: windows ending on a rare event are weighted so that each event type is drawn at about the
     share; a common event (above the share already) and windows without events keep weight 1, an event seen

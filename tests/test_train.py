@@ -404,13 +404,16 @@ def test_still_weight_fine_tune_is_recorded_and_checked(bundle, dataset, tmp_pat
     run = tmp_path / "change"
     tr = run_job("train", [f"data=[{dataset},{dataset}]", f"run={run}", *TINY_TRAIN, f"init={bundle}",
                            "dit.distill_guidance=1", "dit.change_real=true", "dit.change_weight=4", "dit.novel_weight=8",
-                           "dit.event_share=0.05", "dit.steps=2"])
+                           "dit.event_share=0.05", "dit.action_share={sleep:0.05,3:0.02}", "dit.steps=2"])
     assert len(tr.train_eps) == 2 * len(load_episodes(dataset, split="train", min_steps=1))
     trained = Bundle(run / "bundle").meta["trained"]
     assert trained["change_real"] and trained["change_weight"] == 4.0 and trained["change_threshold"] == 0.2
     assert trained["novel_weight"] == 8.0 and trained["event_share"] == 0.05
+    assert trained["action_share"] == {"6": 0.05, "3": 0.02}  # sleep is Crafter's action 6
     for bad, match in ((["dit.change_weight=0"], "change_weight"), (["dit.change_threshold=nan"], "change_threshold"),
                        (["dit.event_share=1"], "event_share"), (["dit.event_share=-0.1"], "event_share"),
+                       (["dit.action_share={nap:0.1}"], "nap"), (["dit.action_share={17:0.1}"], "outside"),
+                       (["dit.action_share={sleep:1.5}"], "action_share"),
                        (["dit.novel_weight=-1"], "novel_weight"),
                        (["dit.change_real=true"], "distill_guidance"),
                        (["dit.distill_guidance=1"], "still_real"), (["dit.still_real=true"], "distill_guidance")):

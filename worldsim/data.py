@@ -274,6 +274,26 @@ class WindowDataset(torch.utils.data.Dataset):
         return torch.tensor([weight if self.ticks[e][s + self.length - 2].any() else 1.0 for e, s in self.index],
                             dtype=torch.float64)
 
+    def action_weights(self, shares: dict) -> torch.Tensor:
+        """Sampling weight per window so that windows whose last step took action k (a discrete action's index)
+        are drawn about a share shares[k] of the time: weighted share * windows / (windows ending on k), at least
+        1; a window whose action has no share weighs 1. Why: an action whose effect is rare in play and plain once
+        seen (Crafter's sleep: 0.3 % of the steps, and the player falls asleep on a press only when tired) is
+        drawn in so few batches that a fine-tune does not learn it. An action seen in fewer than 20 windows counts
+        as 20. Windows of one frame (no step) weigh 1."""
+        L = self.length
+        w = torch.ones(len(self.index), dtype=torch.float64)
+        if L < 2 or not shares:
+            return w
+        if any(isinstance(self.episodes[e]["actions"], dict) for e, _ in self.index[:1]):
+            raise ValueError("action shares are for discrete actions; these episodes' actions are a Dict")
+        last = np.array([int(self.episodes[e]["actions"][s + L - 2]) for e, s in self.index])
+        for k, share in shares.items():
+            ends = last == int(k)
+            if ends.any():
+                w[torch.as_tensor(ends)] = max(1.0, share * len(self.index) / max(int(ends.sum()), 20))
+        return w
+
     def event_weights(self, share: float) -> torch.Tensor:
         """Sampling weight per window so that each event type (episodes collected with `events`, e.g. Crafter's
         achievements) ends about a share `share` of the windows drawn: a window whose last transition has

@@ -138,6 +138,7 @@ class Trainer:
         if not (math.isfinite(self.event_share) and 0 <= self.event_share < 1):
             raise ValueError(f"dit.event_share={cfg.dit.get('event_share')} must be in [0, 1): about the share of "
                              "drawn windows that end on each event type (0 = every window equally likely)")
+        self.action_share = self._action_shares(cfg.dit.get("action_share") or {})
         self.still_threshold = float(cfg.dit.get("still_threshold", 1.0))
         if not (math.isfinite(self.still_threshold) and self.still_threshold > 0):
             raise ValueError(f"dit.still_threshold={cfg.dit.get('still_threshold')} must be a finite number > 0 "
@@ -247,6 +248,31 @@ class Trainer:
         self._resume()
         self.state["metrics"].update(self.inherited)  # after a resume too: older checkpoints lack them
         self.started_at = {k: self.state[k] for k in ("stage", "ae_step", "dit_step")}
+
+    def _action_shares(self, given) -> dict:
+        """dit.action_share {action: share}, each action a name of the collection's action_meanings or an index
+        of its discrete action space -> {index: share}; a clear error for anything else."""
+        space = self.env_info.get("action_space") or {}
+        if given and space.get("type") != "discrete":
+            raise ValueError(f"dit.action_share is for discrete action spaces; {self.cfg.data}'s is {space.get('type')}")
+        names = list(self.env_info.get("action_meanings") or [])
+        out = {}
+        for k, share in dict(given).items():
+            if isinstance(k, str) and not k.lstrip("-").isdigit():
+                if k not in names:
+                    raise ValueError(f"dit.action_share names {k!r}, which is not one of the collection's actions "
+                                     f"{names or '(it names none: give indices)'}")
+                i = names.index(k)
+            else:
+                i = int(k)
+                if not 0 <= i < int(space["n"]):
+                    raise ValueError(f"dit.action_share action {i} is outside the action space (0..{int(space['n']) - 1})")
+            share = float(share)
+            if not (math.isfinite(share) and 0 < share < 1):
+                raise ValueError(f"dit.action_share.{k}={share} must be in (0, 1): about the share of drawn windows "
+                                 "that end on that action")
+            out[i] = share
+        return out
 
     def _init_from_bundle(self, init: str):
         """Take the autoencoder, world model and latent normalisation from a bundle."""
@@ -442,6 +468,9 @@ class Trainer:
         if self.event_share:  # windows ending on a rare event (Crafter's waking...)
             ev = ds.event_weights(self.event_share)
             weights = ev if weights is None else weights * ev
+        if self.action_share:  # windows ending on a rare action (Crafter's sleep...)
+            aw = ds.action_weights(self.action_share)
+            weights = aw if weights is None else weights * aw
         ticks = bool(self.dit.config.ticks)
         if ticks and ds.ticks is None:
             raise ValueError(f"the world model has ticks, but the episodes of {self.cfg.data} record no counters")
@@ -552,6 +581,8 @@ class Trainer:
                                                                                       if self.still_weight != 1 else {}),
                                                                                    **({"event_share": self.event_share}
                                                                                       if self.event_share else {}),
+                                                                                   **({"action_share": {str(k): v for k, v in self.action_share.items()}}
+                                                                                      if self.action_share else {}),
                                                                                    **({"still_real": True}
                                                                                       if self.still_real else {}),
                                                                                    **({"tick_real": True}

@@ -277,10 +277,9 @@ class WindowDataset(torch.utils.data.Dataset):
     def action_weights(self, shares: dict) -> torch.Tensor:
         """Sampling weight per window so that windows whose last step took action k (a discrete action's index)
         are drawn about a share shares[k] of the time: weighted share * windows / (windows ending on k), at least
-        1; a window whose action has no share weighs 1. Why: an action whose effect is rare in play and plain once
-        seen (Crafter's sleep: 0.3 % of the steps, and the player falls asleep on a press only when tired) is
-        drawn in so few batches that a fine-tune does not learn it. An action seen in fewer than 20 windows counts
-        as 20. Windows of one frame (no step) weigh 1."""
+        1; a window whose action has no share weighs 1. Why: an action the collecting agents seldom took is drawn
+        in so few batches that a fine-tune does not learn what it does (as event_weights for events). An action
+        seen in fewer than 20 windows counts as 20. Windows of one frame (no step) weigh 1."""
         L = self.length
         w = torch.ones(len(self.index), dtype=torch.float64)
         if L < 2 or not shares:

@@ -820,11 +820,12 @@ class WorldDiT(ModelMixin, ConfigMixin):
         them was about a tenth of a batch-1 step (the sigma embedding and five small GEMMs, each mostly call
         overhead; this EPYC). Batched steps (whose rows rarely repeat a whole batch's conditioning), GPUs (a key
         would wait for the device), autocast and training (the weights change) compute them as before."""
+        acts = [actions[k] for k in sorted(actions)] if isinstance(actions, dict) else [actions]
         memo = (has_action.shape[0] == 1 and has_action.device.type == "cpu" and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled("cpu"))
+                and not torch.is_autocast_enabled("cpu")
+                and not any(torch.is_floating_point(t) for t in acts))  # a camera's turn seldom repeats
         if not memo:
             return self._cond(c_noise, actions, has_action, clock, ticks), None
-        acts = [actions[k] for k in sorted(actions)] if isinstance(actions, dict) else [actions]
         parts = [c_noise, has_action, clock if self.clock_embed is not None else None,  # what _cond reads
                  ticks if self.tick_embed is not None else None, *acts]
         key = tuple(None if t is None else (t.dtype, t.shape, t.numpy(force=True).tobytes())
@@ -838,7 +839,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
         if hit is None:
             c = self._cond(c_noise, actions, has_action, clock, ticks)
             hit = (c, [blk.ada(c) for blk in self.blocks] + [self.final.ada(c)])
-            if len(held[1]) >= 256:  # a continuous action (a camera) seldom repeats: keep it bounded
+            if len(held[1]) >= 256:  # a clock or ticks the model reads make many: keep it bounded
                 held[1].clear()
             held[1][key] = hit
         return hit

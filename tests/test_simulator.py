@@ -1071,7 +1071,7 @@ def test_entry_index_finds_entries_and_follows_a_codebook_written_in_place():
     """entry_index gives each snapped token its entry and any other token its nearest; the hash keys it keeps
     per codebook tensor are made again after the codebook is written in place, and a codebook made in
     inference mode (no version counter) works too."""
-    from worldsim.codebook import _SORTED_KEYS, entry_index
+    from worldsim.codebook import _KEPT, _sorted_keys, entry_index
 
     g = torch.Generator().manual_seed(0)
     cb = torch.randn(40, 4, generator=g)
@@ -1083,7 +1083,7 @@ def test_entry_index_finds_entries_and_follows_a_codebook_written_in_place():
     assert torch.equal(entry_index(tokens, cb), expect)  # from the kept keys
     cb[which[0]] = 10.0  # written in place: that entry is elsewhere now, every other lookup the same
     got = entry_index(tokens, cb)
-    keys = _SORTED_KEYS[id(cb)]
+    keys = _KEPT[(_sorted_keys.__name__, id(cb))]
     assert keys[0]() is cb and keys[1] == cb._version  # made again for the written codebook
     moved = which == which[0]
     assert torch.equal(got[:25][~moved], which[~moved]) and not (got[:25][moved] == which[0]).any()

@@ -41,25 +41,32 @@ CERTAIN = 0.95
 
 
 BLOCK = 128  # entries per block of nearest's two-level minimum
-_AUGMENTED: dict = {}  # id(codebook) -> (weakref to it, its version, its rows as nearest multiplies them)
+_KEPT: dict = {}  # (what, id(codebook)) -> (weakref to it, its version, what was made of it): `_kept`
+
+
+def _kept(cb: torch.Tensor, make):
+    """make(cb), made once per codebook tensor and function, kept while the tensor lives and is not written to.
+    Why: the simulator reads each codebook 2-4 times a step, and what `nearest` and `entry_index` derive from it
+    (products' rows, sorted hash keys) cost most of a lookup when made every time."""
+    version = None if cb.is_inference() else cb._version  # inference-mode tensors keep no version counter
+    key = (make.__name__, id(cb))
+    hit = _KEPT.get(key)
+    if hit is not None and hit[0]() is cb and hit[1] == version:
+        return hit[2]
+    for k in [k for k, v in _KEPT.items() if v[0]() is None]:  # codebooks gone since
+        del _KEPT[k]
+    value = make(cb)
+    _KEPT[key] = (weakref.ref(cb), version, value)
+    return value
 
 
 def _augmented(cb: torch.Tensor) -> torch.Tensor:
-    """(K', C + 2) the rows [entry, 1, |entry|^2] that torch.cdist multiplies a codebook's entries into, made once
-    per codebook tensor (kept while it lives and is not written to), and padded to whole BLOCKs with rows no
-    token is near."""
-    version = None if cb.is_inference() else cb._version
-    hit = _AUGMENTED.get(id(cb))
-    if hit is not None and hit[0]() is cb and hit[1] == version:
-        return hit[2]
-    for k in [k for k, v in _AUGMENTED.items() if v[0]() is None]:  # codebooks gone since
-        del _AUGMENTED[k]
+    """(K', C + 2) the rows [entry, 1, |entry|^2] that torch.cdist multiplies a codebook's entries into, padded to
+    whole BLOCKs with rows no token is near."""
     norm = cb.pow(2).sum(-1, keepdim=True)
     far = torch.zeros((-len(cb)) % BLOCK, cb.shape[1] + 2, dtype=cb.dtype, device=cb.device)
     far[:, -2], far[:, -1] = 1.0, 1e30
-    rows = torch.cat([torch.cat([cb, torch.ones_like(norm), norm], -1), far])
-    _AUGMENTED[id(cb)] = (weakref.ref(cb), version, rows)
-    return rows
+    return torch.cat([torch.cat([cb, torch.ones_like(norm), norm], -1), far])
 
 
 def nearest(tokens: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +82,7 @@ def nearest(tokens: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor,
             or tokens.dtype not in (torch.float32, torch.float64):  # cdist's own direct path: as before
         d = [torch.cdist(tokens[i:i + CHUNK], codebook).min(1) for i in range(0, len(tokens), CHUNK)]
         return torch.cat([x.values for x in d]), torch.cat([x.indices for x in d])
-    rows = _augmented(codebook)
+    rows = _kept(codebook, _augmented)
     dist, idx = [], []
     for i in range(0, len(tokens), CHUNK):
         x = tokens[i:i + CHUNK]
@@ -114,24 +121,18 @@ def fit_codebook(tokens: torch.Tensor, entries: int, iters: int = 15, seed: int 
     return codebook
 
 
-_SORTED_KEYS: dict = {}  # id(codebook) -> (weakref to it, its version, probe, sorted keys, order): `_entry_keys`
-
-
-def _entry_keys(cb: torch.Tensor):
-    """(probe, sorted hash keys, their order) of a codebook's entries, made once per codebook tensor (kept while
-    it lives and is not written to). Why: the simulator looks entries up 2-3 times a step, and hashing and
-    sorting the 3,917 entries of the shipped Crafter codebook each time was most of a lookup's 1 ms."""
-    version = None if cb.is_inference() else cb._version  # inference-mode tensors keep no version counter
-    hit = _SORTED_KEYS.get(id(cb))
-    if hit is not None and hit[0]() is cb and hit[1] == version:
-        return hit[2:]
-    for k in [k for k, v in _SORTED_KEYS.items() if v[0]() is None]:  # codebooks gone since
-        del _SORTED_KEYS[k]
+def _sorted_keys(cb: torch.Tensor):
+    """(probe, sorted hash keys, their order) of a codebook's entries."""
     probe = torch.linspace(1.0, 2.0, cb.shape[1], dtype=torch.float64, device=cb.device)
     keys = (cb.double() * probe).sum(-1)
     order = keys.argsort()
-    _SORTED_KEYS[id(cb)] = (weakref.ref(cb), version, probe, keys[order], order)
     return probe, keys[order], order
+
+
+def _entry_keys(cb: torch.Tensor):
+    """_sorted_keys, kept per codebook tensor (`_kept`): hashing and sorting the 3,917 entries of the shipped
+    Crafter codebook at each lookup was most of its 1 ms, 2-3 lookups a step."""
+    return _kept(cb, _sorted_keys)
 
 
 def entry_index(tokens: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -284,7 +284,7 @@ class WindowDataset(torch.utils.data.Dataset):
         w = torch.ones(len(self.index), dtype=torch.float64)
         if L < 2 or not shares:
             return w
-        if any(isinstance(self.episodes[e]["actions"], dict) for e, _ in self.index[:1]):
+        if isinstance(self.episodes[0]["actions"], dict):
             raise ValueError("action shares are for discrete actions; these episodes' actions are a Dict")
         last = np.array([int(self.episodes[e]["actions"][s + L - 2]) for e, s in self.index])
         for k, share in shares.items():

@@ -468,7 +468,7 @@ class Trainer:
         if self.event_share:  # windows ending on a rare event (Crafter's waking...)
             ev = ds.event_weights(self.event_share)
             weights = ev if weights is None else weights * ev
-        if self.action_share:  # windows ending on a rare action (Crafter's sleep...)
+        if self.action_share:  # windows ending on an action the collecting agents seldom took
             aw = ds.action_weights(self.action_share)
             weights = aw if weights is None else weights * aw
         ticks = bool(self.dit.config.ticks)

@@ -232,6 +232,12 @@ def still_steps(ep: dict, threshold: float = 1.0) -> np.ndarray:
     return acted & (change < threshold)
 
 
+def _share_weight(share: float, windows: int, count):
+    """The weight that draws `count` windows of `windows` about a share `share` of the time; a count under 20
+    counts as 20, so a few windows are not drawn hundreds of times each (event_weights, action_weights)."""
+    return share * windows / np.maximum(count, 20)
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """Fixed-length windows of `length` frames cut from episodes, with the action that led to each frame.
 
@@ -290,7 +296,7 @@ class WindowDataset(torch.utils.data.Dataset):
         for k, share in shares.items():
             ends = last == int(k)
             if ends.any():
-                w[torch.as_tensor(ends)] = max(1.0, share * len(self.index) / max(int(ends.sum()), 20))
+                w[torch.as_tensor(ends)] = max(1.0, float(_share_weight(share, len(self.index), int(ends.sum()))))
         return w
 
     def event_weights(self, share: float) -> torch.Tensor:
@@ -315,7 +321,7 @@ class WindowDataset(torch.utils.data.Dataset):
         k = sizes.pop()
         has = np.array([v if v is not None else np.zeros(k, bool) for v in last])
         counts = has.sum(0)
-        per = np.where(counts > 0, share * len(self.index) / np.maximum(counts, 20), 1.0)  # (K,)
+        per = np.where(counts > 0, _share_weight(share, len(self.index), counts), 1.0)  # (K,)
         return torch.as_tensor(np.maximum(1.0, (has * per).max(1)), dtype=torch.float64)
 
     def __getitem__(self, i):

@@ -29,8 +29,9 @@ meta = json.loads((base / "bundle.json").read_text())
 new = json.loads((run / "bundle.json").read_text())
 
 
-def build(wm):  # the world model's architecture, less the ticks a fine-tune may add (the heads fit either way)
-    return {k: v for k, v in wm.items() if k != "ticks"}
+def build(wm):  # the world model's architecture, less the ticks a fine-tune may add and the blocks a student may
+    # drop (dit.drop_blocks): the heads fit either way
+    return {k: v for k, v in wm.items() if k not in ("ticks", "depth")}
 
 
 if keep_heads and build(new["world_model"]) != build(meta["world_model"]):  # checked before OUT is touched

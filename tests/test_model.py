@@ -1,4 +1,6 @@
 """World model behaviour: frame causality, sliding window, RoPE, action encoders, frame-size freedom."""
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -449,3 +451,53 @@ def test_pair_heads_learn_only_where_they_read_two_frames_alone():
         with torch.no_grad():
             new = edm._head_losses(out, sigma, r2, term, trans, pair)
         assert (abs(float(new[0]) - float(base[0])) > 1e-6) == moves, t
+
+
+def test_without_blocks_is_the_model_with_those_blocks_silenced():
+    """without_blocks([i]) computes what the whole model computes with block i's adaLN gates at zero (a block
+    with zero gates adds nothing to the residual stream): the other blocks keep their weights and order. Bad
+    indices are refused."""
+    torch.manual_seed(0)
+    m = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=3, heads=2,
+                           context_frames=2), std=0.15).eval()
+    B, T = 2, 3
+    x, c = torch.randn(B, T, 4, 8, 8), torch.rand(B, T)
+    acts, has = torch.randint(0, 17, (B, T)), torch.ones(B, T, dtype=torch.bool)
+    short = m.without_blocks([1])
+    assert short.config.depth == 2 and len(short.blocks) == 2
+    silenced = copy.deepcopy(m)
+    with torch.no_grad():
+        lin = silenced.blocks[1].ada[1]
+        gates = torch.zeros(6, 32, dtype=torch.bool)
+        gates[[2, 5]] = True  # shift1, scale1, gate1, shift2, scale2, gate2: the two gates
+        lin.weight[gates.flatten()] = 0
+        lin.bias[gates.flatten()] = 0
+    with torch.no_grad():
+        a, b, whole = short(x, c, acts, has), silenced(x, c, acts, has), m(x, c, acts, has)
+    torch.testing.assert_close(a.out, b.out)
+    torch.testing.assert_close(a.features, b.features)
+    torch.testing.assert_close(a.reward, b.reward)
+    assert not torch.allclose(a.out, whole.out, atol=1e-3)  # the dropped block did something
+    for bad in ([], [3], [-1], [0, 1, 2]):
+        with pytest.raises(ValueError, match="drop_blocks"):
+            m.without_blocks(bad)
+
+
+def test_tanh_gelu_is_torchs_tanh_gelu():
+    """TanhGELU (x * sigmoid(2u) on the CPU, in place without grad) gives nn.GELU(approximate="tanh")'s values and
+    gradients, and leaves its input as it was."""
+    from worldsim.model import TanhGELU
+
+    x = torch.randn(81, 768) * 4
+    ref = torch.nn.GELU(approximate="tanh")
+    with torch.no_grad():
+        keep = x.clone()
+        torch.testing.assert_close(TanhGELU()(x), ref(x), atol=2e-6, rtol=1e-5)
+        assert torch.equal(x, keep)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = TanhGELU()(a)
+    with torch.no_grad():
+        assert torch.equal(y, TanhGELU()(x))  # a student and its no-grad teacher compute the same bits
+    y.sum().backward()
+    ref(b).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, atol=2e-6, rtol=1e-5)

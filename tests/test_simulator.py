@@ -633,6 +633,37 @@ def test_self_distillation_learns_the_real_frame_only_where_marked():
     torch.testing.assert_close(edm.denoised(x[:, -1], sigma, raw), z[:, -1])
 
 
+def test_feature_distillation_pulls_a_shallower_student_toward_the_teachers_tokens():
+    """distill_loss with feature_weight: a student equal to its teacher has zero feature loss; one with a block
+    dropped (WorldDiT.without_blocks) does not, and training on the loss lowers it."""
+    import copy
+
+    torch.manual_seed(0)
+    teacher = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=3, heads=2,
+                                 context_frames=W), std=0.15)
+    B, T = 3, W + 1
+    z = torch.randn(B, T, 4, 8, 8)
+    acts = torch.randint(0, 17, (B, T))
+    has = torch.ones(B, T, dtype=torch.bool)
+    zeros = torch.zeros(B, T)
+    edm = EDM(EDMConfig())
+
+    def loss(student):
+        return edm.distill_loss(student, teacher, 1.0, z, acts, has, zeros, zeros.bool(), has,
+                                generator=torch.Generator().manual_seed(5), feature_weight=1.0)
+
+    assert loss(copy.deepcopy(teacher))[1]["features"] == 0
+    student = teacher.without_blocks([1])
+    before = loss(student)[1]["features"]
+    assert before > 0
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    for _ in range(30):
+        opt.zero_grad()
+        loss(student)[0].backward()
+        opt.step()
+    assert loss(student)[1]["features"] < 0.7 * before
+
+
 def test_guidance_keeps_the_conditional_mean_when_asked():
     """EDM.guide: free + g (cond - free); with guidance_keep_mean the result has cond's per-channel mean over
     the frame and the same local differences, so guidance cannot push the whole frame's colour."""

@@ -235,6 +235,24 @@ def test_guidance_distillation(bundle, dataset, tmp_path):
         run_job("train", [*args, f"dit.teacher={other}"])
 
 
+def test_drop_blocks_trains_a_shallower_student_of_its_bundle(bundle, dataset, tmp_path):
+    """dit.drop_blocks=[i] with init=BUNDLE: the bundle written has those blocks fewer, the rest started from the
+    bundle's weights, and records what it was; the whole bundle teaches it. Without distillation it is refused."""
+    import pytest
+
+    from worldsim.checkpoint import Bundle
+
+    args = [f"data={dataset}", f"run={tmp_path / 's'}", *TINY_TRAIN, f"init={bundle}", "dit.drop_blocks=[0]"]
+    with pytest.raises(ValueError, match="drop_blocks"):
+        run_job("train", args)
+    tr = run_job("train", [*args, "dit.distill_guidance=1", "dit.feature_distill=1", "dit.steps=2"])
+    teacher, student = Bundle(bundle), Bundle(tmp_path / "s" / "bundle")
+    depth = teacher.dit.config.depth
+    assert student.dit.config.depth == depth - 1 and tr.teacher.config.depth == depth
+    assert student.meta["trained"]["drop_blocks"] == [0] and student.meta["trained"]["feature_distill"] == 1.0
+    assert "features" in tr.state["history"]["dit"][-1]
+
+
 def test_warp_calibration_recovers_the_shift_per_unit():
     """calibrate_warp on frames whose view really moves by 1.5 px per unit of yaw and -0.7 px per unit of
     pitch, with textureless pairs (nothing to track) and a jump (respawn) among them, which the fit leaves out."""

@@ -415,7 +415,8 @@ class EDM:
     def distill_loss(self, model, teacher, guidance: float, z, actions, has_action, reward, terminated,
                      has_transition, generator=None, real=None, change_weight: float = 1.0,
                      change_threshold: float = 0.2, change_real: bool = False, clock=None,
-                     novel_weight: float = 1.0, ticks=None, tick_since=None, tick_skip_last: bool = False):
+                     novel_weight: float = 1.0, ticks=None, tick_since=None, tick_skip_last: bool = False,
+                     feature_weight: float = 0.0):
         """Guidance distillation (Meng et al. 2023, "On distillation of guided diffusion models"): the
         student's plain conditional prediction learns the teacher's guided one, free + g (cond - free), so
         inference gets guidance's action following from one network pass instead of a doubled batch.
@@ -431,7 +432,10 @@ class EDM:
         does. Half the targets sit at sigma_max, the one level a 1-step sampler uses; the rest follow the
         training distribution so that more sampling steps stay usable. Heads keep their usual loss.
         ticks, tick_since: as in `loss`, for a student with ticks; a teacher with ticks reads them too, one
-        without reads none (give `real` for the windows whose last step ticks: it cannot show them)."""
+        without reads none (give `real` for the windows whose last step ticks: it cannot show them).
+        feature_weight > 0: the student's last-block tokens of every frame also learn the teacher's (squared error
+        relative to their variance, the teacher's plain conditional pass), weighted so; the heads, tick head and
+        token head read those tokens, so a student of another build (fewer blocks) keeps them working."""
         B, T = z.shape[:2]
         c, dev = self.cfg, z.device
         sigma = torch.rand(B, T, device=dev, generator=generator) * c.context_noise_max
@@ -442,9 +446,11 @@ class EDM:
         inp, c_noise = self.model_input(x, sigma)
         warp_in = self.context_previous(z, generator) if warps(model) or warps(teacher) else None
         with torch.no_grad():
+            feat = None
             if guidance == 1:  # self-distillation: the teacher's own prediction, no action-free pass needed
-                target = teacher(inp, c_noise, actions, has_action, prev=warp_in, clock=clock,
-                                 ticks=ticks if teacher.config.ticks else None).out.float()[:, -1]
+                t_out = teacher(inp, c_noise, actions, has_action, prev=warp_in, clock=clock,
+                                ticks=ticks if teacher.config.ticks else None)
+                target, feat = t_out.out.float()[:, -1], t_out.features
             else:
                 free_has = has_action.clone()
                 free_has[:, -1] = False
@@ -455,6 +461,9 @@ class EDM:
                                ticks=torch.cat([ticks, ticks]) if teacher.config.ticks else None).out.float()
                 cond, free = both.chunk(2)
                 target = self.guide(free[:, -1], cond[:, -1], guidance)
+            if feature_weight and feat is None:  # the conditional pass's tokens
+                feat = teacher(inp, c_noise, actions, has_action, prev=warp_in, clock=clock,
+                               ticks=ticks if teacher.config.ticks else None).features
             changed = self.changed_tokens(z[:, -2:], change_threshold)[:, -1] if change_real or change_weight != 1 else None
             if real is not None or change_real:  # these rows / tokens learn the real frame, not the teacher
                 use_real = torch.zeros(target.shape[0], 1, *target.shape[2:], dtype=torch.bool, device=dev)
@@ -473,9 +482,15 @@ class EDM:
         diff = err.mean()
         rew, term = self._head_losses(out, sigma, reward, terminated, has_transition, model)
         tick = self._tick_loss(model, out, sigma, actions, has_action, ticks, tick_since, tick_skip_last)
-        return diff + rew + 0.1 * term + 0.1 * tick, {"distill": diff.item(), "reward": rew.item(),
-                                                      "termination": term.item(),
-                                                      **({"tick": tick.item()} if ticks is not None else {})}
+        loss = diff + rew + 0.1 * term + 0.1 * tick
+        parts = {"distill": diff.item(), "reward": rew.item(), "termination": term.item(),
+                 **({"tick": tick.item()} if ticks is not None else {})}
+        if feature_weight:
+            feat = feat.float()
+            fd = F.mse_loss(out.features.float(), feat) / feat.var().clamp_min(1e-8)
+            loss = loss + feature_weight * fd
+            parts["features"] = fd.item()
+        return loss, parts
 
     # ---- sampling ------------------------------------------------------------------------------
     def sampling_sigmas(self, steps: int | None = None) -> list[float]:

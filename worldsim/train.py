@@ -109,11 +109,24 @@ class Trainer:
         self.change_real = bool(cfg.dit.get("change_real", False))
         if self.distill and (not cfg.get("init") or not math.isfinite(self.distill) or self.distill < 1
                              or (self.distill == 1 and not (self.still_real or self.change_real
-                                                            or cfg.dit.get("tick_real")))):
+                                                            or cfg.dit.get("tick_real") or cfg.dit.get("drop_blocks")))):
             raise ValueError(f"dit.distill_guidance={cfg.dit.distill_guidance}: guidance distillation needs "
                              "init=BUNDLE (the teacher) and a guidance scale > 1 (or 1 with dit.still_real=true "
                              "or dit.change_real=true or dit.tick_real=true: self-distillation with still windows, "
-                             "changed tokens or ticking windows learning the real frame)")
+                             "changed tokens or ticking windows learning the real frame; or dit.drop_blocks: a "
+                             "shallower student learning its bundle)")
+        # drop_blocks: the init's world model less those blocks (WorldDiT.without_blocks), distilled from the init
+        self.drop_blocks = [int(i) for i in (cfg.dit.get("drop_blocks") or [])]
+        if self.drop_blocks and not self.distill:
+            raise ValueError("dit.drop_blocks removes blocks from init=BUNDLE's world model, which then learns the "
+                             "bundle's prediction: set dit.distill_guidance (1 keeps the bundle's own guidance)")
+        # feature_distill: weight of the student's last-block tokens learning the teacher's (relative squared error),
+        # so the heads, tick head and token head that read them keep working on a student (drop_blocks)
+        self.feature_distill = float(cfg.dit.get("feature_distill") or 0.0)
+        if not (math.isfinite(self.feature_distill) and self.feature_distill >= 0):
+            raise ValueError(f"dit.feature_distill={cfg.dit.get('feature_distill')} must be a finite number >= 0")
+        if self.feature_distill and not self.distill:
+            raise ValueError("dit.feature_distill weights a distillation loss: set dit.distill_guidance too")
         if self.still_real and not self.distill:
             raise ValueError("dit.still_real=true replaces the distillation teacher's target on still windows: "
                              "set dit.distill_guidance too (1 keeps the bundle's own guidance)")
@@ -283,6 +296,10 @@ class Trainer:
                 raise ValueError(f"init={init}: the bundle's {key} {b.env[key]} differs from the data's "
                                  f"{self.env_info[key]} ({self.cfg.data}); fine-tune on data of the same game")
         self.ae, self.dit = b.ae.train(), b.dit.train()
+        if self.drop_blocks:  # the teacher below is the bundle whole
+            self.dit = self.dit.without_blocks(self.drop_blocks)
+            print(f"dit.drop_blocks={self.drop_blocks}: the world model keeps {self.dit.config.depth} of "
+                  f"{b.dit.config.depth} blocks")
         self.reward_scale = float(b.env.get("reward_scale", 1.0))  # its heads' scale, whatever the new data's
         if self.distill:  # the teacher is the bundle as it is, also when the student resumes from a checkpoint
             tb, tname = b, f"init={init}"
@@ -512,7 +529,8 @@ class Trainer:
                     if self.teacher is not None:
                         loss, parts = self.edm.distill_loss(model, self.teacher, self.distill, *batch_args,
                                                             real=real, change_real=self.change_real,
-                                                            clock=b["clock"], **change, **tk)
+                                                            clock=b["clock"], feature_weight=self.feature_distill,
+                                                            **change, **tk)
                     elif K and self.rng.random() < c.rollout_prob:
                         k = int(self.rng.integers(1, K + 1))  # own frames as context: 1..K steps deep
                         args = [index_actions(a, np.s_[:, K - k:]) for a in batch_args]
@@ -583,6 +601,10 @@ class Trainer:
                                                                                       if self.event_share else {}),
                                                                                    **({"action_share": {str(k): v for k, v in self.action_share.items()}}
                                                                                       if self.action_share else {}),
+                                                                                   **({"drop_blocks": self.drop_blocks}
+                                                                                      if self.drop_blocks else {}),
+                                                                                   **({"feature_distill": self.feature_distill}
+                                                                                      if self.feature_distill else {}),
                                                                                    **({"still_real": True}
                                                                                       if self.still_real else {}),
                                                                                    **({"tick_real": True}

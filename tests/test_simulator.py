@@ -653,6 +653,9 @@ def test_feature_distillation_pulls_a_shallower_student_toward_the_teachers_toke
                                 generator=torch.Generator().manual_seed(5), feature_weight=1.0)
 
     assert loss(copy.deepcopy(teacher))[1]["features"] == 0
+    guided = edm.distill_loss(copy.deepcopy(teacher), teacher, 2.0, z, acts, has, zeros, zeros.bool(), has,
+                              generator=torch.Generator().manual_seed(5), feature_weight=1.0)[1]
+    assert guided["features"] < 1e-10  # guided: the tokens of the teacher's conditional half of its stacked pass
     student = teacher.without_blocks([1])
     before = loss(student)[1]["features"]
     assert before > 0

@@ -446,7 +446,6 @@ class EDM:
         inp, c_noise = self.model_input(x, sigma)
         warp_in = self.context_previous(z, generator) if warps(model) or warps(teacher) else None
         with torch.no_grad():
-            feat = None
             if guidance == 1:  # self-distillation: the teacher's own prediction, no action-free pass needed
                 t_out = teacher(inp, c_noise, actions, has_action, prev=warp_in, clock=clock,
                                 ticks=ticks if teacher.config.ticks else None)
@@ -458,12 +457,10 @@ class EDM:
                                torch.cat([has_action, free_has]),
                                prev=None if warp_in is None else batch_twice(warp_in),
                                clock=None if clock is None else torch.cat([clock, clock]),
-                               ticks=torch.cat([ticks, ticks]) if teacher.config.ticks else None).out.float()
-                cond, free = both.chunk(2)
+                               ticks=torch.cat([ticks, ticks]) if teacher.config.ticks else None)
+                cond, free = both.out.float().chunk(2)
                 target = self.guide(free[:, -1], cond[:, -1], guidance)
-            if feature_weight and feat is None:  # the conditional pass's tokens
-                feat = teacher(inp, c_noise, actions, has_action, prev=warp_in, clock=clock,
-                               ticks=ticks if teacher.config.ticks else None).features
+                feat = both.features[:B]  # the conditional pass's tokens
             changed = self.changed_tokens(z[:, -2:], change_threshold)[:, -1] if change_real or change_weight != 1 else None
             if real is not None or change_real:  # these rows / tokens learn the real frame, not the teacher
                 use_real = torch.zeros(target.shape[0], 1, *target.shape[2:], dtype=torch.bool, device=dev)

@@ -606,20 +606,25 @@ def test_action_dropout_hides_actions_from_the_loss():
     assert losses[1.0, 1] == losses[1.0, 4]  # ... unless every frame's action is dropped
 
 
+def _distill_case(depth: int):
+    """A random tiny teacher (seeded) and a batch of 3 windows for distill_loss: teacher, z, actions, has_action, zeros."""
+    torch.manual_seed(0)
+    teacher = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=depth, heads=2,
+                                 context_frames=W), std=0.15)
+    B, T = 3, W + 1
+    z = torch.randn(B, T, 4, 8, 8)
+    acts = torch.randint(0, 17, (B, T))
+    return teacher, z, acts, torch.ones(B, T, dtype=torch.bool), torch.zeros(B, T)
+
+
 def test_self_distillation_learns_the_real_frame_only_where_marked():
     """distill_loss at guidance 1 (self-distillation): a student equal to its teacher has zero loss, and rows
     marked `real` learn the real frame instead (their raw target denoises the noisy frame back to it)."""
     import copy
 
-    torch.manual_seed(0)
-    teacher = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=2, heads=2,
-                                 context_frames=W), std=0.15)
+    teacher, z, acts, has, zeros = _distill_case(depth=2)
     student = copy.deepcopy(teacher)
-    B, T = 3, W + 1
-    z = torch.randn(B, T, 4, 8, 8)
-    acts = torch.randint(0, 17, (B, T))
-    has = torch.ones(B, T, dtype=torch.bool)
-    zeros = torch.zeros(B, T)
+    B = z.shape[0]
     edm = EDM(EDMConfig())
 
     def loss(real):
@@ -638,14 +643,7 @@ def test_feature_distillation_pulls_a_shallower_student_toward_the_teachers_toke
     dropped (WorldDiT.without_blocks) does not, and training on the loss lowers it."""
     import copy
 
-    torch.manual_seed(0)
-    teacher = randomize(WorldDiT({"type": "discrete", "n": 17}, latent_channels=4, dim=32, depth=3, heads=2,
-                                 context_frames=W), std=0.15)
-    B, T = 3, W + 1
-    z = torch.randn(B, T, 4, 8, 8)
-    acts = torch.randint(0, 17, (B, T))
-    has = torch.ones(B, T, dtype=torch.bool)
-    zeros = torch.zeros(B, T)
+    teacher, z, acts, has, zeros = _distill_case(depth=3)
     edm = EDM(EDMConfig())
 
     def loss(student):

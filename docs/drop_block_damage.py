@@ -1,6 +1,6 @@
 """Which block of a world model costs least to drop? (before distilling a shallower student: dit.drop_blocks)
 
-    python docs/drop_block_damage.py [BUNDLE] [DATA] [--out F.json]
+    python docs/drop_block_damage.py [BUNDLE] [DATA] [--out=F.json]
     (defaults: the shipped Crafter bundle, data/sleepless/crafter_canvas's test split; about 1 minute on 2 cores)
 
 48 windows of the collection's test split (seeded), encoded; the last frame noised to sigma_max (the one level

@@ -107,16 +107,16 @@ class Trainer:
         # with distill_guidance=1 (self-distillation) that corrects a distilled model there and keeps it elsewhere
         self.still_real = bool(cfg.dit.get("still_real", False))
         self.change_real = bool(cfg.dit.get("change_real", False))
+        # drop_blocks: the init's world model less those blocks (WorldDiT.without_blocks), distilled from the init
+        self.drop_blocks = [int(i) for i in (cfg.dit.get("drop_blocks") or [])]
         if self.distill and (not cfg.get("init") or not math.isfinite(self.distill) or self.distill < 1
                              or (self.distill == 1 and not (self.still_real or self.change_real
-                                                            or cfg.dit.get("tick_real") or cfg.dit.get("drop_blocks")))):
+                                                            or cfg.dit.get("tick_real") or self.drop_blocks))):
             raise ValueError(f"dit.distill_guidance={cfg.dit.distill_guidance}: guidance distillation needs "
                              "init=BUNDLE (the teacher) and a guidance scale > 1 (or 1 with dit.still_real=true "
                              "or dit.change_real=true or dit.tick_real=true: self-distillation with still windows, "
                              "changed tokens or ticking windows learning the real frame; or dit.drop_blocks: a "
                              "shallower student learning its bundle)")
-        # drop_blocks: the init's world model less those blocks (WorldDiT.without_blocks), distilled from the init
-        self.drop_blocks = [int(i) for i in (cfg.dit.get("drop_blocks") or [])]
         if self.drop_blocks and not self.distill:
             raise ValueError("dit.drop_blocks removes blocks from init=BUNDLE's world model, which then learns the "
                              "bundle's prediction: set dit.distill_guidance (1 keeps the bundle's own guidance)")

@@ -147,3 +147,27 @@ def test_cpu_tensors_outside_the_interpreter_take_the_reference(monkeypatch):
 def test_unknown_kernels_name_is_an_error():
     with pytest.raises(ValueError, match="kernels must be one of torch, triton, got 'cuda'"):
         K.use("cuda")
+
+
+def test_qkv_norm_rope_gives_two_rms_rope_calls_bits_and_their_gradients():
+    """The CPU's inference path (q and k normed and turned together, in place) gives the same bits as rms_rope on
+    each; a pass that needs gradients takes rms_rope itself, so training is unchanged."""
+    g = torch.Generator().manual_seed(5)
+    B, T, N, H, hd = 2, 3, 6, 3, 16
+    cos, sin = Rotary3D(hd)(torch.tensor([7, 8, 9]), 2, 3)  # (T*N, hd/2)
+    qkv = torch.randn(B, T * N, 3, H, hd, generator=g) * 3
+    wq, wk = torch.rand(hd, generator=g) + 0.5, torch.rand(hd, generator=g) + 0.5
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    want = (K.rms_rope(q, wq, cos, sin, 1e-6), K.rms_rope(k, wk, cos, sin, 1e-6), v)
+    with torch.no_grad():
+        got = K.qkv_norm_rope(qkv, wq, wk, cos, sin, 1e-6)
+    for u, w in zip(got, want):
+        assert u.shape == w.shape == (B, H, T * N, hd) and torch.equal(u, w)
+    assert not torch.equal(got[0], got[1])  # each with its own weight
+    x = qkv.clone().requires_grad_()
+    q2, k2, v2 = K.qkv_norm_rope(x, wq, wk, cos, sin, 1e-6)
+    (q2.square().sum() + (k2 * v2).sum()).backward()
+    y = qkv.clone().requires_grad_()
+    q3, k3, v3 = y.permute(2, 0, 3, 1, 4)
+    (K.rms_rope(q3, wq, cos, sin, 1e-6).square().sum() + (K.rms_rope(k3, wk, cos, sin, 1e-6) * v3).sum()).backward()
+    assert torch.equal(x.grad, y.grad)

@@ -25,7 +25,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 
-from worldsim.kernels import apply_rope, attention, ln_modulate, residual_ln_modulate, rms_rope
+from worldsim.kernels import apply_rope, attention, ln_modulate, qkv_norm_rope, residual_ln_modulate, rms_rope
 
 # --------------------------------------------------------------------------------------------------
 # Actions: a JSON-able spec of a Gymnasium space, so the model knows nothing about any one game.
@@ -345,15 +345,15 @@ class Attention(nn.Module):
         B, T, N, D = x.shape
         # "b t n (three h d) -> three b h (t n) d" by reshape and permute: einops' call costs more than the
         # op itself at batch 1
-        q, k, v = self.qkv(x).reshape(B, T * N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).reshape(B, T * N, 3, self.heads, D // self.heads)
         if newest:  # only the newest frame's queries (tokens are frame-major): every frame's keys still come out
-            q, cos_q, sin_q = q[:, :, -N:], cos[-N:], sin[-N:]
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
             mask = None if mask is None else mask[-N:]
             T = 1
+            q, k = (rms_rope(q[:, :, -N:], self.q_norm.weight, cos[-N:], sin[-N:], self.q_norm.eps),
+                    rms_rope(k, self.k_norm.weight, cos, sin, self.k_norm.eps))
         else:
-            cos_q, sin_q = cos, sin
-        q, k = (rms_rope(q, self.q_norm.weight, cos_q, sin_q, self.q_norm.eps),
-                rms_rope(k, self.k_norm.weight, cos, sin, self.k_norm.eps))
+            q, k, v = qkv_norm_rope(qkv, self.q_norm.weight, self.k_norm.weight, cos, sin, self.q_norm.eps)
         kv = (k, v) if return_kv else None
         if cache is None:
             out = attention(q, k, v, mask)

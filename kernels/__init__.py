@@ -84,6 +84,19 @@ def rms_rope(x, weight, cos, sin, eps: float):
     return apply_rope(F.rms_norm(x, x.shape[-1:], weight, eps), cos, sin)
 
 
+_turn_memo = [None]
+
+
+def _turn(cos, sin):
+    """The rotation e^(i angle) as complex (L, 1, 1, hd/2), kept for the last cos, sin tables seen (the model
+    passes the same tables to every layer of a pass, and a step's passes share them)."""
+    held = _turn_memo[0]
+    if held is None or held[0] is not cos or held[1] is not sin or held[2] != (cos._version, sin._version):
+        held = _turn_memo[0] = (cos, sin, (cos._version, sin._version),
+                                torch.complex(cos.float(), sin.float())[:, None, None])
+    return held[3]
+
+
 def qkv_norm_rope(qkv, q_weight, k_weight, cos, sin, eps: float):
     """The attention's inputs from its qkv projection: qkv (B, L, 3, H, head_dim) -> q, k, v (B, H, L, head_dim),
     q and k through rms_rope (each with its own norm weight), v as it is.
@@ -100,7 +113,7 @@ def qkv_norm_rope(qkv, q_weight, k_weight, cos, sin, eps: float):
     B, L, _, H, hd = qkv.shape
     qk = F.rms_norm(qkv[:, :, :2], (hd,), None, eps)  # a fresh (B, L, 2, H, hd) tensor
     qk.mul_(torch.stack([q_weight, k_weight]).to(qk.dtype)[:, None])
-    turn = torch.complex(cos.float(), sin.float())[:, None, None]  # (L, 1, 1, hd/2)
+    turn = _turn(cos, sin)
     torch.view_as_complex(qk.view(B, L, 2, H, hd // 2, 2)).mul_(turn)
     q, k = qk.permute(2, 0, 3, 1, 4)
     return q, k, qkv[:, :, 2].transpose(1, 2)

@@ -306,6 +306,22 @@ class Rotary3D(nn.Module):
         ], dim=-1).reshape(T * h * w, -1)
         return ang.cos(), ang.sin()
 
+    def at_time(self, time: int, h: int, w: int):
+        """forward's cos, sin for the one frame at `time`, the same values: the row, column and unrotated parts
+        are kept per (h, w) and only the time pairs are computed (forward is a dozen small ops, the spatial part
+        most of them; a batch-1 step asks once)."""
+        key = (h, w, self.time_mult.device)
+        held = getattr(self, "_space", None)
+        if held is None or held[0] != key:
+            cos, sin = self(torch.tensor([0]), h, w)
+            held = self._space = (key, cos, sin)
+        phase = (int(time) * self.time_mult) % self.time_period
+        a_t = (phase.double() * (2 * math.pi / self.time_period)).float()
+        n_t = len(a_t)
+        cos, sin = held[1].clone(), held[2].clone()
+        cos[:, :n_t], sin[:, :n_t] = a_t.cos(), a_t.sin()
+        return cos, sin
+
     def time_shift(self, delta: int):
         """cos, sin (1, head_dim/2) that move a rotated key from time t to t + delta: its time pairs turn by
         delta's angles, its row, column and unrotated pairs stay (row 0, column 0 rotate by nothing)."""
@@ -360,8 +376,7 @@ class Attention(nn.Module):
         elif alone == "only":  # heads_input="pair", a commit pass: the frame attends to its own tokens alone,
             # and those keys are committed (no copy attending to the window: the heads read this one)
             out = attention(q, k, v, None)
-            cache.write_scratch(layer, k, v)
-            cache.commit(layer, commit_slot)
+            cache.write_slot(layer, commit_slot, k, v)
         elif alone:  # context_attention="frame", a commit pass of the batch stacked twice (forward_cached): the
             # first copy attends to its own tokens alone and its keys are committed; the second, the one read,
             # attends to the window and itself as any new frame does, before the commit overwrites the oldest slot
@@ -375,6 +390,13 @@ class Attention(nn.Module):
             if commit_slot is not None:
                 cache.commit(layer, commit_slot)
         return self.proj(out.transpose(1, 2).reshape(B, T, N, D)), kv
+
+
+@functools.lru_cache(8)
+def _gelu_constants(dtype):
+    """TanhGELU's two constants as 0-dim CPU tensors of the input's dtype: a Python number in an in-place op is
+    converted to one at every call (two small ops of the MLP's dozen at batch 1); the values are the same."""
+    return (torch.tensor(0.044715 * TanhGELU.K, dtype=dtype), torch.tensor(TanhGELU.K, dtype=dtype))
 
 
 class TanhGELU(nn.Module):
@@ -391,8 +413,9 @@ class TanhGELU(nn.Module):
             return F.gelu(x, approximate="tanh")
         if torch.is_grad_enabled() and x.requires_grad:  # the same operations in the same order, out of place
             return torch.sigmoid((x * x * (0.044715 * self.K) + self.K) * x) * x
+        a, k = _gelu_constants(x.dtype)
         u = x * x
-        u.mul_(0.044715 * self.K).add_(self.K).mul_(x)
+        u.mul_(a).add_(k).mul_(x)
         return u.sigmoid_().mul_(x)
 
 
@@ -902,7 +925,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
         passes share them (each computation is a dozen small ops)."""
         key = (int(time), h, w, self.rope.time_mult.device)
         if getattr(self, "_rope_key", None) != key:
-            self._rope_key, self._rope_val = key, self.rope(torch.tensor([time]), h, w)
+            self._rope_key, self._rope_val = key, self.rope.at_time(time, h, w)
         return self._rope_val
 
     def new_cache(self, batch_size: int, tokens_per_frame: int, device=None, dtype=None) -> "KVCache":
@@ -952,6 +975,13 @@ class KVCache:
         kk, vv = self.k[layer].repeat(r, 1, 1, 1), self.v[layer].repeat(r, 1, 1, 1)
         kk[:, :, s], vv[:, :, s] = k, v
         return kk, vv
+
+    def write_slot(self, layer, slot, k, v):
+        """Keys/values of a frame that attended to itself alone straight into its ring slot: what write_scratch
+        and commit leave there, one copy fewer."""
+        d = self._span(slot)
+        self.k[layer, :, :, d] = k
+        self.v[layer, :, :, d] = v
 
     def commit(self, layer, slot):
         s, d = self._span(self.window), self._span(slot)

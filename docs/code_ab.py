@@ -2,11 +2,12 @@
 the same bit for bit.
 
     git worktree add /tmp/base COMMIT
-    python docs/code_ab.py /tmp/base [ROUNDS=3] [BATCH=1]
+    python docs/code_ab.py /tmp/base [ROUNDS=3] [BATCH=1] [QUANTIZE]
 
 Each round runs the shipped Crafter env once from the other tree and once from this one, each in a fresh
 process (seed 0, random actions seeded 0, 30 warm-up steps, then 400 timed steps at batch 1 or 20 batched), so
-this VM's drift between minutes falls on both alike. The other tree is put first on PYTHONPATH; `envs/` is
+this VM's drift between minutes falls on both alike. QUANTIZE (none or int8): the env's `quantize` (default: the
+bundle's, int8 for the shipped Crafter model; the issue's speed target names fp32, `none`). The other tree is put first on PYTHONPATH; `envs/` is
 always this checkout's (the editable install maps `worldsim.envs` to it), so compare changes outside it.
 Prints each round's ms per step, and compares the two trees' frames and rewards of the warm-up and the first
 20 timed steps.
@@ -23,8 +24,9 @@ CHILD = r"""
 import sys, time, numpy as np, gymnasium as gym
 import worldsim
 tree, out, B = sys.argv[1], sys.argv[2], int(sys.argv[3])
+kw = {"quantize": sys.argv[4]} if len(sys.argv) > 4 else {}
 assert worldsim.__file__.startswith(tree), worldsim.__file__
-env = gym.make("worldsim/Crafter-v0") if B == 1 else gym.make_vec("worldsim/Crafter-v0", num_envs=B)
+env = gym.make("worldsim/Crafter-v0", **kw) if B == 1 else gym.make_vec("worldsim/Crafter-v0", num_envs=B, **kw)
 env.reset(seed=0)
 env.action_space.seed(0)
 frames, rewards = [], []
@@ -43,9 +45,10 @@ print(f"{ms:.2f}")
 """
 
 
-def run(tree: Path, out: Path, batch: int) -> float:
+def run(tree: Path, out: Path, batch: int, quantize: list) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree), "TQDM_DISABLE": "1"}
-    r = subprocess.run([sys.executable, "-c", CHILD, str(tree), str(out), str(batch)], env=env, cwd=tempfile.gettempdir(),
+    r = subprocess.run([sys.executable, "-c", CHILD, str(tree), str(out), str(batch), *quantize], env=env,
+                       cwd=tempfile.gettempdir(),
                        capture_output=True, text=True, check=True)
     return float(r.stdout.strip().splitlines()[-1])
 
@@ -54,12 +57,13 @@ def main():
     other = Path(sys.argv[1]).resolve()
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     batch = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    quantize = sys.argv[4:5]
     here = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as d:
         a, b = Path(d) / "other.npz", Path(d) / "here.npz"
         times = []
         for i in range(rounds):
-            times.append((run(other, a, batch), run(here, b, batch)))
+            times.append((run(other, a, batch, quantize), run(here, b, batch, quantize)))
             print(f"round {i + 1}: {other} {times[-1][0]:.2f} ms, this tree {times[-1][1]:.2f} ms per step (batch {batch})")
         med = np.median(np.array(times), axis=0)
         print(f"median: {med[0]:.2f} against {med[1]:.2f} ms ({100 * (1 - med[1] / med[0]):.1f} % less time in this tree)")

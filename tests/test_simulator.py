@@ -840,9 +840,15 @@ def test_int8_world_model_tracks_fp32(random_bundle):
     noise stays near the fp32 one without being identical to it."""
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
 
+    from worldsim.simulator import _Int8Linear
+
     sims = {q: WorldSimulator(random_bundle, 2, sampling_steps=1, quantize=q) for q in (None, "int8")}
     q = sims["int8"].dit
-    assert isinstance(q.blocks[0].mlp[0], QLinear) and isinstance(q.blocks[-1].attn.qkv, QLinear)
+    for layer in (q.blocks[0].mlp[0], q.blocks[-1].attn.qkv, q.blocks[0].mlp[2], q.blocks[0].attn.proj):
+        # torch.ao's layer, called through its op: the same bits as its own forward
+        assert isinstance(layer, _Int8Linear) and isinstance(layer.q, QLinear)
+        x = torch.randn(3, 5, layer.q.in_features)
+        assert torch.equal(layer(x), layer.q(x))
     assert type(q.final.linear) is torch.nn.Linear and type(q.blocks[0].ada[-1]) is torch.nn.Linear
     assert type(random_bundle.dit.blocks[0].mlp[0]) is torch.nn.Linear
     assert WorldSimulator(random_bundle, 1, quantize="int8").dit is q  # one quantized copy per bundle
@@ -856,7 +862,7 @@ def test_int8_world_model_tracks_fp32(random_bundle):
 
     b = copy.copy(random_bundle)
     b.meta = {**random_bundle.meta, "inference": {"quantize": "int8"}}
-    assert WorldSimulator(b, 1).quantize == "int8" and isinstance(WorldSimulator(b, 1).dit.blocks[0].mlp[0], QLinear)
+    assert WorldSimulator(b, 1).quantize == "int8" and isinstance(WorldSimulator(b, 1).dit.blocks[0].mlp[0].q, QLinear)
     for off in ("none", "fp32", False):
         sim = WorldSimulator(b, 1, quantize=off)
         assert sim.quantize is None and sim.dit is b.dit

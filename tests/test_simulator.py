@@ -1065,6 +1065,8 @@ def test_kmeans_codebook_finds_the_tiles_and_snap_returns_them():
     snapped = snap(z, cb)
     expect = cb[idx][which[:30]].reshape(2, 3, 5, 4).permute(0, 3, 1, 2)  # each token's own tile's entry
     assert torch.equal(snapped, expect)
+    again, index = snap(z, cb, index=True)  # and the entries' indices, for keep_off_map
+    assert torch.equal(again, snapped) and torch.equal(index, idx[which[:30]].reshape(2, 3, 5))
     with pytest.raises(ValueError, match="at least that many tokens"):
         fit_codebook(tokens[:5], 6)
 
@@ -1760,6 +1762,9 @@ def test_keep_off_map_resnaps_the_players_sprites_off_the_map_cells():
     cells = torch.ones(2, 2, dtype=torch.bool)
     cells[1, 1] = False
     out = keep_off_map(estimate, z, codebook, groups, torch.tensor([1, 3]), cells)
+    # with snap's indices given, the same (the hash lookup of entry_index skipped)
+    assert torch.equal(keep_off_map(estimate, z, codebook, groups, torch.tensor([1, 3]), cells,
+                                    torch.tensor([[[0, 1], [2, 3]]])), out)
     assert torch.equal(out[0, :, 0, 0], z[0, :, 0, 0]) and torch.equal(out[0, :, 1, 0], z[0, :, 1, 0])
     assert torch.equal(out[0, :, 1, 1], z[0, :, 1, 1])  # group 3, but on the fixed cell
     i = nearest(out[0, :, 0, 1][None], codebook)[1]

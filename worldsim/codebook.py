@@ -149,11 +149,13 @@ def entry_index(tokens: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-def snap(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Latents (B, C, h, w): each token (the C channels at one grid cell) replaced by its nearest entry."""
+def snap(z: torch.Tensor, codebook: torch.Tensor, index: bool = False):
+    """Latents (B, C, h, w): each token (the C channels at one grid cell) replaced by its nearest entry. index:
+    return (snapped, (B, h, w) the entries' indices), for a caller that reads them next (keep_off_map)."""
     B, C, h, w = z.shape
     _, idx = nearest(z.permute(0, 2, 3, 1).reshape(-1, C).float(), codebook.to(z.device).float())
-    return codebook.to(z)[idx].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
+    out = codebook.to(z)[idx].reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
+    return (out, idx.view(B, h, w)) if index else out
 
 
 class TokenHead(nn.Module):
@@ -338,18 +340,19 @@ def draw_terrain(estimate: torch.Tensor, z: torch.Tensor, codebook: torch.Tensor
 
 
 def keep_off_map(estimate: torch.Tensor, z: torch.Tensor, codebook: torch.Tensor, groups: torch.Tensor,
-                 fixed_only: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+                 fixed_only: torch.Tensor, cells: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
     """z (b, C, h, w), snapped, with every token on the map cells `cells` ((h, w) bool) whose group is one of
     `fixed_only` (groups real frames show only on the view's fixed cells: the player's own sprites) re-snapped
     to the entry of another group nearest to the model's estimate. Why: over thousands of steps the model
     sometimes draws a second player beside the first, which the map memory then keeps, and an explorer
-    strikes at it as at a wall (docs/results.md)."""
+    strikes at it as at a wall (docs/results.md). index: (b, h, w) the entry of each token, where the caller has
+    it (snap's); found by entry_index otherwise."""
     b, C, h, w = z.shape
     if not len(fixed_only):
         return z
     cb, groups = codebook.to(z.device).float(), groups.to(z.device)
     tok = z.permute(0, 2, 3, 1)
-    idx = entry_index(tok.reshape(-1, C), cb).view(b, h, w)
+    idx = entry_index(tok.reshape(-1, C), cb).view(b, h, w) if index is None else index
     bad = torch.isin(groups[idx], fixed_only.to(z.device)) & cells
     if not bool(bad.any()):
         return z

@@ -558,7 +558,7 @@ class WorldSimulator:
         shown = {}
 
         def project(z, centre, features):
-            estimate = z  # the model's sample, before snap
+            estimate, index = z, None  # the model's sample, before snap; the entries snap chose
             if self.snap == "sample":  # one draw per token from the caller's noise (its first channel)
                 b = self.bundle
                 z = sample_snap(z, features, b.codebook, b.codebook_groups, b.token_head, noise[:, 0], self.certain)
@@ -567,12 +567,13 @@ class WorldSimulator:
                 z = seed_snap(z, features, b.codebook, b.codebook_groups, b.token_head, noise[:, 0], self.certain,
                               self.reveal[a], self.seed_floor)
             elif self.snap:
-                z = snap(z, self.bundle.codebook)
+                z, index = snap(z, self.bundle.codebook, index=True)
             if self.map is not None:  # ground seen before, where the frame scrolled back to it
                 draw = None
                 if self.new_ground == "terrain":  # ground never seen: drawn from the terrain prior
                     b = self.bundle
-                    z = keep_off_map(estimate, z, b.codebook, b.codebook_groups, b.terrain_fixed_only, self.map.cells)
+                    z = keep_off_map(estimate, z, b.codebook, b.codebook_groups, b.terrain_fixed_only, self.map.cells,
+                                     index)
 
                     def draw(z, fresh, step):
                         return draw_terrain(estimate, z, b.codebook, b.codebook_groups, b.terrain_prior, noise[:, 0],

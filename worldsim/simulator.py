@@ -1065,7 +1065,7 @@ class MapMemory:
             self._mobile_entry[self.mobile[1]] = True
         # what scrolled, new_cells and uncovered_cells compute from an action's move alone, per action (and, for
         # the last two, per step: an action's move, or none at index n_actions): a step looks them up. Why: they
-        # were a dozen small ops a step, about a third of the memory's time at batch 1 (this EPYC)
+        # were a dozen small ops every step, each mostly call overhead at batch 1
         src = self.offset + self.move[:, None, None]  # (A, h, w, 2): the last view's cell each would show
         inside = (src[..., 0] >= 0) & (src[..., 0] < h) & (src[..., 1] >= 0) & (src[..., 1] < w)
         self._src = (src[..., 0].clamp(0, h - 1), src[..., 1].clamp(0, w - 1))

@@ -984,9 +984,8 @@ class KVCache:
         self.v[layer, :, :, d] = v
 
     def commit(self, layer, slot):
-        s, d = self._span(self.window), self._span(slot)
-        self.k[layer, :, :, d] = self.k[layer, :, :, s]
-        self.v[layer, :, :, d] = self.v[layer, :, :, s]
+        s = self._span(self.window)
+        self.write_slot(layer, slot, self.k[layer, :, :, s], self.v[layer, :, :, s])
 
     def mark(self, time: int, rows=None):
         rows = slice(None) if rows is None else rows

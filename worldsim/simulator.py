@@ -1057,12 +1057,14 @@ class MapMemory:
         self.at = torch.full((batch, MAP_SIZE, MAP_SIZE, 2), -2 ** 40, dtype=torch.long, device=device)
         self.pos = torch.zeros(batch, 2, dtype=torch.long, device=device)  # the view corner's world position
         self.filled = torch.zeros(batch, h, w, dtype=torch.bool, device=device)  # the last step's filled cells
-        # (codebook, entries) of things that move (codebook.mobile_entries): a cell showing one keeps what the memory
-        # held there, so a mob the model drew does not stand there again when the view comes back
-        self.mobile = None if mobile is None else (mobile[0].to(device).float(), mobile[1].to(device))
-        if mobile is not None:  # which entries are mobile, looked up by index (torch.isin took 0.14 ms a step)
-            self._mobile_entry = torch.zeros(len(mobile[0]), dtype=torch.bool, device=device)
-            self._mobile_entry[self.mobile[1]] = True
+        # mobile: (codebook, entries) of things that move (codebook.mobile_entries): a cell showing one keeps what the
+        # memory held there, so a mob the model drew does not stand there again when the view comes back. Kept as
+        # (codebook, whether each entry moves), looked up by index (torch.isin of the entries took 0.14 ms a step)
+        self.mobile = None
+        if mobile is not None:
+            moves = torch.zeros(len(mobile[0]), dtype=torch.bool, device=device)
+            moves[mobile[1].to(device)] = True
+            self.mobile = (mobile[0].to(device).float(), moves)
         # what scrolled, new_cells and uncovered_cells compute from an action's move alone, per action (and, for
         # the last two, per step: an action's move, or none at index n_actions): a step looks them up. Why: they
         # were a dozen small ops every step, each mostly call overhead at batch 1
@@ -1138,9 +1140,9 @@ class MapMemory:
             z = draw(z, fresh, step)
         keep = self.cells.expand_as(use)
         if self.mobile is not None:
-            cb = self.mobile[0]
+            cb, moves = self.mobile
             idx = entry_index(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float(), cb).view(use.shape)
-            keep = keep & ~self._mobile_entry[idx]
+            keep = keep & ~moves[idx]
         s = slot[keep]
         r = rows[:, None, None].expand_as(use)[keep]
         self.z[r, s[:, 0], s[:, 1]] = z.permute(0, 2, 3, 1)[keep].float()

@@ -291,8 +291,8 @@ def test_shipped_crafter_map_memory_shows_the_ground_it_left():
             assert (sim.map is not None) == mem
             cb = sim.bundle.codebook.float()
             if mem:
-                def mobile(v, mob=sim.map.mobile):  # the entries of things that move (codebook.mobile_entries)
-                    return bool(torch.isin(entry_index(v.float()[None], mob[0]), mob[1]))
+                def mobile(v, mob=sim.map.mobile):  # whether v is an entry of a thing that moves (codebook.mobile_entries)
+                    return bool(mob[1][entry_index(v.float()[None], mob[0])])
             shown, filled = {}, 0  # world place -> the latent shown there last (first: what the context showed)
             if mem:
                 col0 = int(sim.map.pos[0, 1])

@@ -7,8 +7,9 @@ the same bit for bit.
 Each round runs the shipped Crafter env once from the other tree and once from this one, each in a fresh
 process (seed 0, random actions seeded 0, 30 warm-up steps, then 400 timed steps at batch 1 or 20 batched), so
 this VM's drift between minutes falls on both alike. QUANTIZE (none or int8): the env's `quantize` (default: the
-bundle's, int8 for the shipped Crafter model; the issue's speed target names fp32, `none`). The other tree is put first on PYTHONPATH; `envs/` is
-always this checkout's (the editable install maps `worldsim.envs` to it), so compare changes outside it.
+bundle's, int8 for the shipped Crafter model; the issue's speed target names fp32, `none`). The other tree is put
+first on PYTHONPATH; `envs/` is always this checkout's (the editable install maps `worldsim.envs` to it), so
+compare changes outside it.
 Prints each round's ms per step, and compares the two trees' frames and rewards of the warm-up and the first
 20 timed steps.
 """

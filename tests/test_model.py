@@ -413,8 +413,8 @@ def test_pair_heads_read_the_frame_and_the_one_before_each_alone_in_a_commit_of_
         o = pair.forward_cached(x[:, t], c[:, t], a[:, t], has[:, t], caches[1], t, commit=True, outputs="heads",
                                 prev_features=prev)
         ring = slice(0, W * 16)  # the committed frames (the scratch slot is each sampling pass's own)
-        torch.testing.assert_close(caches[1].k[:, :, :, ring], caches[0].k[:, :, :, ring], rtol=0, atol=1e-5)  # 2 rows or 4: rounding
-        torch.testing.assert_close(caches[1].v[:, :, :, ring], caches[0].v[:, :, :, ring], rtol=0, atol=1e-5)
+        for got, want in ((caches[1].k, caches[0].k), (caches[1].v, caches[0].v)):  # 2 rows or 4: rounding
+            torch.testing.assert_close(got[:, :, :, ring], want[:, :, :, ring], rtol=0, atol=1e-5)
         full = pair(x[:, t - 1:t + 1], c[:, t - 1:t + 1], a[:, t - 1:t + 1], has[:, t - 1:t + 1],
                     times=torch.tensor([t - 1, t]), context_only=True)
         torch.testing.assert_close(o.features, full.features[:, -1], rtol=1e-4, atol=1e-4)

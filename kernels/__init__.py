@@ -104,8 +104,8 @@ def qkv_norm_rope(qkv, q_weight, k_weight, cos, sin, eps: float):
     Where no gradient is wanted and the tensors are fp32 (the CPU's inference), q and k are normed and rotated
     together, in place, on one fresh tensor: the norm without its weight, times both weights stacked, times the
     rotation as complex numbers. The same values bit for bit as two rms_rope calls (tests/test_kernels.py), in
-    about half the time at batch 1: those calls were about twenty small ops, each mostly call overhead (this
-    project's 2-core EPYC: 197 against 101 us for q and k of 81 tokens, 3 heads of 64)."""
+    less time at batch 1: those calls were about twenty small ops, each mostly call overhead (this project's
+    2-core EPYC, `python docs/cpu_op_timings.py ops`: 191 against 121 us for q and k of 81 tokens, 3 heads of 64)."""
     if _fused(qkv, q_weight, k_weight, cos, sin) or qkv.dtype != torch.float32 or (
             torch.is_grad_enabled() and qkv.requires_grad) or qkv.shape[-1] % 2:
         q, k, v = qkv.permute(2, 0, 3, 1, 4)

@@ -87,8 +87,9 @@ def int8_world_model(bundle: Bundle):
 
 class _Int8Linear(torch.nn.Module):
     """A torch.ao dynamic-quantized Linear (int8, reduce_range, as quantize_dynamic makes it) called through its
-    op with the packed weights held. Why: at batch 1 its module's forward spent about 20 of a call's 150 us in
-    Python (attribute lookups and the op packet's dispatch checks), 32 calls a step on this project's EPYC;
+    op with the packed weights held. Why: at batch 1 its module's forward spent about 15 of a call's 110 us in
+    Python (attribute lookups and the op packet's dispatch checks; `python docs/cpu_op_timings.py ops`), 32 calls
+    a step on this project's EPYC;
     the op and its arguments are the module's own, so the output is the same bit for bit (tests)."""
 
     def __init__(self, q):

@@ -505,3 +505,34 @@ def test_tanh_gelu_is_torchs_tanh_gelu():
     y.sum().backward()
     ref(b).sum().backward()
     torch.testing.assert_close(a.grad, b.grad, atol=2e-6, rtol=1e-5)
+
+
+def test_forward_cached_pair_is_a_commit_pass_then_a_sampling_pass():
+    """One pass of two frames per row (frame t-1 committed alone, frame t attending to the window that then holds
+    it) gives what a commit pass of frame t-1 and then a sampling pass of frame t give: the sampled frame's output,
+    both frames' tokens, and the cache (keys, values and which slots hold a frame), up to the rounding of GEMMs
+    over twice the rows."""
+    W, T = 3, 7
+    m = randomize(tiny(window=W).with_context_attention("frame").with_heads_input("pair"), seed=1).eval()
+    x, c, a, has = inputs(B=2, T=T)
+    ref, got = m.new_cache(2, 16), m.new_cache(2, 16)
+    with torch.no_grad():
+        for t in range(W - 1):  # the same context in both caches
+            for cache in (ref, got):
+                m.forward_cached(x[:, t], c[:, t], a[:, t], has[:, t], cache, t, commit=True, outputs="frame")
+        for t in range(W, T):  # past the window: each commit overwrites the oldest frame
+            committed = m.forward_cached(x[:, t - 1], c[:, t - 1], a[:, t - 1], has[:, t - 1], ref, t - 1, commit=True,
+                                         outputs="frame")
+            sampled = m.forward_cached(x[:, t], c[:, t], a[:, t], has[:, t], ref, t, outputs="frame")
+            o = m.forward_cached_pair(x[:, t - 1:t + 1], c[:, t - 1:t + 1], a[:, t - 1:t + 1], has[:, t - 1:t + 1],
+                                      got, t)
+            torch.testing.assert_close(o.out, sampled.out, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(o.features[:, 0], committed.features, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(o.features[:, 1], sampled.features, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(got.k, ref.k, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(got.v, ref.v, rtol=1e-4, atol=1e-4)
+            assert torch.equal(got.valid, ref.valid)
+        with pytest.raises(ValueError, match="two frames per cache row"):
+            m.forward_cached_pair(x[:, :3], c[:, :3], a[:, :3], has[:, :3], got, T)
+        with pytest.raises(ValueError, match="context_attention='frame'"):
+            tiny(window=W).forward_cached_pair(x[:, :2], c[:, :2], a[:, :2], has[:, :2], tiny(window=W).new_cache(2, 16), 1)

@@ -377,6 +377,12 @@ class Attention(nn.Module):
             # and those keys are committed (no copy attending to the window: the heads read this one)
             out = attention(q, k, v, None)
             cache.write_slot(layer, commit_slot, k, v)
+        elif alone == "merged":  # forward_cached_pair: frame 0 of each row attends to itself alone and its keys are
+            # committed, then frame 1 attends to the window (which now holds frame 0) and itself
+            out_c = attention(q[:, :, :N], k[:, :, :N], v[:, :, :N], None)
+            cache.write_slot(layer, commit_slot, k[:, :, :N], v[:, :, :N])
+            out = torch.cat([out_c, attention(q[:, :, N:], *cache.write_scratch(layer, k[:, :, N:], v[:, :, N:]),
+                                              cache.attn_mask(B))], 2)
         elif alone:  # context_attention="frame", a commit pass of the batch stacked twice (forward_cached): the
             # first copy attends to its own tokens alone and its keys are committed; the second, the one read,
             # attends to the window and itself as any new frame does, before the commit overwrites the oldest slot
@@ -877,6 +883,36 @@ class WorldDiT(ModelMixin, ConfigMixin):
         if outputs != "heads":
             out = self._untokens(self.final(tok, c, None if mods is None else mods[-1]), h, w)[:, 0]
         return ModelOutput(out, reward, term, features=tok[:, 0], event_logits=events, reward_logits=values)
+
+    def forward_cached_pair(self, x, c_noise, actions, has_action, cache: "KVCache", time: int, clock=None,
+                            ticks=None) -> ModelOutput:
+        """Two frames per row in one pass, for a model whose context frames attend to themselves alone
+        (context_attention="frame"): frame 0 (of time - 1, e.g. the frame just made, lightly noised) is committed
+        to the cache as a commit pass would commit it, and frame 1 (of `time`, e.g. pure noise) attends to the
+        window, which then holds frame 0, as a sampling pass would. The same as those two passes one after the
+        other (tests/test_model.py), with every GEMM over both frames' tokens: one pass of 2N rows where a
+        batch-1 step ran two of N, 2-3 ms of a 21 ms step on this project's EPYC (docs/merged_pass_time.py).
+
+        x: (B, 2, C, h, w); c_noise, has_action: (B, 2); actions (B, 2) or a dict of (B, 2, ...); clock: int (B, 2);
+        ticks: (B, 2, K). Returns frame 1's output (B, C, h, w) and both frames' last-block tokens
+        (features: (B, 2, N, dim)); no heads."""
+        cfg = self.config
+        if cfg.context_attention != "frame" or cfg.warp_action is not None:
+            raise ValueError("forward_cached_pair needs context_attention='frame' and no warp input")
+        B, T, C, h, w = x.shape
+        if T != 2 or B != cache.k.shape[1]:
+            raise ValueError(f"forward_cached_pair takes two frames per cache row ({cache.k.shape[1]} rows), "
+                             f"got {tuple(x.shape[:2])}")
+        p = cfg.patch_size
+        tok = self.patch_in(self._tokens(x))
+        c = self._cond(c_noise, actions, has_action, clock, ticks)
+        cos, sin = self.rope(torch.tensor([time - 1, time]), h // p, w // p)
+        slot = cache.slot(time - 1)
+        cache.mark(time - 1)  # visible to frame 1: each layer writes frame 0's keys before frame 1 reads them
+        for i, blk in enumerate(self.blocks):
+            tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot, alone="merged")
+        out = self._untokens(self.final(tok[:, 1:], c[:, 1:]), h, w)[:, 0]
+        return ModelOutput(out, None, None, features=tok)
 
     def _conditioning(self, c_noise, actions, has_action, clock, ticks):
         """(c, the adaLN vectors of each block and of the final layer, or None) for a cached pass. At batch 1 on

@@ -173,6 +173,16 @@ def test_heads_job_refits_heads_to_read_the_frame_pair(bundle, dataset, tmp_path
     env.reset(seed=0)
     rewards = [env.step(a)[1] for a in (0, 1, 2, 3)]
     assert np.isfinite(rewards).all()
+    env.close()
+    # and on to heads that read the sampling pass beside the frame before's commit (one pass a step)
+    info = run_job("heads", [f"bundle={tmp_path / 'b'}", f"data={dataset}", "steps=20", "heads_input=sample_pair"])
+    assert info["transitions"] > 0
+    b = Bundle(tmp_path / "b")
+    assert b.dit.config.heads_input == "sample_pair" and b.meta["world_model"]["heads_input"] == "sample_pair"
+    env = gym.make("worldsim/World-v0", bundle=str(tmp_path / "b"))
+    env.reset(seed=0)
+    rewards = [env.step(a)[1] for a in (0, 1, 2, 3)]
+    assert np.isfinite(rewards).all() and env.unwrapped.sim.sample_heads
 
 
 def test_lookahead_agent_pays_only_events_the_real_episode_lacks(bundle, tmp_path):

@@ -457,6 +457,33 @@ def test_pair_heads_learn_only_where_they_read_two_frames_alone():
         assert (abs(float(new[0]) - float(base[0])) > 1e-6) == moves, t
 
 
+def test_sample_pair_heads_learn_only_at_the_frame_that_attends_to_the_window():
+    """heads_input="sample_pair" heads read a sampling pass (the frame attending to the window) beside the frame
+    before's commit: in a training forward only the last frame is read so, at any noise level; the labels of the
+    others do not move the loss. Going between "pair" and "sample_pair" keeps the heads' weights."""
+    from worldsim.diffusion import EDM, EDMConfig
+
+    pair = tiny(window=3).with_context_attention("frame").with_heads_input("pair")
+    sp = pair.with_heads_input("sample_pair")
+    for k, v in pair.state_dict().items():
+        torch.testing.assert_close(sp.state_dict()[k], v, rtol=0, atol=0)
+    x, c, a, has = inputs(B=2, T=5)
+    edm = EDM(EDMConfig(context_noise_max=0.3))
+    with torch.no_grad():
+        out = sp(x, c, a, has)
+    sigma = torch.full((2, 5), 0.1)
+    sigma[:, -1] = 5.0  # a sampling pass's level
+    reward, term, trans = torch.zeros(2, 5), torch.zeros(2, 5, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        base = edm._head_losses(out, sigma, reward, term, trans, sp)
+    for t, moves in ((0, False), (2, False), (3, False), (4, True)):
+        r2 = reward.clone()
+        r2[:, t] = 1.0
+        with torch.no_grad():
+            new = edm._head_losses(out, sigma, r2, term, trans, sp)
+        assert (abs(float(new[0]) - float(base[0])) > 1e-6) == moves, t
+
+
 def test_without_blocks_is_the_model_with_those_blocks_silenced():
     """without_blocks([i]) computes what the whole model computes with block i's adaLN gates at zero (a block
     with zero gates adds nothing to the residual stream): the other blocks keep their weights and order. Bad

@@ -57,6 +57,13 @@ def frame_bundle(tmp_path_factory):  # context frames attend to themselves alone
 
 
 @pytest.fixture(scope="module")
+def sample_pair_bundle(tmp_path_factory):  # frame context, ticks, heads reading the sampling pass beside the commit
+    b = _random_bundle(tmp_path_factory.mktemp("bundle") / "s", context_attention="frame", ticks=4)
+    b.dit = randomize(b.dit.with_heads_input("sample_pair"), std=0.15)
+    return b
+
+
+@pytest.fixture(scope="module")
 def residual_bundle(tmp_path_factory):
     b = _random_bundle(tmp_path_factory.mktemp("bundle") / "r", residual=True)
     assert b.edm.cfg.residual
@@ -94,23 +101,32 @@ def full_recompute(b: Bundle, hist, acts, has, noise, steps, prev=None, keep=Non
         out = b.dit(inp, c_noise, a, has, clock=clock, ticks=ticks)
         if keep is not None:
             keep["features"] = out.features[:, -1]
+            if T > 1:  # the frame before's, as context: with context_attention="frame" its commit pass's
+                keep["before"] = out.features[:, -2]
         return edm.denoised(x, sigma, out.out[:, -1], prev)
 
     return edm.sample(denoise, noise, steps, prev)
 
 
-@pytest.mark.parametrize("kind", ["plain", "residual", "one_context_frame", "clock", "ticks", "frame"])
+@pytest.mark.parametrize("kind", ["plain", "residual", "one_context_frame", "clock", "ticks", "frame", "sample_pair",
+                                  "sample_pair_one_step", "sample_pair_one_context_frame"])
 def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bundle, clock_bundle, tick_bundle,
-                                              frame_bundle):
+                                              frame_bundle, sample_pair_bundle):
     # one_context_frame: the window fills up over the first steps (cache slots masked until written)
     # clock: a model that reads the game's clock, started at game step 57 (its day is 30 steps)
     # ticks: a model that draws ticks each step (here about half of them) and shows them in every pass
     # frame: context frames attend to themselves alone (asked for a rebuild every step, it runs none: same keys)
+    # sample_pair: heads_input="sample_pair" (and ticks): each step commits the frame before in its first sampling
+    # pass; its heads read the last sampling pass beside that commit, and its tick head the step before's
+    # sampling pass (after a reset, the last context frame's); one_step: the one pass is the commit and the sample
+    sp = kind.startswith("sample_pair")
     b = {"residual": residual_bundle, "clock": clock_bundle, "ticks": tick_bundle, "frame": frame_bundle}.get(
-        kind, random_bundle)
-    T = 1 if kind == "one_context_frame" else W
+        kind, sample_pair_bundle if sp else random_bundle)
+    T = 1 if kind.endswith("one_context_frame") else W
+    steps = 1 if kind.endswith("one_step") else 3
     prev = None
-    sim = WorldSimulator(b, 1, sampling_steps=3, **({"fresh_window": 1} if kind == "frame" else {}))
+    sim = WorldSimulator(b, 1, sampling_steps=steps, **({"fresh_window": 1} if kind == "frame" else {}))
+    assert sim.sample_heads == sp
     assert sim.fresh_window == 0
     rng = np.random.default_rng(0)
     shape = sim.latent_shape
@@ -125,11 +141,21 @@ def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bund
     acts = np.concatenate([[0], ctx_actions[0]])[None]
     has = torch.ones(1, T, dtype=torch.bool)
     has[0, 0] = False
-    ticks = torch.zeros(1, T, 4) if kind == "ticks" else None  # none known in the context
+    ticks = torch.zeros(1, T, 4) if kind == "ticks" or sp else None  # none known in the context
     drawn = []
+    D = b.dit.config.dim
+    if sp:  # the tick head's first input: the last context frame sampled from the frames before it, its context
+        keep = {}  # noise as the sampler's draw
+        full_recompute(b, hist[:, :-1], acts, has, torch.as_tensor(ctx_noise[:, -1], dtype=torch.float32), steps,
+                       None, keep, ticks=ticks)
+        torch.testing.assert_close(sim.tick_feat, keep["features"].mean(1), rtol=1e-4, atol=1e-4)
     for step in range(2 * W + 2):  # past the window, so the ring buffer wraps and old frames drop out
         a = np.array([step % 17])
         noise, cn = rng.standard_normal((1, *shape)), rng.standard_normal((1, *shape))
+        if sp:  # what the tick draw reads
+            with torch.no_grad():
+                expect_prob = torch.sigmoid(b.dit.tick_logits(sim.tick_feat.clone(), torch.as_tensor(a),
+                                                              torch.ones(1, dtype=torch.bool), sim.tick_since.clone()))
         res = sim.step(a, noise, cn, decode=False, tick_uniform=rng.random((1, 4)) if ticks is not None else None)
         if ticks is not None:
             ticks = torch.cat([ticks, torch.as_tensor(res.ticks, dtype=torch.float32)[:, None]], dim=1)
@@ -138,9 +164,20 @@ def test_cached_rollout_equals_full_recompute(kind, random_bundle, residual_bund
         has = torch.cat([has, torch.ones(1, 1, dtype=torch.bool)], dim=1)
         if clock is not None:
             clock = torch.cat([clock, clock[:, -1:] + 1], dim=1)
-        ref = full_recompute(b, hist, acts, has, torch.as_tensor(noise, dtype=torch.float32), 3, prev, clock=clock,
-                             ticks=ticks)
+        keep = {}
+        ref = full_recompute(b, hist, acts, has, torch.as_tensor(noise, dtype=torch.float32), steps, prev, keep,
+                             clock=clock, ticks=ticks)
         torch.testing.assert_close(res.latents, ref, rtol=1e-4, atol=1e-4)
+        if sp:  # heads: the last sampling pass beside the frame before as context (attending to itself alone)
+            sampled = keep["features"].mean(1)
+            torch.testing.assert_close(res.head_input, torch.cat([sampled, keep["before"].mean(1)], -1), rtol=1e-4,
+                                       atol=1e-4)
+            torch.testing.assert_close(res.features, sampled, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(res.tick_prob, expect_prob.numpy(), rtol=1e-4, atol=1e-5)
+            with torch.no_grad():
+                o = b.dit.heads_mlp(b.dit.head_norm(res.head_input))
+            np.testing.assert_allclose(res.reward, o[:, 0].numpy() * sim.reward_scale, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(res.terminated_prob, torch.sigmoid(o[:, 1]).numpy(), rtol=1e-4, atol=1e-5)
         if prev is not None:
             prev = ref
         hist = torch.cat([hist, (res.latents + sim.context_noise * torch.as_tensor(cn, dtype=torch.float32))[:, None]], 1)
@@ -247,6 +284,62 @@ def test_pair_heads_read_each_committed_frame_beside_the_one_before(tmp_path):
     sim.load_rows([1], [saved[0]])  # back two steps: the frame before comes back with the row
     again = sim.step(saved[1], saved[2], saved[3], decode=False)
     torch.testing.assert_close(again.head_input[1], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sample_pair_steps_as_pair_through_resets_and_saved_rows(tmp_path):
+    """heads_input="sample_pair" changes what the heads read and when a frame is committed (in the next step's
+    sampling pass), not the frames: the same weights step the same latents as with "pair", through a reset of one
+    row mid-rollout (its last context frame left pending) and a row loaded from a state saved steps before (its
+    pending frame with it); the heads' second half is the frame before's commit features, which "pair" keeps."""
+    import copy
+
+    b = _random_bundle(tmp_path / "f", context_attention="frame")
+    pair = copy.copy(b)
+    pair.dit = randomize(b.dit.with_heads_input("pair"), std=0.15)
+    sp = copy.copy(b)
+    sp.dit = pair.dit.with_heads_input("sample_pair")
+    sims = [WorldSimulator(x, 2, sampling_steps=1) for x in (pair, sp)]
+    assert not sims[0].sample_heads and sims[1].sample_heads and "pend_a" in sims[1].ROW
+    rng = np.random.default_rng(6)
+    shape, D = sims[0].latent_shape, b.dit.config.dim
+    ctx = rng.standard_normal((2, W, *shape))
+    for s in sims:
+        s.reset([0, 1], b.start_frames[:2, :W].numpy(), b.start_actions[:2, :W - 1].numpy(), ctx)
+    saved = None
+    for step in range(8):
+        a = np.array([(3 * step + 1) % 17, (7 * step + 5) % 17])
+        noise, cn = rng.standard_normal((2, *shape)), rng.standard_normal((2, *shape))
+        if step == 3:  # row 1 starts again from the other start state
+            again = rng.standard_normal((1, W, *shape))
+            for s in sims:
+                s.reset([1], b.start_frames[:1, :W].numpy(), b.start_actions[:1, :W - 1].numpy(), again)
+        if step == 2:
+            saved = [s.row_state(0) for s in sims]
+        if step == 6:  # row 1 goes on from row 0's state of step 2, four steps later on the batch's clock
+            for s, st in zip(sims, saved):
+                s.load_rows([1], [st])
+        before = sims[0].head_prev.clone()
+        res = [s.step(a, noise, cn, decode=False) for s in sims]
+        torch.testing.assert_close(res[1].latents, res[0].latents, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(res[1].head_input[:, D:], before, rtol=1e-4, atol=1e-4)
+        assert res[1].head_input.shape == (2, 2 * D)
+        with torch.no_grad():
+            o = sp.dit.heads_mlp(sp.dit.head_norm(res[1].head_input))
+        np.testing.assert_allclose(res[1].reward, o[:, 0].numpy() * sims[1].reward_scale, rtol=1e-4, atol=1e-5)
+
+
+def test_sample_pair_needs_frame_context_and_no_warp():
+    with pytest.raises(ValueError, match="context_attention='frame'"):
+        WorldDiT({"type": "discrete", "n": 3}, dim=32, depth=1, heads=2, heads_input="sample_pair")
+    with pytest.raises(ValueError, match="warp input"):
+        WorldDiT(CAM, dim=32, depth=1, heads=2, context_attention="frame", heads_input="sample_pair",
+                 warp_action="camera", warp_matrix=[[0.03, 0.0], [0.0, -0.05]])
+    m = WorldDiT({"type": "discrete", "n": 3}, dim=32, depth=1, heads=2, context_attention="frame",
+                 heads_input="sample_pair")
+    cache, x = m.new_cache(1, 16), torch.zeros(1, 4, 4, 4)
+    with pytest.raises(ValueError, match="pair_heads"):  # one pass does not give its heads
+        m.forward_cached(x, torch.zeros(1), torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.bool), cache,
+                         0, commit=True, outputs="heads")
 
 
 def test_fresh_window_every_step_reads_the_heads_in_the_rebuild(random_bundle):

@@ -245,11 +245,17 @@ class EDM:
         """Reward (MSE, achievement steps up-weighted) and termination (BCE) losses of the heads.
         Heads learn from near-clean frames: at inference they read the committed (context-noised) frame.
         heads_input="pair" heads learn only where they read what the env gives them, two frames each attending
-        to itself alone: not the first frame (no frame before it) nor the last (it attends to the window)."""
+        to itself alone: not the first frame (no frame before it) nor the last (it attends to the window).
+        heads_input="sample_pair" heads learn only at the last frame, the one that attends to the window (beside
+        the frame before it, which attends to itself alone), and at any noise level (it reads a sampling pass)."""
         head_mask = has_transition & (sigma <= self.cfg.context_noise_max)
-        if getattr(getattr(model, "config", None), "heads_input", "window") == "pair":
+        mode = getattr(getattr(model, "config", None), "heads_input", "window")
+        if mode == "pair":
             head_mask = head_mask.clone()
             head_mask[:, 0] = head_mask[:, -1] = False
+        elif mode == "sample_pair":
+            head_mask = torch.zeros_like(has_transition)
+            head_mask[:, -1] = has_transition[:, -1]
         n = head_mask.sum().clamp(min=1)
         w_rew = 1 + (self.cfg.reward_pos_weight - 1) * (reward.abs() > 0.5).float()
         rew = (F.mse_loss(out.reward.float(), reward, reduction="none") * w_rew * head_mask).sum() / n
@@ -278,7 +284,7 @@ class EDM:
     @torch.no_grad()
     def step_cached(self, model, cache, t: int, a, prev, prev_ctx, noise, context_noise, level: float,
                     steps: int | None = None, guidance: float = 1.0, project=None, fill=None, clock=None,
-                    ticks=None, commit: bool = True, prev_features=None):
+                    ticks=None, commit: bool = True, prev_features=None, pending: dict | None = None, has=None):
         """One frame of a cached rollout at time t: sample it with the Euler sampler, every pass attending to
         the cache's window, then commit it lightly noised (context_noise * level) in one more pass.
         commit=False leaves that pass out (the ModelOutput returned is None): for a caller that rebuilds the
@@ -290,11 +296,21 @@ class EDM:
         ticks of this step, drawn by the caller (models with ticks): every pass reads them. prev_features:
         (B, dim) the previous frame's commit-pass features, averaged over its tokens (heads_input="pair" heads
         read them beside the new frame's).
+        pending (heads_input="sample_pair"): the frame of time t - 1, not committed yet, committed first: a dict of
+        its committed latent "z" (B, C, h, w), "actions" into it, "has" (B,) and, for models that read them,
+        "clock" and "ticks". With guidance 1 that commit shares the first sampling pass (`forward_cached_pair`),
+        otherwise it is a pass of its own. Then this frame is not committed (commit=False): it is the next step's
+        pending frame, and the heads read the last sampling pass beside the pending frame's commit (`pair_heads`).
+        has: (B,) bool whether each row's action is known (default all; a reset's one-frame context has none).
         Returns (new latent, committed latent, the residual centre or None, the commit pass's ModelOutput:
-        the heads read the committed frame)."""
+        the heads read the committed frame; with commit=False and no pending frame a ModelOutput of the last
+        sampling pass's features alone)."""
         B = prev.shape[0]
-        has = torch.ones(B, dtype=torch.bool, device=prev.device)
+        has = torch.ones(B, dtype=torch.bool, device=prev.device) if has is None else has
         pv = prev_ctx if warps(model) else None
+        if pending is not None and (commit or pv is not None):
+            raise ValueError("a pending frame is committed with the next frame's sampling pass, which then stays "
+                             "uncommitted (commit=False), and a warp model cannot read it there")
         # residual models: what the skip connection is centred on, with the action and, for guidance's
         # action-free half, without it (a warp model's free half sees the frame unshifted)
         centre = centre_free = None
@@ -317,9 +333,25 @@ class EDM:
             ticks2 = None if ticks is None else torch.cat([ticks, ticks])
 
         last = {}  # the last sampling pass's features (the action-conditioned half), for `project`
+        if pending is not None:  # its model input, at the context level
+            p_inp, p_noise = self.model_input(pending["z"], torch.full((B,), level, device=prev.device))
+            if guidance != 1.0:  # a pass of its own (the guided pass runs the batch twice, the cache once)
+                last["commit"] = model.forward_cached(p_inp, p_noise, pending["actions"], pending["has"], cache, t - 1,
+                                                      commit=True, outputs="features", clock=pending.get("clock"),
+                                                      ticks=pending.get("ticks")).features
 
         def denoise(x, sigma):
             inp, c_noise = self.model_input(x, sigma)
+            if pending is not None and "commit" not in last:  # the pending commit and this pass, in one
+                def two(u, v):
+                    return None if u is None else torch.stack([u, v], 1)
+                acts = ({k: two(pending["actions"][k], a[k]) for k in a} if isinstance(a, dict)
+                        else two(pending["actions"], a))
+                o = model.forward_cached_pair(two(p_inp, inp), two(p_noise, c_noise), acts, two(pending["has"], has),
+                                              cache, t, clock=two(pending.get("clock"), clock),
+                                              ticks=two(pending.get("ticks"), ticks))
+                last["commit"], last["features"] = o.features[:, 0], o.features[:, 1]
+                return self.denoised(x, sigma, o.out, centre)
             if guidance == 1.0:
                 o = model.forward_cached(inp, c_noise, a, has, cache, t, prev=pv, warped=wp, outputs="frame", clock=clock,
                                          ticks=ticks)
@@ -338,8 +370,10 @@ class EDM:
         if project is not None:  # the latent the context keeps instead of the sample (the simulator's snap, re-encode)
             z = project(z, centre, last["features"])
         zc = z + level * context_noise
+        if pending is not None:
+            return z, zc, centre, model.pair_heads(last["features"], last["commit"])
         if not commit:
-            return z, zc, centre, None
+            return z, zc, centre, ModelOutput(None, None, None, features=last["features"])
         inp, c_noise = self.model_input(zc, torch.full((B,), level, device=z.device))
         out = model.forward_cached(inp, c_noise, a, has, cache, t, commit=True, prev=pv, warped=wp, outputs="heads",
                                    clock=clock, ticks=ticks, prev_features=prev_features)

@@ -5,8 +5,10 @@ Why: the heads train together with the world model, on frames at every noise lev
 The shipped Crafter model's termination head never learned it: on every held-out transition it gave each of
 the 24 deaths of data/crafter_detour's test split and data/crafter-heldout a probability under 0.01, and the
 learned env never ended an episode (docs/results.md). At inference the heads read the commit pass of the frame
-the model made; this refit trains them on exactly that input (`commit_features`), the world model left as it
-was (its samples do not change), from the bundle's heads' weights, with the termination loss at full weight.
+the model made (with heads_input="sample_pair" its last sampling pass beside the frame before's commit); this refit
+trains them on exactly that input (`commit_features`: the simulator's `StepResult.head_input`), the world model
+left as it was (its samples do not change), from the bundle's heads' weights, with the termination loss at full
+weight.
 """
 from __future__ import annotations
 

@@ -329,7 +329,8 @@ class Rotary3D(nn.Module):
 
 
 CONTEXT_ATTENTION = ("window", "frame")
-HEADS_INPUT = ("window", "pair")
+HEADS_INPUT = ("window", "pair", "sample_pair")
+PAIR_INPUTS = ("pair", "sample_pair")  # heads that read a frame beside the frame before it
 
 
 def frame_causal_mask(T: int, N: int, window: int, device=None, alone: int = 0) -> torch.Tensor:
@@ -373,7 +374,7 @@ class Attention(nn.Module):
         kv = (k, v) if return_kv else None
         if cache is None:
             out = attention(q, k, v, mask)
-        elif alone == "only":  # heads_input="pair", a commit pass: the frame attends to its own tokens alone,
+        elif alone == "only":  # heads_input="pair" or "sample_pair", a commit pass: the frame attends to itself alone,
             # and those keys are committed (no copy attending to the window: the heads read this one)
             out = attention(q, k, v, None)
             cache.write_slot(layer, commit_slot, k, v)
@@ -476,6 +477,7 @@ class ModelOutput:
     features: torch.Tensor | None = None  # (B, T, N, dim) the last block's tokens (a codebook token head reads them)
     event_logits: torch.Tensor | None = None  # (B, T, events) logit of each event on entering each frame (events > 0)
     reward_logits: torch.Tensor | None = None  # (B, T, len(reward_values)) logit of each reward value (reward_values)
+    head_input: torch.Tensor | None = None  # (B, 2 * dim) what heads_input="sample_pair" heads read (`pair_heads`)
 
 
 class WorldDiT(ModelMixin, ConfigMixin):
@@ -506,6 +508,11 @@ class WorldDiT(ModelMixin, ConfigMixin):
     is one copy of the frame that attends to nothing else. Why: that copy was a third of the tokens a step runs
     (docs/results.md, "Heads that read the frame pair"); the pair still shows what changed (an item counted up,
     a cow gone), which is what a reward is paid for. `worldsim heads heads_input=pair` fits them.
+    "sample_pair" (context_attention="frame", no warp input): the mean token of the frame's last sampling pass
+    (attending to the window) beside that of the frame before's commit (attending to itself alone). Why: the
+    simulator then commits frame t-1 in the same pass as it samples frame t (`forward_cached_pair`), one pass a
+    step where "pair" runs two, and the heads still come with the step they score (docs/results.md, "One pass a
+    step"). In a training forward only the last frame's heads read that input (`EDM._head_losses`).
     """
 
     @register_to_config
@@ -522,9 +529,12 @@ class WorldDiT(ModelMixin, ConfigMixin):
             raise ValueError(f"context_attention must be one of {CONTEXT_ATTENTION}, got {context_attention!r}")
         if heads_input not in HEADS_INPUT:
             raise ValueError(f"heads_input must be one of {HEADS_INPUT}, got {heads_input!r}")
-        if heads_input == "pair" and context_attention != "frame":
-            raise ValueError("heads_input='pair' reads frames attending to themselves alone, which only "
+        if heads_input in PAIR_INPUTS and context_attention != "frame":
+            raise ValueError(f"heads_input={heads_input!r} reads frames attending to themselves alone, which only "
                              "context_attention='frame' computes")
+        if heads_input == "sample_pair" and warp_action is not None:
+            raise ValueError("heads_input='sample_pair' commits the frame before in the sampling pass, which a warp "
+                             "input (the frame before, warped) cannot be read in")
         p, C = patch_size, latent_channels
         if warp_action is not None:
             sub = action_spec.get("keys", {}).get(warp_action, {}) if action_spec["type"] == "dict" else {}
@@ -563,7 +573,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
         self.rope = Rotary3D(dim // heads, time_period)
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(dim, C * p * p)
-        head_dim = dim * (2 if heads_input == "pair" else 1)  # pair: the frame's mean token, then its previous one's
+        head_dim = dim * (2 if heads_input in PAIR_INPUTS else 1)  # pair: the frame's mean token, then its previous one's
         self.head_norm = nn.LayerNorm(head_dim)
         # reward, termination, then one logit per event (events > 0: the game's achievements, fit by `worldsim
         # heads events=true`; the env pays each one's first time in an episode, as the game does), then one logit
@@ -721,10 +731,11 @@ class WorldDiT(ModelMixin, ConfigMixin):
         return new.train(self.training)
 
     def with_heads_input(self, mode: str) -> "WorldDiT":
-        """This model, same weights, with its heads reading `mode` ("window" or "pair", see the class docstring).
-        Going to "pair", the heads' first layer keeps its weights for the frame's half and starts blind to the
-        previous frame's (zero weights); the norm now spans both halves, so the heads are a start for `worldsim
-        heads` to refit, not the heads before."""
+        """This model, same weights, with its heads reading `mode` (HEADS_INPUT, see the class docstring).
+        Going from "window" to a pair, the heads' first layer keeps its weights for the frame's half and starts
+        blind to the previous frame's (zero weights); the norm now spans both halves. Between "pair" and
+        "sample_pair" the heads are kept as they are. Either way the heads are a start for `worldsim heads` to
+        refit, not the heads before."""
         if mode == self.config.heads_input:
             return self
         new = self._reconfigured(heads_input=mode)
@@ -732,7 +743,9 @@ class WorldDiT(ModelMixin, ConfigMixin):
         D = self.config.dim
         w, b = sd["heads_mlp.0.weight"], sd["heads_mlp.0.bias"]
         nw, nb = sd["head_norm.weight"], sd["head_norm.bias"]
-        if mode == "pair":
+        if mode in PAIR_INPUTS and self.config.heads_input in PAIR_INPUTS:
+            pass  # the same input's shape: the same heads
+        elif mode in PAIR_INPUTS:
             sd["heads_mlp.0.weight"] = torch.cat([w, torch.zeros_like(w)], 1)
             sd["head_norm.weight"], sd["head_norm.bias"] = torch.cat([nw, torch.ones_like(nw)]), torch.cat([nb, torch.zeros_like(nb)])
         else:  # back to one frame: its half of the pair
@@ -757,15 +770,19 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     def head_input(self, pooled, prev_pooled=None):
         """What the heads read, from pooled (B, T, dim) each frame's mean last-block token: that, or with
-        heads_input="pair" each frame's beside its previous frame's (prev_pooled (B, dim): the frame before the
-        first; None: the first frame's previous is unknown, zeros, and a training loss leaves it out)."""
+        heads_input="pair" or "sample_pair" each frame's beside its previous frame's (prev_pooled (B, dim): the
+        frame before the first; None: the first frame's previous is unknown, zeros, and a training loss leaves it
+        out)."""
         if self.config.heads_input == "window":
             return pooled
         first = torch.zeros_like(pooled[:, :1]) if prev_pooled is None else prev_pooled[:, None].to(pooled.dtype)
         return torch.cat([pooled, torch.cat([first, pooled[:, :-1]], 1)], -1)
 
     def _heads(self, x, prev_pooled=None):
-        r = self.heads_mlp(self.head_norm(self.head_input(x.mean(dim=2), prev_pooled)))
+        return self._head_mlp(self.head_input(x.mean(dim=2), prev_pooled))
+
+    def _head_mlp(self, x):
+        r = self.heads_mlp(self.head_norm(x))
         K = 2 + int(self.config.events)
         return (r[..., 0], r[..., 1], (r[..., 2:K] if self.config.events else None),
                 (r[..., K:] if self.config.reward_values else None))
@@ -799,8 +816,8 @@ class WorldDiT(ModelMixin, ConfigMixin):
         newest: only the newest frame's outputs are wanted (a prefill whose caller reads its heads or features):
         the last block runs that frame's queries alone, and the output layer and heads read that frame alone, so
         every field but kv has T = 1. The keys and values of every frame and layer are as without it. With
-        heads_input="pair" the heads then need the frame before's last block, which is not run: they are None.
-        heads_input="pair" otherwise: the first frame's heads read zeros for the frame before it (a loss leaves
+        heads_input="pair" (or "sample_pair") the heads then need the frame before's last block, which is not run:
+        they are None. Those heads otherwise: the first frame's heads read zeros for the frame before it (a loss leaves
         them out, `EDM._head_losses`).
         """
         B, T, C, h, w = x.shape
@@ -819,7 +836,7 @@ class WorldDiT(ModelMixin, ConfigMixin):
             kvs.append(kv)
         if newest:
             c = c[:, -1:]
-        if newest and self.config.heads_input == "pair":
+        if newest and self.config.heads_input in PAIR_INPUTS:
             reward = term = events = values = None
         else:
             reward, term, events, values = self._heads(tok)
@@ -844,11 +861,13 @@ class WorldDiT(ModelMixin, ConfigMixin):
         clock: int (B,) the frame's step count since the game began (a model with clock_period).
         ticks: (B, ticks) 0/1 the ticks of the step into the frame (a model with ticks).
         outputs: "all", or only what the caller reads: "frame" (a sampling pass: the output and the features,
-        no heads) or "heads" (a commit pass: reward and termination, no output layer); what is left out is
-        None. At batch 1 each of those small layers costs about as much in call overhead as in arithmetic.
+        no heads), "heads" (a commit pass: reward and termination, no output layer) or "features" (a commit pass
+        of heads_input="sample_pair", whose heads read it beside the next frame's sampling pass: `pair_heads`);
+        what is left out is None. At batch 1 each of those small layers costs about as much in call overhead as
+        in arithmetic. With heads_input="sample_pair" a commit pass is the one copy, as with "pair".
         """
-        if outputs not in ("all", "frame", "heads"):
-            raise ValueError(f"outputs must be all, frame or heads, got {outputs!r}")
+        if outputs not in ("all", "frame", "heads", "features"):
+            raise ValueError(f"outputs must be all, frame, heads or features, got {outputs!r}")
         B, C, h, w = x.shape
         p = self.config.patch_size
         acts = actions[:, None] if not isinstance(actions, dict) else {k: v[:, None] for k, v in actions.items()}
@@ -861,7 +880,10 @@ class WorldDiT(ModelMixin, ConfigMixin):
         if commit and B != cache.k.shape[1]:
             raise ValueError(f"a commit pass takes one row per cache row ({cache.k.shape[1]}), got {B}")
         slot = cache.slot(time) if commit else None
-        pair = self.config.heads_input == "pair"
+        pair = self.config.heads_input in PAIR_INPUTS
+        if self.config.heads_input == "sample_pair" and outputs in ("all", "heads"):
+            raise ValueError("heads_input='sample_pair' heads read a sampling pass beside the frame before's commit "
+                             "(`pair_heads`), not one pass: ask for outputs='frame' or 'features'")
         if pair and outputs == "heads" and prev_features is None:
             raise ValueError("heads_input='pair' heads read the frame before this one too: pass prev_features")
         alone = commit and self.config.context_attention == "frame"
@@ -878,11 +900,21 @@ class WorldDiT(ModelMixin, ConfigMixin):
         if commit:
             cache.mark(time)
         reward = term = events = values = out = None
-        if outputs != "frame" and not (pair and prev_features is None):
+        if outputs in ("all", "heads") and not (pair and prev_features is None):
             reward, term, events, values = (None if r is None else r[:, 0] for r in self._heads(tok, prev_features))
-        if outputs != "heads":
+        if outputs in ("all", "frame"):
             out = self._untokens(self.final(tok, c, None if mods is None else mods[-1]), h, w)[:, 0]
         return ModelOutput(out, reward, term, features=tok[:, 0], event_logits=events, reward_logits=values)
+
+    def pair_heads(self, features, prev_features) -> ModelOutput:
+        """heads_input="sample_pair": the heads of a step from its sampling pass's last-block tokens features
+        (B, N, dim) and the frame before's commit pass's (B, N, dim). Returns a ModelOutput of the heads (B,),
+        features = the sampling pass's tokens and head_input = the (B, 2 * dim) vector the heads read."""
+        pooled, prev = features.float().mean(dim=1), prev_features.float().mean(dim=1)
+        x = self.head_input(pooled[:, None].to(features.dtype), prev.to(features.dtype))
+        reward, term, events, values = (None if r is None else r[:, 0] for r in self._head_mlp(x))
+        return ModelOutput(None, reward, term, features=features, event_logits=events, reward_logits=values,
+                           head_input=torch.cat([pooled, prev], -1))
 
     def forward_cached_pair(self, x, c_noise, actions, has_action, cache: "KVCache", time: int, clock=None,
                             ticks=None) -> ModelOutput:
@@ -905,13 +937,15 @@ class WorldDiT(ModelMixin, ConfigMixin):
                              f"got {tuple(x.shape[:2])}")
         p = cfg.patch_size
         tok = self.patch_in(self._tokens(x))
-        c = self._cond(c_noise, actions, has_action, clock, ticks)
-        cos, sin = self.rope(torch.tensor([time - 1, time]), h // p, w // p)
+        c, mods = self._conditioning(c_noise, actions, has_action, clock, ticks)  # kept at batch 1 (see there)
+        # frame 0's tables are the last step's frame 1's (kept by _rope_at, which then keeps frame 1's)
+        cos, sin = (torch.cat(t) for t in zip(self._rope_at(time - 1, h // p, w // p), self._rope_at(time, h // p, w // p)))
         slot = cache.slot(time - 1)
         cache.mark(time - 1)  # visible to frame 1: each layer writes frame 0's keys before frame 1 reads them
         for i, blk in enumerate(self.blocks):
-            tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot, alone="merged")
-        out = self._untokens(self.final(tok[:, 1:], c[:, 1:]), h, w)[:, 0]
+            tok, _ = blk(tok, c, cos, sin, cache=cache, layer=i, commit_slot=slot, alone="merged",
+                         mod=None if mods is None else mods[i])
+        out = self._untokens(self.final(tok[:, 1:], c[:, 1:], None if mods is None else mods[-1][:, 1:]), h, w)[:, 0]
         return ModelOutput(out, None, None, features=tok)
 
     def _conditioning(self, c_noise, actions, has_action, clock, ticks):

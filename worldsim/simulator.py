@@ -22,6 +22,7 @@ import torch
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle, bundle_path
 from worldsim.codebook import CERTAIN, draw_terrain, entry_index, keep_off_map, sample_snap, seed_snap, snap
+from worldsim.data import index_actions
 from worldsim.diffusion import frame_context, warps
 from worldsim.model import ModelOutput, actions_to_tensor, camera_rotation, project_view, view_grid
 
@@ -112,7 +113,8 @@ class StepResult:
     reward: np.ndarray  # (B,) float32
     terminated_prob: np.ndarray  # (B,) float32
     # (B, dim) what the heads read: the commit pass's mean last-block token; heads_input="pair": (B, 2 * dim),
-    # that beside the frame before's
+    # that beside the frame before's; "sample_pair": (B, 2 * dim), the last sampling pass's beside the frame before's
+    # commit
     head_input: torch.Tensor | None = None
     event_prob: np.ndarray | None = None  # (B, events) float32 each event's probability (bundles with events)
     # (B, V) float32 the probability of each of the world model's reward_values (bundles with reward classes);
@@ -122,7 +124,9 @@ class StepResult:
     tick_prob: np.ndarray | None = None  # (B, ticks) float32 their probabilities
     # (B, H, W, 3) uint8, with the env's light: the frames before it (what the model drew)
     canvas: np.ndarray | None = None
-    features: torch.Tensor | None = None  # (B, dim) the commit pass's mean last-block token (the tick head's input)
+    # (B, dim) the next step's tick head input: the commit pass's mean last-block token ("sample_pair": the last
+    # sampling pass's)
+    features: torch.Tensor | None = None
 
 
 class WorldSimulator:
@@ -184,15 +188,26 @@ class WorldSimulator:
         self.prev = torch.zeros(batch_size, C, h, w, device=self.device)  # newest clean latent per row
         self.prev_ctx = torch.zeros_like(self.prev)  # the same as committed (context-noised): a warp input reads it
         # ticks (models with them): each step's are drawn from the tick head, which reads the newest committed
-        # frame's features and the steps since each tick type last happened (model.TickHead), before the frame
+        # frame's features (heads_input="sample_pair": its sampling pass's, as it is not committed yet) and the
+        # steps since each tick type last happened (model.TickHead), before the frame
         # ticks=False (or the bundle's inference.ticks false): none drawn, the model reads none (zeros), and its
         # frames are those of the model without them; why a bundle may ship them off: docs/results.md, Ticks
         # heads_input="pair": the heads read the frame before's commit features too, kept per row
-        self.pair_heads = getattr(self.dit.config, "heads_input", "window") == "pair"
+        heads_input = getattr(self.dit.config, "heads_input", "window")
+        self.pair_heads = heads_input == "pair"
         if self.pair_heads:
             self.ROW = self.ROW + ("head_prev",)
             self.head_prev = torch.zeros(batch_size, self.dit.config.dim, device=self.device)
         self.model_ticks = int(self.dit.config.ticks)
+        # heads_input="sample_pair": the newest frame (prev_ctx, as committed) is pending: the next step commits it
+        # in its sampling pass (EDM.step_cached), so a step is one pass where it was two; kept per row with the
+        # action into it, whether that action is known, and its ticks
+        self.sample_heads = heads_input == "sample_pair"
+        if self.sample_heads:
+            self.ROW = self.ROW + ("pend_a", "pend_has", "pend_ticks")
+            self.pend_a = torch.zeros(batch_size, _action_width(self.spec), device=self.device)
+            self.pend_has = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
+            self.pend_ticks = torch.zeros(batch_size, max(self.model_ticks, 1), device=self.device)
         on = (bundle.meta.get("inference") or {}).get("ticks", True) if ticks is None else ticks
         if not isinstance(on, (bool, np.bool_)):
             raise ValueError(f"ticks must be true, false or null (the bundle's default), got {ticks!r}")
@@ -435,9 +450,24 @@ class WorldSimulator:
         ticks = None
         if self.model_ticks:  # what ticked in a given context is not known: the model reads none
             ticks = torch.zeros(b, T, self.model_ticks, device=self.device)
-        zc, out = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, self._t(context_noise),
-                                   self.context_noise, clock=ctx_clock, ticks=ticks, return_out=True)
-        newest = out.features[:, -1].float().mean(dim=1)  # the newest context frame's mean last-block token
+        noise = self._t(context_noise)
+        if self.sample_heads:  # the last context frame is left pending (see __init__), the others committed
+            if T > 1:
+                self.edm.prefill(self.dit, self.cache, rows, z[:, :-1], index_actions(acts, (slice(None), slice(0, -1))),
+                                 has[:, :-1], times[:-1], noise[:, :-1], self.context_noise, clock=ctx_clock[:, :-1],
+                                 ticks=None if ticks is None else ticks[:, :-1])
+            else:
+                self.cache.clear(rows)
+            zc = z + self.context_noise * noise  # as prefill commits a frame
+            self.pend_a[rows] = _pack_actions(self.spec, index_actions(acts, (slice(None), -1)))
+            self.pend_has[rows] = has[:, -1]
+            self.pend_ticks[rows] = 0
+            newest = self._sampled_features(rows, z, has[:, -1], index_actions(acts, (slice(None), -1)), noise[:, -1]) \
+                if self.n_ticks else None
+        else:
+            zc, out = self.edm.prefill(self.dit, self.cache, rows, z, acts, has, times, noise,
+                                       self.context_noise, clock=ctx_clock, ticks=ticks, return_out=True)
+            newest = out.features[:, -1].float().mean(dim=1)  # the newest context frame's mean last-block token
         if self.pair_heads:  # attending to itself alone, as its commit pass would
             self.head_prev[rows] = newest
         if self.n_ticks:
@@ -467,6 +497,30 @@ class WorldSimulator:
                     self.memory.turn(rows, {k: v[:, i] for k, v in acts.items()})
                 self.memory.push(rows, zc[:, i].float(), frames[:, i])
         return z
+
+    def _sampled_features(self, rows, z, has, a, noise) -> torch.Tensor:
+        """heads_input="sample_pair", at a reset: the pooled features the tick head reads for the first step, those
+        of the last context frame's sampling pass (a step's sampling pass gives the next step's): the frame sampled
+        as a step samples it, from the committed frames before it and its action (has: whether it is known), with
+        `noise` (b, C, h, w) as the sampler's draw. The pass runs the whole batch (a cached pass takes every cache
+        row); the other rows' outputs are not kept and their caches are left as they were (nothing is committed)."""
+        B = self.B
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        prev = self.prev.clone()  # a residual model's centre: the frame before the sampled one
+        prev[idx] = z[:, -2 if z.shape[1] > 1 else -1].float()
+        packed = torch.zeros(B, _action_width(self.spec), device=self.device)
+        packed[idx] = _pack_actions(self.spec, a)
+        has_all = torch.ones(B, dtype=torch.bool, device=self.device)
+        has_all[idx] = has
+        draw = torch.zeros_like(self.prev)
+        draw[idx] = noise.float()
+        ticks = torch.zeros(B, self.model_ticks, device=self.device) if self.model_ticks else None
+        _, _, _, out = self.edm.step_cached(self.dit, self.cache, self.time, _unpack_actions(self.spec, packed),
+                                            prev.to(z.dtype), prev.to(z.dtype), draw.to(z.dtype), torch.zeros_like(draw),
+                                            self.context_noise, self.steps, self.guidance,
+                                            clock=torch.as_tensor(self.clock, device=self.device), ticks=ticks,
+                                            commit=False, has=has_all)
+        return out.features[idx].float().mean(dim=1)
 
     def row_state(self, row: int) -> dict:
         """A copy of everything row `row`'s next steps depend on: the KV cache's window, the newest latents, the
@@ -605,14 +659,19 @@ class WorldSimulator:
         # the commit pass read W + 1): one pass fewer per step. Not for warp models, whose commit pass reads the
         # view memory's warp input, which a rebuild does not.
         rebuild_heads = self.fresh_window == 1 and not self.warps
+        pending = None
+        if self.sample_heads:  # the newest frame, committed in this step's sampling pass
+            pending = {"z": self.prev_ctx.to(self.prev.dtype), "actions": _unpack_actions(self.spec, self.pend_a),
+                       "has": self.pend_has, "clock": torch.as_tensor(self.clock, device=self.device),
+                       "ticks": self.pend_ticks[:, :self.model_ticks] if self.model_ticks else None}
         z, self.prev_ctx, prev, out = self.edm.step_cached(self.dit, self.cache, t, a, self.prev, self.prev_ctx,
                                                            noise, self._t(context_noise), self.context_noise,
                                                            self.steps, self.guidance,
                                                            project=project if projects else None, fill=fill,
                                                            clock=torch.as_tensor(self.clock + 1, device=self.device),
-                                                           ticks=ticks, commit=not rebuild_heads,
+                                                           ticks=ticks, commit=not (rebuild_heads or self.sample_heads),
                                                            prev_features=self.head_prev.to(self.prev.dtype)
-                                                           if self.pair_heads else None)
+                                                           if self.pair_heads else None, pending=pending)
         self.prev, self.prev_ctx = z.float(), self.prev_ctx.float()  # fp32 between steps, whatever amp computed in
         self.time = t
         self.clock += 1
@@ -622,7 +681,13 @@ class WorldSimulator:
                 out = rebuilt
         pooled = out.features.float().mean(dim=1)
         head_input = pooled
-        if self.pair_heads:
+        if self.sample_heads:  # this step's frame is the next one's pending frame
+            head_input = out.head_input
+            self.pend_a = _pack_actions(self.spec, a)
+            self.pend_has = torch.ones_like(self.pend_has)
+            if self.model_ticks:
+                self.pend_ticks = ticks.float()
+        elif self.pair_heads:
             head_input = torch.cat([pooled, self.head_prev], -1)
             self.head_prev = pooled
         if self.n_ticks:

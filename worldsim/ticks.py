@@ -5,8 +5,9 @@ on hidden clocks no window of frames shows (hunger drops food every 25-30 steps)
 alone never draws them: one sampling step draws the conditional mean, the old digit (docs/results.md, Ticks), and
 two CPU fine-tunes that gave the world model the ticks as an input learnt to draw them at the game's rates but
 showed at most 3.6 % of them in the frame. This job adds both halves outside the world model's trunk:
-- the tick head (`model.TickHead`), fit on the frozen world model's own commit features, as the simulator reads
-  them, with the step's action and the steps since each tick: it draws each step's ticks;
+- the tick head (`model.TickHead`), fit on the frozen world model's own features of the frame before, as the
+  simulator reads them (its commit pass; with heads_input="sample_pair" its sampling pass), with the step's action
+  and the steps since each tick: it draws each step's ticks;
 - the tick display (`TickDisplay`), a table read from the collection's frames: which tile each tick type redraws
   (the HUD cell of its counter) and, for each glyph that tile showed before the tick, the glyph after. The
   simulator pastes the glyph into the frame a drawn tick happens on and commits its encoding, so the model's
@@ -161,8 +162,8 @@ def fit_display(episodes: list, layout: tuple[int, int, int], h: int, w: int, mi
 
 def tick_examples(bundle, episodes: list, batch: int = 64, seed: int = 0, cap: int | None = None):
     """The tick head's examples as the simulator makes them: each transition with W real frames before it,
-    stepped by the model (`heads.step_transitions`), gives the pooled commit features of the frame the model
-    made; the next step's real action, its ticks and the steps since each tick before it go with them. Returns
+    stepped by the model (`heads.step_transitions`), gives the features of the frame the model made that the
+    next step's tick draw reads (`StepResult.features`); the next step's real action, its ticks and the steps since each tick before it go with them. Returns
     (features (N, dim), actions, ticks (N, K), since (N, K))."""
     from worldsim.heads import step_transitions
     from worldsim.simulator import WorldSimulator

@@ -102,14 +102,16 @@ def test_cached_pass_outputs_leave_out_only_what_was_not_asked_for():
     m = tiny(window=3)
     x, c, a, has = inputs(B=2, T=1)
     got = {}
-    for outputs in ("all", "frame", "heads"):
+    for outputs in ("all", "frame", "heads", "features"):
         cache = m.new_cache(2, 16)
         got[outputs] = m.forward_cached(x[:, 0], c[:, 0], a[:, 0], has[:, 0], cache, 0, commit=True, outputs=outputs)
     assert got["frame"].reward is None and got["heads"].out is None
+    assert got["features"].reward is None and got["features"].out is None
     assert torch.equal(got["frame"].out, got["all"].out) and torch.equal(got["frame"].features, got["all"].features)
+    assert torch.equal(got["features"].features, got["all"].features)
     assert torch.equal(got["heads"].reward, got["all"].reward)
     assert torch.equal(got["heads"].term_logit, got["all"].term_logit)
-    with pytest.raises(ValueError, match="outputs must be all, frame or heads"):
+    with pytest.raises(ValueError, match="outputs must be all, frame, heads or features"):
         m.forward_cached(x[:, 0], c[:, 0], a[:, 0], has[:, 0], m.new_cache(2, 16), 0, outputs="reward")
 
 

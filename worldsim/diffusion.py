@@ -287,8 +287,9 @@ class EDM:
                     ticks=None, commit: bool = True, prev_features=None, pending: dict | None = None, has=None):
         """One frame of a cached rollout at time t: sample it with the Euler sampler, every pass attending to
         the cache's window, then commit it lightly noised (context_noise * level) in one more pass.
-        commit=False leaves that pass out (the ModelOutput returned is None): for a caller that rebuilds the
-        cache from its window right after, which writes this frame's keys again and reads its heads there.
+        commit=False leaves that pass out (the ModelOutput returned holds the last sampling pass's features
+        alone): for a caller that rebuilds the cache from its window right after, which writes this frame's keys
+        again and reads its heads there.
         prev: (B, C, h, w) the newest clean latent; prev_ctx: the same as committed (a warp model reads it).
         fill: for a warp model, a function of its warp input (B, C, h, w) that returns the input to use (the
         simulator's view memory: cells taken from views it holds); every pass, and a residual model's centre,

@@ -3,7 +3,8 @@
     python docs/step_outside_model.py [QUANTIZE]   (none or int8; default the bundle's, int8; 300 timed steps)
 
 Prints the step's milliseconds and the milliseconds per step in each timed part. Parts nest: `step_cached` holds
-`forward_cached` (the world model's passes, two a step) and the simulator's `project` (snap, keep_off_map,
+`forward_cached` (the world model's passes: two a step with heads_input "pair"; with "sample_pair", the shipped
+bundle's since the 53rd session, one `forward_cached_pair` a step) and the simulator's `project` (snap, keep_off_map,
 map.step and its draw_terrain); `_show` (tile hold and decode) and `_light` run after it. docs/step_parts.py
 splits the model's passes instead.
 """
@@ -40,6 +41,7 @@ for n in ("_show", "_light", "_step"):
     timed(S.WorldSimulator, n)
 timed(D.EDM, "step_cached")
 timed(M.WorldDiT, "forward_cached")
+timed(M.WorldDiT, "forward_cached_pair")
 timed(M.WorldDiT, "_rope_at")
 torch.set_num_threads(2)
 env = gym.make("worldsim/Crafter-v0", quantize=sys.argv[1] if len(sys.argv) > 1 else None)

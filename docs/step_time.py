@@ -1,24 +1,26 @@
 """Milliseconds per step of the shipped env through the Gymnasium API, at batch 1 and 16 (best of 3 runs).
 
     python docs/step_time.py [crafter|minetest]
-    python docs/step_time.py crafter BUNDLE_A BUNDLE_B [RUNS]
+    python docs/step_time.py crafter BUNDLE_A BUNDLE_B [RUNS] [KEY=VALUE ...]
 
 For comparing two versions of the code in alternation on this VM, whose speed drifts by a third between
 hours: run it on one commit, then the other, several times over (`git checkout COMMIT -- kernels worldsim`).
 With two bundles it steps them in turn, RUNS times (default 2; random actions, best of 3 timings of 60 steps at
 batch 1 and 10 at batch 16), so the drift falls on both alike: the quick A/B for two bundles of one world model.
-`worldsim bench` gives the figures the README's table quotes.
+KEY=VALUE pairs go to both envs (e.g. `quantize=none`: fp32, the issue's speed target; the default is the bundles'
+int8). `worldsim bench` gives the figures the README's table quotes.
 """
 import sys
 import time
 
 import gymnasium as gym
+import yaml
 
 import worldsim  # noqa: F401  (registers the envs)
 
 
 def ms_per_step(name, B, n, warm, bundle=None):
-    kw = {} if bundle is None else {"bundle": bundle}
+    kw = dict(SETTINGS) if bundle is None else {**SETTINGS, "bundle": bundle}
     env = (gym.make_vec(f"worldsim/{name}-v0", num_envs=B, **kw) if B > 1
            else gym.make(f"worldsim/{name}-v0", **kw))
     env.reset(seed=0)
@@ -35,10 +37,12 @@ def ms_per_step(name, B, n, warm, bundle=None):
     return best * 1e3
 
 
-name = (sys.argv[1] if len(sys.argv) > 1 else "crafter").capitalize()
-if len(sys.argv) > 3:
-    a, b = sys.argv[2], sys.argv[3]
-    for _ in range(int(sys.argv[4]) if len(sys.argv) > 4 else 2):
+SETTINGS = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in sys.argv[1:] if "=" in x)}
+argv = [x for x in sys.argv if "=" not in x]
+name = (argv[1] if len(argv) > 1 else "crafter").capitalize()
+if len(argv) > 3:
+    a, b = argv[2], argv[3]
+    for _ in range(int(argv[4]) if len(argv) > 4 else 2):
         for B, n in ((1, 60), (16, 10)):
             print(f"batch {B}: {a} {ms_per_step(name, B, n, 5, a):.2f} ms, {b} {ms_per_step(name, B, n, 5, b):.2f} ms",
                   flush=True)

@@ -299,6 +299,8 @@ def test_sample_pair_steps_as_pair_through_resets_and_saved_rows(tmp_path):
     sp = copy.copy(b)
     sp.dit = pair.dit.with_heads_input("sample_pair")
     sims = [WorldSimulator(x, 2, sampling_steps=1) for x in (pair, sp)]
+    sims.append(WorldSimulator(sp, 2, sampling_steps=1))
+    sims[2].merge = False  # the pending commit as a pass of its own: the same numbers as in the sampling pass
     assert not sims[0].sample_heads and sims[1].sample_heads and "pend_a" in sims[1].ROW
     rng = np.random.default_rng(6)
     shape, D = sims[0].latent_shape, b.dit.config.dim
@@ -321,6 +323,8 @@ def test_sample_pair_steps_as_pair_through_resets_and_saved_rows(tmp_path):
         before = sims[0].head_prev.clone()
         res = [s.step(a, noise, cn, decode=False) for s in sims]
         torch.testing.assert_close(res[1].latents, res[0].latents, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(res[2].latents, res[1].latents, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(res[2].head_input, res[1].head_input, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(res[1].head_input[:, D:], before, rtol=1e-4, atol=1e-4)
         assert res[1].head_input.shape == (2, 2 * D)
         with torch.no_grad():

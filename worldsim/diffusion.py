@@ -284,7 +284,8 @@ class EDM:
     @torch.no_grad()
     def step_cached(self, model, cache, t: int, a, prev, prev_ctx, noise, context_noise, level: float,
                     steps: int | None = None, guidance: float = 1.0, project=None, fill=None, clock=None,
-                    ticks=None, commit: bool = True, prev_features=None, pending: dict | None = None, has=None):
+                    ticks=None, commit: bool = True, prev_features=None, pending: dict | None = None, has=None,
+                    merge: bool = True):
         """One frame of a cached rollout at time t: sample it with the Euler sampler, every pass attending to
         the cache's window, then commit it lightly noised (context_noise * level) in one more pass.
         commit=False leaves that pass out (the ModelOutput returned holds the last sampling pass's features
@@ -299,8 +300,8 @@ class EDM:
         read them beside the new frame's).
         pending (heads_input="sample_pair"): the frame of time t - 1, not committed yet, committed first: a dict of
         its committed latent "z" (B, C, h, w), "actions" into it, "has" (B,) and, for models that read them,
-        "clock" and "ticks". With guidance 1 that commit shares the first sampling pass (`forward_cached_pair`),
-        otherwise it is a pass of its own. Then this frame is not committed (commit=False): it is the next step's
+        "clock" and "ticks". With guidance 1 and `merge` that commit shares the first sampling pass
+        (`forward_cached_pair`), otherwise it is a pass of its own (the same numbers). Then this frame is not committed (commit=False): it is the next step's
         pending frame, and the heads read the last sampling pass beside the pending frame's commit (`pair_heads`).
         has: (B,) bool whether each row's action is known (default all; a reset's one-frame context has none).
         Returns (new latent, committed latent, the residual centre or None, the commit pass's ModelOutput:
@@ -336,7 +337,7 @@ class EDM:
         last = {}  # the last sampling pass's features (the action-conditioned half), for `project`
         if pending is not None:  # its model input, at the context level
             p_inp, p_noise = self.model_input(pending["z"], torch.full((B,), level, device=prev.device))
-            if guidance != 1.0:  # a pass of its own (the guided pass runs the batch twice, the cache once)
+            if guidance != 1.0 or not merge:  # a pass of its own (the guided pass runs the batch twice, the cache once)
                 last["commit"] = model.forward_cached(p_inp, p_noise, pending["actions"], pending["has"], cache, t - 1,
                                                       commit=True, outputs="features", clock=pending.get("clock"),
                                                       ticks=pending.get("ticks")).features

@@ -203,6 +203,7 @@ class WorldSimulator:
         # in its sampling pass (EDM.step_cached), so a step is one pass where it was two; kept per row with the
         # action into it, whether that action is known, and its ticks
         self.sample_heads = heads_input == "sample_pair"
+        self.merge = True  # the pending commit shares the sampling pass (False: a pass of its own, the same numbers)
         if self.sample_heads:
             self.ROW = self.ROW + ("pend_a", "pend_has", "pend_ticks")
             self.pend_a = torch.zeros(batch_size, _action_width(self.spec), device=self.device)
@@ -671,7 +672,8 @@ class WorldSimulator:
                                                            clock=torch.as_tensor(self.clock + 1, device=self.device),
                                                            ticks=ticks, commit=not (rebuild_heads or self.sample_heads),
                                                            prev_features=self.head_prev.to(self.prev.dtype)
-                                                           if self.pair_heads else None, pending=pending)
+                                                           if self.pair_heads else None, pending=pending,
+                                                           merge=self.merge)
         self.prev, self.prev_ctx = z.float(), self.prev_ctx.float()  # fp32 between steps, whatever amp computed in
         self.time = t
         self.clock += 1

@@ -149,6 +149,27 @@ def _player_sprites(unit: int) -> tuple[np.ndarray, np.ndarray]:
     return t[..., :3], t[..., 3] == 255
 
 
+# a sleeper's energy rises a point on every 11th step from the step its sleep began (Player._update_life_stats:
+# fatigue starts at min(fatigue - 1, 0) and a rise comes when it falls under -10)
+SLEEP_RISE_STEPS = 11
+SLEEP_GREY_LEVELS = 6.0  # a pixel within this of the sleeper's grey: |red - green| + |blue - red - 8|
+
+
+def grey_view(frames: torch.Tensor, share: float = 0.5) -> torch.Tensor:
+    """Frames (B, H, W, 3) uint8 -> bool (B,): at least `share` of the map view's pixels are a sleeper's grey
+    (sleep_view's filter: red = green, blue 8 levels above), within SLEEP_GREY_LEVELS. For models that draw the
+    grey themselves (bundles without env.sleep), whose sleeping sprite is too blurred for `sleeping` and whose
+    grey views often keep some tiles in colour. Measured on the tenth of each collection's episodes: real
+    sleepers 1.0; real awake canvases 0.0 (none of 50,000); real lit frames up to 0.62 (dusk: the night's tint
+    is blue), so lit frames need a share above that; the shipped model's sleeping canvases 0.59-0.91, its
+    view after a press that did not grey it 0.29."""
+    vr, vc = view_box(frames.shape[1:])
+    v = frames[:, vr, vc].float()
+    r, g, b = v.unbind(-1)
+    near = ((r - g).abs() + (b - r - SLEEP_TINT[2] / 2).abs()) < SLEEP_GREY_LEVELS
+    return near.float().mean((1, 2)) >= share
+
+
 def sleeping(frames: torch.Tensor) -> torch.Tensor:
     """Frames (B, H, W, 3) uint8 drawn as canvases -> bool (B,): the player's cell shows the sleeping sprite, the
     nearest of the player's five sprites over its opaque pixels (a decoded tile is a few grey levels off; the

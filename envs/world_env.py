@@ -196,10 +196,13 @@ class WorldEnv(gym.Env):
       frame and the steps since each tick last happened, and the frame then shows them (a bundle given its
       ticks by ``worldsim ticks`` pastes each tick's glyph into its counter's tile: ``worldsim/ticks.py``):
       ``info["ticks"]`` names this step's, ``info["tick_prob"]`` gives their probabilities; ``ticks=False``
-      draws none (the frames are then the model's without them), ``ticks=True`` draws them where the bundle
-      ships them off (``inference.ticks``). Why: Crafter's
+      draws none (the frames are then the model's without them), ``ticks=True`` draws them all where the
+      bundle ships fewer (``inference.ticks``), a list of names draws those alone (the shipped Crafter model:
+      ``["energy_down", "energy_up"]``, the game's fatigue and sleep, while hunger, thirst and health stay
+      still). Between ticks the counters' tiles keep what was last shown there. Why: Crafter's
       food, drink and energy fall on hidden clocks that no few frames show, and a model left to guess draws
-      "no change" every step (docs/results.md, "The inventory's clock").
+      "no change" every step (docs/results.md, "The inventory's clock"). A bundle whose env names
+      ``sleep_clock: crafter`` keeps the game's clock for a sleeper's energy (a point every 11 steps asleep).
 
     ``worldsim/World-v0`` is the same env for a bundle you trained (``bundle=`` required), e.g. on your own
     Gymnasium env (``worldsim collect env=gym:<id>``): the spaces are the source env's (a Box's bounds
@@ -289,7 +292,7 @@ class WorldEnv(gym.Env):
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None,
                  map_memory: bool | None = None, new_ground: str | None = None,
-                 terrain_floor: float | None = None, reward_floor: float | None = None, ticks: bool | None = None,
+                 terrain_floor: float | None = None, reward_floor: float | None = None, ticks: bool | list | None = None,
                  light: bool | None = None, light_noise: str | None = None, fresh_window: int | bool | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
@@ -414,7 +417,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None,
                  map_memory: bool | None = None, new_ground: str | None = None,
-                 terrain_floor: float | None = None, reward_floor: float | None = None, ticks: bool | None = None,
+                 terrain_floor: float | None = None, reward_floor: float | None = None, ticks: bool | list | None = None,
                  light: bool | None = None, light_noise: str | None = None, fresh_window: int | bool | None = None,
                  **kwargs):
         if kwargs:

@@ -355,6 +355,33 @@ def test_shipped_crafter_sleeps_and_wakes_as_the_real_game_does():
     env.close()
 
 
+def test_shipped_crafter_tires_sleeps_and_wakes_by_default():
+    """The shipped Crafter model by default draws the energy ticks (inference.ticks) and keeps a sleeper's energy
+    on the game's clock (env.sleep_clock): after 60 random moves energy has fallen, a `sleep` press greys the
+    view, the count rises while the noops go on and the player wakes, paying `wake_up`, as in the real game (a
+    point per 11 steps asleep, awake the step after a full count). With the ticks off, as shipped before,
+    energy never fell, the press did nothing and no sleep began; a sleep begun below full never ended."""
+    from worldsim.envs.real_crafter import grey_view
+
+    n = 4
+    venv = gym.make_vec("worldsim/Crafter-v0", num_envs=n, termination_threshold=2.0)
+    assert venv.unwrapped.sim.settings()["ticks"] == ["energy_down", "energy_up"]
+    venv.reset(seed=0)
+    wake = venv.unwrapped.event_names.index("wake_up")
+    down = venv.unwrapped.tick_names.index("energy_down")
+    fell = np.zeros(n, bool)
+    for a in np.random.default_rng(0).integers(1, 5, size=(60, n)):
+        fell |= venv.step(a)[4]["ticks"][:, down]
+    asleep, woke = np.zeros(n, bool), np.full(n, -1)
+    for t in range(60):
+        info = venv.step(np.full(n, 6) if t == 0 else np.zeros(n, int))[4]
+        asleep |= grey_view(torch.as_tensor(info["canvas"])).numpy()
+        woke[(woke < 0) & info["events"][:, wake]] = t
+    venv.close()
+    assert fell.sum() >= 3, fell
+    assert asleep.sum() >= 3 and ((woke > 10) | ~asleep).all() and (woke[asleep] > 0).sum() >= 3, (asleep, woke)
+
+
 def test_shipped_crafter_explorer_world_does_not_fill_with_one_tile():
     """The shipped Crafter model under the scripted explorer: with new ground drawn from its terrain prior (the
     bundle's default) most moves scroll the frame and the view keeps more kinds of tile than with the model's

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from worldsim.envs.real_crafter import RealCrafterEnv, daylight, light, sleep_view, sleeping, unlight, view_box
+from worldsim.envs.real_crafter import (RealCrafterEnv, daylight, grey_view, light, sleep_view, sleeping, unlight,
+                                       view_box)
 
 
 def _walk(clock: int, steps: int, seed: int = 3):
@@ -66,6 +67,21 @@ def test_a_sleepers_view_is_the_games_and_the_sprite_tells_the_sleep():
     rows, cols = view_box(c.shape[1:])
     colour = lambda x: (x[..., rows, cols, :].amax(-1) - x[..., rows, cols, :].amin(-1)).float().mean()
     assert colour(c[flags]) > 4 * colour(torch.as_tensor(frames)[flags])  # the grey is not in the canvas
+
+
+def test_grey_view_tells_a_sleeper_by_its_grey_by_day_and_night():
+    """For models that draw a sleeper's grey themselves: the game's frames of a sleep spell read as asleep exactly
+    on the steps the game's flag is up (the canvases drawn by default too, which keep the grey), and the view
+    of a night, dark and blue, never does."""
+    frames, _, _, flags, greyed = _real_sleep()
+    np.testing.assert_array_equal(grey_view(torch.as_tensor(frames)).numpy(), flags)
+    np.testing.assert_array_equal(grey_view(torch.as_tensor(greyed)).numpy()[1:], flags[1:])
+    _, night, night_canvases, at = _walk(200, 20)
+    assert (daylight(at) < 0.5).all()
+    assert not grey_view(torch.as_tensor(night), 0.8).any() and not grey_view(torch.as_tensor(night_canvases)).any()
+    half = greyed[flags][:1].copy()  # a grey view with its top third in colour, as the shipped model draws some
+    half[:, :16] = night_canvases[:1, :16]
+    assert grey_view(torch.as_tensor(half)).all() and not grey_view(torch.as_tensor(half), 0.8).any()
 
 
 def test_light_at_night_with_the_games_noise():

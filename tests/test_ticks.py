@@ -319,7 +319,7 @@ def test_ticks_job_gives_a_bundle_ticks_and_the_frame_shows_them(bundle, dataset
     env = gym.make("worldsim/World-v0", bundle=str(path), ticks=False)
     env.reset(seed=0)
     assert env.unwrapped.tick_names == [] and "ticks" not in env.step(1)[4]
-    with pytest.raises(ValueError, match="ticks must be true, false or null"):
+    with pytest.raises(ValueError, match="ticks must be true, false, null"):
         WorldSimulator(b, 1, ticks="yes")
     (rt, pt, zt), (rn, pn, zn) = out["tick"], out["none"]
     differs = (pt != pn).any(1)[0]
@@ -356,3 +356,102 @@ def test_without_ticks_computes_what_no_tick_gives():
     assert bare.config.ticks == 0 and bare.tick_head is None
     torch.testing.assert_close(bare(x, c, a, has).out, m(x, c, a, has, ticks=torch.zeros(2, 3, 3)).out)
     assert not torch.allclose(m(x, c, a, has, ticks=torch.ones(2, 3, 3)).out, bare(x, c, a, has).out)
+
+
+@pytest.fixture(scope="module")
+def ticked(bundle, dataset, tmp_path_factory):
+    """The tiny Crafter bundle given ticks by `worldsim ticks` (a head fit briefly, the display read off the
+    collection's frames)."""
+    path = tmp_path_factory.mktemp("ticked") / "b"
+    shutil.copytree(bundle, path)
+    run_job("ticks", [f"bundle={path}", f"data={dataset}", "steps=50", "head_batch=64"])
+    return path
+
+
+def _noise(sim, rng):
+    return rng.standard_normal((1, *sim.latent_shape)), rng.standard_normal((1, *sim.latent_shape))
+
+
+def test_named_ticks_are_the_only_ones_drawn_and_the_counters_hold_between_them(ticked, dataset):
+    """ticks=[names] draws those types alone (the others never, whatever their probability); the tiles of the
+    tick display keep the latents last committed there, the context's, or the glyph a drawn tick pasted, where
+    the model without the hold draws them anew."""
+    b = Bundle(ticked)
+    names = tick_names(b.env["counters"])
+    k = names.index("drink_down")
+    ep = load_episodes(dataset)[0]
+    sim = WorldSimulator(b, 1, sampling_steps=1, ticks=["drink_down"], snap=False, map_memory=False)
+    assert sim.settings()["ticks"] == ["drink_down"] and sim.n_ticks == 8
+    T = sim.window
+    ctx, ctx_a = ep["frames"][None, :T], ep["actions"][None, :T - 1]
+    rng = np.random.default_rng(0)
+    sim.reset([0], ctx, ctx_a, rng.standard_normal((1, T, *sim.latent_shape)))
+    ys, xs = sim.hold_cells
+    assert len(ys) >= 3  # health, food, drink and energy ticks seen in the collection: their tiles found
+    at_reset = sim.prev[0][:, ys, xs].clone()
+    torch.testing.assert_close(at_reset, b.codec.encode(torch.as_tensor(ctx[:, -1]))[0][:, ys, xs])
+    res = sim.step(np.array([0]), *_noise(sim, rng), tick_uniform=np.zeros((1, 8)))  # every type under its p
+    assert res.ticks[0].tolist() == [j == k for j in range(8)]
+    drink = int(torch.nonzero((torch.stack([ys, xs], 1) == b.tick_display.cells[k]).all(1))[0])
+    others = [j for j in range(len(ys)) if j != drink]
+    torch.testing.assert_close(sim.prev[0][:, ys, xs][:, others], at_reset[:, others])
+    after_tick = sim.prev[0][:, ys, xs].clone()
+    for step in range(3):
+        res = sim.step(np.array([step + 1]), *_noise(sim, rng), tick_uniform=np.ones((1, 8)))
+        assert not res.ticks.any()
+        torch.testing.assert_close(sim.prev[0][:, ys, xs], after_tick)
+    # without ticks there is no hold: the model draws those tiles anew
+    free = WorldSimulator(b, 1, sampling_steps=1, ticks=False, snap=False, map_memory=False)
+    rng = np.random.default_rng(0)
+    free.reset([0], ctx, ctx_a, rng.standard_normal((1, T, *free.latent_shape)))
+    free.step(np.array([0]), *_noise(free, rng))
+    assert not torch.allclose(free.prev[0][:, ys, xs], at_reset)
+    env = gym.make("worldsim/World-v0", bundle=str(ticked), ticks=["food_down", "food_up"])
+    env.reset(seed=0)
+    for _ in range(5):
+        assert set(env.step(1)[4]["ticks"]) <= {"food_down", "food_up"}
+    with pytest.raises(ValueError, match=r"tick types \['thirst'\] this bundle does not have"):
+        WorldSimulator(b, 1, ticks=["thirst"])
+
+
+def test_sleep_clock_raises_energy_every_11_steps_asleep_and_lets_none_fall(ticked, tmp_path):
+    """env.sleep_clock "crafter": while the frame shows a sleeper (the game's own grey view here, kept on screen
+    by tile hold), energy rises on every 11th step from the sleep's first frame and never falls, and its fall
+    clock starts again at the wake; a saved row state brings the count back. Without it the head draws both."""
+    from test_light import _real_sleep
+
+    frames, _, actions, flags, _ = _real_sleep()
+    first = int(np.argmax(flags))
+    path = tmp_path / "s"
+    shutil.copytree(ticked, path)
+    meta = json.loads((path / "bundle.json").read_text())
+    meta["env"]["sleep_clock"] = "crafter"
+    (path / "bundle.json").write_text(json.dumps(meta))
+    names = tick_names(meta["env"]["counters"])
+    down, up = names.index("energy_down"), names.index("energy_up")
+    probs = {}
+    for name, src in (("clock", path), ("head", ticked)):
+        b = Bundle(src)
+        sim = WorldSimulator(b, 1, sampling_steps=1, tile_hold=1e6, snap=False, map_memory=False)
+        T = sim.window
+        ctx, ctx_a = frames[None, first - T + 1:first + 1], actions[None, first - T + 1:first]
+        rng = np.random.default_rng(0)
+        sim.reset([0], ctx, ctx_a, rng.standard_normal((1, T, *sim.latent_shape)))
+        p = []
+        for step in range(1, 24):
+            res = sim.step(np.array([0]), *_noise(sim, rng), tick_uniform=rng.random((1, 8)))
+            p.append(res.tick_prob[0, [down, up]])
+            if name == "clock":
+                assert res.ticks[0, up] == (step in (11, 22)) and not res.ticks[0, down]
+                assert sim.asleep_for.tolist() == [step + 1] and sim.tick_since[0, down] == 1
+                if step == 5:
+                    state, clock_sim = sim.row_state(0), sim
+        probs[name] = np.array(p)
+    np.testing.assert_array_equal(probs["clock"][:, 1], [float(s in (11, 22)) for s in range(1, 24)])
+    assert (probs["clock"][:, 0] == 0).all() and (probs["head"] > 0).all() and (probs["head"] < 1).all()
+    clock_sim.load_rows([0], [state])
+    assert clock_sim.asleep_for.tolist() == [6]
+    with pytest.raises(ValueError, match="sleep_clock must be 'crafter'"):
+        meta["env"]["sleep_clock"] = "minetest"
+        (path / "bundle.json").write_text(json.dumps(meta))
+        WorldSimulator(Bundle(path), 1)

@@ -22,7 +22,7 @@ import torch
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle, bundle_path
 from worldsim.codebook import CERTAIN, draw_terrain, entry_index, keep_off_map, sample_snap, seed_snap, snap
-from worldsim.data import index_actions
+from worldsim.data import index_actions, tick_names
 from worldsim.diffusion import frame_context, warps
 from worldsim.model import ModelOutput, actions_to_tensor, camera_rotation, project_view, view_grid
 
@@ -138,7 +138,7 @@ class WorldSimulator:
                  detail_carry: float | None = None, carry_gate: float | None = None, reencode: bool | None = None,
                  snap: bool | str | None = None, certain: float | None = None, amp: str | None = None,
                  view_memory: int | None = None, seed_floor: float | None = None, map_memory: bool | None = None,
-                 new_ground: str | None = None, terrain_floor: float | None = None, ticks: bool | None = None,
+                 new_ground: str | None = None, terrain_floor: float | None = None, ticks: bool | list | None = None,
                  light: bool | None = None, light_noise: str | None = None, fresh_window: int | bool | None = None):
         # amp="bf16": every model pass (world model, autoencoder) under torch.autocast to bfloat16, the KV cache
         # and the sampler's arithmetic in fp32. For GPUs (tensor cores); on this project's CPU fp32 is faster
@@ -210,20 +210,46 @@ class WorldSimulator:
             self.pend_has = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
             self.pend_ticks = torch.zeros(batch_size, max(self.model_ticks, 1), device=self.device)
         on = (bundle.meta.get("inference") or {}).get("ticks", True) if ticks is None else ticks
-        if not isinstance(on, (bool, np.bool_)):
-            raise ValueError(f"ticks must be true, false or null (the bundle's default), got {ticks!r}")
-        self.n_ticks = self.model_ticks if on else 0
+        # ticks may also name the tick types drawn (the others never happen, as with ticks off): Crafter's
+        # energy_down and energy_up run the fatigue of the game (a sleep ends, as the game's does, when energy
+        # is full) while hunger and thirst stay still
+        names = tick_names(bundle.env.get("counters", []))
+        if len(names) != self.model_ticks:  # a bundle.json without its counters: the env refuses it by name
+            names = [f"tick_{k}" for k in range(self.model_ticks)]
+        if not isinstance(on, (bool, np.bool_, str, dict)) and hasattr(on, "__iter__"):
+            on = [str(n) for n in on]  # a list from Hydra (ListConfig), a tuple
+        if isinstance(on, list) and self.model_ticks:
+            bad = [n for n in on if n not in names]
+            if bad:
+                raise ValueError(f"ticks names tick types {bad!r} this bundle does not have; its are {names}")
+        elif not isinstance(on, (bool, np.bool_, list)):
+            raise ValueError(f"ticks must be true, false, null (the bundle's default) or a list of tick types "
+                             f"(this bundle's: {names}), got {ticks!r}")
+        self.ticks_drawn = ((list(on) if isinstance(on, list) else names if on else []) if self.model_ticks else [])
+        self.n_ticks = self.model_ticks if self.ticks_drawn else 0
         if self.n_ticks:
             self.ROW = self.ROW + ("tick_feat", "tick_since")
             self.tick_feat = torch.zeros(batch_size, self.dit.config.dim, device=self.device)  # pooled features
             self.tick_since = torch.zeros(batch_size, self.n_ticks, dtype=torch.long, device=self.device)
             # draws for callers that give none (eval, bench: reproducible per simulator); the env gives its own
             self.tick_rng = np.random.default_rng(0)
+            self.tick_mask = torch.tensor([n in self.ticks_drawn for n in names], device=self.device)
         # the tick display (`worldsim ticks`): a drawn tick's glyph is pasted into its counter's tile of the frame,
         # and the context commits that tile's encoding (worldsim/ticks.py says why); at the bundle's frame size
         disp = bundle.tick_display
         native = (H, W) == tuple(bundle.env["frame_shape"][:2])
         self.tick_display = disp if self.n_ticks and disp is not None and native else None
+        # counter hold: the display's tiles keep their latents from one drawn tick to the next. The game redraws a
+        # counter's tile only when it ticks (worldsim/ticks.py), but the world model, which never learnt the
+        # ticks, often draws a pasted count back (Crafter's energy 7 -> 8 pasted, 7 again a step later) or as
+        # another digit, so without the hold a sleeper's energy seldom reached the full count that wakes it
+        self.hold_cells = None
+        if self.tick_display is not None:
+            cells = self.tick_display.cells
+            cells = torch.unique(cells[cells[:, 0] >= 0], dim=0)
+            self.hold_cells = (cells[:, 0].to(self.device), cells[:, 1].to(self.device))
+            self.ROW = self.ROW + ("held_z",)
+            self.held_z = torch.zeros(batch_size, C, len(cells), device=self.device)
         hold = bundle.meta.get("decode", {}).get("tile_hold", 0.0) if tile_hold is None else tile_hold
         self.tile_hold = float(hold)
         if not np.isfinite(self.tile_hold) or self.tile_hold < 0:
@@ -356,6 +382,25 @@ class WorldSimulator:
             raise ValueError(f"bundle.json env.sleep must be 'crafter' (canvases without a sleeper's grey, drawn by "
                              f"the env, beside env.light) or absent, got {sleep!r} (env.light {game_light!r})")
         self.sleep_view = sleep is not None
+        # env.sleep_clock "crafter": the env keeps the game's fatigue clock while the frame shows a sleeper, as it
+        # draws the game's light: energy rises a point every 11 steps asleep counted from the sleep's first frame,
+        # and falls never (crafter Player._update_life_stats); the tick head still draws every other tick, and
+        # energy's awake, with its fall clock started at the wake. Why: the head cannot see how long the player
+        # has slept. It gave a first rise 0.001-0.03 a step (docs/sleep_tick_probe.py), and with its clock reset
+        # at the sleep's start 0.30-0.63 on the step the game's comes, then 0.01 once that was missed, so of 8
+        # sleepers below full energy 5 slept all 200 steps (docs/results.md, "A sleep that ends"). A sleeper is
+        # read off the frame the model drew (real_crafter.grey_view; `sleeping` where the env draws the grey)
+        clock_rule = bundle.env.get("sleep_clock")
+        if clock_rule not in (None, "crafter"):
+            raise ValueError(f"bundle.json env.sleep_clock must be 'crafter' or absent, got {clock_rule!r}")
+        self.sleep_clock = None
+        if clock_rule and self.n_ticks:
+            if not {"energy_down", "energy_up"} <= set(names):
+                raise ValueError(f"env.sleep_clock 'crafter' needs the energy counter's ticks; this bundle's are {names}")
+            self.sleep_clock = (names.index("energy_down"), names.index("energy_up"))
+            self.ROW = self.ROW + ("asleep_for",)
+            # per row: how many frames in a row, up to the newest, show a sleeper (0: awake)
+            self.asleep_for = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.light_noise = "sample" if light_noise is None else light_noise
         if self.light_noise not in ("sample", "mean"):
             raise ValueError(f"light_noise must be sample (the game's draw) or mean, got {light_noise!r}")
@@ -404,7 +449,7 @@ class WorldSimulator:
                 "certain": self.certain, "view_memory": 0 if self.memory is None else self.memory.z.shape[1],
                 "seed_floor": self.seed_floor, "map_memory": self.map is not None, "new_ground": self.new_ground,
                 "terrain_floor": self.terrain_floor, "light": self.light, "light_noise": self.light_noise,
-                "fresh_window": self.fresh_window}
+                "fresh_window": self.fresh_window, "ticks": self.ticks_drawn}
 
     def _t(self, a):
         return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)
@@ -491,6 +536,10 @@ class WorldSimulator:
             self.map.start(rows, z.float(), acts)
         self.shown_z[rows] = z[:, -1]
         self.shown[rows] = torch.as_tensor(frames[:, -1], device=self.device)
+        if self.sleep_clock is not None:  # asleep in the context: for how long is unknown, read as just fallen asleep
+            self.asleep_for[rows] = self._sleepers(torch.as_tensor(frames[:, -1], device=self.device)).long()
+        if self.hold_cells is not None:  # the context's counts, held from here on
+            self.held_z[rows] = z[:, -1][:, :, self.hold_cells[0], self.hold_cells[1]].float()
         if self.memory is not None:  # the context frames are the first views the memory holds
             self.memory.clear(rows)
             for i in range(T):
@@ -599,7 +648,14 @@ class WorldSimulator:
             raise ValueError(f"tick_uniform must have shape ({self.B}, {self.n_ticks}), got {tuple(u.shape)}")
         has = torch.ones(self.B, dtype=torch.bool, device=self.device)
         prob = torch.sigmoid(self.dit.tick_logits(self.tick_feat, a, has, self.tick_since).float())
-        return (u < prob).float(), prob
+        if self.sleep_clock is not None:  # the game's fatigue clock while asleep (see __init__): certain, 0 or 1
+            from worldsim.envs.real_crafter import SLEEP_RISE_STEPS
+            down, up = self.sleep_clock
+            asleep = self.asleep_for > 0
+            rise = (asleep & (self.asleep_for % SLEEP_RISE_STEPS == 0)).float()
+            prob[:, up] = torch.where(asleep, rise, prob[:, up])
+            prob[:, down] = torch.where(asleep, 0.0, prob[:, down])
+        return ((u < prob) & self.tick_mask).float(), prob
 
     def _step(self, actions, noise: np.ndarray, context_noise: np.ndarray, decode: bool = True,
               tick_uniform: np.ndarray | None = None) -> StepResult:
@@ -635,6 +691,9 @@ class WorldSimulator:
                         return draw_terrain(estimate, z, b.codebook, b.codebook_groups, b.terrain_prior, noise[:, 0],
                                             fresh, step, self.map.cells, self.terrain_floor, b.terrain_fixed_only)
                 z = self.map.step(range(self.B), z, self.prev, a, draw=draw)
+            if self.hold_cells is not None:  # the counters as committed, until a drawn tick pastes a new count
+                z = z.clone()
+                z[:, :, self.hold_cells[0], self.hold_cells[1]] = self.held_z.to(z.dtype)
             paste = self.tick_display is not None and bool(ticks.any())
             if self.reencode or paste:
                 frames = self._show(z, centre, a)
@@ -649,6 +708,8 @@ class WorldSimulator:
                     z = torch.where(pasted[:, None], self.codec.encode(frames).to(z.dtype), z)
                     if self.tile_hold > 0:  # the pasted tiles are held from their encodings on
                         self.shown_z = torch.where(pasted[:, None], z, self.shown_z)
+            if self.hold_cells is not None:
+                self.held_z = z[:, :, self.hold_cells[0], self.hold_cells[1]].float()
             return z
         fill = None
         if self.memory is not None:
@@ -696,8 +757,13 @@ class WorldSimulator:
             self.tick_feat = pooled
             self.tick_since = torch.where(ticks > 0, 1, self.tick_since + 1)
         frames = shown.get("frames")  # reencode decoded it already
-        if frames is None and decode:
+        if frames is None and (decode or self.sleep_clock is not None):
             frames = self._show(z, prev, a)
+        if self.sleep_clock is not None:
+            asleep = self._sleepers(frames)
+            self.asleep_for = torch.where(asleep, self.asleep_for + 1, 0)
+            down = self.sleep_clock[0]  # a fall is due 30 steps awake after the wake, not after the last fall
+            self.tick_since[:, down] = torch.where(asleep, 1, self.tick_since[:, down])
         canvas = None
         if self.light and frames is not None:
             canvas, frames = frames, self._light(frames, step_noise)
@@ -748,6 +814,14 @@ class WorldSimulator:
             if not bool(due.all()):
                 raise RuntimeError("the rebuild gives the heads' input only when every row is rebuilt")
             return _newest_outputs(parts, self.B)
+
+    def _sleepers(self, frames: torch.Tensor) -> torch.Tensor:
+        """bool (B,): which of these frames (as the model draws them) show a sleeper (env.sleep_clock)."""
+        from worldsim.envs.real_crafter import grey_view, sleeping  # (imports the game: only its bundles need it)
+        if self.sleep_view:
+            return sleeping(frames).to(self.device)
+        # canvases have no night, whose blue tint greys up to 0.62 of a real lit view (grey_view)
+        return grey_view(frames, 0.5 if self.canvas_model else 0.8).to(self.device)
 
     def _light(self, frames: torch.Tensor, noise) -> torch.Tensor:
         """The canvases lit by each row's game clock, and greyed where they show a sleeper (env.sleep). The night's

@@ -239,6 +239,11 @@ class WorldSimulator:
         disp = bundle.tick_display
         native = (H, W) == tuple(bundle.env["frame_shape"][:2])
         self.tick_display = disp if self.n_ticks and disp is not None and native else None
+        if self.tick_display is not None:  # a counter's rise shows its fall's glyphs swapped (TickDisplay.with_inverses)
+            counters = sorted({n.rsplit("_", 1)[0] for n in names})
+            pairs = [(names.index(f"{c}_down"), names.index(f"{c}_up")) for c in counters
+                     if f"{c}_down" in names and f"{c}_up" in names]
+            self.tick_display = self.tick_display.with_inverses(pairs)
         # counter hold: the display's tiles keep their latents from one drawn tick to the next. The game redraws a
         # counter's tile only when it ticks (worldsim/ticks.py), but the world model, which never learnt the
         # ticks, often draws a pasted count back (Crafter's energy 7 -> 8 pasted, 7 again a step later) or as

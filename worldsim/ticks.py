@@ -60,6 +60,31 @@ class TickDisplay:
         t = load_file(path)
         return cls(t["cells"], t["before"], t["after"], t["tick"], info["layout"], info["tolerance"]).to(device)
 
+    def with_inverses(self, pairs) -> "TickDisplay":
+        """pairs: (a, b) tick types that undo each other on one tile (a counter's fall and rise). Each gains the
+        other's entries reversed, for the glyphs it has no entry for. Why: a table read off real frames knows a
+        counter's rises only from the counts the collection saw rise (the shipped Crafter table: energy's from 4
+        up), so a sleeper at energy 1 drew rises the frame could not show and never woke; the game draws a count
+        as its digit whichever way it got there, so a rise from n to n + 1 shows the glyphs of the fall from
+        n + 1 to n, swapped. A type of a pair whose tile was never found (no rise in the collection) takes the
+        other's tile."""
+        before, after, tick = list(self.before), list(self.after), list(self.tick)
+        cells = self.cells.clone()
+        for a, b in pairs:
+            if cells[a, 0] < 0 or cells[b, 0] < 0:  # one never seen: it redraws the tile the other does
+                cells[a] = cells[b] = torch.maximum(cells[a], cells[b])
+            if (cells[a] != cells[b]).any() or cells[a, 0] < 0:
+                continue
+            for src, dst in ((a, b), (b, a)):
+                for e in torch.nonzero(self.tick == src).flatten().tolist():
+                    glyph = self.after[e].float()
+                    known = [g for g, k in zip(before, tick) if int(k) == dst]
+                    if known and min(float((g.float() - glyph).abs().mean()) for g in known) <= self.tolerance:
+                        continue
+                    before.append(self.after[e]), after.append(self.before[e]), tick.append(torch.tensor(dst))
+        return TickDisplay(cells, torch.stack(before), torch.stack(after), torch.stack(tick).long(), self.layout,
+                           self.tolerance)
+
     @torch.no_grad()
     def apply(self, frames: torch.Tensor, ticks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames uint8 (B, H, W, 3), ticks (B, K) 0/1 -> (the frames with each drawn tick's glyph pasted, bool

@@ -90,11 +90,15 @@ def light(frames: torch.Tensor, steps, uniform: torch.Tensor | None = None) -> t
     return out
 
 
-def unlight(frames: torch.Tensor, steps) -> torch.Tensor:
+def unlight(frames: torch.Tensor, steps, sleepers: bool = True) -> torch.Tensor:
     """The inverse of `light` with the noise at its mean: frames the game showed at steps `steps` (B,), drawn back
     without the light (uint8). Per pixel the light is affine in the canvas, shown = a*c + k*grey(c) + b, so this
     solves it (Sherman-Morrison: grey is a weighted sum of the channels). Exact to a grey level or two by day;
-    at night what the noise covered is lost (at the view's corners in the darkest hour almost all of it)."""
+    at night what the noise covered is lost (at the view's corners in the darkest hour almost all of it).
+    A sleeper's frame (its view greyed after the light: grey_view at 0.8) comes back as the canvas greyed as the
+    game greys a canvas (what a model trained on canvases with the grey read): its colours are gone, but the light
+    moves a pixel's grey level by the same affine map, grey(shown) = (a + k) * grey(c) + grey(b), so the canvas's
+    grey level comes back to a level or so (sleepers=False: undone as an awake view, colours and all)."""
     d = torch.as_tensor(daylight(steps), device=frames.device)[:, None, None, None]
     rows, cols = view_box(frames.shape[1:])
     s = frames[:, rows, cols].double() + 0.5  # the game truncates: its frames are on average half a level low
@@ -106,6 +110,12 @@ def unlight(frames: torch.Tensor, steps) -> torch.Tensor:
     y = s - b
     w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64, device=frames.device)
     c = y / a - (k / (a * (a + k))) * (y * w).sum(-1, keepdim=True)
+    asleep = grey_view(frames, 0.8) if sleepers else torch.zeros(len(frames), dtype=torch.bool)
+    if asleep.any():  # the grey of the lit view is floor(luma / 2) in red: luma is 2 * red or one more
+        luma = 2 * frames[:, rows, cols, :1].double() + 1.0  # + 0.5 for the parity, + 0.5 for the truncation
+        grey = ((luma - (b * w).sum(-1, keepdim=True)) / (a + k)).round().clamp(0, 255)
+        tint = torch.tensor(SLEEP_TINT, dtype=torch.float64, device=frames.device)
+        c = torch.where(asleep[:, None, None, None], (0.5 * grey + 0.5 * tint).floor(), c)
     out = frames.clone()
     out[:, rows, cols] = c.round().clamp(0, 255).to(torch.uint8)
     return out

@@ -84,6 +84,33 @@ def test_grey_view_tells_a_sleeper_by_its_grey_by_day_and_night():
     assert grey_view(torch.as_tensor(half)).all() and not grey_view(torch.as_tensor(half), 0.8).any()
 
 
+def test_unlight_gives_back_a_sleepers_grey_canvas_at_dusk():
+    """A sleeper's frame is greyed after the light, so its colours are gone; unlight gives back the canvas as the
+    game greys it (canvases with the grey: what the shipped model reads) to a grey level, from a sleep at dusk
+    (daylight 0.80 to 0.50), where undoing the light as if the view were awake is off by up to tens of levels."""
+    def sleep(seed):
+        env = RealCrafterEnv(canvas=True)
+        env.reset(seed=seed, options={"clock": 118})
+        env.game._player.inventory["energy"] = 7
+        frames, canvases, flags = [], [], []
+        for t in range(22):
+            obs, _, term, _, info = env.step(6 if t == 1 else 0)
+            frames.append(obs), canvases.append(info["canvas"]), flags.append(env.game._player.sleeping)
+            if term:
+                return None
+        return np.stack(frames), np.stack(canvases), np.array(flags)
+
+    frames, canvases, flags = next(s for s in map(sleep, range(5, 12)) if s is not None and s[2][1:].all())
+    at = np.arange(119, 141)
+    assert not flags[0] and (daylight(at) < 0.81).all() and (daylight(at) >= 0.5).all()
+    rows, cols = view_box(frames.shape[1:])
+    back = unlight(torch.as_tensor(frames), at).numpy().astype(int)
+    err = np.abs(back - canvases.astype(int))[:, rows, cols]
+    assert err[flags].max() <= 1 and err[~flags].max() <= 2, (err[flags].max(), err[~flags].max())
+    awake_way = unlight(torch.as_tensor(frames[flags]), at[flags], sleepers=False).numpy().astype(int)
+    assert np.abs(awake_way - canvases[flags].astype(int))[:, rows, cols].max() > 10
+
+
 def test_light_at_night_with_the_games_noise():
     """At night the game adds uniform noise drawn from its world's random state: lighting the canvas with the
     same draws gives what LocalView._light gives, and with the noise's mean it is close to the game's frame."""

@@ -110,7 +110,7 @@ def unlight(frames: torch.Tensor, steps, sleepers: bool = True) -> torch.Tensor:
     y = s - b
     w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64, device=frames.device)
     c = y / a - (k / (a * (a + k))) * (y * w).sum(-1, keepdim=True)
-    asleep = grey_view(frames, 0.8) if sleepers else torch.zeros(len(frames), dtype=torch.bool)
+    asleep = grey_view(frames, 0.8) if sleepers else torch.zeros(len(frames), dtype=torch.bool, device=frames.device)
     if asleep.any():  # the grey of the lit view is floor(luma / 2) in red: luma is 2 * red or one more
         luma = 2 * frames[:, rows, cols, :1].double() + 1.0  # + 0.5 for the parity, + 0.5 for the truncation
         grey = ((luma - (b * w).sum(-1, keepdim=True)) / (a + k)).round().clamp(0, 255)

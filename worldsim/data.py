@@ -201,6 +201,21 @@ def tick_names(counters: list) -> list[str]:
     return [f"{c}_{way}" for c in counters for way in ("down", "up")]
 
 
+def tick_selection(on, names: list, what: str = "ticks"):
+    """A ticks setting: True, False, or the tick types to draw, any sequence of `names` (a Hydra ListConfig, a
+    tuple) -> bool or list[str]; a name not in `names`, or anything else, is refused by `what`."""
+    if not isinstance(on, (bool, np.bool_, str, dict)) and hasattr(on, "__iter__"):
+        on = [str(n) for n in on]
+        bad = [n for n in on if n not in names]
+        if bad:
+            raise ValueError(f"{what} names tick types {bad!r} this bundle does not have; its are {names}")
+        return on
+    if not isinstance(on, (bool, np.bool_)):
+        raise ValueError(f"{what} must be true, false, null (the bundle's default) or a list of tick types "
+                         f"(this bundle's: {names}), got {on!r}")
+    return bool(on)
+
+
 def episode_ticks(ep: dict) -> np.ndarray:
     """(T, 2K) float32 0/1: which counter fell or rose on each step (tick_names' order), from `counters`."""
     d = np.diff(np.asarray(ep["counters"], np.int64), axis=0)

@@ -22,7 +22,7 @@ import torch
 from worldsim.autoencoder import latent_shape, tile_layout
 from worldsim.checkpoint import Bundle, bundle_path
 from worldsim.codebook import CERTAIN, draw_terrain, entry_index, keep_off_map, sample_snap, seed_snap, snap
-from worldsim.data import index_actions, tick_names
+from worldsim.data import index_actions, tick_names, tick_selection
 from worldsim.diffusion import frame_context, warps
 from worldsim.model import ModelOutput, actions_to_tensor, camera_rotation, project_view, view_grid
 
@@ -210,22 +210,13 @@ class WorldSimulator:
             self.pend_has = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
             self.pend_ticks = torch.zeros(batch_size, max(self.model_ticks, 1), device=self.device)
         on = (bundle.meta.get("inference") or {}).get("ticks", True) if ticks is None else ticks
-        # ticks may also name the tick types drawn (the others never happen, as with ticks off): Crafter's
-        # energy_down and energy_up run the fatigue of the game (a sleep ends, as the game's does, when energy
-        # is full) while hunger and thirst stay still
+        # ticks may also name the tick types drawn (the others never happen, as with ticks off): the shipped
+        # Crafter model's ["energy_up"] lets a sleep restore energy, as the game's does, while no count falls
         names = tick_names(bundle.env.get("counters", []))
         if len(names) != self.model_ticks:  # a bundle.json without its counters: the env refuses it by name
             names = [f"tick_{k}" for k in range(self.model_ticks)]
-        if not isinstance(on, (bool, np.bool_, str, dict)) and hasattr(on, "__iter__"):
-            on = [str(n) for n in on]  # a list from Hydra (ListConfig), a tuple
-        if isinstance(on, list) and self.model_ticks:
-            bad = [n for n in on if n not in names]
-            if bad:
-                raise ValueError(f"ticks names tick types {bad!r} this bundle does not have; its are {names}")
-        elif not isinstance(on, (bool, np.bool_, list)):
-            raise ValueError(f"ticks must be true, false, null (the bundle's default) or a list of tick types "
-                             f"(this bundle's: {names}), got {ticks!r}")
-        self.ticks_drawn = ((list(on) if isinstance(on, list) else names if on else []) if self.model_ticks else [])
+        on = tick_selection(on, names)
+        self.ticks_drawn = ((on if isinstance(on, list) else names if on else []) if self.model_ticks else [])
         self.n_ticks = self.model_ticks if self.ticks_drawn else 0
         if self.n_ticks:
             self.ROW = self.ROW + ("tick_feat", "tick_since")
@@ -402,7 +393,8 @@ class WorldSimulator:
         if clock_rule and self.n_ticks:
             if not {"energy_down", "energy_up"} <= set(names):
                 raise ValueError(f"env.sleep_clock 'crafter' needs the energy counter's ticks; this bundle's are {names}")
-            self.sleep_clock = (names.index("energy_down"), names.index("energy_up"))
+            from worldsim.envs.real_crafter import SLEEP_RISE_STEPS  # (imports the game: only its bundles need it)
+            self.sleep_clock = (names.index("energy_down"), names.index("energy_up"), SLEEP_RISE_STEPS)
             self.ROW = self.ROW + ("asleep_for",)
             # per row: how many frames in a row, up to the newest, show a sleeper (0: awake)
             self.asleep_for = torch.zeros(batch_size, dtype=torch.long, device=self.device)
@@ -654,10 +646,9 @@ class WorldSimulator:
         has = torch.ones(self.B, dtype=torch.bool, device=self.device)
         prob = torch.sigmoid(self.dit.tick_logits(self.tick_feat, a, has, self.tick_since).float())
         if self.sleep_clock is not None:  # the game's fatigue clock while asleep (see __init__): certain, 0 or 1
-            from worldsim.envs.real_crafter import SLEEP_RISE_STEPS
-            down, up = self.sleep_clock
+            down, up, period = self.sleep_clock
             asleep = self.asleep_for > 0
-            rise = (asleep & (self.asleep_for % SLEEP_RISE_STEPS == 0)).float()
+            rise = (asleep & (self.asleep_for % period == 0)).float()
             prob[:, up] = torch.where(asleep, rise, prob[:, up])
             prob[:, down] = torch.where(asleep, 0.0, prob[:, down])
         return ((u < prob) & self.tick_mask).float(), prob

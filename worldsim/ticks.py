@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.checkpoint import tensors_bytes, write_dir_atomic
-from worldsim.data import episode_ticks, index_actions, stack_actions, tick_names, ticks_since
+from worldsim.data import episode_ticks, index_actions, stack_actions, tick_names, tick_selection, ticks_since
 
 DISPLAY_FILE = "tick_display.safetensors"
 
@@ -351,15 +351,7 @@ def ticks_job(cfg):
     meta["env"]["counters"] = counters
     if show:
         meta["tick_display"] = dinfo
-    on = cfg.get("default_on", True)
-    if not isinstance(on, (bool, str)) and hasattr(on, "__iter__"):  # the tick types drawn by default
-        on = [str(n) for n in on]
-        if set(on) - set(names):
-            raise ValueError(f"default_on names tick types {sorted(set(on) - set(names))} this bundle does not "
-                             f"have; its are {names}")
-    elif not isinstance(on, bool):
-        raise ValueError(f"default_on must be true, false or a list of tick types ({names}), got {on!r}")
-    meta.setdefault("inference", {})["ticks"] = on
+    meta.setdefault("inference", {})["ticks"] = tick_selection(cfg.get("default_on", True), names, "default_on")
     meta.setdefault("trained", {})["ticks"] = info
     files_all["bundle.json"] = json.dumps(meta, indent=1).encode()
     write_dir_atomic(path, files_all)

@@ -7,9 +7,8 @@ moves and presses `sleep`; the game then keeps it asleep, raising energy a point
 step after the count is full (11 * (9 - energy) + 1 steps, unless a zombie's blow wakes it first: such worlds are
 left out). The learned env (the shipped bundle, KEY=VALUE settings, e.g. `ticks=false`) starts from the 4 real
 frames ending on the sleep's first and is given noops for 150 steps. The frames are canvases (the game's frames
-before its light, the learned env with light=false): a lit sleeper's frame is greyed after the light, which
-`unlight` does not undo, so a context of lit frames gives the model a canvas the game never draws. Printed per world: the real sleep's length,
-the learned one's (the steps until `wake_up` is paid, and until the view is no longer a sleeper's grey:
+before its light, the learned env with light=false), exact where `unlight` gives a lit sleeper's canvas back to
+a grey level. Printed per world: the real sleep's length, the learned one's (the steps until `wake_up` is paid, and until the view is no longer a sleeper's grey:
 real_crafter.grey_view), and the steps on which the learned energy count rose.
 """
 import argparse

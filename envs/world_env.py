@@ -198,9 +198,9 @@ class WorldEnv(gym.Env):
       ``info["ticks"]`` names this step's, ``info["tick_prob"]`` gives their probabilities; ``ticks=False``
       draws none (the frames are then the model's without them), ``ticks=True`` draws them all where the
       bundle ships fewer (``inference.ticks``), a list of names draws those alone (the shipped Crafter model:
-      ``["energy_up"]``, a sleep restoring energy, while no count falls). Between ticks the counters' tiles keep what was last shown there. Why: Crafter's
-      food, drink and energy fall on hidden clocks that no few frames show, and a model left to guess draws
-      "no change" every step (docs/results.md, "The inventory's clock"). A bundle whose env names
+      ``["energy_up"]``, a sleep restoring energy, while no count falls). Between ticks the counters' tiles
+      keep what was last shown there. Why: Crafter's food, drink and energy fall on hidden clocks that no few
+      frames show, and a model left to guess draws "no change" every step (docs/results.md, "The inventory's clock"). A bundle whose env names
       ``sleep_clock: crafter`` keeps the game's clock for a sleeper's energy (a point every 11 steps asleep).
 
     ``worldsim/World-v0`` is the same env for a bundle you trained (``bundle=`` required), e.g. on your own

@@ -384,7 +384,7 @@ class WorldSimulator:
         # energy's awake, with its fall clock started at the wake. Why: the head cannot see how long the player
         # has slept. It gave a first rise 0.001-0.03 a step (docs/sleep_tick_probe.py), and with its clock reset
         # at the sleep's start 0.30-0.63 on the step the game's comes, then 0.01 once that was missed, so of 8
-        # sleepers below full energy 5 slept all 200 steps (docs/results.md, "A sleep that ends"). A sleeper is
+        # sleepers below full energy 3 slept all 200 steps (docs/results.md, "A sleep that ends"). A sleeper is
         # read off the frame the model drew (real_crafter.grey_view; `sleeping` where the env draws the grey)
         clock_rule = bundle.env.get("sleep_clock")
         if clock_rule not in (None, "crafter"):

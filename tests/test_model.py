@@ -145,6 +145,31 @@ def test_batch_one_cached_passes_keep_their_conditioning_until_the_weights_chang
     assert m._cond_memo is None
 
 
+def test_a_batch_one_pair_pass_keeps_each_frame_s_conditioning():
+    """A pass of two frames (forward_cached_pair) keeps the conditioning of each frame, not of the pair: the
+    pairs (a, b) and (b, a) are two hits after their frames were seen, and its output is the one a batch of two
+    rows computes without the memo (the same row twice), up to GEMM rounding."""
+    m = randomize(tiny(window=3).with_context_attention("frame").with_heads_input("pair"), seed=1).eval()
+    x, c, a, has = inputs(B=1, T=4)
+    a[:, 1], a[:, 2] = 1, 3
+    with torch.no_grad():
+        cache = m.new_cache(1, 16)
+        m.forward_cached(x[:, 0], c[:, 0], a[:, 0], has[:, 0], cache, 0, commit=True, outputs="frame")
+        o = m.forward_cached_pair(x[:, 1:3], c[:, 1:3], a[:, 1:3], has[:, 1:3], cache, 2)
+        assert len(m._cond_memo[1]) == 3  # frame 0's, then frames 1 and 2 each
+        swap = [2, 1]
+        m.forward_cached_pair(x[:, swap], c[:, swap], a[:, swap], has[:, swap], m.new_cache(1, 16), 2)
+        assert len(m._cond_memo[1]) == 3  # (b, a): both frames are hits
+        two = m.new_cache(2, 16)  # batch 2 is never kept: the conditioning computed over both frames at once
+        m.forward_cached(x[:, 0].repeat(2, 1, 1, 1), c[:, 0].repeat(2), a[:, 0].repeat(2), has[:, 0].repeat(2), two, 0,
+                         commit=True, outputs="frame")
+        ref = m.forward_cached_pair(x[:, 1:3].repeat(2, 1, 1, 1, 1), c[:, 1:3].repeat(2, 1), a[:, 1:3].repeat(2, 1),
+                                    has[:, 1:3].repeat(2, 1), two, 2)
+    assert len(m._cond_memo[1]) == 3
+    torch.testing.assert_close(o.out, ref.out[:1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(o.features, ref.features[:1], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("context_attention", ["window", "frame"])
 def test_a_pass_for_the_newest_frame_alone_gives_its_outputs_and_every_frame_s_keys(context_attention):
     """A cache rebuild reads only its newest frame's heads and features: newest=True leaves the other frames'

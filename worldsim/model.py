@@ -135,8 +135,10 @@ class TickHead(nn.Module):
     def forward(self, features, action_emb, since):
         """features (the frame's pooled last-block tokens), action_emb: (..., dim); since: int (..., ticks)
         -> (..., ticks) logits."""
-        s = F.one_hot(since.long().clamp(0, self.horizon), self.horizon + 1).flatten(-2)
-        x = torch.cat([self.norm(features), action_emb, s.to(features.dtype)], dim=-1)
+        # one-hot by scatter: F.one_hot checks its input's range first (two reductions), about half again the time
+        since = since.long().clamp(0, self.horizon)
+        s = features.new_zeros(*since.shape, self.horizon + 1).scatter_(-1, since[..., None], 1.0).flatten(-2)
+        x = torch.cat([self.norm(features), action_emb, s], dim=-1)
         return self.net(x.to(self.net[0].weight.dtype))
 
 
@@ -950,40 +952,59 @@ class WorldDiT(ModelMixin, ConfigMixin):
 
     def _conditioning(self, c_noise, actions, has_action, clock, ticks):
         """(c, the adaLN vectors of each block and of the final layer, or None) for a cached pass. At batch 1 on
-        the CPU they are kept for each conditioning seen (its noise level, action, clock and ticks): a rollout
-        there has few (a one-step sampler's noise level and the commit's, times the actions), and computing
-        them was about a tenth of a batch-1 step (the sigma embedding and five small GEMMs, each mostly call
-        overhead; this EPYC). Batched steps (whose rows rarely repeat a whole batch's conditioning), GPUs (a key
-        would wait for the device), autocast and training (the weights change) compute them as before."""
+        the CPU they are kept for each frame's conditioning seen (its noise level, action, clock and ticks): a
+        rollout there has few (a one-step sampler's noise level and the commit's, times the actions), and
+        computing them was about a tenth of a batch-1 step (the sigma embedding and five small GEMMs, each mostly
+        call overhead; this EPYC). Kept per frame, not per pass: a pass of two frames (forward_cached_pair) has a
+        key for each pair of actions, and random play missed 190 of 300 steps kept that way. Batched steps (whose
+        rows rarely repeat a whole batch's conditioning), GPUs (a key would wait for the device), autocast and
+        training (the weights change) compute them as before."""
         acts = [actions[k] for k in sorted(actions)] if isinstance(actions, dict) else [actions]
         memo = (has_action.shape[0] == 1 and has_action.device.type == "cpu" and not torch.is_grad_enabled()
                 and not torch.is_autocast_enabled("cpu")
                 and not any(torch.is_floating_point(t) for t in acts))  # a camera's turn seldom repeats
         if not memo:
             return self._cond(c_noise, actions, has_action, clock, ticks), None
-        parts = [c_noise, has_action, clock if self.clock_embed is not None else None,  # what _cond reads
-                 ticks if self.tick_embed is not None else None, *acts]
-        key = tuple(None if t is None else (t.dtype, t.shape, t.numpy(force=True).tobytes())
-                    if isinstance(t, torch.Tensor) else repr(t) for t in parts)
         # the weights read, by storage and in-place version: a load_state_dict or a move makes the memo stale
         stamp = tuple((t.data_ptr(), t._version) for t in self._conditioning_weights())
         held = getattr(self, "_cond_memo", None)
         if held is None or held[0] != stamp:
             held = self._cond_memo = (stamp, {})
-        hit = held[1].get(key)
-        if hit is None:
-            c = self._cond(c_noise, actions, has_action, clock, ticks)
-            hit = (c, [blk.ada(c) for blk in self.blocks] + [self.final.ada(c)])
-            if len(held[1]) >= 256:  # a clock or ticks the model reads make many: keep it bounded
-                held[1].clear()
-            held[1][key] = hit
-        return hit
+        T = has_action.shape[1]
+        clock = None if self.clock_embed is None else torch.as_tensor(clock).reshape(1, T)  # what _cond reads
+        ticks = None if self.tick_embed is None else ticks
+
+        def frame(t, i):  # frame i's part of a (1, T, ...) input
+            return None if t is None else t[:, i:i + 1]
+
+        parts = [c_noise, has_action, clock, ticks, *acts]
+        # each frame's key: its values as Python numbers (one tolist per input; a key of bytes per frame and
+        # input cost twice the time of a hit's other work)
+        values = [None if t is None else t.reshape(T, -1).tolist() for t in parts]
+        hits = []
+        for i in range(T):
+            key = tuple(None if v is None else tuple(v[i]) for v in values)
+            hit = held[1].get(key)
+            if hit is None:
+                a_i = ({k: frame(v, i) for k, v in actions.items()} if isinstance(actions, dict)
+                       else frame(actions, i))
+                c = self._cond(frame(c_noise, i), a_i, frame(has_action, i), frame(clock, i), frame(ticks, i))
+                hit = (c, [blk.ada(c) for blk in self.blocks] + [self.final.ada(c)])
+                if len(held[1]) >= 256:  # a clock or ticks the model reads make many: keep it bounded
+                    held[1].clear()
+                held[1][key] = hit
+            hits.append(hit)
+        if T == 1:
+            return hits[0]
+        return torch.cat([h[0] for h in hits], 1), [torch.cat(m, 1) for m in zip(*(h[1] for h in hits))]
 
     def _conditioning_weights(self):
         """The tensors _conditioning's memo depends on, listed once per set of modules (listing them walks the
-        module tree, which cost most of what the memo saves)."""
-        mods = (self.sigma_embed, self.sigma_proj, self.action_embed, self.clock_embed, self.tick_embed,
-                self.final.ada, *(blk.ada for blk in self.blocks))
+        module tree, which cost most of what the memo saves). The modules are read from _modules: attribute access
+        goes through diffusers' ModelMixin.__getattr__, 35 us a call for these 14 (this EPYC)."""
+        m = self._modules
+        mods = (*(m.get(k) for k in ("sigma_embed", "sigma_proj", "action_embed", "clock_embed", "tick_embed")),
+                m["final"]._modules["ada"], *(blk._modules["ada"] for blk in m["blocks"]))
         held = getattr(self, "_cond_weights", None)
         if held is None or len(held[0]) != len(mods) or any(a is not b for a, b in zip(held[0], mods)):
             held = self._cond_weights = (mods, [t for m in mods if m is not None

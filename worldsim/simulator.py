@@ -645,9 +645,9 @@ class WorldSimulator:
             raise ValueError(f"tick_uniform must have shape ({self.B}, {self.n_ticks}), got {tuple(u.shape)}")
         has = torch.ones(self.B, dtype=torch.bool, device=self.device)
         prob = torch.sigmoid(self.dit.tick_logits(self.tick_feat, a, has, self.tick_since).float())
-        if self.sleep_clock is not None:  # the game's fatigue clock while asleep (see __init__): certain, 0 or 1
+        asleep = None if self.sleep_clock is None else self.asleep_for > 0
+        if asleep is not None and bool(asleep.any()):  # the game's fatigue clock while asleep (see __init__)
             down, up, period = self.sleep_clock
-            asleep = self.asleep_for > 0
             rise = (asleep & (self.asleep_for % period == 0)).float()
             prob[:, up] = torch.where(asleep, rise, prob[:, up])
             prob[:, down] = torch.where(asleep, 0.0, prob[:, down])

@@ -251,6 +251,14 @@ def test_drop_blocks_trains_a_shallower_student_of_its_bundle(bundle, dataset, t
     assert student.dit.config.depth == depth - 1 and tr.teacher.config.depth == depth
     assert student.meta["trained"]["drop_blocks"] == [0] and student.meta["trained"]["feature_distill"] == 1.0
     assert "features" in tr.state["history"]["dit"][-1]
+    # a student continued: its own bundle as the init, the whole bundle still its teacher (dit.teacher); without
+    # a teacher, distill_guidance=1 and nothing to learn from the real frames is refused
+    more = [f"data={dataset}", f"run={tmp_path / 's2'}", *TINY_TRAIN, f"init={tmp_path / 's' / 'bundle'}",
+            "dit.distill_guidance=1", "dit.feature_distill=1", "dit.steps=2"]
+    with pytest.raises(ValueError, match="dit.teacher=BUNDLE"):
+        run_job("train", more)
+    tr = run_job("train", [*more, f"dit.teacher={bundle}"])
+    assert tr.teacher.config.depth == depth and Bundle(tmp_path / "s2" / "bundle").dit.config.depth == depth - 1
 
 
 def test_warp_calibration_recovers_the_shift_per_unit():

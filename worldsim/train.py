@@ -111,12 +111,14 @@ class Trainer:
         self.drop_blocks = [int(i) for i in (cfg.dit.get("drop_blocks") or [])]
         if self.distill and (not cfg.get("init") or not math.isfinite(self.distill) or self.distill < 1
                              or (self.distill == 1 and not (self.still_real or self.change_real
-                                                            or cfg.dit.get("tick_real") or self.drop_blocks))):
+                                                            or cfg.dit.get("tick_real") or self.drop_blocks
+                                                            or cfg.dit.get("teacher")))):
             raise ValueError(f"dit.distill_guidance={cfg.dit.distill_guidance}: guidance distillation needs "
                              "init=BUNDLE (the teacher) and a guidance scale > 1 (or 1 with dit.still_real=true "
                              "or dit.change_real=true or dit.tick_real=true: self-distillation with still windows, "
                              "changed tokens or ticking windows learning the real frame; or dit.drop_blocks: a "
-                             "shallower student learning its bundle)")
+                             "shallower student learning its bundle; or dit.teacher=BUNDLE: the init, e.g. a student "
+                             "distilled before, learning that bundle's prediction)")
         if self.drop_blocks and not self.distill:
             raise ValueError("dit.drop_blocks removes blocks from init=BUNDLE's world model, which then learns the "
                              "bundle's prediction: set dit.distill_guidance (1 keeps the bundle's own guidance)")
